@@ -1,0 +1,256 @@
+"""The CPU layer: Unicorn set-up and fast register access.
+
+This is the only module family that knows Unicorn's quirks (see
+ARCHITECTURE.md, facts 1-10).  Everything above it sees a CPU with physical
+memory, control registers, an instruction budget and a handful of events.
+
+Hot paths go through the C API with preallocated ctypes buffers: the
+binding's batch register calls cost ~40 µs, the C API ~1 µs (fact 9).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from unicorn import Uc
+from unicorn import unicorn_const as UC
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uc_engine, uclib
+
+from .paging import ControlState
+from .phys import PhysMem
+
+# CPU models: Skylake-Server has SMAP and PKU; Icelake-Server adds LA57 (fact 6).
+MODELS = {
+    "skylake-server": X.UC_CPU_X86_SKYLAKE_SERVER,
+    "icelake-server": X.UC_CPU_X86_ICELAKE_SERVER,
+}
+
+# control register bits
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 18, 1 << 31
+CR4_PAE, CR4_PGE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 7, 1 << 9, 1 << 10
+CR4_LA57, CR4_PCIDE, CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 12, 1 << 17, 1 << 20, 1 << 21, 1 << 22
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
+RFLAGS_IF, RFLAGS_AC, RFLAGS_RESERVED = 1 << 9, 1 << 18, 1 << 1
+
+MSR_EFER = 0xC0000080
+MSR_STAR = 0xC0000081
+MSR_LSTAR = 0xC0000082
+MSR_FMASK = 0xC0000084
+MSR_FS_BASE = 0xC0000100
+MSR_GS_BASE = 0xC0000101
+MSR_KERNEL_GS_BASE = 0xC0000102
+
+# Register file order used by the fast batch calls.
+GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_GPR_IDS = [getattr(X, f"UC_X86_REG_{n.upper()}") for n in GPR_NAMES]
+REG_IDS = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in
+           GPR_NAMES + ("rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",
+                        "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
+
+_UC_CTL_IO_WRITE = 1
+_CTL_TLB_FLUSH = (_UC_CTL_IO_WRITE << 30) | UC.UC_CTL_TLB_FLUSH
+_CTL_TB_FLUSH = (_UC_CTL_IO_WRITE << 30) | UC.UC_CTL_TB_FLUSH
+
+_u64 = ctypes.c_uint64
+_vmem_translate = uclib.uc_vmem_translate
+_vmem_translate.argtypes = [uc_engine, ctypes.c_uint64, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
+_vmem_translate.restype = ctypes.c_int
+
+_PROT = {0: UC.UC_PROT_READ, 1: UC.UC_PROT_WRITE, 2: UC.UC_PROT_EXEC}
+
+
+class RegBatch:
+    """A fixed list of registers read/written in one C call (no binding overhead)."""
+
+    def __init__(self, cpu: "Cpu", ids: list[int]):
+        n = len(ids)
+        self.n = n
+        self.ids = (ctypes.c_int32 * n)(*ids)
+        self.vals = (_u64 * n)()
+        base = ctypes.addressof(self.vals)
+        self.ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+        self._h = cpu.handle
+
+    def read(self):
+        uclib.uc_reg_read_batch(self._h, self.ids, self.ptrs, self.n)
+        return self.vals
+
+    def write(self) -> None:
+        uclib.uc_reg_write_batch(self._h, self.ids, self.ptrs, self.n)
+
+
+@dataclass
+class CpuConfig:
+    la57: bool = False
+    model: str | None = None   # default: skylake-server, icelake-server with LA57
+
+    def model_id(self) -> int:
+        name = self.model or ("icelake-server" if self.la57 else "skylake-server")
+        return MODELS[name]
+
+
+class Cpu:
+    """A Unicorn x86-64 CPU whose physical memory is a :class:`PhysMem`."""
+
+    def __init__(self, mem: PhysMem, config: CpuConfig | None = None):
+        self.mem = mem
+        self.config = config or CpuConfig()
+        self.uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, self.config.model_id())
+        self.handle = self.uc._uch
+        # guest physical 0..size is the Python buffer itself (fact 8)
+        self.uc.mem_map_ptr(0, mem.size, UC.UC_PROT_ALL, mem.host_address)
+        self._snapshot = None
+        self._ec_ctx = None
+        self._out = _u64()
+        self.gprs = RegBatch(self, _GPR_IDS)
+
+    # -- registers (binding; not for hot paths) ----------------------------------
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(REG_IDS[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(REG_IDS[name], value & 0xFFFFFFFFFFFFFFFF)
+
+    def msr(self, index: int) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_MSR, index)
+
+    def set_msr(self, index: int, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_MSR, (index, value))
+
+    # -- paging ---------------------------------------------------------------
+    def enable_paging(self, cr3: int, ctl: ControlState, pcide: bool = False, pge: bool = True) -> None:
+        """Turn on long-mode paging through ``cr3`` with ``ctl``'s control bits.
+
+        Unicorn starts in 64-bit mode with paging off (CR0 = 0x11, fact 1):
+        CR4.PAE/LA57 and EFER.LME/LMA go first, then CR3, then CR0.PG.
+        """
+        if ctl.la57 and self.config.model_id() != MODELS["icelake-server"]:
+            raise ValueError("LA57 needs the icelake-server CPU model")
+        cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
+        cr4 |= (CR4_PGE if pge else 0) | (CR4_LA57 if ctl.la57 else 0)
+        cr4 |= (CR4_SMEP if ctl.smep else 0) | (CR4_SMAP if ctl.smap else 0)
+        cr4 |= (CR4_PKE if ctl.pke else 0) | (CR4_PCIDE if pcide else 0)
+        self.set_reg("cr4", cr4)
+        self.set_msr(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | (EFER_NXE if ctl.nxe else 0))
+        self.set_reg("cr3", cr3)
+        self.set_reg("cr0", CR0_PG | CR0_PE | CR0_MP | CR0_ET | CR0_NE | (CR0_WP if ctl.wp else 0))
+        flags = self.reg("rflags")
+        self.set_reg("rflags", (flags | RFLAGS_AC) if ctl.ac else (flags & ~RFLAGS_AC))
+        self.flush_tlb()
+
+    def set_control(self, ctl: ControlState) -> None:
+        """Change WP/SMEP/SMAP/PKE/NXE/AC while paging is on (LA57 cannot change)."""
+        cr4 = self.reg("cr4") & ~(CR4_SMEP | CR4_SMAP | CR4_PKE)
+        cr4 |= (CR4_SMEP if ctl.smep else 0) | (CR4_SMAP if ctl.smap else 0) | (CR4_PKE if ctl.pke else 0)
+        self.set_reg("cr4", cr4)
+        efer = self.msr(MSR_EFER) & ~EFER_NXE
+        self.set_msr(MSR_EFER, efer | (EFER_NXE if ctl.nxe else 0))
+        cr0 = self.reg("cr0") & ~CR0_WP
+        self.set_reg("cr0", cr0 | (CR0_WP if ctl.wp else 0))
+        flags = self.reg("rflags")
+        self.set_reg("rflags", (flags | RFLAGS_AC) if ctl.ac else (flags & ~RFLAGS_AC))
+        self.flush_tlb()
+
+    def flush_tlb(self) -> None:
+        """Drop every cached translation (fact 5: host-side PTE edits need it)."""
+        uclib.uc_ctl(self.handle, _CTL_TLB_FLUSH)
+
+    def flush_code_cache(self) -> None:
+        """Drop translated blocks (code written behind the CPU's back, fact 8)."""
+        uclib.uc_ctl(self.handle, _CTL_TB_FLUSH)
+
+    def hw_translate(self, va: int, access: int = 0) -> int | None:
+        """The CPU's own MMU (``uc_vmem_translate``) at the current CPL, SMAP/AC,
+        CR0/CR4/EFER and PKRU; None if the access would fault.  Goes through
+        the TLB, so flush it after editing tables."""
+        err = _vmem_translate(self.handle, va & 0xFFFFFFFFFFFFFFFF, _PROT[access], ctypes.byref(self._out))
+        return None if err else self._out.value
+
+    # -- snapshots (fact 3) ------------------------------------------------------
+    def save_snapshot(self):
+        self._snapshot = self.uc.context_save()
+        return self._snapshot
+
+    def restore_snapshot(self) -> None:
+        uclib.uc_context_restore(self.handle, self._snapshot.context)
+
+    # -- execution --------------------------------------------------------------
+    def emu_start(self, begin: int, count: int, until: int = 0) -> int:
+        """Run at most ``count`` instructions; returns the uc_err status."""
+        return uclib.uc_emu_start(self.handle, begin, until, 0, count)
+
+    def emu_stop(self) -> None:
+        uclib.uc_emu_stop(self.handle)
+
+    def last_error_code(self) -> int | None:
+        """The error code of the exception just raised, as the CPU computed it.
+
+        Unicorn has no API for it (fact 2), but QEMU keeps it in
+        ``env->error_code``, which ``uc_context_save`` copies; its offset is
+        found once per process by :func:`error_code_offset`.
+        """
+        off = error_code_offset()
+        if off is None:
+            return None
+        if self._ec_ctx is None:
+            self._ec_ctx = self.uc.context_save()
+        uclib.uc_context_save(self.handle, self._ec_ctx.context)
+        return ctypes.c_int32.from_address(ctypes.cast(self._ec_ctx.context, ctypes.c_void_p).value + off).value
+
+
+_ec_offset: list = []
+
+
+def error_code_offset() -> int | None:
+    """Offset of QEMU's ``env->error_code`` inside a saved Unicorn context.
+
+    Calibrated by raising four #PFs whose error codes are known by
+    construction (0x2, 0x3, 0x9, 0x11) in a throwaway CPU and keeping the one
+    32-bit offset that held each code in turn.  None if no unique offset is
+    found (the caller then relies on the reference walker alone).
+    """
+    if _ec_offset:
+        return _ec_offset[0]
+    import struct
+
+    from .paging import NX, P, PS, RW
+
+    mem = PhysMem(32 << 20)
+    cpu = Cpu(mem)
+    w = lambda pa, v: struct.pack_into("<Q", mem.buf, pa, v)  # noqa: E731
+    # PML4 0x1000 -> PDPT 0x2000 -> PD 0x3000: 2M pages
+    w(0x1000, 0x2000 | P | RW)
+    w(0x2000, 0x3000 | P | RW)
+    w(0x3000 + 8 * 1, 0x200000 | P | RW | PS)            # 2M..4M code+data, RW
+    w(0x3000 + 8 * 2, 0x400000 | P | PS)                  # 4M..6M read-only
+    w(0x3000 + 8 * 3, 0x600000 | P | RW | PS | NX)        # 6M..8M no-execute
+    w(0x3000 + 8 * 4, 0x800000 | P | RW | PS | (1 << 45))  # 8M..10M reserved bit 45
+    code = bytes.fromhex("8807" "8a07" "ffe7")            # mov [rdi],al / mov al,[rdi] / jmp rdi
+    mem.write(0x200000, code)
+    cpu.enable_paging(0x1000, ControlState(smap=False, smep=False))
+    snap = cpu.uc.context_save()
+    cases = [(0x200000, 0xA00000, 0x2),   # write, not present
+             (0x200000, 0x400000, 0x3),   # write, read-only (WP)
+             (0x200002, 0x800000, 0x9),   # read, reserved bit
+             (0x200004, 0x600000, 0x11)]  # fetch, NX
+    blobs = []
+    size = uclib.uc_context_size(cpu.handle)
+
+    def on_intr(uc, intno, _):
+        uc.emu_stop()
+
+    cpu.uc.hook_add(UC.UC_HOOK_INTR, on_intr)
+    for rip, target, _ in cases:
+        cpu.uc.context_restore(snap)
+        cpu.set_reg("rdi", target)
+        cpu.flush_tlb()
+        cpu.emu_start(rip, 2)
+        ctx = cpu.uc.context_save()
+        blobs.append(ctypes.string_at(ctypes.cast(ctx.context, ctypes.c_void_p).value, size))
+    hits = [off for off in range(0, size - 4, 4)
+            if all(int.from_bytes(b[off:off + 4], "little") == ec for b, (_, _, ec) in zip(blobs, cases))]
+    _ec_offset.append(hits[0] if len(hits) == 1 else None)
+    return _ec_offset[0]

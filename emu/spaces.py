@@ -1,0 +1,101 @@
+"""Named address spaces for the CLI: the built-in layout or a memory image.
+
+A :class:`Space` is what ``walk``, ``ptdump`` and ``check`` need: physical
+memory, a page-table root, the control state the CPU would use, and (on a
+machine) a symbol table for addresses given by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import AddressError, ConfigError, ImageError
+from .paging import ADDR_MASK, ControlState, translate
+from .phys import DEFAULT_RAM, PAGE_SIZE, ImageMem, PhysView, parse_size
+
+
+def parse_address(text: str, what: str = "address") -> int:
+    """``0xffffffff81000000``, ``ffffffff81000000``, ``4096`` or ``0o17``."""
+    t = text.strip().replace("_", "").replace("`", "")
+    try:
+        if t.lower().startswith(("0x", "0o", "0b")):
+            v = int(t, 0)
+        elif t.isdigit() and len(t) < 16:
+            v = int(t, 10)
+        else:
+            v = int(t, 16)
+    except ValueError:
+        raise AddressError(f"bad {what} {text!r}: expected a number like 0xffffffff81000000") from None
+    if v < 0 or v >= 1 << 64:
+        raise AddressError(f"{what} {text!r} does not fit in 64 bits")
+    return v
+
+
+@dataclass
+class Space:
+    name: str
+    mem: PhysView
+    cr3: int
+    ctl: ControlState
+    description: str = ""
+    symbols: Callable[[str], int | None] | None = field(default=None, repr=False)
+
+    def parse_va(self, text: str) -> int:
+        if self.symbols is not None and text and (text[0].isalpha() or text[0] in "_.") \
+                and not all(c in "0123456789abcdefABCDEF" for c in text):
+            base, _, off = text.partition("+")
+            va = self.symbols(base)
+            if va is None:
+                raise AddressError(f"unknown symbol {base!r}")
+            return va + (parse_address(off, "offset") if off else 0)
+        return parse_address(text, "virtual address")
+
+    def translate(self, va: int, access=0, cpl: int = 0, ctl: ControlState | None = None):
+        return translate(self.mem, self.cr3, va, access, cpl, ctl or self.ctl)
+
+
+def image_space(args) -> Space:
+    if not args.cr3:
+        raise ConfigError("--image needs --cr3 ADDR (the physical address of the top-level table)")
+    mem = ImageMem(args.image)
+    cr3 = parse_address(args.cr3, "CR3 value")
+    root = cr3 & ADDR_MASK
+    if not mem.contains(root, PAGE_SIZE):
+        raise ImageError(f"CR3 {cr3:#x}: the top-level table at {root:#x} is outside "
+                         f"{mem.name} (size {mem.size:#x})")
+    if mem.size % PAGE_SIZE:
+        raise ImageError(f"{mem.name} is truncated: size {mem.size:#x} is not a whole number of pages")
+    ctl = ControlState(la57=bool(args.la57))
+    return Space(f"image:{args.image}", mem, root, ctl, "physical-memory image")
+
+
+def _ram(args) -> int:
+    return parse_size(args.ram) if getattr(args, "ram", None) else DEFAULT_RAM
+
+
+def builtin_spaces(args) -> dict[str, Space]:
+    """Spaces of the built-in layout (the demo layout until the machine exists)."""
+    from .demo import build_demo
+
+    levels = 5 if getattr(args, "la57", False) else 4
+    demo = build_demo(_ram(args), levels)
+    ctl = ControlState(la57=levels == 5)
+    return {name: Space(name, demo.mem, pt.root, ctl, "demo kernel page table")
+            for name, pt in demo.spaces().items()}
+
+
+def resolve_space(args) -> Space:
+    if getattr(args, "image", None):
+        return image_space(args)
+    spaces = builtin_spaces(args)
+    name = getattr(args, "space", None) or next(iter(spaces))
+    if name not in spaces:
+        raise ConfigError(f"unknown space {name!r}: choose from {', '.join(spaces)}")
+    return spaces[name]
+
+
+def list_spaces(args) -> list[Space]:
+    if getattr(args, "image", None):
+        return [image_space(args)]
+    return list(builtin_spaces(args).values())

@@ -387,6 +387,7 @@ class PageTable:
         # entry and the leaf alone decides.  PTI's user-table walk uses
         # _KERNPG_TABLE; callers set this attribute for such tables.
         self.table_flags = PAGE_TABLE
+        self.accounting = True
 
     @classmethod
     def create(cls, mem: PhysMem, levels: int = 4, name: str = "", owner: str | None = None,
@@ -469,10 +470,12 @@ class PageTable:
         """Leaves outside the direct map hold a reference on their frames.
 
         The direct map is the linear map of all RAM: like Linux, its entries
-        pin nothing, so freeing a frame it maps is fine.
+        pin nothing, so freeing a frame it maps is fine.  Tables that a guest
+        kernel manages (``accounting = False``) pin nothing either: the guest
+        unmaps and frees its own frames.
         """
         lay = self.layout
-        return not lay.page_offset <= va < lay.page_offset + lay.direct_map_size
+        return self.accounting and not lay.page_offset <= va < lay.page_offset + lay.direct_map_size
 
     def _lname(self, shift: int) -> str:
         return shift_name(self.levels, shift)

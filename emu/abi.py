@@ -1,0 +1,192 @@
+"""What the kernel stub and Python agree on, defined once.
+
+Syscall numbers, errno values, struct layouts, per-CPU offsets, I/O ports
+and layout addresses.  :func:`asm_symbols` exports all of it to the stub's
+assembler as predefined symbols, so no number is written twice.
+
+Linux names and numbers are used wherever Linux has them
+(arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/errno*.h,
+arch/x86/include/asm/ptrace.h, arch/x86/include/uapi/asm/sigcontext.h).
+"""
+
+from __future__ import annotations
+
+from .layout import Layout
+from .phys import FrameKind
+
+# --- syscalls -------------------------------------------------------------------
+SYSCALLS = {
+    "read": 0, "write": 1, "close": 3, "mmap": 9, "munmap": 11, "rt_sigaction": 13,
+    "rt_sigreturn": 15, "sched_yield": 24, "getpid": 39, "exit": 60, "ftruncate": 77,
+    "exit_group": 231, "memfd_secret": 447,
+    # project calls (numbers above Linux's range)
+    "probe": 1000, "direct_map_alias": 1001,
+}
+NR_SYSCALLS_TABLE = 1002          # size of the dispatch table in the stub
+
+# errno (positive; syscalls return -errno)
+ERRNO = {"EPERM": 1, "ENOENT": 2, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12, "EFAULT": 14,
+         "EBUSY": 16, "ENODEV": 19, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24, "ENOSYS": 38}
+ERRNO_NAMES = {v: k for k, v in ERRNO.items()}
+
+SIGNALS = {"SIGILL": 4, "SIGTRAP": 5, "SIGBUS": 7, "SIGFPE": 8, "SIGKILL": 9, "SIGSEGV": 11}
+SIGNAL_NAMES = {v: k for k, v in SIGNALS.items()}
+
+# mmap / memfd flags (uapi)
+PROT = {"PROT_NONE": 0, "PROT_READ": 1, "PROT_WRITE": 2, "PROT_EXEC": 4}
+MAP = {"MAP_SHARED": 0x01, "MAP_PRIVATE": 0x02, "MAP_FIXED": 0x10, "MAP_ANONYMOUS": 0x20,
+       "MAP_POPULATE": 0x8000}
+O_CLOEXEC = 0o2000000
+MAP_FAILED_BASE = -4095          # returns above this are -errno
+
+# --- segments (arch/x86/include/asm/segment.h) -------------------------------------
+KERNEL_CS, KERNEL_DS, USER32_CS, USER_DS, USER_CS = 0x10, 0x18, 0x23, 0x2B, 0x33
+GDT_ENTRY_TSS = 8                 # two entries, x86_64 segment.h
+GDT_ENTRIES = 16
+TSS_SELECTOR = GDT_ENTRY_TSS * 8
+# MSR_SYSCALL_MASK as syscall_init() sets it: CF PF AF ZF SF TF IF DF OF IOPL NT RF AC ID
+SYSCALL_FMASK = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800 | 0x3000 | 0x4000 \
+    | 0x10000 | 0x40000 | 0x200000
+
+# --- x86_hw_tss (packed) -------------------------------------------------------------
+TSS_sp0, TSS_sp1, TSS_sp2, TSS_ist = 4, 12, 20, 36
+TSS_iomap_base, TSS_SIZE = 102, 0x68
+
+# --- struct pt_regs (arch/x86/include/asm/ptrace.h) -----------------------------------
+PT_REGS = ["r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx",
+           "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss"]
+PT = {name: 8 * i for i, name in enumerate(PT_REGS)}
+PT_SIZE = 8 * len(PT_REGS)
+
+# --- exception vectors -----------------------------------------------------------------
+VECTORS = {"DE": 0, "DB": 1, "NMI": 2, "BP": 3, "UD": 6, "DF": 8, "GP": 13, "PF": 14}
+TIMER_VECTOR = 0xEC               # LOCAL_TIMER_VECTOR
+IST_DF, IST_NMI, IST_DB, IST_MCE = 1, 2, 3, 4
+
+# --- I/O ports ----------------------------------------------------------------------------
+PORT_CONSOLE = 0x3F8              # COM1 data: one byte per 'out dx, al'
+PORT_HYPERCALL = 0xF0             # the allocator call: 'out 0xf0, eax'
+HC_ALLOC, HC_FREE = 1, 2
+HC_SENSITIVE = 1                  # rdx flag: allocation is sensitive (ASI leaves it unmapped)
+
+# --- kernel structures (our own; offsets in bytes) ---------------------------------------
+def _struct(fields: list[tuple[str, int]]) -> tuple[dict[str, int], int]:
+    off, out = 0, {}
+    for name, size in fields:
+        out[name] = off
+        off += size
+    return out, off
+
+
+MAX_TASKS = 8
+MAX_FDS = 16
+MAX_VMAS = 32
+MAX_FILES = 32
+FILE_MAX_PAGES = 64               # a memfd holds at most 256 KiB
+NSIG = 32
+
+TASK, TASK_SIZE = _struct([
+    ("state", 8), ("pid", 8), ("mm", 8), ("sp", 8), ("stack_top", 8), ("exit_code", 8),
+    ("killed_by", 8), ("asi_target", 8), ("asi_nest", 8), ("comm", 16),
+    ("files", 8 * MAX_FDS), ("sighand", 24 * NSIG), ("pad", 8 * 9)])
+TASK_UNUSED, TASK_RUNNABLE, TASK_DEAD = 0, 1, 2
+
+VMA, VMA_SIZE = _struct([("start", 8), ("end", 8), ("prot", 8), ("flags", 8), ("file", 8),
+                         ("pgoff", 8)])
+VM_SHARED, VM_SECRET, VM_LOCKED = 1, 2, 4     # our VMA flag bits
+
+MM, MM_SIZE = _struct([
+    ("pgd", 8), ("pgd_va", 8), ("ctx_id", 8), ("tlb_gen", 8), ("asi_pgd", 8), ("asi_pgd_va", 8),
+    ("mmap_base", 8), ("nr_vmas", 8), ("vmas", VMA_SIZE * MAX_VMAS)])
+
+FILE, FILE_SIZE = _struct([("type", 8), ("refs", 8), ("size", 8), ("flags", 8),
+                           ("pages", 8 * FILE_MAX_PAGES)])
+FILE_CONSOLE, FILE_SECRETMEM = 1, 2
+
+# per-CPU area: page 0 is cpu_tss_rw (mapped into the PTI user tables), page 1 holds
+# the rest, page 2 the GDT.  The assembler gives the offsets (zero-based section).
+PERCPU_PAGES = 3
+
+# rt_sigframe (arch/x86/include/asm/sigframe.h + uapi sigcontext.h / ucontext.h)
+SIGCONTEXT = ["r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp", "rbx",
+              "rdx", "rax", "rcx", "rsp", "rip", "eflags", "csgsfs", "err", "trapno", "oldmask",
+              "cr2", "fpstate", "reserved1", "r1", "r2", "r3", "r4", "r5", "r6", "r7"]
+SC = {name: 8 * i for i, name in enumerate(SIGCONTEXT)}
+UC_MCONTEXT = 40                  # uc_flags, uc_link, uc_stack (24)
+UC_SIGMASK = UC_MCONTEXT + 8 * len(SIGCONTEXT)
+UCONTEXT_SIZE = UC_SIGMASK + 8
+SIGFRAME_UC = 8                   # after pretcode
+SIGFRAME_INFO = SIGFRAME_UC + UCONTEXT_SIZE
+SIGINFO_SIZE = 128
+SIGFRAME_SIZE = SIGFRAME_INFO + SIGINFO_SIZE
+SI_SIGNO, SI_ERRNO, SI_CODE, SI_ADDR = 0, 4, 8, 16
+SEGV_MAPERR, SEGV_ACCERR = 1, 2
+
+SECRET_POOL_BLOCKS = 8            # 2 MiB blocks in secretmem's pool
+EX_TYPE_DEFAULT, EX_TYPE_CALL = 0, 1
+EX_TABLE_MAX = 128
+
+# ASI (2025 RFCv2): PCID bits just below PTI's user bit 11
+X86_CR3_ASI_PCID_BITS_SHIFT = 9
+ASI_CLASS_USERSPACE = 1           # class id; asi_pcid = kern_pcid | (class + 1) << 9
+
+# user address-space layout for programs
+USER_TEXT = 0x400000
+USER_RODATA = 0x500000
+USER_DATA = 0x600000
+USER_BSS = 0x700000
+USER_STACK_TOP = 0x7FFFFFFFF000
+USER_STACK_SIZE = 0x10000
+MMAP_BASE = 0x7F0000000000
+
+# kernel image (physical start 16 MiB, as CONFIG_PHYSICAL_START); 2 MiB aligned sections
+# so PTI can clone .entry.text alone at PMD level (vmlinux.lds.S ALIGN_ENTRY_TEXT_*)
+KERNEL_PHYS = 0x1000000
+KSECTIONS = {".text": 0x000000, ".entry.text": 0x200000, ".rodata": 0x400000, ".data": 0x600000,
+             ".bss": 0x700000, ".data..percpu": 0x800000}
+KERNEL_IMAGE_SIZE = 0xA00000
+THREAD_SIZE = 0x4000
+VMAP_STACK_STRIDE = 0x8000        # stack + guard gap per task in vmalloc space
+
+
+def kernel_section_va(layout: Layout, name: str) -> int:
+    return layout.kernel_text + KSECTIONS[name]
+
+
+def asm_symbols(layout: Layout) -> dict[str, int]:
+    """Every constant the stub may use, by the names the stub uses."""
+    s: dict[str, int] = {}
+    s.update({f"SYS_{k}": v for k, v in SYSCALLS.items()})
+    s.update(ERRNO)
+    s.update(SIGNALS)
+    s.update(PROT)
+    s.update(MAP)
+    s.update({"O_CLOEXEC": O_CLOEXEC, "NR_SYSCALLS_TABLE": NR_SYSCALLS_TABLE,
+              "KERNEL_CS": KERNEL_CS, "KERNEL_DS": KERNEL_DS, "USER_CS": USER_CS, "USER_DS": USER_DS,
+              "TSS_sp0": TSS_sp0, "TSS_sp2": TSS_sp2, "TSS_ist": TSS_ist,
+              "PT_SIZE": PT_SIZE, "PORT_CONSOLE": PORT_CONSOLE, "PORT_HYPERCALL": PORT_HYPERCALL,
+              "HC_ALLOC": HC_ALLOC, "HC_FREE": HC_FREE, "HC_SENSITIVE": HC_SENSITIVE,
+              "TIMER_VECTOR": TIMER_VECTOR, "MAX_TASKS": MAX_TASKS, "MAX_FDS": MAX_FDS,
+              "MAX_VMAS": MAX_VMAS, "MAX_FILES": MAX_FILES, "FILE_MAX_PAGES": FILE_MAX_PAGES,
+              "TASK_SIZE": TASK_SIZE, "MM_SIZE": MM_SIZE, "VMA_SIZE": VMA_SIZE, "FILE_SIZE": FILE_SIZE,
+              "TASK_UNUSED": TASK_UNUSED, "TASK_RUNNABLE": TASK_RUNNABLE, "TASK_DEAD": TASK_DEAD,
+              "VM_SHARED": VM_SHARED, "VM_SECRET": VM_SECRET, "VM_LOCKED": VM_LOCKED,
+              "FILE_CONSOLE": FILE_CONSOLE, "FILE_SECRETMEM": FILE_SECRETMEM, "NSIG": NSIG,
+              "SIGFRAME_SIZE": SIGFRAME_SIZE, "SIGFRAME_UC": SIGFRAME_UC, "SIGFRAME_INFO": SIGFRAME_INFO,
+              "UC_MCONTEXT": UC_MCONTEXT, "SI_SIGNO": SI_SIGNO, "SI_CODE": SI_CODE, "SI_ADDR": SI_ADDR,
+              "SEGV_MAPERR": SEGV_MAPERR, "SEGV_ACCERR": SEGV_ACCERR,
+              "ASI_PCID_SHIFT": X86_CR3_ASI_PCID_BITS_SHIFT, "ASI_CLASS_USERSPACE": ASI_CLASS_USERSPACE,
+              "THREAD_SIZE": THREAD_SIZE, "SECRET_POOL_BLOCKS": SECRET_POOL_BLOCKS,
+              "EX_TYPE_DEFAULT": EX_TYPE_DEFAULT, "EX_TYPE_CALL": EX_TYPE_CALL,
+              "EX_TABLE_MAX": EX_TABLE_MAX,
+              "PAGE_OFFSET": layout.page_offset, "MMAP_BASE": MMAP_BASE,
+              "USER_STACK_TOP": USER_STACK_TOP, "USER_HALF_END": layout.user_end,
+              "KERNEL_PHYS": KERNEL_PHYS, "KERNEL_TEXT_VA": layout.kernel_text})
+    s.update({f"FRAME_{k.name}": int(k) for k in FrameKind})
+    s.update({f"PT_{k.upper()}": v for k, v in PT.items()})
+    s.update({f"TASK_{k}": v for k, v in TASK.items()})
+    s.update({f"MM_{k}": v for k, v in MM.items()})
+    s.update({f"VMA_{k}": v for k, v in VMA.items()})
+    s.update({f"FILE_{k}": v for k, v in FILE.items()})
+    s.update({f"SC_{k}": v for k, v in SC.items()})
+    return s

@@ -1,0 +1,58 @@
+"""User programs: assembled at fixed user addresses, entry at ``_start``.
+
+Programs are Intel syntax.  They see the Linux syscall numbers (``SYS_write``
+...), ``PROT_*``, ``MAP_*``, ``O_CLOEXEC``, errno and signal numbers, and the
+layout addresses of the machine they run on (``DIRECT_MAP_BASE``,
+``KERNEL_TEXT``, ``KERNEL_DATA``, ``ENTRY_TEXT``, ``CPU_ENTRY_AREA``,
+``USER_DATA``...).  ``.data`` starts at ``USER_DATA``; a program without
+one still gets a writable page there.
+"""
+
+from __future__ import annotations
+
+from . import abi
+from .asm import Image, link
+from .errors import AsmError
+from .layout import Layout
+
+USER_LAYOUT = {".text": abi.USER_TEXT, ".rodata": abi.USER_RODATA, ".data": abi.USER_DATA,
+               ".bss": abi.USER_BSS}
+_SECTION_LIMIT = 0x100000
+
+
+def user_symbols(layout: Layout) -> dict[str, int]:
+    s: dict[str, int] = {}
+    s.update({f"SYS_{k}": v for k, v in abi.SYSCALLS.items()})
+    s.update(abi.ERRNO)
+    s.update(abi.SIGNALS)
+    s.update(abi.PROT)
+    s.update(abi.MAP)
+    s["O_CLOEXEC"] = abi.O_CLOEXEC
+    s.update({
+        "DIRECT_MAP_BASE": layout.page_offset,
+        "KERNEL_TEXT": layout.kernel_text,
+        "ENTRY_TEXT": layout.kernel_text + abi.KSECTIONS[".entry.text"],
+        "KERNEL_RODATA": layout.kernel_text + abi.KSECTIONS[".rodata"],
+        "KERNEL_DATA": layout.kernel_text + abi.KSECTIONS[".data"],
+        "CPU_ENTRY_AREA": layout.cpu_entry_area,
+        "VMALLOC_START": layout.vmalloc_start,
+        "USER_TEXT": abi.USER_TEXT,
+        "USER_DATA": abi.USER_DATA,
+        "USER_STACK_TOP": abi.USER_STACK_TOP,
+        "PAGE_SIZE": 4096,
+    })
+    return s
+
+
+def assemble_program(source: str, name: str, layout: Layout, extra_symbols: dict[str, int] | None = None,
+                     include_dirs: list[str] | None = None) -> Image:
+    """Assemble a user program; errors name ``name:line``."""
+    syms = user_symbols(layout)
+    syms.update(extra_symbols or {})
+    img = link([(name, source)], USER_LAYOUT, syms, include_dirs=include_dirs, nobits=(".bss",))
+    if "_start" not in img.symbols:
+        raise AsmError(f"{name}: no _start label (the entry point)")
+    for sec in img.sections.values():
+        if sec.size > _SECTION_LIMIT:
+            raise AsmError(f"{name}: section {sec.name} is {sec.size:#x} bytes; at most {_SECTION_LIMIT:#x}")
+    return img

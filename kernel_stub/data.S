@@ -1,0 +1,75 @@
+# Kernel data.  Python (the boot loader) fills the values marked "boot".
+
+.data
+page_offset_base:       .quad 0     # boot: PAGE_OFFSET (__va = pa + page_offset_base)
+pgtable_levels:         .quad 4     # boot: 4 or 5
+feature_pti:            .quad 0     # boot: X86_FEATURE_PTI
+feature_pcid:           .quad 0     # boot: X86_FEATURE_PCID (CR4.PCIDE on)
+feature_asi:            .quad 0     # boot: address-space isolation on
+feature_invpcid:        .quad 0     # boot: INVPCID usable
+feature_nx:             .quad 0     # boot: EFER.NXE
+feature_smap:           .quad 0     # boot: CR4.SMAP
+panic_flag:             .quad 0
+nr_tasks:               .quad 0     # boot
+next_ctx_id:            .quad 0     # boot: ctx_id of the next new mm
+init_pgd_va:            .quad 0     # boot: swapper_pg_dir (direct-map address)
+asi_global_pgd_va:      .quad 0     # boot: the global non-sensitive PGD
+asi_class_id:           .quad 1     # boot: ASI class of the per-process domains
+
+# /proc/meminfo DirectMap* and the vm events (arch/x86/mm/pat/set_memory.c)
+direct_pages_count_4k:  .quad 0     # boot
+direct_pages_count_2m:  .quad 0     # boot
+direct_pages_count_1g:  .quad 0     # boot
+direct_map_level2_splits: .quad 0
+direct_map_level3_splits: .quad 0
+nr_secret_pages:        .quad 0
+asi_exits:              .quad 0     # every asi_exit() that switched CR3
+asi_fault_exits:        .quad 0     # asi_exit() taken on a kernel #PF
+
+# secretmem's pool of 2 MiB blocks (the PMD-size cache of the memfd_secret
+# series, v2..v16): pages are handed out 4 KiB at a time; each page leaves
+# the direct map on its own, so a block costs at most one 2M->4K split.
+secret_pool_block:      .zero 8 * SECRET_POOL_BLOCKS         # physical base of each 2 MiB block (0 = none)
+secret_pool_used:       .zero 64 * SECRET_POOL_BLOCKS     # 512-bit bitmap per block: page in use
+
+# the IDT (idt_table); the CPU reads it through its read-only alias in the
+# cpu_entry_area (idt_map_in_cea)
+.align 4096
+idt_table:              .zero 4096
+
+.bss
+tasks:                  .zero TASK_SIZE * MAX_TASKS
+mms:                    .zero MM_SIZE * MAX_TASKS
+files:                  .zero FILE_SIZE * MAX_FILES
+# syscall scratch: pt_regs of the syscall being handled (project calls return
+# extra values through it)
+cur_syscall_regs:       .zero 8
+
+.rodata
+# exception table (Linux _ASM_EXTABLE), filled by the loader from .extable:
+# sorted entries of {insn, fixup, type}; type 1 = a call whose target faulted on
+# fetch (matched by the return address on the stack)
+__ex_table:             .zero 24 * EX_TABLE_MAX
+__ex_table_count:       .quad 0
+
+# ---------------------------------------------------------------------------------
+# The per-CPU area, zero-based like Linux's .data..percpu: symbols are offsets
+# from the GS base.
+.section .data..percpu
+cpu_tss_rw:             .zero 4096           # page 0: x86_hw_tss; mapped for PTI
+pcpu_current_task:      .quad 0              # page 1
+pcpu_top_of_stack:      .quad 0              # cpu_current_top_of_stack
+tlbstate_loaded_mm:     .quad 0
+tlbstate_loaded_mm_asid: .quad 0
+tlbstate_user_pcid_flush_mask: .quad 0       # bit n: flush user PCID of kernel PCID n
+tlbstate_next_asid:     .quad 1
+tlbstate_invalidate_other: .quad 0
+tlbstate_ctxs:          .zero 16 * 6         # TLB_NR_DYN_ASIDS x {ctx_id, tlb_gen}
+asi_curr:               .quad 0              # the mm whose restricted PGD is loaded
+irq_count:              .quad 0
+last_irq_cr3:           .quad 0
+irq_touch_addr:         .quad 0              # tests: an address the timer handler reads
+pcpu_scratch:           .zero 8
+.align 4096
+gdt_page:               .zero 4096           # page 2: the GDT (read-only alias in the CEA)
+entry_stack_page:       .zero 4096           # page 3: entry (trampoline) stack

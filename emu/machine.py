@@ -1,0 +1,375 @@
+"""The machine: the kernel stub and its processes, running on the CPU.
+
+Typical use::
+
+    m = Machine(MachineConfig(), programs=[("A", source_a), ("B", source_b)])
+    result = m.run(budget=1_000_000)          # until every process has exited
+    for ev in m.events_of("cr3_write"):
+        print(ev)
+
+Events carry the instruction's ``symbol+offset`` and the names of the
+address spaces involved (``A.user``, ``A.kernel``, ``A.asi``, ``kernel``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from . import abi
+from .asm import Image
+from .errors import ConfigError, GuestError
+from .kernel import KernelBuilder, KernelConfig, Process
+from .cpu import CpuConfig
+from .microcode import System, vector_name
+from .paging import ADDR_MASK, ControlState, error_code_words
+from .phys import FrameKind
+from .program import assemble_program
+
+MachineConfig = KernelConfig
+
+DEFAULT_BUDGET = 10_000_000
+
+
+class BudgetExhausted(GuestError):
+    """The instruction budget ran out (a runaway guest, or too small a budget)."""
+
+
+class KernelPanic(GuestError):
+    """The stub panicked (an oops, an unhandled kernel trap, a double fault)."""
+
+
+class Event:
+    """Something the machine did, in order (``seq``)."""
+
+    __slots__ = ("seq", "kind", "data")
+
+    def __init__(self, seq: int, kind: str, data: dict):
+        self.seq, self.kind, self.data = seq, kind, data
+
+    def __getattr__(self, name):
+        try:
+            return self.data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def get(self, name, default=None):
+        return self.data.get(name, default)
+
+    def as_dict(self) -> dict:
+        return {"seq": self.seq, "kind": self.kind, **self.data}
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={v:#x}" if isinstance(v, int) and k not in ("pid", "vector", "nr", "cpl")
+                           else f"{k}={v!r}" for k, v in self.data.items())
+        return f"Event#{self.seq}({self.kind}: {fields})"
+
+
+@dataclass
+class RunResult:
+    reason: str                       # halt | stopped | breakpoint
+    events: list[Event] = field(default_factory=list)
+
+
+class Machine:
+    """A booted machine.  Processes are added before the first run."""
+
+    def __init__(self, config: MachineConfig | None = None, programs: list[tuple[str, str | Image]] = (),
+                 *, record_events: bool = True):
+        self.config = config or MachineConfig()
+        self._kb = KernelBuilder(self.config)
+        self.kernel = self._kb.build()
+        self.mem = self.kernel.mem
+        self.layout = self.kernel.layout
+        self.record_events = record_events
+        self.events: list[Event] = []
+        self._seq = 0
+        self.console = bytearray()
+        self.output: dict[int, bytearray] = {}
+        self.exits: dict[int, dict] = {}
+        self.cpu: System | None = None
+        self.exit_hooks: list[Callable[["Machine", Process], None]] = []
+        self._listeners: list[Callable[[Event], None]] = []
+        self._roots: dict[int, str] = {}
+        for name, prog in programs:
+            self.add_process(name, prog)
+
+    # -- set-up --------------------------------------------------------------------
+    def add_process(self, name: str, program: str | Image, *, filename: str | None = None) -> Process:
+        if self.cpu is not None:
+            raise ConfigError("processes are added before the machine first runs")
+        if not name.replace("_", "").isalnum():
+            raise ConfigError(f"process name {name!r}: use letters, digits and _")
+        img = program if isinstance(program, Image) else \
+            assemble_program(program, filename or f"{name}.S", self.layout)
+        p = self._kb.add_process(name, img)
+        self.output[p.pid] = bytearray()
+        return p
+
+    @property
+    def processes(self) -> list[Process]:
+        return self.kernel.processes
+
+    def process(self, name: str) -> Process:
+        for p in self.kernel.processes:
+            if p.name == name:
+                return p
+        raise ConfigError(f"no process named {name!r}")
+
+    def boot(self) -> None:
+        """Finish the boot: per-CPU state, the CPU, and its hooks."""
+        if self.cpu is not None:
+            return
+        k, cfg = self.kernel, self.config
+        self._kb.finish()
+        first = k.processes[0]
+        cpu = System(self.mem, CpuConfig(la57=cfg.la57), sink=self._sink)
+        self.cpu = cpu
+        pcid = 1 if cfg.pcid else 0
+        ctl = ControlState(wp=True, smep=cfg.smep, smap=cfg.smap, pke=cfg.pke, la57=cfg.la57, nxe=cfg.nx)
+        cpu.boot_state(cr3=first.pgd | pcid, ctl=ctl, pcide=cfg.pcid,
+                       gdtr=(k.cea["gdt"], abi.GDT_ENTRIES * 8 - 1), idtr=(k.cea["idt"], 256 * 16 - 1),
+                       tr=(k.cea["tss"], abi.TSS_SIZE - 1, abi.TSS_SELECTOR),
+                       star=(abi.USER32_CS << 48) | (abi.KERNEL_CS << 32), lstar=k.sym("entry_SYSCALL_64"),
+                       fmask=abi.SYSCALL_FMASK, gs_base=k.percpu_base, kernel_gs_base=0,
+                       rip=k.sym("ret_from_fork"), rsp=first.stack_top - abi.PT_SIZE)
+        cpu.ports[abi.PORT_HYPERCALL] = self._hypercall
+        cpu.ports[abi.PORT_CONSOLE] = self._console
+        self._install_cr3_sites()
+        self._install_probes()
+        self._name_roots()
+
+    def _install_cr3_sites(self) -> None:
+        insns = self.kernel.image.insns
+        for i, ins in enumerate(insns):
+            if ins.mnemonic == "mov" and ins.op_str.startswith("cr3, "):
+                reg = ins.op_str.split(", ")[1]
+                nxt = insns[i + 1] if i + 1 < len(insns) else None
+                self.cpu.add_cr3_site(ins.addr, reg, ins.size, restore=not _overwrites(nxt, reg))
+
+    def _install_probes(self) -> None:
+        sym = self.kernel.sym
+        self.cpu.add_code_hook(sym("do_exit_teardown"), self._on_exit)
+        self.cpu.add_code_hook(sym("asi_exit_on_fault"), self._on_asi_fault)
+        self.cpu.add_code_hook(sym("asi_critical_section_aborted"), self._on_asi_abort)
+        self.cpu.add_code_hook(sym("entry_SYSCALL_64_after_call"), self._on_syscall_return)
+
+    def _name_roots(self) -> None:
+        k = self.kernel
+        self._roots[k.init_pgd.root] = "kernel"
+        if self.config.pti:
+            self._roots[k.init_pgd.user_root] = "kernel.user"
+        if k.asi_global is not None:
+            self._roots[k.asi_global.root] = "asi.global"
+        for p in k.processes:
+            self._roots[p.pgd] = f"{p.name}.kernel"
+            if self.config.pti:
+                self._roots[p.user_pgd] = f"{p.name}.user"
+            if p.asi_pgd:
+                self._roots[p.asi_pgd] = f"{p.name}.asi"
+
+    # -- naming ----------------------------------------------------------------------------
+    def space_of(self, cr3: int) -> str:
+        """The address-space name of a CR3 value (PCID and NOFLUSH ignored)."""
+        return self._roots.get(cr3 & ADDR_MASK, f"cr3@{cr3 & ADDR_MASK:#x}")
+
+    def spaces(self) -> dict[str, int]:
+        """name -> page-table root.  Without PTI, P.user is P.kernel."""
+        out = {}
+        for root, name in self._roots.items():
+            out[name] = root
+        if not self.config.pti:
+            for p in self.kernel.processes:
+                out[f"{p.name}.user"] = p.pgd
+        if not self._roots:
+            self._name_roots()
+            return self.spaces()
+        return out
+
+    def current_process(self) -> Process | None:
+        return self.kernel.process_by_task(self.kernel.current_task())
+
+    def symbolize(self, addr: int, process: Process | None = None) -> str:
+        """``symbol+offset`` in the kernel, or in the program of ``process``
+        (default: the current process) for user addresses; hex otherwise."""
+        if addr >= self.layout.kernel_half:
+            s = self.kernel.image.symbolize(addr)
+            return s or f"{addr:#x}"
+        p = process or (self.current_process() if self.cpu else None)
+        if p is not None:
+            s = p.image.symbolize(addr)
+            if s:
+                return f"{p.name}:{s}"
+        return f"{addr:#x}"
+
+    # -- events ----------------------------------------------------------------------------
+    def on_event(self, fn: Callable[[Event], None]) -> None:
+        self._listeners.append(fn)
+
+    def _sink(self, kind: str, **f) -> None:
+        if not self.record_events and not self._listeners:
+            return
+        self._seq += 1
+        if "rip" in f and f["rip"] is not None:
+            f["symbol"] = self.symbolize(f["rip"])
+        if "cr3" in f:
+            f["space"] = self.space_of(f["cr3"])
+        if kind == "cr3_write":
+            f["old_space"] = self.space_of(f["old"])
+            f["new_space"] = self.space_of(f["new"])
+        p = self.current_process()
+        f["pid"] = p.pid if p else None
+        ev = Event(self._seq, kind, f)
+        if self.record_events:
+            self.events.append(ev)
+        for fn in self._listeners:
+            fn(ev)
+
+    def events_of(self, *kinds: str) -> list[Event]:
+        return [e for e in self.events if e.kind in kinds]
+
+    # -- devices -----------------------------------------------------------------------------
+    def _hypercall(self, port: int, size: int, value: int) -> int:
+        """The allocator call: eax = op, rdi = order or pa, rsi = kind, rdx = flags."""
+        cpu = self.cpu
+        rdi, rsi, rdx = cpu.reg("rdi"), cpu.reg("rsi"), cpu.reg("rdx")
+        op = value & 0xFFFFFFFF
+        p = self.current_process()
+        owner = p.name if p else "kernel"
+        frames = self.mem.frames
+        if op == abi.HC_ALLOC:
+            try:
+                kind = FrameKind(rsi)
+                pa = frames.alloc(kind, rdi, owner)
+            except (ValueError, Exception) as e:  # noqa: BLE001 - the guest gets 0 (out of memory)
+                self._sink("alloc_failed", order=rdi, kind=rsi, reason=str(e))
+                return 0
+            self._sink("alloc", pa=pa, order=rdi, frame_kind=kind.name.lower(), sensitive=bool(rdx & 1))
+            return pa
+        if op == abi.HC_FREE:
+            try:
+                frames.free(rdi)
+            except Exception as e:  # noqa: BLE001
+                self._sink("bad_free", pa=rdi, reason=str(e))
+                return (-abi.ERRNO["EINVAL"]) & 0xFFFFFFFFFFFFFFFF
+            self._sink("free", pa=rdi)
+            return 0
+        self._sink("bad_hypercall", op=op)
+        return (-abi.ERRNO["ENOSYS"]) & 0xFFFFFFFFFFFFFFFF
+
+    def _console(self, port: int, size: int, value: int) -> None:
+        b = value & 0xFF
+        self.console.append(b)
+        p = self.current_process()
+        if p is not None:
+            self.output[p.pid].append(b)
+        return None
+
+    # -- probes at stub symbols ---------------------------------------------------------------
+    def _on_exit(self, addr: int) -> None:
+        k = self.kernel
+        task = k.current_task()
+        p = k.process_by_task(task)
+        status = k.read_q(task + abi.TASK["exit_code"])
+        killed = k.read_q(task + abi.TASK["killed_by"])
+        info = {"pid": p.pid if p else None, "name": p.name if p else "?", "status": status,
+                "signal": abi.SIGNAL_NAMES.get(killed) if killed else None}
+        if p:
+            self.exits[p.pid] = info
+            for fn in self.exit_hooks:
+                fn(self, p)
+        self._sink("exit", rip=addr, process=info["name"], status=status, signal=info["signal"])
+
+    def _on_asi_fault(self, addr: int) -> None:
+        cpu = self.cpu
+        regs = cpu.reg("rbx")
+        rip = self.kernel.read_q(regs + abi.PT["rip"])
+        self._sink("asi_exit", rip=rip, address=cpu.reg("r13"), error_code=cpu.reg("r12"),
+                   cr3=cpu.reg("cr3"))
+
+    def _on_asi_abort(self, addr: int) -> None:
+        self._sink("asi_abort", rip=addr)
+
+    def _on_syscall_return(self, addr: int) -> None:
+        rsp = self.cpu.reg("rsp")
+        nr = self.kernel.read_q(rsp + abi.PT["orig_rax"])
+        ret = self.kernel.read_q(rsp + abi.PT["rax"])
+        self._sink("syscall_return", nr=nr, ret=ret if ret < 1 << 63 else ret - (1 << 64))
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self, budget: int = DEFAULT_BUDGET) -> RunResult:
+        """Run until every process has exited (or a stop is requested).
+
+        Raises :class:`BudgetExhausted` when ``budget`` instructions did not
+        suffice, :class:`KernelPanic` on a stub panic, and
+        :class:`~emu.microcode.TripleFault` on a triple fault.
+        """
+        self.boot()
+        start = len(self.events)
+        reason = self.cpu.run(budget)
+        if reason == "budget":
+            raise BudgetExhausted(f"instruction budget of {budget} exhausted at {self.where()}")
+        if reason == "halt":
+            if self.kernel.read_data("panic_flag"):
+                tail = bytes(self.console).decode(errors="replace").strip().splitlines()
+                msg = " / ".join(tail[-3:]) if tail else "no message"
+                raise KernelPanic(f"kernel panic: {msg}")
+        return RunResult(reason, self.events[start:])
+
+    def where(self) -> str:
+        """RIP, symbol, CPL and address space, for error messages."""
+        cpu = self.cpu
+        rip = cpu.reg("rip")
+        cpl = cpu.reg("cs") & 3
+        return f"RIP {rip:#x} ({self.symbolize(rip)}), CPL {cpl}, space {self.space_of(cpu.reg('cr3'))}"
+
+    def inject_interrupt(self, vector: int = abi.TIMER_VECTOR) -> bool:
+        self.boot()
+        return self.cpu.inject_interrupt(vector)
+
+    def stats(self) -> dict[str, int]:
+        return self.kernel.stats()
+
+    # -- guest memory access --------------------------------------------------------------------
+    def read_virt(self, va: int, n: int, space: str | None = None) -> bytes:
+        """Read ``n`` bytes at ``va`` through a named space (default: current CR3)."""
+        from .paging import translate
+        root = self.spaces()[space] if space else self.cpu.reg("cr3")
+        out = b""
+        while n:
+            chunk = min(n, 4096 - (va & 0xFFF))
+            t = translate(self.mem, root, va, 0, 0, ControlState(la57=self.config.la57, smap=False))
+            if t.fault:
+                raise GuestError(f"{va:#x} is not readable in {space or 'the current space'}: {t.describe()}")
+            out += self.mem.read(t.pa, chunk)
+            va, n = va + chunk, n - chunk
+        return out
+
+    def read_u64(self, va: int, space: str | None = None) -> int:
+        return struct.unpack("<Q", self.read_virt(va, 8, space))[0]
+
+
+def _overwrites(ins, reg: str) -> bool:
+    """Does ``ins`` write ``reg`` without reading it (so its old value is dead)?"""
+    if ins is None:
+        return False
+    ops = [o.strip() for o in ins.op_str.split(",")]
+    if ins.mnemonic == "pop":
+        return ops == [reg]
+    if ins.mnemonic in ("mov", "movabs", "lea") and len(ops) == 2:
+        return ops[0] == reg and reg not in ops[1]
+    return False
+
+
+def describe_fault(ev: Event) -> str:
+    """One line for an exception event."""
+    if ev.vector == 14:
+        return f"#PF {ev.error_code:#x} ({error_code_words(ev.error_code)}) at {ev.cr2:#x}"
+    if ev.error_code is not None:
+        return f"{vector_name(ev.vector)}({ev.error_code:#x})"
+    return vector_name(ev.vector)
+
+
+def iter_events(events: list[Event], kind: str) -> Iterator[Event]:
+    return (e for e in events if e.kind == kind)

@@ -1,0 +1,574 @@
+"""x86 behaviour Unicorn lacks, done in Python ("microcode").
+
+Part of the CPU layer: it knows the x86 architecture (SDM Vol. 3A ch. 5-6:
+SYSCALL, IDT gates, TSS stack switching, #DF/triple-fault rules, INVPCID)
+and Unicorn's quirks, and no Linux policy.  Its users get events through
+one callback (``sink(kind, **fields)``) and I/O ports through ``ports``.
+
+How privilege transitions are made (ARCHITECTURE.md facts 2-4):
+
+* ``syscall`` only reaches a UC_HOOK_INSN hook and a fault only reaches
+  UC_HOOK_INTR; neither enters ring 0, and after one handled fault the next
+  becomes #DF.  Both are cured by restoring a CPU snapshot taken at CPL 0
+  during boot, then writing back the architectural state (GPRs, RIP, RFLAGS,
+  CR2/CR3/CR4, FS/GS bases, KERNEL_GS_BASE, XMM0-15, MXCSR).
+* The exception frame is written by Python through the *current* CR3 with
+  the reference walker, so a stack missing from the current page tables is
+  a fault during delivery: #DF, and a #DF that cannot be delivered is a
+  triple fault.
+* The #PF error code is the CPU's own (QEMU's ``env->error_code``, see
+  :func:`emu.cpu.error_code_offset`), cross-checked against the walker.
+* ``mov cr3`` stores bit 63 in Unicorn; real CPUs never store NOFLUSH.
+  Every CR3-write site is hooked: the bit is reported and stripped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+import capstone
+from unicorn import unicorn_const as UC
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
+
+from .cpu import (CR0_WP, CR4_LA57, CR4_PCIDE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER,
+                  MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, Cpu)
+from .errors import GuestError
+from .paging import ADDR_MASK, PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, translate
+
+_HOOK_INTR = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_void_p)
+_HOOK_SYSCALL = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_void_p)
+_HOOK_OUT = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p)
+_HOOK_INVALID = ctypes.CFUNCTYPE(ctypes.c_bool, uc_engine, ctypes.c_void_p)
+_HOOK_CODE = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+_hook_add = uclib.uc_hook_add
+_hook_add.argtypes = None
+_hook_del = uclib.uc_hook_del
+
+RF_TF, RF_IF, RF_NT, RF_RF, RF_VM = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17
+
+VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
+                8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
+                17: "#AC", 18: "#MC", 19: "#XM"}
+_ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
+_CONTRIBUTORY = {0, 10, 11, 12, 13}
+
+
+def vector_name(v: int) -> str:
+    return VECTOR_NAMES.get(v, f"vector {v:#x}")
+
+
+# --- the architectural register file -----------------------------------------------------
+_GPRS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+         "r13", "r14", "r15"]
+_OTHERS = ["rip", "rflags", "cs", "ss", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base"]
+STATE_NAMES = _GPRS + _OTHERS + ["kernel_gs_base", "mxcsr"] + [f"xmm{i}" for i in range(16)]
+IDX = {n: i for i, n in enumerate(STATE_NAMES)}
+_SLOT = 16
+
+
+class RegFile:
+    """Every register a privilege transition must carry, in one C batch."""
+
+    def __init__(self, handle):
+        ids = [getattr(X, f"UC_X86_REG_{n.upper()}") for n in _GPRS + _OTHERS]
+        ids += [X.UC_X86_REG_MSR, X.UC_X86_REG_MXCSR] + [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
+        n = len(ids)
+        self.n = n
+        self.h = handle
+        self.ids = (ctypes.c_int32 * n)(*ids)
+        self.buf = (ctypes.c_uint8 * (_SLOT * n))()
+        base = ctypes.addressof(self.buf)
+        self.ptrs = (ctypes.c_void_p * n)(*[base + _SLOT * i for i in range(n)])
+        self.q = (ctypes.c_uint64 * (2 * n)).from_buffer(self.buf)   # q[2*i] is slot i's value
+        # the MSR slot is a uc_x86_msr {u32 rid; u64 value}: value at +8
+        self.msr = IDX["kernel_gs_base"]
+        struct.pack_into("<I", self.buf, _SLOT * self.msr, MSR_KERNEL_GS_BASE)
+
+    def read(self) -> None:
+        uclib.uc_reg_read_batch(self.h, self.ids, self.ptrs, self.n)
+
+    def write(self) -> None:
+        struct.pack_into("<I", self.buf, _SLOT * self.msr, MSR_KERNEL_GS_BASE)
+        uclib.uc_reg_write_batch(self.h, self.ids, self.ptrs, self.n)
+
+    def __getitem__(self, name: str) -> int:
+        i = IDX[name]
+        return self.q[2 * i + 1] if i == self.msr else self.q[2 * i]
+
+    def __setitem__(self, name: str, value: int) -> None:
+        i = IDX[name]
+        self.q[2 * i + (1 if i == self.msr else 0)] = value & 0xFFFFFFFFFFFFFFFF
+
+    def snapshot(self) -> dict[str, int]:
+        return {n: self[n] for n in STATE_NAMES if not n.startswith("xmm")}
+
+
+class TripleFault(GuestError):
+    """The CPU could not deliver a #DF: the machine would reset."""
+
+
+@dataclass
+class CpuEvent:
+    kind: str
+    fields: dict = field(default_factory=dict)
+
+
+class System(Cpu):
+    """A Unicorn CPU plus the microcode: a machine that can run an OS kernel.
+
+    ``boot_state`` must be called once, at CPL 0, with the architectural
+    state the kernel expects (descriptor tables, MSRs, CR3/CR4); it is the
+    snapshot every privilege transition restores from.
+    """
+
+    def __init__(self, mem, config=None, sink: Callable | None = None):
+        super().__init__(mem, config)
+        self.regs = RegFile(self.handle)
+        self.sink = sink or (lambda kind, **f: None)
+        self.ports: dict[int, Callable[[int, int, int], int | None]] = {}
+        self._hooks = []            # keep ctypes callbacks alive
+        self._code_hooks: dict[int, tuple] = {}
+        self._error: BaseException | None = None
+        self.stop_reason: str | None = None
+        self.cr3_sites: dict[int, tuple[int, int, bool]] = {}   # addr -> (reg id, size, restore)
+        self._pending_restore: tuple | None = None
+        self._decode_cache: dict[tuple[int, bytes], capstone.CsInsn] = {}
+        self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self._cs.detail = True
+        self.mmu_disagreements = 0
+        self.pending_irqs: list[int] = []
+        self._install_hooks()
+
+    # -- boot -------------------------------------------------------------------
+    def boot_state(self, *, cr3: int, ctl: ControlState, pcide: bool, gdtr: tuple[int, int],
+                   idtr: tuple[int, int], tr: tuple[int, int, int], star: int, lstar: int, fmask: int,
+                   gs_base: int, kernel_gs_base: int, rip: int, rsp: int) -> None:
+        uc = self.uc
+        self.enable_paging(cr3, ctl, pcide=pcide)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdtr[0], gdtr[1], 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, idtr[0], idtr[1], 0))
+        uc.reg_write(X.UC_X86_REG_TR, (tr[2], tr[0], tr[1], 0x8B00))
+        self.set_msr(MSR_STAR, star)
+        self.set_msr(MSR_LSTAR, lstar)
+        self.set_msr(MSR_FMASK, fmask)
+        self.set_msr(MSR_KERNEL_GS_BASE, kernel_gs_base)
+        self.set_reg("gs_base", gs_base)
+        self.set_reg("rflags", 0x2)
+        self.set_reg("rsp", rsp)
+        self.set_reg("cs", 0x10)
+        self.set_reg("ss", 0x18)
+        self.idtr = idtr
+        self.tss_base = tr[0]
+        self.lstar, self.fmask, self.star = lstar, fmask, star
+        self.save_snapshot()
+        self.set_reg("rip", rip)
+
+    # -- hooks ------------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        self._add(UC.UC_HOOK_INTR, _HOOK_INTR(self._guard(self._on_intr)))
+        self._add(UC.UC_HOOK_INSN, _HOOK_SYSCALL(self._guard(self._on_syscall)), X.UC_X86_INS_SYSCALL)
+        self._add(UC.UC_HOOK_INSN, _HOOK_OUT(self._guard(self._on_out)), X.UC_X86_INS_OUT)
+        self._add(UC.UC_HOOK_INSN_INVALID, _HOOK_INVALID(self._guard(self._on_invalid, True)))
+
+    def _add(self, kind: int, cb, insn: int | None = None, begin: int = 1, end: int = 0) -> int:
+        h = uc_hook_h()
+        args = [self.handle, ctypes.byref(h), kind, cb, None, ctypes.c_uint64(begin), ctypes.c_uint64(end)]
+        if insn is not None:
+            args.append(ctypes.c_int(insn))
+        err = _hook_add(*args)
+        if err:
+            raise RuntimeError(f"uc_hook_add failed: {err}")
+        self._hooks.append(cb)
+        return h.value
+
+    def _guard(self, fn, retval=None):
+        """Python exceptions cannot cross a ctypes callback: keep the first one
+        and stop the CPU; run() re-raises it."""
+        def wrapped(*args):
+            try:
+                return fn(*args)
+            except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                if self._error is None:
+                    self._error = e
+                uclib.uc_emu_stop(self.handle)
+                return retval
+        return wrapped
+
+    def add_code_hook(self, addr: int, fn: Callable[[int], None]) -> int:
+        """Call fn(addr) before the instruction at addr executes."""
+        cb = _HOOK_CODE(self._guard(lambda uch, a, size, ud: fn(a)))
+        h = self._add(UC.UC_HOOK_CODE, cb, None, addr, addr)
+        self._code_hooks[h] = (cb, addr)
+        self.flush_code_cache()   # fact 9: a hook added after translation fires only after a flush
+        return h
+
+    def del_code_hook(self, h: int) -> None:
+        if h in self._code_hooks:
+            _hook_del(self.handle, ctypes.c_size_t(h))
+            del self._code_hooks[h]
+
+    def add_cr3_site(self, addr: int, reg: str, size: int, restore: bool) -> None:
+        """A 'mov cr3, reg' instruction (found by scanning the kernel's code)."""
+        self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, restore)
+        self.add_code_hook(addr, self._on_cr3_write)
+        if restore:
+            self.add_code_hook(addr + size, self._on_cr3_after)
+
+    # -- the run loop -----------------------------------------------------------------
+    def run(self, budget: int) -> str:
+        """Run up to ``budget`` instructions from the current RIP.
+
+        Returns why it stopped: 'budget', 'halt', or a reason given to
+        :meth:`stop`.  Errors raised in hooks (triple fault...) propagate.
+        """
+        self.stop_reason = None
+        self._error = None
+        self._deliver_pending_irq()
+        rip = self.reg("rip")
+        err = uclib.uc_emu_start(self.handle, rip, 0xFFFFFFFFFFFFFFFF, 0, budget)
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise e
+        if err:
+            raise GuestError(f"CPU stopped: {UC_ERRORS.get(err, err)} at RIP {self.reg('rip'):#x}")
+        if self.stop_reason:
+            return self.stop_reason
+        if self._halted():
+            return "halt"
+        return "budget"
+
+    def stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        uclib.uc_emu_stop(self.handle)
+
+    def _halted(self) -> bool:
+        rip = self.reg("rip")
+        pa = self._pa(rip - 1, 2)
+        return pa is not None and self.mem.read(pa, 1) == b"\xf4"
+
+    # -- control state ---------------------------------------------------------------------
+    def ctl(self, rflags: int | None = None) -> ControlState:
+        r = self.regs
+        cr0, cr4 = r["cr0"], r["cr4"]
+        efer = self.msr(MSR_EFER)
+        return ControlState(wp=bool(cr0 & CR0_WP), smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP),
+                            pke=bool(cr4 & CR4_PKE), la57=bool(cr4 & CR4_LA57), nxe=bool(efer & EFER_NXE),
+                            ac=bool((r["rflags"] if rflags is None else rflags) & RFLAGS_AC))
+
+    def _pa(self, va: int, access: int, cpl: int = 0) -> int | None:
+        """Physical address through the current CR3 (implicit supervisor access)."""
+        r = self.regs
+        r.read()
+        t = translate(self.mem, r["cr3"], va, access, cpl, self.ctl(0))
+        return None if t.fault else t.pa
+
+    # -- SYSCALL (SDM: SYSCALL—Fast System Call) ------------------------------------------------
+    def _on_syscall(self, uch, ud):
+        r = self.regs
+        r.read()
+        rip, flags = r["rip"], r["rflags"]
+        self.sink("syscall", nr=r["rax"], rip=rip, cr3=r["cr3"], cpl=r["cs"] & 3,
+                  args=(r["rdi"], r["rsi"], r["rdx"], r["r10"], r["r8"], r["r9"]))
+        r["rcx"] = rip + 2
+        r["r11"] = flags
+        r["rflags"] = (flags & ~self.fmask) | 2
+        r["cs"] = (self.star >> 32) & 0xFFFC
+        r["ss"] = ((self.star >> 32) & 0xFFFC) + 8
+        r["rip"] = self.lstar - 2          # Unicorn adds 2 after the hook (fact 4)
+        self._enter_cpl0()
+
+    def _enter_cpl0(self) -> None:
+        """The snapshot restore that makes CPL 0, then the real register state."""
+        uclib.uc_context_restore(self.handle, self._snapshot.context)
+        self.regs.write()
+
+    # -- exceptions and interrupts -----------------------------------------------------------
+    def _on_intr(self, uch, intno, ud):
+        r = self.regs
+        r.read()
+        rip = r["rip"]
+        cpl = r["cs"] & 3
+        if self._pending_restore is not None:
+            self._pending_restore = None
+        software = self._is_software_int(intno, rip, cpl)
+        ec = None
+        cr2 = None
+        if not software and intno in _ERROR_CODE_VECTORS:
+            ec = self.last_error_code()
+            if ec is None:
+                ec = 0
+            if intno == VEC_PF:
+                cr2 = r["cr2"]
+                self._cross_check(cr2, ec, r)
+        self.deliver(intno, ec, cr2=cr2, software=software, reported=True)
+
+    def _is_software_int(self, vector: int, rip: int, cpl: int) -> bool:
+        """INT n / INT3 / INTO / INT1 leave RIP after the instruction."""
+        pa1 = self._pa(rip - 1, 2, 0)
+        if pa1 is not None:
+            b = self.mem.read(pa1, 1)[0]
+            if (vector == 3 and b == 0xCC) or (vector == 4 and b == 0xCE) or (vector == 1 and b == 0xF1):
+                return True
+        pa2 = self._pa(rip - 2, 2, 0)
+        if pa2 is not None and self.mem.read(pa2, 2) == bytes([0xCD, vector & 0xFF]):
+            return True
+        return False
+
+    def _cross_check(self, cr2: int, ec: int, r: RegFile) -> None:
+        """The walker must fault the same way as the CPU did."""
+        access = 2 if ec & PF_I else (1 if ec & PF_W else 0)
+        cpl = 3 if ec & PF_U else 0
+        ctl = self.ctl()
+        if ctl.pke:
+            return              # PKRU is not readable here; trust the CPU
+        w = translate(self.mem, r["cr3"], cr2, access, cpl, ctl)
+        if not w.fault or w.error_code != ec:
+            self.mmu_disagreements += 1
+            self.sink("mmu_disagreement", va=cr2, cpu_error_code=ec,
+                      walker=(w.describe() if w.fault else f"translates to {w.pa:#x}"))
+
+    def deliver(self, vector: int, error_code: int | None = None, *, cr2: int | None = None,
+                software: bool = False, reported: bool = False, external: bool = False,
+                chain: tuple = ()) -> None:
+        """Deliver through the guest IDT (SDM 6.12-6.14, 64-bit mode)."""
+        r = self.regs
+        if not reported:
+            r.read()
+        cpl = r["cs"] & 3
+        rip, rflags, cr3 = r["rip"], r["rflags"], r["cr3"]
+        chain = chain + ((vector, error_code, cr2, rip, cpl, cr3),)
+        if not external and not software:
+            self.sink("exception", vector=vector, error_code=error_code, cr2=cr2, rip=rip, cpl=cpl,
+                      cr3=cr3, nested=len(chain) > 1)
+        elif external:
+            self.sink("interrupt", vector=vector, rip=rip, cpl=cpl, cr3=cr3)
+        else:
+            self.sink("exception", vector=vector, error_code=None, cr2=None, rip=rip, cpl=cpl, cr3=cr3,
+                      software=True, nested=False)
+        ctl = self.ctl(0)           # implicit supervisor accesses: SMAP applies regardless of AC
+        idt_base, idt_limit = self.idtr
+        if 16 * vector + 15 > idt_limit:
+            return self._nested(vector, chain, Fault(0, VEC_GP, 16 * vector + 2))
+        gate = self._read_virt(cr3, idt_base + 16 * vector, 16, ctl)
+        if isinstance(gate, Fault):
+            return self._nested(vector, chain, gate)
+        lo, hi = struct.unpack("<QQ", gate)
+        present = lo >> 47 & 1
+        gtype = lo >> 40 & 0xF
+        dpl = lo >> 45 & 3
+        if not present or gtype not in (0xE, 0xF):
+            return self._nested(vector, chain, Fault(0, VEC_GP if present else 11, 16 * vector + 2))
+        if software and dpl < cpl:
+            return self._nested(vector, chain, Fault(0, VEC_GP, 16 * vector + 2))
+        handler = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | (hi & 0xFFFFFFFF) << 32
+        selector = lo >> 16 & 0xFFFF
+        ist = lo >> 32 & 7
+        new_cpl = selector & 3
+        if ist:
+            stack = self._read_virt(cr3, self.tss_base + 36 + 8 * (ist - 1), 8, ctl)
+        elif new_cpl < cpl:
+            stack = self._read_virt(cr3, self.tss_base + 4 + 8 * new_cpl, 8, ctl)
+        else:
+            stack = struct.pack("<Q", r["rsp"])
+        if isinstance(stack, Fault):
+            return self._nested(vector, chain, stack)
+        new_rsp = struct.unpack("<Q", stack)[0] & ~0xF
+        frame = [rip, r["cs"], rflags, r["rsp"], r["ss"]]
+        if error_code is not None:
+            frame.insert(0, error_code)
+        new_rsp = (new_rsp - 8 * len(frame)) & 0xFFFFFFFFFFFFFFFF
+        err = self._write_virt(cr3, new_rsp, struct.pack(f"<{len(frame)}Q", *frame), ctl)
+        if err is not None:
+            return self._nested(vector, chain, err)
+        if cr2 is not None:
+            r["cr2"] = cr2
+        new_flags = rflags & ~(RF_TF | RF_NT | RF_RF | RF_VM)
+        if gtype == 0xE:
+            new_flags &= ~RF_IF
+        r["rflags"] = new_flags
+        r["rip"] = handler
+        r["rsp"] = new_rsp
+        r["cs"] = selector
+        if new_cpl != cpl:
+            r["ss"] = new_cpl        # a NULL selector with RPL = new CPL
+        self._enter_cpl0()
+
+    def _nested(self, first: int, chain: tuple, f: Fault) -> None:
+        """A fault while delivering ``first`` (SDM Table 6-5)."""
+        second = f.vector
+        names = " -> ".join(f"{vector_name(v)}" + (f"({ec:#x})" if ec is not None else "")
+                            for v, ec, *_ in chain)
+        if first == 8:
+            self.sink("triple_fault", chain=chain + ((second, f.error_code, f.va, None, None, None),))
+            last = chain[-1]
+            raise TripleFault(f"triple fault: {names} -> {vector_name(second)}({f.error_code:#x}) while "
+                              f"delivering #DF (RIP {last[3]:#x}, CPL {last[4]}, CR3 {last[5]:#x})")
+        df = (first in _CONTRIBUTORY and second in _CONTRIBUTORY) or \
+             (first == VEC_PF and (second == VEC_PF or second in _CONTRIBUTORY))
+        cr2 = f.va if second == VEC_PF else None
+        if df:
+            self.regs.read()
+            self.deliver(8, 0, reported=True, chain=chain + ((second, f.error_code, cr2, None, None, None),))
+        else:
+            self.deliver(second, f.error_code, cr2=cr2, reported=True, chain=chain)
+
+    def _read_virt(self, cr3: int, va: int, n: int, ctl: ControlState) -> bytes | Fault:
+        out = b""
+        while n:
+            chunk = min(n, 4096 - (va & 0xFFF))
+            t = translate(self.mem, cr3, va, 0, 0, ctl)
+            if t.fault:
+                return t
+            out += self.mem.read(t.pa, chunk)
+            va, n = va + chunk, n - chunk
+        return out
+
+    def _write_virt(self, cr3: int, va: int, data: bytes, ctl: ControlState) -> Fault | None:
+        pieces = []
+        off = 0
+        while off < len(data):
+            chunk = min(len(data) - off, 4096 - ((va + off) & 0xFFF))
+            t = translate(self.mem, cr3, va + off, 1, 0, ctl)
+            if t.fault:
+                return t
+            pieces.append((t.pa, data[off:off + chunk]))
+            off += chunk
+        for pa, d in pieces:
+            self.mem.write(pa, d)
+        return None
+
+    # -- external interrupts ------------------------------------------------------------------
+    def inject_interrupt(self, vector: int) -> bool:
+        """Deliver an external interrupt now if RFLAGS.IF allows, else keep it
+        pending until the next run starts with IF set.  Returns True if
+        delivered."""
+        self.regs.read()
+        if self.regs["rflags"] & RFLAGS_IF:
+            self.deliver(vector, external=True, reported=True)
+            return True
+        self.pending_irqs.append(vector)
+        return False
+
+    def _deliver_pending_irq(self) -> None:
+        if self.pending_irqs:
+            self.regs.read()
+            if self.regs["rflags"] & RFLAGS_IF:
+                self.deliver(self.pending_irqs.pop(0), external=True, reported=True)
+
+    # -- CR3 writes ------------------------------------------------------------------------------
+    def _on_cr3_write(self, addr: int) -> None:
+        reg, size, restore = self.cr3_sites[addr]
+        r = self.regs
+        r.read()
+        val = self._read_reg(reg)
+        old = r["cr3"]
+        self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
+                  pcid=(val & 0xFFF) if r["cr4"] & CR4_PCIDE else None)
+        if val >> 63:
+            # hardware never stores bit 63 (NOFLUSH); Unicorn would (fact 5)
+            self._write_reg(reg, val & ~(1 << 63))
+            if restore:
+                self._pending_restore = (reg, val)
+
+    def _on_cr3_after(self, addr: int) -> None:
+        if self._pending_restore is not None:
+            reg, val = self._pending_restore
+            self._pending_restore = None
+            self._write_reg(reg, val)
+
+    def _read_reg(self, reg: int) -> int:
+        v = ctypes.c_uint64()
+        uclib.uc_reg_read(self.handle, reg, ctypes.byref(v))
+        return v.value
+
+    def _write_reg(self, reg: int, value: int) -> None:
+        v = ctypes.c_uint64(value & 0xFFFFFFFFFFFFFFFF)
+        uclib.uc_reg_write(self.handle, reg, ctypes.byref(v))
+
+    # -- port I/O ------------------------------------------------------------------------------------
+    def _on_out(self, uch, port, size, value, ud):
+        fn = self.ports.get(port)
+        if fn is None:
+            self.sink("port_out", port=port, size=size, value=value)
+            return
+        ret = fn(port, size, value)
+        if ret is not None:
+            self._write_reg(X.UC_X86_REG_RAX, ret)
+
+    # -- invalid opcodes: INVPCID, else #UD ----------------------------------------------------
+    def _on_invalid(self, uch, ud) -> bool:
+        r = self.regs
+        r.read()
+        rip = r["rip"]
+        cpl = r["cs"] & 3
+        ins = self._decode(rip, cpl)
+        if ins is not None and ins.mnemonic == "invpcid":
+            return self._invpcid(ins, r, cpl)
+        self.deliver(6, None, reported=True)
+        return True
+
+    def _decode(self, rip: int, cpl: int):
+        t = translate(self.mem, self.regs["cr3"], rip, 2, cpl, self.ctl())
+        if t.fault:
+            return None
+        avail = min(15, 4096 - (t.pa & 0xFFF))
+        code = self.mem.read(t.pa, avail)
+        if avail < 15:
+            t2 = translate(self.mem, self.regs["cr3"], rip + avail, 2, cpl, self.ctl())
+            if not t2.fault:
+                code += self.mem.read(t2.pa, 15 - avail)
+        key = (rip, code)
+        ins = self._decode_cache.get(key)
+        if ins is None:
+            ins = next(self._cs.disasm(code, rip, 1), None)
+            self._decode_cache[key] = ins
+        return ins
+
+    def _invpcid(self, ins, r: RegFile, cpl: int) -> bool:
+        """INVPCID (SDM Vol. 2A).  Unicorn's TLB has no PCID tags, so every
+        type flushes the whole TLB: never less than the instruction asks."""
+        from capstone import x86_const as CX
+
+        ops = ins.operands
+        type_ = self._read_reg(_uc_reg(ins.reg_name(ops[0].reg)))
+        m = ops[1].mem
+        ea = m.disp
+        if m.base:
+            ea += self._read_reg(_uc_reg(ins.reg_name(m.base)))
+        if m.index:
+            ea += self._read_reg(_uc_reg(ins.reg_name(m.index))) * m.scale
+        ea &= 0xFFFFFFFFFFFFFFFF
+        if cpl != 0 or type_ > 3:
+            self.deliver(VEC_GP, 0, reported=True)
+            return True
+        desc = self._read_virt(r["cr3"], ea, 16, self.ctl())
+        if isinstance(desc, Fault):
+            self.deliver(desc.vector, desc.error_code, cr2=desc.va if desc.vector == VEC_PF else None,
+                         reported=True)
+            return True
+        pcid, addr = struct.unpack("<QQ", desc)
+        pcide = bool(r["cr4"] & CR4_PCIDE)
+        canon = (addr >> 47) in (0, 0x1FFFF) or (r["cr4"] & CR4_LA57 and (addr >> 56) in (0, 0xFF))
+        if pcid >> 12 or (type_ == 0 and not canon) or (not pcide and type_ in (0, 1) and pcid):
+            self.deliver(VEC_GP, 0, reported=True)
+            return True
+        del CX
+        self.sink("invpcid", rip=r["rip"], type=type_, pcid=pcid & 0xFFF, addr=addr)
+        self.flush_tlb()
+        self._write_reg(X.UC_X86_REG_RIP, r["rip"] + ins.size)
+        return True
+
+
+def _uc_reg(name: str) -> int:
+    return getattr(X, f"UC_X86_REG_{name.upper()}")
+
+
+UC_ERRORS = {UC.UC_ERR_READ_UNMAPPED: "read from unmapped physical memory",
+             UC.UC_ERR_WRITE_UNMAPPED: "write to unmapped physical memory",
+             UC.UC_ERR_FETCH_UNMAPPED: "fetch from unmapped physical memory",
+             UC.UC_ERR_INSN_INVALID: "invalid instruction",
+             UC.UC_ERR_EXCEPTION: "unhandled CPU exception"}

@@ -114,6 +114,7 @@ class Kernel:
     percpu_base: int
     processes: list[Process] = field(default_factory=list)
     cea: dict[str, int] = field(default_factory=dict)
+    stack_pages: dict[int, int] = field(default_factory=dict)   # kernel stack page -> frame
 
     # -- guest memory helpers ------------------------------------------------------
     def sym(self, name: str) -> int:
@@ -127,6 +128,9 @@ class Kernel:
             return va - lay.kernel_map
         if lay.page_offset <= va < lay.page_offset + self.mem.size:
             return va - lay.page_offset
+        pa = self.stack_pages.get(va >> 12)
+        if pa is not None:
+            return pa | (va & 0xFFF)
         t = self.init_pgd.translate(va, 0, 0, ControlState(la57=self.config.la57, smap=False))
         if t.fault:
             raise ConfigError(f"kernel address {va:#x} is not mapped: {t.describe()}")
@@ -294,8 +298,9 @@ class KernelBuilder:
         for i in range(abi.MAX_TASKS):
             base = self.lay.vmalloc_start + i * abi.VMAP_STACK_STRIDE
             for j in range(abi.THREAD_SIZE // PAGE_SIZE):
-                pt.map(base + j * PAGE_SIZE, self._alloc(FrameKind.KERNEL_STACK, f"stack{i}"), PAGE_SIZE,
-                       self._kprot(PAGE_KERNEL))
+                frame = self._alloc(FrameKind.KERNEL_STACK, f"stack{i}")
+                pt.map(base + j * PAGE_SIZE, frame, PAGE_SIZE, self._kprot(PAGE_KERNEL))
+                self.k.stack_pages[(base >> 12) + j] = frame
             self.stack_tops.append(base + abi.THREAD_SIZE)
 
     def _init_data(self) -> None:

@@ -13,6 +13,7 @@ address spaces involved (``A.user``, ``A.kernel``, ``A.asi``, ``kernel``).
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -125,6 +126,7 @@ class Machine:
         self._kb.finish()
         first = k.processes[0]
         cpu = System(self.mem, CpuConfig(la57=cfg.la57), sink=self._sink)
+        cpu.want_events = self.record_events or bool(self._listeners)
         self.cpu = cpu
         pcid = 1 if cfg.pcid else 0
         ctl = ControlState(wp=True, smep=cfg.smep, smap=cfg.smap, pke=cfg.pke, la57=cfg.la57, nxe=cfg.nx)
@@ -145,15 +147,25 @@ class Machine:
         for i, ins in enumerate(insns):
             if ins.mnemonic == "mov" and ins.op_str.startswith("cr3, "):
                 reg = ins.op_str.split(", ")[1]
-                nxt = insns[i + 1] if i + 1 < len(insns) else None
-                self.cpu.add_cr3_site(ins.addr, reg, ins.size, restore=not _overwrites(nxt, reg))
+                # NOFLUSH can only come from a 'bts reg, 0x3f' on the way here
+                noflush = any(p.mnemonic == "bts" and p.op_str.endswith(", 0x3f")
+                              for p in insns[max(0, i - 16):i])
+                self.cpu.add_cr3_site(ins.addr, reg, ins.size, restore=not _dead_after(insns, i, reg),
+                                      may_set_noflush=noflush)
 
     def _install_probes(self) -> None:
         sym = self.kernel.sym
         self.cpu.add_code_hook(sym("do_exit_teardown"), self._on_exit)
         self.cpu.add_code_hook(sym("asi_exit_on_fault"), self._on_asi_fault)
         self.cpu.add_code_hook(sym("asi_critical_section_aborted"), self._on_asi_abort)
-        self.cpu.add_code_hook(sym("entry_SYSCALL_64_after_call"), self._on_syscall_return)
+        if self.cpu.want_events:
+            self._install_event_probes()
+
+    def _install_event_probes(self) -> None:
+        """Probes that only make events: installed while someone records."""
+        if not getattr(self, "_event_probes", False):
+            self._event_probes = True
+            self.cpu.add_code_hook(self.kernel.sym("entry_SYSCALL_64_after_call"), self._on_syscall_return)
 
     def _name_roots(self) -> None:
         k = self.kernel
@@ -206,6 +218,9 @@ class Machine:
     # -- events ----------------------------------------------------------------------------
     def on_event(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
+        if self.cpu is not None:
+            self.cpu.want_events = True
+            self._install_event_probes()
 
     def _sink(self, kind: str, **f) -> None:
         if not self.record_events and not self._listeners:
@@ -350,15 +365,32 @@ class Machine:
         return struct.unpack("<Q", self.read_virt(va, 8, space))[0]
 
 
-def _overwrites(ins, reg: str) -> bool:
-    """Does ``ins`` write ``reg`` without reading it (so its old value is dead)?"""
-    if ins is None:
-        return False
-    ops = [o.strip() for o in ins.op_str.split(",")]
-    if ins.mnemonic == "pop":
-        return ops == [reg]
-    if ins.mnemonic in ("mov", "movabs", "lea") and len(ops) == 2:
-        return ops[0] == reg and reg not in ops[1]
+_ALIASES = {
+    "rax": ("rax", "eax", "ax", "al", "ah"), "rbx": ("rbx", "ebx", "bx", "bl", "bh"),
+    "rcx": ("rcx", "ecx", "cx", "cl", "ch"), "rdx": ("rdx", "edx", "dx", "dl", "dh"),
+    "rsi": ("rsi", "esi", "si", "sil"), "rdi": ("rdi", "edi", "di", "dil"),
+    "rbp": ("rbp", "ebp", "bp", "bpl"), "rsp": ("rsp", "esp", "sp", "spl"),
+}
+for _n in range(8, 16):
+    _ALIASES[f"r{_n}"] = (f"r{_n}", f"r{_n}d", f"r{_n}w", f"r{_n}b")
+
+
+def _dead_after(insns: list, i: int, reg: str) -> bool:
+    """Is ``reg`` overwritten before being read, in straight-line code after
+    instruction ``i``?  (Then the CR3 hook need not restore its bit 63.)"""
+    names = _ALIASES.get(reg, (reg,))
+
+    def mentions(text: str) -> bool:
+        return any(re.search(rf"\b{n}\b", text) for n in names)
+
+    for ins in insns[i + 1:i + 9]:
+        ops = [o.strip() for o in ins.op_str.split(",")] if ins.op_str else []
+        if ins.mnemonic == "pop" and ops == [reg]:
+            return True
+        if ins.mnemonic in ("mov", "movabs", "lea") and len(ops) == 2 and ops[0] == reg and not mentions(ops[1]):
+            return True
+        if mentions(ins.op_str) or ins.mnemonic.startswith(("j", "call", "ret", "iret", "sysret", "loop")):
+            return False
     return False
 
 

@@ -34,10 +34,10 @@ from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
 
-from .cpu import (CR0_WP, CR4_LA57, CR4_PCIDE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER,
-                  MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, Cpu)
+from .cpu import (context_offset, error_code_offset, CR0_WP, CR4_LA57, CR4_PCIDE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER,
+                  MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
 from .errors import GuestError
-from .paging import ADDR_MASK, PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, translate
+from .paging import PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, WalkCache, translate
 
 _HOOK_INTR = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_void_p)
 _HOOK_SYSCALL = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_void_p)
@@ -73,27 +73,38 @@ _SLOT = 16
 class RegFile:
     """Every register a privilege transition must carry, in one C batch."""
 
-    def __init__(self, handle):
+    def __init__(self, hv):
         ids = [getattr(X, f"UC_X86_REG_{n.upper()}") for n in _GPRS + _OTHERS]
         ids += [X.UC_X86_REG_MSR, X.UC_X86_REG_MXCSR] + [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
         n = len(ids)
-        self.n = n
-        self.h = handle
+        self.n = ctypes.c_int(n)
+        self.h = hv
         self.ids = (ctypes.c_int32 * n)(*ids)
         self.buf = (ctypes.c_uint8 * (_SLOT * n))()
         base = ctypes.addressof(self.buf)
         self.ptrs = (ctypes.c_void_p * n)(*[base + _SLOT * i for i in range(n)])
         self.q = (ctypes.c_uint64 * (2 * n)).from_buffer(self.buf)   # q[2*i] is slot i's value
+        # the write-back after a snapshot restore leaves CR3 out: it is patched
+        # into the snapshot instead (writing it would flush the TLB)
+        keep = [i for i in range(n) if STATE_NAMES[i] != "cr3"]
+        self.wn = ctypes.c_int(len(keep))
+        self.wids = (ctypes.c_int32 * len(keep))(*[ids[i] for i in keep])
+        self.wptrs = (ctypes.c_void_p * len(keep))(*[base + _SLOT * i for i in keep])
         # the MSR slot is a uc_x86_msr {u32 rid; u64 value}: value at +8
         self.msr = IDX["kernel_gs_base"]
-        struct.pack_into("<I", self.buf, _SLOT * self.msr, MSR_KERNEL_GS_BASE)
+        self._rid = ctypes.c_uint32.from_buffer(self.buf, _SLOT * self.msr)
+        self._rid.value = MSR_KERNEL_GS_BASE
 
     def read(self) -> None:
-        uclib.uc_reg_read_batch(self.h, self.ids, self.ptrs, self.n)
+        C.reg_read_batch(self.h, self.ids, self.ptrs, self.n)
 
     def write(self) -> None:
-        struct.pack_into("<I", self.buf, _SLOT * self.msr, MSR_KERNEL_GS_BASE)
-        uclib.uc_reg_write_batch(self.h, self.ids, self.ptrs, self.n)
+        self._rid.value = MSR_KERNEL_GS_BASE
+        C.reg_write_batch(self.h, self.ids, self.ptrs, self.n)
+
+    def write_except_cr3(self) -> None:
+        self._rid.value = MSR_KERNEL_GS_BASE
+        C.reg_write_batch(self.h, self.wids, self.wptrs, self.wn)
 
     def __getitem__(self, name: str) -> int:
         i = IDX[name]
@@ -127,8 +138,12 @@ class System(Cpu):
 
     def __init__(self, mem, config=None, sink: Callable | None = None):
         super().__init__(mem, config)
-        self.regs = RegFile(self.handle)
+        self.regs = RegFile(self.hv)
         self.sink = sink or (lambda kind, **f: None)
+        self._informational_cr3: list[int] = []
+        self._info_hooked: set[int] = set()
+        self._want_events = sink is not None     # cheap paths skip building events
+        self._one: dict[int, OneReg] = {}
         self.ports: dict[int, Callable[[int, int, int], int | None]] = {}
         self._hooks = []            # keep ctypes callbacks alive
         self._code_hooks: dict[int, tuple] = {}
@@ -141,6 +156,9 @@ class System(Cpu):
         self._cs.detail = True
         self.mmu_disagreements = 0
         self.pending_irqs: list[int] = []
+        self.walks = WalkCache(mem)
+        self._ctls: dict[tuple, ControlState] = {}
+        self._nxe = False
         self._install_hooks()
 
     # -- boot -------------------------------------------------------------------
@@ -163,8 +181,15 @@ class System(Cpu):
         self.set_reg("ss", 0x18)
         self.idtr = idtr
         self.tss_base = tr[0]
+        self._nxe = ctl.nxe           # EFER is constant after boot: read it once
         self.lstar, self.fmask, self.star = lstar, fmask, star
         self.save_snapshot()
+        if error_code_offset() is None:
+            raise GuestError("cannot find the CPU's error code in a saved Unicorn context "
+                             "(unexpected Unicorn build)")
+        off = context_offset(X.UC_X86_REG_CR3)
+        self._cr3_slot = None if off is None else \
+            ctypes.c_uint64.from_address(self._snapshot_ctx.value + off)
         self.set_reg("rip", rip)
 
     # -- hooks ------------------------------------------------------------------------
@@ -194,13 +219,20 @@ class System(Cpu):
             except BaseException as e:   # noqa: BLE001 - re-raised by run()
                 if self._error is None:
                     self._error = e
-                uclib.uc_emu_stop(self.handle)
+                C.emu_stop(self.hv)
                 return retval
         return wrapped
 
     def add_code_hook(self, addr: int, fn: Callable[[int], None]) -> int:
         """Call fn(addr) before the instruction at addr executes."""
-        cb = _HOOK_CODE(self._guard(lambda uch, a, size, ud: fn(a)))
+        def hook(uch, a, size, ud):
+            try:
+                fn(a)
+            except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                if self._error is None:
+                    self._error = e
+                C.emu_stop(self.hv)
+        cb = _HOOK_CODE(hook)
         h = self._add(UC.UC_HOOK_CODE, cb, None, addr, addr)
         self._code_hooks[h] = (cb, addr)
         self.flush_code_cache()   # fact 9: a hook added after translation fires only after a flush
@@ -211,12 +243,37 @@ class System(Cpu):
             _hook_del(self.handle, ctypes.c_size_t(h))
             del self._code_hooks[h]
 
-    def add_cr3_site(self, addr: int, reg: str, size: int, restore: bool) -> None:
-        """A 'mov cr3, reg' instruction (found by scanning the kernel's code)."""
+    def add_cr3_site(self, addr: int, reg: str, size: int, restore: bool, may_set_noflush: bool = True) -> None:
+        """A 'mov cr3, reg' instruction (found by scanning the kernel's code).
+
+        Sites whose value may carry NOFLUSH are always hooked (the bit must be
+        stripped); the others only while events are wanted.
+        """
         self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, restore)
-        self.add_code_hook(addr, self._on_cr3_write)
-        if restore:
-            self.add_code_hook(addr + size, self._on_cr3_after)
+        if may_set_noflush:
+            self.add_code_hook(addr, self._on_cr3_write)
+            if restore:
+                self.add_code_hook(addr + size, self._on_cr3_after)
+        else:
+            self._informational_cr3.append(addr)
+            if self.want_events:
+                self._hook_informational()
+
+    @property
+    def want_events(self) -> bool:
+        return self._want_events
+
+    @want_events.setter
+    def want_events(self, value: bool) -> None:
+        self._want_events = value
+        if value:
+            self._hook_informational()
+
+    def _hook_informational(self) -> None:
+        for addr in self._informational_cr3:
+            if addr not in self._info_hooked:
+                self._info_hooked.add(addr)
+                self.add_code_hook(addr, self._on_cr3_write)
 
     # -- the run loop -----------------------------------------------------------------
     def run(self, budget: int) -> str:
@@ -228,8 +285,7 @@ class System(Cpu):
         self.stop_reason = None
         self._error = None
         self._deliver_pending_irq()
-        rip = self.reg("rip")
-        err = uclib.uc_emu_start(self.handle, rip, 0xFFFFFFFFFFFFFFFF, 0, budget)
+        err = self.emu_start(self.reg("rip"), budget)
         if self._error is not None:
             e, self._error = self._error, None
             raise e
@@ -243,27 +299,32 @@ class System(Cpu):
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
-        uclib.uc_emu_stop(self.handle)
+        C.emu_stop(self.hv)
 
     def _halted(self) -> bool:
-        rip = self.reg("rip")
+        self.regs.read()
+        rip = self.regs["rip"]
         pa = self._pa(rip - 1, 2)
         return pa is not None and self.mem.read(pa, 1) == b"\xf4"
 
     # -- control state ---------------------------------------------------------------------
     def ctl(self, rflags: int | None = None) -> ControlState:
+        """The control state from the registers last read (interned objects)."""
         r = self.regs
         cr0, cr4 = r["cr0"], r["cr4"]
-        efer = self.msr(MSR_EFER)
-        return ControlState(wp=bool(cr0 & CR0_WP), smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP),
-                            pke=bool(cr4 & CR4_PKE), la57=bool(cr4 & CR4_LA57), nxe=bool(efer & EFER_NXE),
-                            ac=bool((r["rflags"] if rflags is None else rflags) & RFLAGS_AC))
+        ac = bool((r["rflags"] if rflags is None else rflags) & RFLAGS_AC)
+        key = (cr0 & CR0_WP, cr4 & (CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_LA57), self._nxe, ac)
+        c = self._ctls.get(key)
+        if c is None:
+            c = self._ctls[key] = ControlState(
+                wp=bool(cr0 & CR0_WP), smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP),
+                pke=bool(cr4 & CR4_PKE), la57=bool(cr4 & CR4_LA57), nxe=self._nxe, ac=ac)
+        return c
 
     def _pa(self, va: int, access: int, cpl: int = 0) -> int | None:
-        """Physical address through the current CR3 (implicit supervisor access)."""
+        """Physical address through the CR3 last read (implicit supervisor access)."""
         r = self.regs
-        r.read()
-        t = translate(self.mem, r["cr3"], va, access, cpl, self.ctl(0))
+        t = self.walks.translate(r["cr3"], va, access, cpl, self.ctl(0))
         return None if t.fault else t.pa
 
     # -- SYSCALL (SDM: SYSCALL—Fast System Call) ------------------------------------------------
@@ -271,8 +332,9 @@ class System(Cpu):
         r = self.regs
         r.read()
         rip, flags = r["rip"], r["rflags"]
-        self.sink("syscall", nr=r["rax"], rip=rip, cr3=r["cr3"], cpl=r["cs"] & 3,
-                  args=(r["rdi"], r["rsi"], r["rdx"], r["r10"], r["r8"], r["r9"]))
+        if self._want_events:
+            self.sink("syscall", nr=r["rax"], rip=rip, cr3=r["cr3"], cpl=r["cs"] & 3,
+                      args=(r["rdi"], r["rsi"], r["rdx"], r["r10"], r["r8"], r["r9"]))
         r["rcx"] = rip + 2
         r["r11"] = flags
         r["rflags"] = (flags & ~self.fmask) | 2
@@ -282,9 +344,18 @@ class System(Cpu):
         self._enter_cpl0()
 
     def _enter_cpl0(self) -> None:
-        """The snapshot restore that makes CPL 0, then the real register state."""
-        uclib.uc_context_restore(self.handle, self._snapshot.context)
-        self.regs.write()
+        """The snapshot restore that makes CPL 0, then the real register state.
+
+        CR3 goes into the snapshot before the restore, so the TLB survives the
+        transition as it does on hardware (SYSCALL and exception entry do not
+        flush)."""
+        if self._cr3_slot is not None:
+            self._cr3_slot.value = self.regs["cr3"]
+            C.context_restore(self.hv, self._snapshot_ctx)
+            self.regs.write_except_cr3()
+        else:
+            C.context_restore(self.hv, self._snapshot_ctx)
+            self.regs.write()
 
     # -- exceptions and interrupts -----------------------------------------------------------
     def _on_intr(self, uch, intno, ud):
@@ -299,8 +370,6 @@ class System(Cpu):
         cr2 = None
         if not software and intno in _ERROR_CODE_VECTORS:
             ec = self.last_error_code()
-            if ec is None:
-                ec = 0
             if intno == VEC_PF:
                 cr2 = r["cr2"]
                 self._cross_check(cr2, ec, r)
@@ -325,7 +394,7 @@ class System(Cpu):
         ctl = self.ctl()
         if ctl.pke:
             return              # PKRU is not readable here; trust the CPU
-        w = translate(self.mem, r["cr3"], cr2, access, cpl, ctl)
+        w = self.walks.translate(r["cr3"], cr2, access, cpl, ctl)
         if not w.fault or w.error_code != ec:
             self.mmu_disagreements += 1
             self.sink("mmu_disagreement", va=cr2, cpu_error_code=ec,
@@ -420,7 +489,7 @@ class System(Cpu):
         out = b""
         while n:
             chunk = min(n, 4096 - (va & 0xFFF))
-            t = translate(self.mem, cr3, va, 0, 0, ctl)
+            t = self.walks.translate(cr3, va, 0, 0, ctl)
             if t.fault:
                 return t
             out += self.mem.read(t.pa, chunk)
@@ -432,7 +501,7 @@ class System(Cpu):
         off = 0
         while off < len(data):
             chunk = min(len(data) - off, 4096 - ((va + off) & 0xFFF))
-            t = translate(self.mem, cr3, va + off, 1, 0, ctl)
+            t = self.walks.translate(cr3, va + off, 1, 0, ctl)
             if t.fault:
                 return t
             pieces.append((t.pa, data[off:off + chunk]))
@@ -462,15 +531,15 @@ class System(Cpu):
     # -- CR3 writes ------------------------------------------------------------------------------
     def _on_cr3_write(self, addr: int) -> None:
         reg, size, restore = self.cr3_sites[addr]
-        r = self.regs
-        r.read()
-        val = self._read_reg(reg)
-        old = r["cr3"]
-        self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
-                  pcid=(val & 0xFFF) if r["cr4"] & CR4_PCIDE else None)
+        val = self._reg(reg).read()
+        if self._want_events:
+            old = self._reg(X.UC_X86_REG_CR3).read()
+            pcide = self._reg(X.UC_X86_REG_CR4).read() & CR4_PCIDE
+            self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
+                      pcid=(val & 0xFFF) if pcide else None)
         if val >> 63:
             # hardware never stores bit 63 (NOFLUSH); Unicorn would (fact 5)
-            self._write_reg(reg, val & ~(1 << 63))
+            self._reg(reg).write(val & ~(1 << 63))
             if restore:
                 self._pending_restore = (reg, val)
 
@@ -478,16 +547,19 @@ class System(Cpu):
         if self._pending_restore is not None:
             reg, val = self._pending_restore
             self._pending_restore = None
-            self._write_reg(reg, val)
+            self._reg(reg).write(val)
+
+    def _reg(self, reg: int) -> OneReg:
+        one = self._one.get(reg)
+        if one is None:
+            one = self._one[reg] = OneReg(self, reg)
+        return one
 
     def _read_reg(self, reg: int) -> int:
-        v = ctypes.c_uint64()
-        uclib.uc_reg_read(self.handle, reg, ctypes.byref(v))
-        return v.value
+        return self._reg(reg).read()
 
     def _write_reg(self, reg: int, value: int) -> None:
-        v = ctypes.c_uint64(value & 0xFFFFFFFFFFFFFFFF)
-        uclib.uc_reg_write(self.handle, reg, ctypes.byref(v))
+        self._reg(reg).write(value)
 
     # -- port I/O ------------------------------------------------------------------------------------
     def _on_out(self, uch, port, size, value, ud):
@@ -512,13 +584,13 @@ class System(Cpu):
         return True
 
     def _decode(self, rip: int, cpl: int):
-        t = translate(self.mem, self.regs["cr3"], rip, 2, cpl, self.ctl())
+        t = self.walks.translate(self.regs["cr3"], rip, 2, cpl, self.ctl())
         if t.fault:
             return None
         avail = min(15, 4096 - (t.pa & 0xFFF))
         code = self.mem.read(t.pa, avail)
         if avail < 15:
-            t2 = translate(self.mem, self.regs["cr3"], rip + avail, 2, cpl, self.ctl())
+            t2 = self.walks.translate(self.regs["cr3"], rip + avail, 2, cpl, self.ctl())
             if not t2.fault:
                 code += self.mem.read(t2.pa, 15 - avail)
         key = (rip, code)

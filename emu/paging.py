@@ -317,6 +317,44 @@ def translate(mem: PhysView, cr3: int, va: int, access=READ, cpl: int = 0,
     return Fault(va, VEC_PF, ec, levels, raw)
 
 
+class WalkCache:
+    """Reuse a walk while the entries it read are unchanged.
+
+    A translation is a pure function of the entries visited, the address bits
+    and the control state, so re-reading those entries (a few unpacks) and
+    finding them equal makes the cached answer exact: no staleness, unlike a
+    TLB.  Keyed by root, page, access, CPL and an interned control state.
+    """
+
+    def __init__(self, mem: PhysView):
+        self.mem = mem
+        self._d: dict = {}
+
+    def translate(self, cr3: int, va: int, access: int, cpl: int, ctl: ControlState):
+        key = (cr3 & ADDR_MASK, va >> 12, access, cpl, id(ctl))
+        hit = self._d.get(key)
+        if hit is not None:
+            raw, res = hit
+            buf = self.mem.buf
+            unpack = _Q.unpack_from
+            for epa, e in raw:
+                if unpack(buf, epa)[0] != e:
+                    break
+            else:
+                if res.va == va:
+                    return res
+                if res.fault:
+                    return Fault(va, res.vector, res.error_code, res.levels, res._raw)
+                off = va & 0xFFF
+                return Translation(va, (res.pa & ~0xFFF) | off, res.size, res.user, res.writable, res.nx,
+                                   res.pkey, res.levels, res._raw)
+        res = translate(self.mem, cr3, va, access, cpl, ctl)
+        if len(self._d) > 4096:
+            self._d.clear()
+        self._d[key] = (res._raw, res)
+        return res
+
+
 _NAMES4 = level_names(4)
 _NAMES5 = level_names(5)
 

@@ -7,6 +7,7 @@ exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -201,7 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smaller workloads (for smoke tests)")
     b.add_argument("--only", action="append", metavar="NAME", help="run only figures whose name contains NAME")
     b.set_defaults(func=cmd_bench)
+    for modname in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f".{modname}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{modname}":
+                raise
+            continue
+        mod.add_commands(sub)
     return p
+
+
+# Modules that add subcommands: each has add_commands(subparsers).
+COMMAND_MODULES = ("cli_machine", "cli_trace", "cli_debug", "cli_asmtest")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -332,6 +332,23 @@ class Machine:
                 raise KernelPanic(f"kernel panic: {msg}")
         return RunResult(reason, self.events[start:])
 
+    def step(self, count: int = 1) -> str:
+        """Run at most ``count`` instructions; never raises for the budget.
+
+        Returns 'budget' (count reached), 'halt', or the reason a hook gave to
+        :meth:`stop` (e.g. a breakpoint).  For debuggers and tracers.
+        """
+        self.boot()
+        return self.cpu.run(count)
+
+    def stop(self, reason: str) -> None:
+        """Ask a running machine to stop before the next instruction (from a hook)."""
+        self.cpu.stop(reason)
+
+    @property
+    def halted(self) -> bool:
+        return self.cpu is not None and self.cpu._halted()
+
     def where(self) -> str:
         """RIP, symbol, CPL and address space, for error messages."""
         cpu = self.cpu

@@ -238,6 +238,38 @@ class System(Cpu):
         self.flush_code_cache()   # fact 9: a hook added after translation fires only after a flush
         return h
 
+    def add_trace_hook(self, fn: Callable[[int, int], None]) -> int:
+        """Call fn(addr, size) before every instruction (for tracers).
+
+        Costs ~1 µs per instruction while installed; remove it when done."""
+        def hook(uch, a, size, ud):
+            try:
+                fn(a, size)
+            except BaseException as e:   # noqa: BLE001
+                if self._error is None:
+                    self._error = e
+                C.emu_stop(self.hv)
+        cb = _HOOK_CODE(hook)
+        h = self._add(UC.UC_HOOK_CODE, cb, None, 1, 0)
+        self._code_hooks[h] = (cb, None)
+        self.flush_code_cache()
+        return h
+
+    def add_block_hook(self, fn: Callable[[int, int], None]) -> int:
+        """Call fn(addr, size) at the start of every translated block executed."""
+        def hook(uch, a, size, ud):
+            try:
+                fn(a, size)
+            except BaseException as e:   # noqa: BLE001
+                if self._error is None:
+                    self._error = e
+                C.emu_stop(self.hv)
+        cb = _HOOK_CODE(hook)
+        h = self._add(UC.UC_HOOK_BLOCK, cb, None, 1, 0)
+        self._code_hooks[h] = (cb, None)
+        self.flush_code_cache()
+        return h
+
     def del_code_hook(self, h: int) -> None:
         if h in self._code_hooks:
             _hook_del(self.handle, ctypes.c_size_t(h))
@@ -453,6 +485,10 @@ class System(Cpu):
         err = self._write_virt(cr3, new_rsp, struct.pack(f"<{len(frame)}Q", *frame), ctl)
         if err is not None:
             return self._nested(vector, chain, err)
+        if self._want_events:
+            # the implicit stack writes of delivery, for tracers
+            self.sink("frame_write", va=new_rsp, size=8 * len(frame), cr3=cr3,
+                      pa=self.walks.translate(cr3, new_rsp, 1, 0, ctl).pa, vector=vector)
         if cr2 is not None:
             r["cr2"] = cr2
         new_flags = rflags & ~(RF_TF | RF_NT | RF_RF | RF_VM)

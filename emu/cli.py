@@ -22,8 +22,16 @@ def _add_space_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--space", metavar="NAME", help="address space to use (see 'isoemu spaces')")
     g.add_argument("--image", metavar="FILE", help="raw physical-memory image (e.g. QEMU pmemsave)")
     g.add_argument("--cr3", metavar="ADDR", help="page-table root in the image (with --image)")
+    add_machine_args(g)
+
+
+def add_machine_args(g) -> None:
+    """Switches of the built-in machine (shared by every command that boots it)."""
+    g.add_argument("--no-pti", action="store_true", help="page-table isolation off")
+    g.add_argument("--no-pcid", action="store_true", help="PCIDs off (every CR3 write flushes)")
+    g.add_argument("--no-asi", action="store_true", help="address-space isolation off")
     g.add_argument("--la57", action="store_true", help="5-level paging")
-    g.add_argument("--ram", metavar="SIZE", help="guest RAM of the built-in machine (default 256M)")
+    g.add_argument("--ram", metavar="SIZE", help="guest RAM (default 256M, e.g. 4G)")
 
 
 def _add_ctl_args(p: argparse.ArgumentParser) -> None:

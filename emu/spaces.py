@@ -7,12 +7,16 @@ machine) a symbol table for addresses given by name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import AddressError, ConfigError, ImageError
 from .paging import ADDR_MASK, ControlState, translate
 from .phys import DEFAULT_RAM, PAGE_SIZE, ImageMem, PhysView, parse_size
+
+
+_SYMBOL = re.compile(r"^[A-Za-z_.$][\w.$:]*(\+\w+)?$")
 
 
 def parse_address(text: str, what: str = "address") -> int:
@@ -42,7 +46,7 @@ class Space:
     symbols: Callable[[str], int | None] | None = field(default=None, repr=False)
 
     def parse_va(self, text: str) -> int:
-        if self.symbols is not None and text and (text[0].isalpha() or text[0] in "_.") \
+        if self.symbols is not None and _SYMBOL.match(text) \
                 and not all(c in "0123456789abcdefABCDEF" for c in text):
             base, _, off = text.partition("+")
             va = self.symbols(base)
@@ -70,28 +74,64 @@ def image_space(args) -> Space:
     return Space(f"image:{args.image}", mem, root, ctl, "physical-memory image")
 
 
-def _ram(args) -> int:
-    return parse_size(args.ram) if getattr(args, "ram", None) else DEFAULT_RAM
+def config_from_args(args):
+    """The machine switches common to every command that boots a machine."""
+    from .kernel import KernelConfig
+
+    ram = parse_size(args.ram) if getattr(args, "ram", None) else DEFAULT_RAM
+    return KernelConfig(ram=ram, la57=bool(getattr(args, "la57", False)),
+                        pti=not getattr(args, "no_pti", False), pcid=not getattr(args, "no_pcid", False),
+                        asi=not getattr(args, "no_asi", False))
+
+
+_machines: dict = {}
 
 
 def builtin_spaces(args) -> dict[str, Space]:
-    """Spaces of the built-in layout (the demo layout until the machine exists)."""
-    from .demo import build_demo
+    """The default machine's spaces, paused with A's secret page live."""
+    from .matrix import default_machine
 
-    levels = 5 if getattr(args, "la57", False) else 4
-    demo = build_demo(_ram(args), levels)
-    ctl = ControlState(la57=levels == 5)
-    return {name: Space(name, demo.mem, pt.root, ctl, "demo kernel page table")
-            for name, pt in demo.spaces().items()}
+    cfg = config_from_args(args)
+    key = repr(cfg)
+    m = _machines.get(key)
+    if m is None:
+        m = _machines[key] = default_machine(cfg)
+    ctl = ControlState(wp=True, smep=cfg.smep, smap=cfg.smap, pke=cfg.pke, la57=cfg.la57, nxe=cfg.nx)
+    procs = {p.name: p for p in m.processes}
+
+    def symbols(name: str) -> int | None:
+        v = m.kernel.image.symbols.get(name)
+        if v is not None:
+            return v
+        for p in procs.values():
+            if name.startswith(p.name + ":"):
+                return p.image.symbols.get(name.split(":", 1)[1])
+        return None
+
+    descriptions = {"kernel": "swapper_pg_dir: the kernel page table of init_mm",
+                    "kernel.user": "init_mm's PTI user page table",
+                    "asi.global": "ASI's global non-sensitive page table"}
+    out = {}
+    for name, root in m.spaces().items():
+        proc, _, kind = name.partition(".")
+        desc = descriptions.get(name) or {
+            "user": f"process {proc}'s user page table" + ("" if cfg.pti else " (no PTI: its only table)"),
+            "kernel": f"process {proc}'s kernel page table",
+            "asi": f"process {proc}'s ASI restricted page table"}.get(kind, "")
+        out[name] = Space(name, m.mem, root, ctl, desc, symbols)
+    return out
+
+
+DEFAULT_SPACE = "A.kernel"
 
 
 def resolve_space(args) -> Space:
     if getattr(args, "image", None):
         return image_space(args)
     spaces = builtin_spaces(args)
-    name = getattr(args, "space", None) or next(iter(spaces))
+    name = getattr(args, "space", None) or DEFAULT_SPACE
     if name not in spaces:
-        raise ConfigError(f"unknown space {name!r}: choose from {', '.join(spaces)}")
+        raise ConfigError(f"unknown space {name!r}: choose from {', '.join(sorted(spaces))}")
     return spaces[name]
 
 

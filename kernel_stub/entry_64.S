@@ -162,3 +162,7 @@ asm_exc_double_fault:
 # A new task starts here: its kernel stack holds the initial pt_regs.
 ret_from_fork:
     jmp swapgs_restore_regs_and_return_to_usermode
+
+# A 'ret' in entry text: the target of the fault matrix's execute probes.
+entry_probe_ret:
+    ret

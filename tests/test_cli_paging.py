@@ -22,11 +22,11 @@ def test_walk_text(capsys):
     rc, out, err = run(capsys, "walk", "ffffffff81000000", "--access", "w")
     assert rc == 1
     lines = out.splitlines()
-    assert lines[0].startswith("0xffffffff81000000  write at CPL0 in demo.kernel")
-    levels = [re.match(r"\s+(\w+)\[\s*(\d+)\]", ln).groups() for ln in lines[1:5]]
-    assert levels == [("pgd", "511"), ("pud", "510"), ("pmd", "8"), ("pte", "0")]
-    assert lines[4].endswith("xd G pat D A pcd pwt u w P")
-    assert lines[5] == "  -> #PF error code 0x3 (protection, write, supervisor)"
+    assert lines[0].startswith("0xffffffff81000000  write at CPL0 in A.kernel (cr3 0x")
+    levels = [re.match(r"\s+(\w+)\[\s*(\d+)\]", ln).groups() for ln in lines[1:4]]
+    assert levels == [("pgd", "511"), ("pud", "510"), ("pmd", "8")]       # a 2M page of kernel text
+    assert lines[3].endswith("xd pat g PS D A pcd pwt u w P")
+    assert lines[4] == "  -> #PF error code 0x3 (protection, write, supervisor)"
 
 
 def test_walk_json_translation(capsys):
@@ -34,19 +34,32 @@ def test_walk_json_translation(capsys):
     doc = json.loads(out)
     assert rc == 0
     assert doc["va"] == "0xffffffff81000123"
-    assert doc["result"] == {"pa": "0x1000123", "size": 4096}
-    assert [lv["level"] for lv in doc["levels"]] == ["pgd", "pud", "pmd", "pte"]
-    assert [lv["index"] for lv in doc["levels"]] == [511, 510, 8, 0]
+    assert doc["result"] == {"pa": "0x1000123", "size": 2 << 20}
+    assert [lv["level"] for lv in doc["levels"]] == ["pgd", "pud", "pmd"]
+    assert [lv["index"] for lv in doc["levels"]] == [511, 510, 8]
     assert "fault" not in doc
 
 
+def test_walk_symbol(capsys):
+    rc, out, _ = run(capsys, "walk", "entry_SYSCALL_64+0x10", "--space", "A.user", "--access", "x", "--cpl", "3",
+                     "--json")
+    doc = json.loads(out)
+    assert doc["va"] == "0xffffffff81200010"
+    assert doc["fault"] == {"vector": 14, "error_code": 0x15}     # mapped in the user PGD, supervisor
+
+
 @pytest.mark.parametrize("argv,vector,ec", [
-    (["0x400000", "--cpl", "3", "--access", "w"], 14, 0x7),
-    (["0x400000", "--access", "r"], 14, 0x1),                      # SMAP
-    (["0x400000", "--access", "r", "--ac"], None, None),
-    (["0x400000", "--access", "x"], 14, 0x11),                     # SMEP
-    (["0x400000", "--access", "x", "--no-smep"], None, None),
-    (["0x500000", "--cpl", "3"], 14, 0x4),
+    (["0x400000", "--space", "A.user", "--cpl", "3", "--access", "w"], 14, 0x7),
+    (["0x400000", "--space", "A.user", "--cpl", "3", "--access", "x"], None, None),
+    (["0x400000", "--space", "A.user", "--access", "r"], 14, 0x1),           # SMAP
+    (["0x400000", "--space", "A.user", "--access", "r", "--ac"], None, None),
+    (["0x400000", "--space", "A.user", "--access", "x"], 14, 0x11),          # SMEP
+    (["0x400000", "--space", "A.user", "--access", "x", "--no-smep"], None, None),
+    # the kernel PGD's user half carries NX (PTI): no SMEP needed to refuse
+    (["0x400000", "--space", "A.kernel", "--access", "x", "--no-smep"], 14, 0x11),
+    (["0x500000", "--space", "A.user", "--cpl", "3"], 14, 0x4),
+    (["0xffff888000000000", "--space", "A.user", "--cpl", "3"], 14, 0x4),     # PTI: no direct map
+    (["0xffff888000000000", "--space", "A.user", "--cpl", "3", "--no-pti"], 14, 0x5),
     (["0x8000000000000000"], 13, 0),
 ])
 def test_walk_json_faults(capsys, argv, vector, ec):
@@ -58,16 +71,35 @@ def test_walk_json_faults(capsys, argv, vector, ec):
         assert rc == 1 and doc["fault"] == {"vector": vector, "error_code": ec}
 
 
-def test_ptdump_demo(capsys):
+def test_ptdump_kernel(capsys):
     rc, out, _ = run(capsys, "ptdump")
     lines = out.splitlines()
     assert rc == 0 and lines[0] == "---[ User Space ]---"
-    assert "0xffffffff81000000-0xffffffff81010000          64K     ro                 GLB x  pte" in lines
+    assert "0xffffffff81000000-0xffffffff81200000           2M     ro         PSE         x  pmd" in lines
+    assert "0xffffffff81200000-0xffffffff81400000           2M     ro         PSE     GLB x  pmd" in lines
 
 
-def test_check_demo_is_clean(capsys):
+def test_ptdump_user_pgd_maps_only_what_pti_maps(capsys):
+    rc, out, _ = run(capsys, "ptdump", "--space", "A.user")
+    present = [ln for ln in out.splitlines() if ln.startswith("0x") and ("USR" in ln or " ro " in ln
+               or " RW " in ln)]
+    kernel = [ln for ln in present if ln.startswith("0xff")]
+    # the per-CPU TSS page, the entry text, the cpu_entry_area pages and espfix
+    assert any(ln.startswith("0xffffffff81200000-0xffffffff81400000") for ln in kernel)
+    assert any(ln.startswith("0xffffffff81800000-0xffffffff81801000") for ln in kernel)
+    assert all(not ln.startswith("0xffff888") for ln in kernel)              # no direct map
+
+
+def test_check_kernel_is_clean(capsys):
     rc, out, err = run(capsys, "check")
-    assert rc == 0 and out == "" and "0 findings" in err
+    assert rc == 0 and out == "" and "0 findings in A.kernel" in err
+
+
+def test_spaces(capsys):
+    rc, out, _ = run(capsys, "spaces", "--json")
+    names = [s["name"] for s in json.loads(out)]
+    assert set(names) == {"kernel", "kernel.user", "asi.global", "A.kernel", "A.user", "A.asi",
+                          "B.kernel", "B.user", "B.asi"}
 
 
 def make_image(tmp_path, *, wx=False, loop=False):
@@ -108,6 +140,7 @@ def test_image_walk_ptdump_check(tmp_path, capsys):
     ("ok", ["walk", "zz9", "--image", "IMG", "--cr3", "ROOT"], "bad virtual address 'zz9'"),
     ("ok", ["check", "--lint", "nope"], "unknown lint 'nope'"),
     ("ok", ["ptdump", "--space", "nope"], "unknown space 'nope'"),
+    ("ok", ["walk", "no_such_symbol"], "unknown symbol 'no_such_symbol'"),
     ("ok", ["ptdump", "--ram", "3M"], "not a multiple of 2 MiB"),
 ])
 def test_image_errors_are_one_line(tmp_path, capsys, setup, argv, message):

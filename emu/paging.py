@@ -494,7 +494,8 @@ class PageTable:
                     self._set_top(epa, value, va)
                 else:
                     self._write(epa, value)
-                self.mem.frames.get_ref(t)
+                if self.accounting:
+                    self.mem.frames.get_ref(t)
                 e = value
             elif e & PS and s in (21, 30):
                 raise MappingError(f"{va:#x} is inside a {fmt_size(1 << s)} page at "
@@ -510,7 +511,7 @@ class PageTable:
         The direct map is the linear map of all RAM: like Linux, its entries
         pin nothing, so freeing a frame it maps is fine.  Tables that a guest
         kernel manages (``accounting = False``) pin nothing either: the guest
-        unmaps and frees its own frames.
+        unmaps and frees its own frames (and table pages).
         """
         lay = self.layout
         return self.accounting and not lay.page_offset <= va < lay.page_offset + lay.direct_map_size
@@ -662,7 +663,8 @@ class PageTable:
         t = self._new_table()
         entries = array("Q", range(base_pa | cflags, (base_pa | cflags) + (512 << child), 1 << child))
         self.mem.write(t, entries.tobytes())
-        self.mem.frames.get_ref(t)
+        if self.accounting:
+            self.mem.frames.get_ref(t)
         base_va = va & ~(size - 1)
         if self._accounted(base_va):
             # one reference per new leaf instead of one for the large leaf
@@ -708,7 +710,7 @@ class PageTable:
                     self._set_top(dslot, e, v)
                 else:
                     self._write(dslot, e)
-                if e & P:
+                if e & P and self.accounting:
                     self.mem.frames.get_ref(e & ADDR_MASK)
             n += 1
         return n

@@ -647,6 +647,90 @@ unmap_vma:
     RESTORE_CALLEE
     ret
 
+# free_pgtables(mm): at exit, free the page-table pages of the user half
+# (exit_mmap -> free_pgtables) and clear the top-level entries in the kernel
+# PGD, the PTI user PGD and the ASI PGD.  Table pages are non-sensitive, so
+# with ASI each one leaves the restricted direct map (asi_unmap + flush).
+free_pgtables:
+    push rbx
+    push r12
+    push r13
+    mov rbx, rdi
+    mov r12, qword ptr [rbx + MM_pgd_va]
+    xor r13, r13
+.Lfpt_slot:
+    cmp r13, 256
+    jae .Lfpt_done
+    mov rax, qword ptr [r12 + r13 * 8]
+    test al, 1
+    jz .Lfpt_next
+    movabs rcx, 0x000ffffffffff000
+    and rax, rcx
+    mov rdi, rax
+    mov esi, 39
+    cmp qword ptr [pgtable_levels], 5
+    jne .Lfpt_free
+    mov esi, 48
+.Lfpt_free:
+    sub esi, 9
+    call free_table
+    mov qword ptr [r12 + r13 * 8], 0
+    cmp qword ptr [feature_pti], 0
+    je .Lfpt_asi
+    mov qword ptr [r12 + r13 * 8 + 4096], 0
+.Lfpt_asi:
+    mov rax, qword ptr [rbx + MM_asi_pgd_va]
+    test rax, rax
+    jz .Lfpt_next
+    mov qword ptr [rax + r13 * 8], 0
+.Lfpt_next:
+    inc r13
+    jmp .Lfpt_slot
+.Lfpt_done:
+    pop r13
+    pop r12
+    pop rbx
+    ret
+
+# free_table(table pa, shift of its entries): the tables below first
+free_table:
+    push rbx
+    push r12
+    push r13
+    mov rbx, rdi
+    mov r12d, esi
+    cmp r12d, 12
+    je .Lft_self
+    mov r13, rdi
+    PA_TO_VA r13
+    xor ecx, ecx
+.Lft_entry:
+    cmp ecx, 512
+    jae .Lft_self
+    mov rax, qword ptr [r13 + rcx * 8]
+    test al, 1
+    jz .Lft_next
+    test al, 0x80
+    jnz .Lft_next
+    push rcx
+    movabs rdx, 0x000ffffffffff000
+    and rax, rdx
+    mov rdi, rax
+    lea esi, [r12 - 9]
+    call free_table
+    pop rcx
+.Lft_next:
+    inc ecx
+    jmp .Lft_entry
+.Lft_self:
+    mov rdi, rbx
+    xor esi, esi
+    call free_page
+    pop r13
+    pop r12
+    pop rbx
+    ret
+
 # remove_vma(mm, index): unmap it and close the gap in the array
 remove_vma:
     push rbx

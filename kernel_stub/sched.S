@@ -184,6 +184,10 @@ do_exit_teardown:
     call remove_vma
     jmp .Lex_vma
 .Lex_dead:
+    # the user half of this mm goes away: switch to the kernel PGD of a
+    # still-running mm first is not needed, the kernel half is shared
+    mov rdi, r13
+    call free_pgtables
     mov qword ptr [rbx + TASK_state], TASK_DEAD
     call schedule
     jmp machine_halt

@@ -116,11 +116,13 @@ class Image:
     alternatives: list[tuple[int, str]]          # (address of a 5-byte jmp, feature)
     insns: list[Insn]                            # every decoded instruction of code sections
     digest: str = ""
+    labels: frozenset[str] = frozenset()         # the names that are labels (not constants)
     _sym_sorted: list[tuple[int, str]] = field(default_factory=list, repr=False)
     _line_addrs: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self):
-        self._sym_sorted = sorted((a, n) for n, a in self.symbols.items()
+        names = self.labels or self.symbols.keys()
+        self._sym_sorted = sorted((self.symbols[n], n) for n in names
                                   if not n.startswith(".L") and not n.startswith(_SYM_PREFIX))
         self.lines.sort(key=lambda ln: ln.addr)
         self._line_addrs = [ln.addr for ln in self.lines]
@@ -460,7 +462,7 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
         if not sections[st.section].base <= target < sections[st.section].base + sections[st.section].size:
             raise AsmError(f"{f}:{ln}: .alternative target must be a label in the same section")
         alternatives.append((a, feature))
-    img = Image(sections, symbols, lines, extable, alternatives, insns, key)
+    img = Image(sections, symbols, lines, extable, alternatives, insns, key, frozenset(values))
     if cache:
         _IMAGE_CACHE[key] = img
     return img

@@ -397,7 +397,8 @@ class System(Cpu):
         cpl = r["cs"] & 3
         if self._pending_restore is not None:
             self._pending_restore = None
-        software = self._is_software_int(intno, rip, cpl)
+        soft_len = self._software_len(intno, rip, cpl)
+        software = soft_len > 0
         ec = None
         cr2 = None
         if not software and intno in _ERROR_CODE_VECTORS:
@@ -405,19 +406,21 @@ class System(Cpu):
             if intno == VEC_PF:
                 cr2 = r["cr2"]
                 self._cross_check(cr2, ec, r)
-        self.deliver(intno, ec, cr2=cr2, software=software, reported=True)
+        self.deliver(intno, ec, cr2=cr2, software=software, reported=True, soft_len=soft_len)
 
-    def _is_software_int(self, vector: int, rip: int, cpl: int) -> bool:
-        """INT n / INT3 / INTO / INT1 leave RIP after the instruction."""
-        pa1 = self._pa(rip - 1, 2, 0)
+    def _software_len(self, vector: int, rip: int, cpl: int) -> int:
+        """INT n / INT3 / INTO / INT1 reach the hook with RIP after the
+        instruction: its length, or 0 for an exception (bytes fetched at the
+        CPL that fetched the instruction)."""
+        pa1 = self._pa(rip - 1, 2, cpl)
         if pa1 is not None:
             b = self.mem.read(pa1, 1)[0]
             if (vector == 3 and b == 0xCC) or (vector == 4 and b == 0xCE) or (vector == 1 and b == 0xF1):
-                return True
-        pa2 = self._pa(rip - 2, 2, 0)
+                return 1
+        pa2 = self._pa(rip - 2, 2, cpl)
         if pa2 is not None and self.mem.read(pa2, 2) == bytes([0xCD, vector & 0xFF]):
-            return True
-        return False
+            return 2
+        return 0
 
     def _cross_check(self, cr2: int, ec: int, r: RegFile) -> None:
         """The walker must fault the same way as the CPU did."""
@@ -434,7 +437,7 @@ class System(Cpu):
 
     def deliver(self, vector: int, error_code: int | None = None, *, cr2: int | None = None,
                 software: bool = False, reported: bool = False, external: bool = False,
-                chain: tuple = ()) -> None:
+                chain: tuple = (), soft_len: int = 0) -> None:
         """Deliver through the guest IDT (SDM 6.12-6.14, 64-bit mode)."""
         r = self.regs
         if not reported:
@@ -451,9 +454,14 @@ class System(Cpu):
             self.sink("exception", vector=vector, error_code=None, cr2=None, rip=rip, cpl=cpl, cr3=cr3,
                       software=True, nested=False)
         ctl = self.ctl(0)           # implicit supervisor accesses: SMAP applies regardless of AC
+        if software:
+            # a fault while delivering INT n is a fault of the INT instruction
+            r["rip"] = rip - soft_len
         idt_base, idt_limit = self.idtr
+        # error code naming the IDT entry: index, IDT flag (bit 1), EXT (bit 0)
+        idt_ec = (vector << 3) | 2 | (0 if software else 1)
         if 16 * vector + 15 > idt_limit:
-            return self._nested(vector, chain, Fault(0, VEC_GP, 16 * vector + 2))
+            return self._nested(vector, chain, Fault(0, VEC_GP, idt_ec))
         gate = self._read_virt(cr3, idt_base + 16 * vector, 16, ctl)
         if isinstance(gate, Fault):
             return self._nested(vector, chain, gate)
@@ -461,10 +469,12 @@ class System(Cpu):
         present = lo >> 47 & 1
         gtype = lo >> 40 & 0xF
         dpl = lo >> 45 & 3
-        if not present or gtype not in (0xE, 0xF):
-            return self._nested(vector, chain, Fault(0, VEC_GP if present else 11, 16 * vector + 2))
-        if software and dpl < cpl:
-            return self._nested(vector, chain, Fault(0, VEC_GP, 16 * vector + 2))
+        # SDM order (INT n pseudocode): gate type, then DPL for software
+        # interrupts, then present
+        if gtype not in (0xE, 0xF) or (software and dpl < cpl):
+            return self._nested(vector, chain, Fault(0, VEC_GP, idt_ec))
+        if not present:
+            return self._nested(vector, chain, Fault(0, 11, idt_ec))
         handler = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | (hi & 0xFFFFFFFF) << 32
         selector = lo >> 16 & 0xFFFF
         ist = lo >> 32 & 7
@@ -478,7 +488,7 @@ class System(Cpu):
         if isinstance(stack, Fault):
             return self._nested(vector, chain, stack)
         new_rsp = struct.unpack("<Q", stack)[0] & ~0xF
-        frame = [rip, r["cs"], rflags, r["rsp"], r["ss"]]
+        frame = [rip, r["cs"], rflags, r["rsp"], r["ss"]]     # a trap (INT n) pushes the next RIP
         if error_code is not None:
             frame.insert(0, error_code)
         new_rsp = (new_rsp - 8 * len(frame)) & 0xFFFFFFFFFFFFFFFF

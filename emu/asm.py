@@ -179,6 +179,26 @@ def strip_comment(line: str) -> str:
     return "".join(out).rstrip()
 
 
+def _literal_problem(s: str) -> str | None:
+    """Why keystone cannot be handed this statement (it hangs on an
+    unterminated string and mis-assembles control characters), or None."""
+    quote = None
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c != "\t" and (ord(c) < 0x20 or ord(c) == 0x7F):
+            return f"control character U+{ord(c):04X} in the source"
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        i += 1
+    return "unterminated string literal" if quote else None
+
+
 class _Parser:
     def __init__(self, include_dirs: list[str]):
         self.include_dirs = include_dirs
@@ -267,6 +287,11 @@ class _Parser:
             for line in self._expand(s, name, lineno, depth):
                 self._directive_or_statement(line, name, lineno, section, depth + 1)
             return
+        bad = _literal_problem(s)
+        if bad:
+            # keystone 0.9.2 never returns on an unterminated string literal
+            shown = re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", s)
+            raise AsmError(f"{name}:{lineno}: {bad}: {shown}")
         self.stmts.append(Stmt(name, lineno, s, labels, self._kind(s, name, lineno), section))
 
     def _directive_or_statement(self, s: str, name: str, lineno: int, section: str, depth: int) -> None:
@@ -419,20 +444,28 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
     # pass 1 uses each foreign label's section base; later passes real values
     values: dict[str, int] = {lab: layout[sec] for lab, sec in label_section.items()}
     addrs: dict[str, list[int]] = {}
-    for _ in range(6):
+    # .align is padded by the linker, not keystone: its padding is computed
+    # from the statement's address and converges with the labels
+    aligns = {(st.section, st.index): n for st in p.stmts if (n := _alignment(st, predefined))}
+    pads: dict[tuple[str, int], int] = {k: 0 for k in aligns}
+    for _ in range(8):
         new_values = dict(values)
+        new_pads = dict(pads)
         for sec in sections.values():
-            stmt_addrs, data = _assemble_section(sec, p, values, predefined, label_section)
+            stmt_addrs, data = _assemble_section(sec, p, values, predefined, label_section, pads)
             addrs[sec.name] = stmt_addrs
             sec.data = data
             for st in sec.stmts:
                 for lab in st.labels:
                     new_values[lab] = stmt_addrs[st.index]
-        if new_values == values:
+                n = aligns.get((sec.name, st.index))
+                if n:
+                    new_pads[(sec.name, st.index)] = -stmt_addrs[st.index] % n
+        if new_values == values and new_pads == pads:
             break
-        values = new_values
+        values, pads = new_values, new_pads
     else:
-        raise AsmError("layout did not converge after 6 passes (instruction sizes keep changing)")
+        raise AsmError("layout did not converge after 8 passes (instruction sizes keep changing)")
     symbols = dict(predefined)
     symbols.update(values)
     for sec in sections.values():
@@ -503,12 +536,36 @@ def substitute_constants(text: str, constants: dict[str, int]) -> str:
     return "".join(out)
 
 
+_ALIGN_RE = re.compile(r"^\.(align|balign|p2align)\s+(.*)$", re.I)
+
+
+def _alignment(st: Stmt, predefined: dict[str, int]) -> int | None:
+    """The byte alignment an .align/.balign/.p2align statement asks for."""
+    m = _ALIGN_RE.match(st.text.strip())
+    if not m:
+        return None
+    arg = substitute_constants(m.group(2).split(",")[0].strip(), predefined)
+    try:
+        v = int(arg, 0)
+    except ValueError:
+        raise AsmError(f"{st.file}:{st.line}: alignment must be a number: {st.text}") from None
+    n = 1 << v if m.group(1).lower() == "p2align" and 0 <= v < 32 else v
+    if n <= 0 or n & (n - 1):
+        raise AsmError(f"{st.file}:{st.line}: alignment must be a power of two: {st.text}")
+    return n
+
+
 def _assemble_section(sec: Section, p: _Parser, values: dict[str, int], predefined: dict[str, int],
-                      label_section: dict[str, str]) -> tuple[list[int], bytes]:
+                      label_section: dict[str, str], pads: dict[tuple[str, int], int]) -> tuple[list[int], bytes]:
     own = {lab for st in sec.stmts for lab in st.labels}
     body = []
+    fill = ".fill {}, 1, 0x90" if "text" in sec.name else ".zero {}"     # NOPs in code, as gas does
     for st in sec.stmts:
         labels = "".join(f"{lab}: " for lab in st.labels)
+        pad = pads.get((sec.name, st.index))
+        if pad is not None:
+            body.append(f"{_SYM_PREFIX}{st.index}: {labels}{fill.format(pad)}")
+            continue
         text = substitute_constants(st.text.replace("@SELF@", f"{_SYM_PREFIX}{st.index}"), predefined)
         body.append(f"{_SYM_PREFIX}{st.index}: {labels}{text}")
     n = len(sec.stmts)

@@ -206,6 +206,23 @@ class Cpu:
         """Drop translated blocks (code written behind the CPU's back, fact 8)."""
         C.ctl(self.hv, ctypes.c_int(_CTL_TB_FLUSH))
 
+    exits: tuple[int, ...] = ()
+
+    def set_exits(self, addrs) -> None:
+        """Stop before executing the instruction at any of ``addrs`` (a
+        debugger's breakpoints; empty: none).
+
+        Unicorn checks exits while translating, before any hook of the
+        instruction runs; emu_start then returns with RIP at the exit, and a
+        run started there stops at once (remove the exit to step over it).
+        When a run ends Unicorn invalidates the code at each exit - 1 through
+        the current page tables, and a failed translation there overwrites
+        CR2: :meth:`System.run` puts the architectural value back.
+        """
+        self.exits = tuple(sorted(set(addrs)))
+        self.uc.ctl_set_exits(list(self.exits))
+        self.flush_code_cache()
+
     def hw_translate(self, va: int, access: int = 0) -> int | None:
         """The CPU's own MMU (``uc_vmem_translate``) at the current CPL, SMAP/AC,
         CR0/CR4/EFER and PKRU; None if the access would fault.  Goes through
@@ -241,16 +258,23 @@ class Cpu:
         ``env->error_code``, which ``uc_context_save`` copies; its offset is
         found once per process by :func:`error_code_offset`.
         """
+        return self.last_exception()[0]
+
+    def last_exception(self) -> tuple[int | None, bool | None]:
+        """(error code, raised by a software interrupt) of the exception just
+        raised, from one context save; each is None if not calibrated."""
         off = error_code_offset()
         if off is None:
-            return None
+            return None, None
         if self._ec_ctx is None:
             self._ec_ctx = self.uc.context_save()
             addr = ctypes.cast(self._ec_ctx.context, ctypes.c_void_p).value
             self._ec_ptr = ctypes.c_void_p(addr)
             self._ec_val = ctypes.c_int32.from_address(addr + off)
+            isoff = exception_is_int_offset()
+            self._is_int_val = None if isoff is None else ctypes.c_int32.from_address(addr + isoff)
         C.context_save(self.hv, self._ec_ptr)
-        return self._ec_val.value
+        return self._ec_val.value, (None if self._is_int_val is None else bool(self._is_int_val.value))
 
 
 _ec_offset: list = []
@@ -306,7 +330,8 @@ def error_code_offset() -> int | None:
     w(0x3000 + 8 * 2, 0x400000 | P | PS)                  # 4M..6M read-only
     w(0x3000 + 8 * 3, 0x600000 | P | RW | PS | NX)        # 6M..8M no-execute
     w(0x3000 + 8 * 4, 0x800000 | P | RW | PS | (1 << 45))  # 8M..10M reserved bit 45
-    code = bytes.fromhex("8807" "8a07" "ffe7")            # mov [rdi],al / mov al,[rdi] / jmp rdi
+    # mov [rdi],al / mov al,[rdi] / jmp rdi / int 14 / int3
+    code = bytes.fromhex("8807" "8a07" "ffe7" "cd0e" "cc")
     mem.write(0x200000, code)
     cpu.enable_paging(0x1000, ControlState(smap=False, smep=False))
     snap = cpu.uc.context_save()
@@ -314,6 +339,7 @@ def error_code_offset() -> int | None:
              (0x200000, 0x400000, 0x3),   # write, read-only (WP)
              (0x200002, 0x800000, 0x9),   # read, reserved bit
              (0x200004, 0x600000, 0x11)]  # fetch, NX
+    soft = [(0x200006, 0, 0), (0x200008, 0, 0)]  # INT 14, INT3: software
     blobs = []
     size = uclib.uc_context_size(cpu.handle)
 
@@ -321,7 +347,7 @@ def error_code_offset() -> int | None:
         uc.emu_stop()
 
     cpu.uc.hook_add(UC.UC_HOOK_INTR, on_intr)
-    for rip, target, _ in cases:
+    for rip, target, _ in cases + soft:
         cpu.uc.context_restore(snap)
         cpu.set_reg("rdi", target)
         cpu.flush_tlb()
@@ -330,5 +356,18 @@ def error_code_offset() -> int | None:
         blobs.append(ctypes.string_at(ctypes.cast(ctx.context, ctypes.c_void_p).value, size))
     hits = [off for off in range(0, size - 4, 4)
             if all(int.from_bytes(b[off:off + 4], "little") == ec for b, (_, _, ec) in zip(blobs, cases))]
-    _ec_offset.append(hits[0] if len(hits) == 1 else None)
+    off = hits[0] if len(hits) == 1 else None
+    # QEMU keeps env->exception_is_int right after env->error_code
+    # (target/i386/cpu.h): 0 for the four faults, 1 for INT n and INT3
+    is_int = None
+    if off is not None and [int.from_bytes(b[off + 4:off + 8], "little") for b in blobs] == [0] * 4 + [1] * 2:
+        is_int = off + 4
+    _ec_offset.extend((off, is_int))
     return _ec_offset[0]
+
+
+def exception_is_int_offset() -> int | None:
+    """Offset of ``env->exception_is_int`` in a saved context (calibrated
+    with :func:`error_code_offset`), or None if it was not where expected."""
+    error_code_offset()
+    return _ec_offset[1]

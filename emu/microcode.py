@@ -68,6 +68,12 @@ _OTHERS = ["rip", "rflags", "cs", "ss", "cr0", "cr2", "cr3", "cr4", "fs_base", "
 STATE_NAMES = _GPRS + _OTHERS + ["kernel_gs_base", "mxcsr"] + [f"xmm{i}" for i in range(16)]
 IDX = {n: i for i, n in enumerate(STATE_NAMES)}
 _SLOT = 16
+# value indices in RegFile.mv of the registers delivery touches
+_RIP, _RSP, _RFLAGS, _CS, _SS, _CR2, _CR3 = (2 * IDX[n] for n in ("rip", "rsp", "rflags", "cs", "ss", "cr2", "cr3"))
+_Q = struct.Struct("<Q")
+_QQ = struct.Struct("<QQ")
+_FRAME5 = struct.Struct("<5Q")
+_FRAME6 = struct.Struct("<6Q")
 
 
 class RegFile:
@@ -94,6 +100,10 @@ class RegFile:
         self.msr = IDX["kernel_gs_base"]
         self._rid = ctypes.c_uint32.from_buffer(self.buf, _SLOT * self.msr)
         self._rid.value = MSR_KERNEL_GS_BASE
+        # name -> index of its value in a 64-bit view (memoryview indexing is
+        # several times cheaper than a ctypes array's)
+        self.mv = memoryview(self.buf).cast("B").cast("Q")
+        self.slot = {name: 2 * i + (1 if i == self.msr else 0) for i, name in enumerate(STATE_NAMES)}
 
     def read(self) -> None:
         C.reg_read_batch(self.h, self.ids, self.ptrs, self.n)
@@ -107,12 +117,10 @@ class RegFile:
         C.reg_write_batch(self.h, self.wids, self.wptrs, self.wn)
 
     def __getitem__(self, name: str) -> int:
-        i = IDX[name]
-        return self.q[2 * i + 1] if i == self.msr else self.q[2 * i]
+        return self.mv[self.slot[name]]
 
     def __setitem__(self, name: str, value: int) -> None:
-        i = IDX[name]
-        self.q[2 * i + (1 if i == self.msr else 0)] = value & 0xFFFFFFFFFFFFFFFF
+        self.mv[self.slot[name]] = value & 0xFFFFFFFFFFFFFFFF
 
     def snapshot(self) -> dict[str, int]:
         return {n: self[n] for n in STATE_NAMES if not n.startswith("xmm")}
@@ -156,6 +164,7 @@ class System(Cpu):
         self._cs.detail = True
         self.mmu_disagreements = 0
         self.pending_irqs: list[int] = []
+        self.last_user_exception: tuple | None = None
         self.walks = WalkCache(mem)
         self._ctls: dict[tuple, ControlState] = {}
         self._nxe = False
@@ -317,7 +326,12 @@ class System(Cpu):
         self.stop_reason = None
         self._error = None
         self._deliver_pending_irq()
+        if self.exits:
+            self._arch_cr2 = self._read_reg(X.UC_X86_REG_CR2)
         err = self.emu_start(self.reg("rip"), budget)
+        if self.exits:
+            # Unicorn's exit bookkeeping may have overwritten CR2 (Cpu.set_exits)
+            self._write_reg(X.UC_X86_REG_CR2, self._arch_cr2)
         if self._error is not None:
             e, self._error = self._error, None
             raise e
@@ -397,12 +411,15 @@ class System(Cpu):
         cpl = r["cs"] & 3
         if self._pending_restore is not None:
             self._pending_restore = None
-        soft_len = self._software_len(intno, rip, cpl)
+        cpu_ec, is_int = self.last_exception()
+        # INT n / INT3 / INTO: QEMU's exception_is_int says so; the
+        # instruction bytes give the length (and decide when uncalibrated)
+        soft_len = 0 if is_int is False else self._software_len(intno, rip, cpl)
         software = soft_len > 0
         ec = None
         cr2 = None
         if not software and intno in _ERROR_CODE_VECTORS:
-            ec = self.last_error_code()
+            ec = cpu_ec
             if intno == VEC_PF:
                 cr2 = r["cr2"]
                 self._cross_check(cr2, ec, r)
@@ -442,78 +459,91 @@ class System(Cpu):
         r = self.regs
         if not reported:
             r.read()
-        cpl = r["cs"] & 3
-        rip, rflags, cr3 = r["rip"], r["rflags"], r["cr3"]
+        mv = r.mv
+        cs, rip, rflags, cr3 = mv[_CS], mv[_RIP], mv[_RFLAGS], mv[_CR3]
+        cpl = cs & 3
         chain = chain + ((vector, error_code, cr2, rip, cpl, cr3),)
-        if not external and not software:
-            self.sink("exception", vector=vector, error_code=error_code, cr2=cr2, rip=rip, cpl=cpl,
-                      cr3=cr3, nested=len(chain) > 1)
-        elif external:
-            self.sink("interrupt", vector=vector, rip=rip, cpl=cpl, cr3=cr3)
-        else:
-            self.sink("exception", vector=vector, error_code=None, cr2=None, rip=rip, cpl=cpl, cr3=cr3,
-                      software=True, nested=False)
+        if cpl == 3 and not external:
+            # what the CPU reported, which signal frames may not (Linux
+            # sanitizes the error code): (vector, error code, CR2, RIP)
+            self.last_user_exception = (vector, error_code, cr2, rip)
+        if self._want_events:
+            if not external and not software:
+                self.sink("exception", vector=vector, error_code=error_code, cr2=cr2, rip=rip, cpl=cpl,
+                          cr3=cr3, nested=len(chain) > 1)
+            elif external:
+                self.sink("interrupt", vector=vector, rip=rip, cpl=cpl, cr3=cr3)
+            else:
+                self.sink("exception", vector=vector, error_code=None, cr2=None, rip=rip, cpl=cpl,
+                          cr3=cr3, software=True, nested=False)
         ctl = self.ctl(0)           # implicit supervisor accesses: SMAP applies regardless of AC
+        # the class of this event for a fault during its delivery (Table
+        # 6-5): INT n and external interrupts are benign whatever the vector
+        first = -1 if software or external else vector
         if software:
             # a fault while delivering INT n is a fault of the INT instruction
-            r["rip"] = rip - soft_len
+            mv[_RIP] = rip - soft_len
         idt_base, idt_limit = self.idtr
         # error code naming the IDT entry: index, IDT flag (bit 1), EXT (bit 0)
         idt_ec = (vector << 3) | 2 | (0 if software else 1)
         if 16 * vector + 15 > idt_limit:
-            return self._nested(vector, chain, Fault(0, VEC_GP, idt_ec))
+            return self._nested(first, chain, Fault(0, VEC_GP, idt_ec))
         gate = self._read_virt(cr3, idt_base + 16 * vector, 16, ctl)
         if isinstance(gate, Fault):
-            return self._nested(vector, chain, gate)
-        lo, hi = struct.unpack("<QQ", gate)
+            return self._nested(first, chain, gate)
+        lo, hi = _QQ.unpack(gate)
         present = lo >> 47 & 1
         gtype = lo >> 40 & 0xF
         dpl = lo >> 45 & 3
         # SDM order (INT n pseudocode): gate type, then DPL for software
         # interrupts, then present
         if gtype not in (0xE, 0xF) or (software and dpl < cpl):
-            return self._nested(vector, chain, Fault(0, VEC_GP, idt_ec))
+            return self._nested(first, chain, Fault(0, VEC_GP, idt_ec))
         if not present:
-            return self._nested(vector, chain, Fault(0, 11, idt_ec))
+            return self._nested(first, chain, Fault(0, 11, idt_ec))
         handler = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | (hi & 0xFFFFFFFF) << 32
         selector = lo >> 16 & 0xFFFF
         ist = lo >> 32 & 7
         new_cpl = selector & 3
+        rsp = mv[_RSP]
         if ist:
             stack = self._read_virt(cr3, self.tss_base + 36 + 8 * (ist - 1), 8, ctl)
         elif new_cpl < cpl:
             stack = self._read_virt(cr3, self.tss_base + 4 + 8 * new_cpl, 8, ctl)
         else:
-            stack = struct.pack("<Q", r["rsp"])
+            stack = _Q.pack(rsp)
         if isinstance(stack, Fault):
-            return self._nested(vector, chain, stack)
-        new_rsp = struct.unpack("<Q", stack)[0] & ~0xF
-        frame = [rip, r["cs"], rflags, r["rsp"], r["ss"]]     # a trap (INT n) pushes the next RIP
-        if error_code is not None:
-            frame.insert(0, error_code)
-        new_rsp = (new_rsp - 8 * len(frame)) & 0xFFFFFFFFFFFFFFFF
-        err = self._write_virt(cr3, new_rsp, struct.pack(f"<{len(frame)}Q", *frame), ctl)
+            return self._nested(first, chain, stack)
+        new_rsp = _Q.unpack(stack)[0] & ~0xF
+        if error_code is None:     # a trap (INT n) pushes the next RIP
+            frame = _FRAME5.pack(rip, cs, rflags, rsp, mv[_SS])
+        else:
+            frame = _FRAME6.pack(error_code, rip, cs, rflags, rsp, mv[_SS])
+        new_rsp = (new_rsp - len(frame)) & 0xFFFFFFFFFFFFFFFF
+        err = self._write_virt(cr3, new_rsp, frame, ctl)
         if err is not None:
-            return self._nested(vector, chain, err)
+            return self._nested(first, chain, err)
         if self._want_events:
             # the implicit stack writes of delivery, for tracers
-            self.sink("frame_write", va=new_rsp, size=8 * len(frame), cr3=cr3,
+            self.sink("frame_write", va=new_rsp, size=len(frame), cr3=cr3,
                       pa=self.walks.translate(cr3, new_rsp, 1, 0, ctl).pa, vector=vector)
         if cr2 is not None:
-            r["cr2"] = cr2
+            mv[_CR2] = cr2
+            self._arch_cr2 = cr2
         new_flags = rflags & ~(RF_TF | RF_NT | RF_RF | RF_VM)
         if gtype == 0xE:
             new_flags &= ~RF_IF
-        r["rflags"] = new_flags
-        r["rip"] = handler
-        r["rsp"] = new_rsp
-        r["cs"] = selector
+        mv[_RFLAGS] = new_flags
+        mv[_RIP] = handler
+        mv[_RSP] = new_rsp
+        mv[_CS] = selector
         if new_cpl != cpl:
-            r["ss"] = new_cpl        # a NULL selector with RPL = new CPL
+            mv[_SS] = new_cpl        # a NULL selector with RPL = new CPL
         self._enter_cpl0()
 
     def _nested(self, first: int, chain: tuple, f: Fault) -> None:
-        """A fault while delivering ``first`` (SDM Table 6-5)."""
+        """A fault while delivering ``first`` (SDM Table 6-5; -1 for a
+        software or external interrupt, which is benign)."""
         second = f.vector
         names = " -> ".join(f"{vector_name(v)}" + (f"({ec:#x})" if ec is not None else "")
                             for v, ec, *_ in chain)
@@ -532,6 +562,9 @@ class System(Cpu):
             self.deliver(second, f.error_code, cr2=cr2, reported=True, chain=chain)
 
     def _read_virt(self, cr3: int, va: int, n: int, ctl: ControlState) -> bytes | Fault:
+        if (va & 0xFFF) + n <= 4096:          # within one page: one walk
+            t = self.walks.translate(cr3, va, 0, 0, ctl)
+            return t if t.fault else self.mem.read(t.pa, n)
         out = b""
         while n:
             chunk = min(n, 4096 - (va & 0xFFF))
@@ -543,6 +576,13 @@ class System(Cpu):
         return out
 
     def _write_virt(self, cr3: int, va: int, data: bytes, ctl: ControlState) -> Fault | None:
+        """Write ``data`` at ``va``, all or nothing: every page is checked first."""
+        if (va & 0xFFF) + len(data) <= 4096:
+            t = self.walks.translate(cr3, va, 1, 0, ctl)
+            if t.fault:
+                return t
+            self.mem.write(t.pa, data)
+            return None
         pieces = []
         off = 0
         while off < len(data):

@@ -260,6 +260,8 @@ class MatrixMachine:
         m.boot()
         self._pause = False
         m.cpu.add_code_hook(self.a.image.symbols["matrix_yield"], self._at_yield)
+        for p in (self.a, self.b):
+            m.cpu.add_code_hook(p.image.symbols["record_error_code"], self._hardware_error_code)
 
     def _plan(self, role: int) -> tuple[int, list]:
         a_spaces = [s for s in self.spaces if s.startswith("A.")]
@@ -276,6 +278,11 @@ class MatrixMachine:
         base = p.image.symbols["probe_table"]
         raw = machine.read_virt(base, 64 * len(plan), f"{p.name}.kernel")
         self.results[p.name] = [struct.unpack_from("<8Q", raw, 64 * i) for i in range(len(plan))]
+
+    def _hardware_error_code(self, addr: int) -> None:
+        exc = self.m.cpu.last_user_exception
+        if exc is not None and exc[1] is not None:
+            self.m.cpu.set_reg("rcx", exc[1])
 
     def _at_yield(self, addr: int) -> None:
         # A has set up its secret: hand its dynamic addresses to B, and note the

@@ -35,6 +35,10 @@ def user_symbols(layout: Layout) -> dict[str, int]:
         "KERNEL_RODATA": layout.kernel_text + abi.KSECTIONS[".rodata"],
         "KERNEL_DATA": layout.kernel_text + abi.KSECTIONS[".data"],
         "CPU_ENTRY_AREA": layout.cpu_entry_area,
+        # physical addresses of the image, for direct-map aliases:
+        # DIRECT_MAP_BASE + KERNEL_DATA_PHYS is KERNEL_DATA's alias
+        "KERNEL_PHYS": abi.KERNEL_PHYS,
+        "KERNEL_DATA_PHYS": abi.KERNEL_PHYS + abi.KSECTIONS[".data"],
         "VMALLOC_START": layout.vmalloc_start,
         "USER_TEXT": abi.USER_TEXT,
         "USER_DATA": abi.USER_DATA,

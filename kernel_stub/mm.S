@@ -779,11 +779,13 @@ sys_mmap:
     mov r8, rax
     cmp qword ptr [r8 + FILE_type], FILE_SECRETMEM
     jne .Lmm_nodev
-    # secretmem_mmap: shared only (EINVAL); mounted noexec, so PROT_EXEC is EPERM
-    test r14, MAP_SHARED
-    jz .Lmm_inval
+    # do_mmap (mm/mmap.c): the secretmem mount is noexec, so PROT_EXEC is
+    # EPERM for shared and private mappings alike, before secretmem_mmap
+    # (mm/secretmem.c) refuses a private mapping with EINVAL
     test r13, PROT_EXEC
     jnz .Lmm_perm
+    test r14, MAP_SHARED
+    jz .Lmm_inval
     mov r9, VM_SHARED + VM_SECRET + VM_LOCKED
     jmp .Lmm_place
 .Lmm_anon:

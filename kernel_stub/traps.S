@@ -188,6 +188,14 @@ asi_exit_on_fault:
     mov edx, SIGBUS
     mov eax, 2
 .Lpf_segv:
+    # __bad_area_nosemaphore (arch/x86/mm/fault.c): a user access to a
+    # kernel address reports X86_PF_PROT in the signal, so the layout of
+    # the kernel's tables does not leak
+    mov rcx, USER_HALF_END - 4096
+    cmp r13, rcx
+    jb .Lpf_sanitized
+    or rsi, 1
+.Lpf_sanitized:
     mov ecx, 14
     mov r8, r13
     mov r9, rax

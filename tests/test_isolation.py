@@ -376,6 +376,7 @@ MMAP = """
     (abi.O_CLOEXEC, "", [3, 0]),
     (0, MMAP.format(prot=3, flags=abi.MAP["MAP_PRIVATE"]), [3, 0, -22]),          # shared only
     (0, MMAP.format(prot=7, flags=abi.MAP["MAP_SHARED"]), [3, 0, -1]),            # noexec mount: EPERM
+    (0, MMAP.format(prot=5, flags=abi.MAP["MAP_PRIVATE"]), [3, 0, -1]),           # EPERM before EINVAL
     (0, MMAP.format(prot=3, flags=abi.MAP["MAP_SHARED"]), [3, 0, abi.MMAP_BASE]),
     (0, """
     mov eax, SYS_ftruncate

@@ -10,7 +10,8 @@
 ; (filled in by Python for process B).
 ;
 ; Every probe is real machine code.  CPL3 faults arrive as SIGSEGV; the
-; handler records trapno/err from the sigcontext and resumes.  Kernel probes
+; handler records trapno and the error code (see record_error_code) and
+; resumes.  Kernel probes
 ; go through SYS_probe, which touches the address in kernel mode with an
 ; exception-table fixup.
 
@@ -172,6 +173,10 @@ on_fault:
     je .Lphase1
     mov qword ptr [rax + 32], rcx
     mov rcx, qword ptr [rdx + 40 + 152]
+    ; the CPU's error code: Python puts it in rcx here, since Linux's
+    ; sigcontext reports X86_PF_PROT for any user access to a kernel address
+    ; (arch/x86/mm/fault.c), hiding the not-present/present distinction
+record_error_code:
     mov qword ptr [rax + 40], rcx
     lea rcx, [rip + user_probe_done]
     jmp .Lresume

@@ -1,0 +1,47 @@
+"""``isoemu bench``: the shape of the report (never the speed)."""
+
+import json
+
+import pytest
+
+from emu.bench import figure, run_bench
+from emu.cli import main
+
+
+@pytest.mark.parametrize("value,baseline,higher,ratio", [
+    (100.0, 400.0, True, 4.0),       # a rate four times below the baseline: slowdown 4
+    (2.0, 0.5, False, 4.0),          # a time four times the baseline: slowdown 4
+    (10.0, 5.0, True, 0.5),          # faster than the baseline
+])
+def test_ratio_is_the_slowdown(value, baseline, higher, ratio):
+    fig = figure("x", value, "1/s", baseline=baseline, baseline_name="b", higher_is_better=higher)
+    assert fig["ratio"] == pytest.approx(ratio)
+    assert fig["ratio_meaning"].startswith("slowdown")
+
+
+def test_figure_without_baseline_has_no_ratio():
+    fig = figure("t", 0.01, "s", target="< 0.05")
+    assert "ratio" not in fig and fig["target"] == "< 0.05"
+
+
+def test_microcode_figures_have_same_run_baselines():
+    report = run_bench(quick=True, only=["microcode"])
+    figs = report["figures"]
+    assert [f["name"].split(" ")[0] for f in figs] == ["bare_syscall_round_trips_per_s", "bare_faults_per_s"]
+    for f in figs:
+        assert f["value"] > 0 and f["baseline"] > 0
+        assert f["ratio"] == pytest.approx(f["baseline"] / f["value"])
+        assert "raw Unicorn" in f["baseline_name"]
+    assert set(report["machine"]) == {"python", "unicorn", "cpu"} and report["quick"] is True
+
+
+def test_cli_json_is_parseable_and_filtered(capsys):
+    assert main(["bench", "--json", "--quick", "--only", "microcode"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["figures"]) == 2
+    assert all(set(f) >= {"name", "value", "unit", "target"} for f in report["figures"])
+
+
+def test_unknown_only_filter_is_an_error(capsys):
+    assert main(["bench", "--only", "no-such-figure"]) == 2
+    assert "no-such-figure" in capsys.readouterr().err

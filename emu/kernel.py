@@ -203,7 +203,13 @@ class KernelBuilder:
 
     def _new_pgd(self, name: str, pair: bool) -> PageTable:
         pt = PageTable.create(self.mem, self.cfg.levels, name=name, owner=name, pti=pair)
+        return self._kernel_owned(pt)
+
+    def _kernel_owned(self, pt: PageTable) -> PageTable:
+        """Tables the stub maintains: no Python refcounts, NX only if supported."""
         pt.accounting = False
+        if not self.cfg.nx:
+            pt.pte_mask = ~NX
         return pt
 
     # -- the build ----------------------------------------------------------------
@@ -378,8 +384,8 @@ class KernelBuilder:
         clone_pgd_range).
         """
         lay, k = self.lay, self.k
-        user = PageTable(self.mem, init.user_root, self.cfg.levels, name="kernel.user", owner="kernel")
-        user.accounting = False
+        user = self._kernel_owned(PageTable(self.mem, init.user_root, self.cfg.levels, name="kernel.user",
+                                            owner="kernel"))
         user.table_flags = KERNPG_TABLE       # pti_user_pagetable_walk_*: _KERNPG_TABLE
         top = "p4d" if self.cfg.levels == 5 else "pgd"
         # pti_clone_user_shared: the whole cpu_entry_area (pti_clone_p4d)
@@ -401,8 +407,7 @@ class KernelBuilder:
         fixmap (the whole top slot), cpu_entry_area, espfix, vmalloc (kernel
         stacks), and a direct map holding only non-sensitive pages."""
         lay, k = self.lay, self.k
-        g = PageTable.create(self.mem, self.cfg.levels, name="asi.global", owner="asi")
-        g.accounting = False
+        g = self._kernel_owned(PageTable.create(self.mem, self.cfg.levels, name="asi.global", owner="asi"))
         top = "p4d" if self.cfg.levels == 5 else "pgd"
         for va in (lay.kernel_map & ~((1 << 39) - 1), lay.cpu_entry_area, lay.espfix_base,
                    lay.vmalloc_start):

@@ -426,6 +426,9 @@ class PageTable:
         # _KERNPG_TABLE; callers set this attribute for such tables.
         self.table_flags = PAGE_TABLE
         self.accounting = True
+        # __supported_pte_mask: without NX (EFER.NXE off) bit 63 is reserved,
+        # so Linux drops _PAGE_NX from every protection it writes
+        self.pte_mask = ~0
 
     @classmethod
     def create(cls, mem: PhysMem, levels: int = 4, name: str = "", owner: str | None = None,
@@ -467,7 +470,7 @@ class PageTable:
         """Write a top-level entry, applying the PTI user-PGD mirroring."""
         if self.pti and self.layout.is_user(va):
             self._write(epa + PAGE_SIZE, value)     # user PGD gets the entry as is
-            if value & P and value & US:
+            if value & P and value & US and self.pte_mask & NX:
                 value |= NX                          # kernel copy: NX (pti.c)
         self._write(epa, value)
 
@@ -545,6 +548,7 @@ class PageTable:
             raise MappingError(f"physical range {pa:#x}..{pa + size - 1:#x} is outside RAM "
                                f"(size {self.mem.size:#x})")
         shift = _SIZE_TO_SHIFT[page_size]
+        flags &= self.pte_mask
         leaf = flags if shift == 12 else fourk_to_large(flags)
         buf = self.mem.buf
         end = va + size
@@ -635,7 +639,7 @@ class PageTable:
             if base < va or base + lsize > end:
                 raise MappingError(f"protect {va:#x}+{size:#x} covers part of the {fmt_size(lsize)} page "
                                    f"at {base:#x}; split it first")
-            self._write(epa, (e | set) & ~clear)
+            self._write(epa, (e | (set & self.pte_mask)) & ~clear)
             n += 1
             v = base + lsize
         return n

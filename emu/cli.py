@@ -71,42 +71,54 @@ def flag_word(entry: int, shift: int, leaf: bool) -> str:
     return " ".join(words)
 
 
+def walk_levels(res, levels: int) -> list[dict]:
+    """The entry visited at each level of a walk, with Bochs-style flags."""
+    top = 12 + 9 * (levels - 1)
+    out = []
+    for i, st in enumerate(res.steps):
+        shift = top - 9 * i
+        leaf = shift == 12 or bool(st.entry & 0x80 and shift in (21, 30)) or not st.entry & 1
+        out.append({"level": st.level, "index": st.index, "entry": f"{st.entry:#018x}",
+                    "flags": flag_word(st.entry, shift, leaf)})
+    return out
+
+
+def walk_text(res, va: int, access: int, cpl: int, space_name: str, cr3: int, levels: int) -> list[str]:
+    """A walk as ``isoemu walk`` prints it (also the debugger's ``walk``)."""
+    what = {0: "read", 1: "write", 2: "fetch"}[access]
+    lines = [f"{va:#018x}  {what} at CPL{cpl} in {space_name} (cr3 {cr3:#x})"]
+    for lv in walk_levels(res, levels):
+        lines.append(f"  {lv['level']}[{lv['index']:3d}]  {lv['entry']}  {lv['flags']}")
+    if res.fault:
+        if res.vector == 13:
+            lines.append(f"  -> #GP(0): {va:#x} is not canonical")
+        else:
+            lines.append(f"  -> #PF error code {res.error_code:#x} ({error_code_words(res.error_code)})")
+        return lines
+    perms = ", ".join(n for n, v in (("user", res.user), ("writable", res.writable),
+                                     ("no-execute", res.nx)) if v) or "supervisor, read-only, executable"
+    lines.append(f"  -> pa {res.pa:#x}  ({fmt_size(res.size)} page; {perms})")
+    return lines
+
+
 def cmd_walk(args) -> int:
     space = resolve_space(args)
     va = space.parse_va(args.va)
     access = parse_access(args.access)
     ctl = _ctl_from_args(args, space.ctl)
     res = space.translate(va, access, args.cpl, ctl)
-    top = 12 + 9 * (ctl.levels - 1)
-    levels = []
-    for i, st in enumerate(res.steps):
-        shift = top - 9 * i
-        leaf = shift == 12 or bool(st.entry & 0x80 and shift in (21, 30)) or not st.entry & 1
-        levels.append({"level": st.level, "index": st.index, "entry": f"{st.entry:#018x}",
-                       "flags": flag_word(st.entry, shift, leaf)})
     if args.json:
         doc = {"va": f"{va:#x}", "space": space.name, "access": args.access, "cpl": args.cpl,
-               "levels": levels}
+               "levels": walk_levels(res, ctl.levels)}
         if res.fault:
             doc["fault"] = {"vector": res.vector, "error_code": res.error_code}
         else:
             doc["result"] = {"pa": f"{res.pa:#x}", "size": res.size}
         print(json.dumps(doc))
         return 0 if not res.fault else 1
-    what = {0: "read", 1: "write", 2: "fetch"}[access]
-    print(f"{va:#018x}  {what} at CPL{args.cpl} in {space.name} (cr3 {space.cr3:#x})")
-    for lv in levels:
-        print(f"  {lv['level']}[{lv['index']:3d}]  {lv['entry']}  {lv['flags']}")
-    if res.fault:
-        if res.vector == 13:
-            print(f"  -> #GP(0): {va:#x} is not canonical")
-        else:
-            print(f"  -> #PF error code {res.error_code:#x} ({error_code_words(res.error_code)})")
-        return 1
-    perms = ", ".join(n for n, v in (("user", res.user), ("writable", res.writable),
-                                     ("no-execute", res.nx)) if v) or "supervisor, read-only, executable"
-    print(f"  -> pa {res.pa:#x}  ({fmt_size(res.size)} page; {perms})")
-    return 0
+    for line in walk_text(res, va, access, args.cpl, space.name, space.cr3, ctl.levels):
+        print(line)
+    return 1 if res.fault else 0
 
 
 # --- ptdump / check ---------------------------------------------------------------

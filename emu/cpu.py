@@ -206,23 +206,6 @@ class Cpu:
         """Drop translated blocks (code written behind the CPU's back, fact 8)."""
         C.ctl(self.hv, ctypes.c_int(_CTL_TB_FLUSH))
 
-    exits: tuple[int, ...] = ()
-
-    def set_exits(self, addrs) -> None:
-        """Stop before executing the instruction at any of ``addrs`` (a
-        debugger's breakpoints; empty: none).
-
-        Unicorn checks exits while translating, before any hook of the
-        instruction runs; emu_start then returns with RIP at the exit, and a
-        run started there stops at once (remove the exit to step over it).
-        When a run ends Unicorn invalidates the code at each exit - 1 through
-        the current page tables, and a failed translation there overwrites
-        CR2: :meth:`System.run` puts the architectural value back.
-        """
-        self.exits = tuple(sorted(set(addrs)))
-        self.uc.ctl_set_exits(list(self.exits))
-        self.flush_code_cache()
-
     def hw_translate(self, va: int, access: int = 0) -> int | None:
         """The CPU's own MMU (``uc_vmem_translate``) at the current CPL, SMAP/AC,
         CR0/CR4/EFER and PKRU; None if the access would fault.  Goes through

@@ -13,7 +13,6 @@ address spaces involved (``A.user``, ``A.kernel``, ``A.asi``, ``kernel``).
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -144,28 +143,48 @@ class Machine:
 
     def _install_cr3_sites(self) -> None:
         insns = self.kernel.image.insns
+        self._cr3_insns: dict[int, str] = {}
         for i, ins in enumerate(insns):
             if ins.mnemonic == "mov" and ins.op_str.startswith("cr3, "):
+                self._cr3_insns[ins.addr] = f"{ins.mnemonic} {ins.op_str}"
                 reg = ins.op_str.split(", ")[1]
                 # NOFLUSH can only come from a 'bts reg, 0x3f' on the way here
                 noflush = any(p.mnemonic == "bts" and p.op_str.endswith(", 0x3f")
                               for p in insns[max(0, i - 16):i])
-                self.cpu.add_cr3_site(ins.addr, reg, ins.size, restore=not _dead_after(insns, i, reg),
-                                      may_set_noflush=noflush)
+                self.cpu.add_cr3_site(ins.addr, reg, ins.size, may_set_noflush=noflush)
+        self.cpu.hlt_sites = {ins.addr + ins.size for ins in insns if ins.mnemonic == "hlt"}
 
     def _install_probes(self) -> None:
-        sym = self.kernel.sym
-        self.cpu.add_code_hook(sym("do_exit_teardown"), self._on_exit)
-        self.cpu.add_code_hook(sym("asi_exit_on_fault"), self._on_asi_fault)
-        self.cpu.add_code_hook(sym("asi_critical_section_aborted"), self._on_asi_abort)
+        """Python's observation points in the stub: block-start hooks, which
+        cost nothing while other code runs (each label follows a branch)."""
+        for name, fn in (("do_exit_teardown", self._on_exit), ("asi_exit_on_fault", self._on_asi_fault),
+                         ("asi_critical_section_aborted", self._on_asi_abort)):
+            self.cpu.add_block_start_hook(self._block_start(name), fn)
         if self.cpu.want_events:
             self._install_event_probes()
+
+    def _block_start(self, name: str) -> int:
+        """The address of a stub label that always starts a translated block."""
+        addr = self.kernel.sym(name)
+        insns = self.kernel.image.insns
+        i = next((j for j, ins in enumerate(insns) if ins.addr == addr), None)
+        if i is None or i == 0 or not _ends_block(insns[i - 1]):
+            raise GuestError(f"stub label {name} must follow a branch, call or ret (a block start) "
+                             f"to be observed")
+        return addr
 
     def _install_event_probes(self) -> None:
         """Probes that only make events: installed while someone records."""
         if not getattr(self, "_event_probes", False):
             self._event_probes = True
-            self.cpu.add_code_hook(self.kernel.sym("entry_SYSCALL_64_after_call"), self._on_syscall_return)
+            self._event_probe_hooks = [
+                self.cpu.add_code_hook(self.kernel.sym("entry_SYSCALL_64_after_call"), self._on_syscall_return)]
+
+    def _remove_event_probes(self) -> None:
+        if getattr(self, "_event_probes", False):
+            self._event_probes = False
+            for h in self._event_probe_hooks:
+                self.cpu.del_code_hook(h)
 
     def _name_roots(self) -> None:
         k = self.kernel
@@ -222,6 +241,14 @@ class Machine:
             self.cpu.want_events = True
             self._install_event_probes()
 
+    def off_event(self, fn: Callable[[Event], None]) -> None:
+        """Remove a listener added with :meth:`on_event` (a detaching tracer)."""
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+        if self.cpu is not None and not self.record_events and not self._listeners:
+            self.cpu.want_events = False
+            self._remove_event_probes()
+
     def _sink(self, kind: str, **f) -> None:
         if not self.record_events and not self._listeners:
             return
@@ -233,6 +260,7 @@ class Machine:
         if kind == "cr3_write":
             f["old_space"] = self.space_of(f["old"])
             f["new_space"] = self.space_of(f["new"])
+            f["insn"] = self._cr3_insns.get(f["rip"], "")
         p = self.current_process()
         f["pid"] = p.pid if p else None
         ev = Event(self._seq, kind, f)
@@ -382,33 +410,17 @@ class Machine:
         return struct.unpack("<Q", self.read_virt(va, 8, space))[0]
 
 
-_ALIASES = {
-    "rax": ("rax", "eax", "ax", "al", "ah"), "rbx": ("rbx", "ebx", "bx", "bl", "bh"),
-    "rcx": ("rcx", "ecx", "cx", "cl", "ch"), "rdx": ("rdx", "edx", "dx", "dl", "dh"),
-    "rsi": ("rsi", "esi", "si", "sil"), "rdi": ("rdi", "edi", "di", "dil"),
-    "rbp": ("rbp", "ebp", "bp", "bpl"), "rsp": ("rsp", "esp", "sp", "spl"),
-}
-for _n in range(8, 16):
-    _ALIASES[f"r{_n}"] = (f"r{_n}", f"r{_n}d", f"r{_n}w", f"r{_n}b")
+# Instructions after which QEMU always starts a new translated block: control
+# transfers, and writes to control registers or the TLB (gen_eob)
+_BLOCK_ENDERS = ("jmp", "call", "ret", "iretq", "sysretq", "sysret", "syscall", "hlt", "int3", "int",
+                 "loop", "invlpg", "ud2")
 
 
-def _dead_after(insns: list, i: int, reg: str) -> bool:
-    """Is ``reg`` overwritten before being read, in straight-line code after
-    instruction ``i``?  (Then the CR3 hook need not restore its bit 63.)"""
-    names = _ALIASES.get(reg, (reg,))
-
-    def mentions(text: str) -> bool:
-        return any(re.search(rf"\b{n}\b", text) for n in names)
-
-    for ins in insns[i + 1:i + 9]:
-        ops = [o.strip() for o in ins.op_str.split(",")] if ins.op_str else []
-        if ins.mnemonic == "pop" and ops == [reg]:
-            return True
-        if ins.mnemonic in ("mov", "movabs", "lea") and len(ops) == 2 and ops[0] == reg and not mentions(ops[1]):
-            return True
-        if mentions(ins.op_str) or ins.mnemonic.startswith(("j", "call", "ret", "iret", "sysret", "loop")):
-            return False
-    return False
+def _ends_block(ins) -> bool:
+    m = ins.mnemonic
+    if m.startswith("j") or m in _BLOCK_ENDERS or m.startswith("loop"):
+        return True
+    return m == "mov" and ins.op_str.startswith("cr")
 
 
 def describe_fault(ev: Event) -> str:

@@ -149,16 +149,23 @@ class System(Cpu):
         self.regs = RegFile(self.hv)
         self.sink = sink or (lambda kind, **f: None)
         self._informational_cr3: list[int] = []
-        self._info_hooked: set[int] = set()
+        self._info_hooked: dict[int, int] = {}      # addr -> hook handle
         self._want_events = sink is not None     # cheap paths skip building events
         self._one: dict[int, OneReg] = {}
         self.ports: dict[int, Callable[[int, int, int], int | None]] = {}
         self._hooks = []            # keep ctypes callbacks alive
         self._code_hooks: dict[int, tuple] = {}
+        self._at_addr: dict[int, tuple[int, list]] = {}    # addr -> (hook, [(id, fn)]): add_code_hook
+        self._last_hook_id = 0
         self._error: BaseException | None = None
         self.stop_reason: str | None = None
-        self.cr3_sites: dict[int, tuple[int, int, bool]] = {}   # addr -> (reg id, size, restore)
-        self._pending_restore: tuple | None = None
+        # addr -> (reg id, size, may carry NOFLUSH): every 'mov cr3, reg' of the kernel
+        self.cr3_sites: dict[int, tuple[int, int, bool]] = {}
+        self._block_starts: dict[int, list] = {}      # addr -> [fn]: add_block_start_hook
+        self._pending_restore: tuple | None = None    # LA57: (register, value with NOFLUSH)
+        self._last_block_start: int | None = None     # the block-start hook that fired last
+        self._suppress_block_start: int | None = None
+        self.hlt_sites: set[int] | None = None        # addresses right after each 'hlt' (see _halted)
         self._decode_cache: dict[tuple[int, bytes], capstone.CsInsn] = {}
         self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._cs.detail = True
@@ -232,20 +239,71 @@ class System(Cpu):
                 return retval
         return wrapped
 
-    def add_code_hook(self, addr: int, fn: Callable[[int], None]) -> int:
-        """Call fn(addr) before the instruction at addr executes."""
-        def hook(uch, a, size, ud):
-            try:
-                fn(a)
-            except BaseException as e:   # noqa: BLE001 - re-raised by run()
-                if self._error is None:
-                    self._error = e
-                C.emu_stop(self.hv)
-        cb = _HOOK_CODE(hook)
-        h = self._add(UC.UC_HOOK_CODE, cb, None, addr, addr)
-        self._code_hooks[h] = (cb, addr)
-        self.flush_code_cache()   # fact 9: a hook added after translation fires only after a flush
-        return h
+    def add_code_hook(self, addr: int, fn: Callable[[int], None], first: bool = False) -> int:
+        """Call fn(addr) before the instruction at addr executes.
+
+        The functions of one address run in the order added (``first``: before
+        the others) until one stops the CPU.  A debugger's breakpoint goes
+        first: the stop comes before the instruction, and functions that had
+        already run would run again when the CPU resumes there.
+        """
+        entry = self._at_addr.get(addr)
+        if entry is None:
+            fns: list = []
+
+            def hook(uch, a, size, ud):
+                for _, f in tuple(fns):
+                    try:
+                        f(a)
+                    except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                        if self._error is None:
+                            self._error = e
+                        C.emu_stop(self.hv)
+                        return
+                    if self.stop_reason is not None:
+                        return
+            cb = _HOOK_CODE(hook)
+            h = self._add(UC.UC_HOOK_CODE, cb, None, addr, addr)
+            self._code_hooks[h] = (cb, addr)
+            entry = self._at_addr[addr] = (h, fns)
+            self.flush_code_cache()   # fact 9: a hook added after translation fires only after a flush
+        self._last_hook_id -= 1        # negative: never a Unicorn handle (see del_code_hook)
+        entry[1].insert(0 if first else len(entry[1]), (self._last_hook_id, fn))
+        return self._last_hook_id
+
+    def add_block_start_hook(self, addr: int, fn: Callable[[int], None]) -> None:
+        """Call fn(addr) before the instruction at ``addr``, which must start
+        a translated block every time it runs (the instruction before it ends
+        one: a branch, call, ret, 'mov crN', ...).
+
+        A bounded block hook costs nothing elsewhere, unlike a code hook:
+        with an instruction budget, Unicorn runs every instruction through
+        the whole list of code hooks (see ARCHITECTURE.md, Unicorn notes).
+        A stop before the instruction (a breakpoint there) does not make fn
+        run twice: the next run skips its first call if it starts at addr.
+        """
+        fns = self._block_starts.get(addr)
+        if fns is None:
+            fns = self._block_starts[addr] = []
+
+            def hook(uch, a, size, ud):
+                if self._suppress_block_start == a:
+                    self._suppress_block_start = None
+                    return
+                self._last_block_start = a
+                for f in tuple(fns):
+                    try:
+                        f(a)
+                    except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                        if self._error is None:
+                            self._error = e
+                        C.emu_stop(self.hv)
+                        return
+            cb = _HOOK_CODE(hook)
+            h = self._add(UC.UC_HOOK_BLOCK, cb, None, addr, addr)
+            self._code_hooks[h] = (cb, addr)
+            self.flush_code_cache()
+        fns.append(fn)
 
     def add_trace_hook(self, fn: Callable[[int, int], None]) -> int:
         """Call fn(addr, size) before every instruction (for tracers).
@@ -280,25 +338,39 @@ class System(Cpu):
         return h
 
     def del_code_hook(self, h: int) -> None:
+        if h < 0:                      # a function of add_code_hook
+            for addr, (uh, fns) in self._at_addr.items():
+                if any(i == h for i, _ in fns):
+                    fns[:] = [(i, f) for i, f in fns if i != h]
+                    if not fns:
+                        del self._at_addr[addr]
+                        self.del_code_hook(uh)
+                    return
+            return
         if h in self._code_hooks:
             _hook_del(self.handle, ctypes.c_size_t(h))
             del self._code_hooks[h]
 
-    def add_cr3_site(self, addr: int, reg: str, size: int, restore: bool, may_set_noflush: bool = True) -> None:
+    def add_cr3_site(self, addr: int, reg: str, size: int, may_set_noflush: bool = True) -> None:
         """A 'mov cr3, reg' instruction (found by scanning the kernel's code).
 
-        Sites whose value may carry NOFLUSH are always hooked (the bit must be
-        stripped); the others only while events are wanted.
+        Where the value may carry NOFLUSH (bit 63), the instruction after it
+        clears the bit from CR3: hardware never stores it, Unicorn does (fact
+        5).  QEMU ends a translated block at every CR write, so that is a
+        block-start hook, free elsewhere.  The write itself is observed (a
+        ``cr3_write`` event) only while events are wanted.
         """
-        self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, restore)
-        if may_set_noflush:
-            self.add_code_hook(addr, self._on_cr3_write)
-            if restore:
-                self.add_code_hook(addr + size, self._on_cr3_after)
-        else:
-            self._informational_cr3.append(addr)
-            if self.want_events:
-                self._hook_informational()
+        self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, may_set_noflush)
+        if may_set_noflush and self.config.la57:
+            # the 5-level walk does not mask bit 63 (fact 6): strip it from the
+            # register before the write, give it back after
+            self.add_code_hook(addr, self._noflush_before)
+            self.add_block_start_hook(addr + size, self._noflush_after)
+        elif may_set_noflush:
+            self.add_block_start_hook(addr + size, self._strip_noflush)
+        self._informational_cr3.append(addr)
+        if self.want_events:
+            self._hook_informational()
 
     @property
     def want_events(self) -> bool:
@@ -309,12 +381,16 @@ class System(Cpu):
         self._want_events = value
         if value:
             self._hook_informational()
+        else:
+            # every code hook costs each instruction a little: drop the idle ones
+            for addr in list(self._info_hooked):
+                self.del_code_hook(self._info_hooked.pop(addr))
 
     def _hook_informational(self) -> None:
         for addr in self._informational_cr3:
             if addr not in self._info_hooked:
-                self._info_hooked.add(addr)
-                self.add_code_hook(addr, self._on_cr3_write)
+                # first: the event sees the value before any NOFLUSH stripping
+                self._info_hooked[addr] = self.add_code_hook(addr, self._on_cr3_write, first=True)
 
     # -- the run loop -----------------------------------------------------------------
     def run(self, budget: int) -> str:
@@ -326,12 +402,11 @@ class System(Cpu):
         self.stop_reason = None
         self._error = None
         self._deliver_pending_irq()
-        if self.exits:
-            self._arch_cr2 = self._read_reg(X.UC_X86_REG_CR2)
-        err = self.emu_start(self.reg("rip"), budget)
-        if self.exits:
-            # Unicorn's exit bookkeeping may have overwritten CR2 (Cpu.set_exits)
-            self._write_reg(X.UC_X86_REG_CR2, self._arch_cr2)
+        rip = self.reg("rip")
+        # a block-start hook that fired for the instruction at RIP before the
+        # last stop must not fire again for the same arrival
+        self._suppress_block_start = rip if rip == self._last_block_start else None
+        err = self.emu_start(rip, budget)
         if self._error is not None:
             e, self._error = self._error, None
             raise e
@@ -348,8 +423,14 @@ class System(Cpu):
         C.emu_stop(self.hv)
 
     def _halted(self) -> bool:
+        """Did the run end on a 'hlt'?  Unicorn just stops, with RIP after it.
+        With ``hlt_sites`` (the kernel's hlt instructions) the answer is exact;
+        otherwise the byte before RIP decides, which a budget stop right after
+        an instruction ending in 0xf4 would fool."""
         self.regs.read()
         rip = self.regs["rip"]
+        if self.hlt_sites is not None:
+            return rip in self.hlt_sites
         pa = self._pa(rip - 1, 2)
         return pa is not None and self.mem.read(pa, 1) == b"\xf4"
 
@@ -392,9 +473,13 @@ class System(Cpu):
     def _enter_cpl0(self) -> None:
         """The snapshot restore that makes CPL 0, then the real register state.
 
+        RIP changes here without a block start: no block-start hook fired for
+        the new RIP yet.
+
         CR3 goes into the snapshot before the restore, so the TLB survives the
         transition as it does on hardware (SYSCALL and exception entry do not
         flush)."""
+        self._last_block_start = None
         if self._cr3_slot is not None:
             self._cr3_slot.value = self.regs["cr3"]
             C.context_restore(self.hv, self._snapshot_ctx)
@@ -409,8 +494,6 @@ class System(Cpu):
         r.read()
         rip = r["rip"]
         cpl = r["cs"] & 3
-        if self._pending_restore is not None:
-            self._pending_restore = None
         cpu_ec, is_int = self.last_exception()
         # INT n / INT3 / INTO: QEMU's exception_is_int says so; the
         # instruction bytes give the length (and decide when uncalibrated)
@@ -529,7 +612,6 @@ class System(Cpu):
                       pa=self.walks.translate(cr3, new_rsp, 1, 0, ctl).pa, vector=vector)
         if cr2 is not None:
             mv[_CR2] = cr2
-            self._arch_cr2 = cr2
         new_flags = rflags & ~(RF_TF | RF_NT | RF_RF | RF_VM)
         if gtype == 0xE:
             new_flags &= ~RF_IF
@@ -616,24 +698,33 @@ class System(Cpu):
 
     # -- CR3 writes ------------------------------------------------------------------------------
     def _on_cr3_write(self, addr: int) -> None:
-        reg, size, restore = self.cr3_sites[addr]
+        """Before a 'mov cr3': the event (only hooked while events are wanted)."""
+        reg = self.cr3_sites[addr][0]
         val = self._reg(reg).read()
-        if self._want_events:
-            old = self._reg(X.UC_X86_REG_CR3).read()
-            pcide = self._reg(X.UC_X86_REG_CR4).read() & CR4_PCIDE
-            self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
-                      pcid=(val & 0xFFF) if pcide else None)
-        if val >> 63:
-            # hardware never stores bit 63 (NOFLUSH); Unicorn would (fact 5)
-            self._reg(reg).write(val & ~(1 << 63))
-            if restore:
-                self._pending_restore = (reg, val)
+        old = self._reg(X.UC_X86_REG_CR3).read()
+        pcide = self._reg(X.UC_X86_REG_CR4).read() & CR4_PCIDE
+        self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
+                  pcid=(val & 0xFFF) if pcide else None)
 
-    def _on_cr3_after(self, addr: int) -> None:
+    def _noflush_before(self, addr: int) -> None:
+        reg = self._reg(self.cr3_sites[addr][0])
+        val = reg.read()
+        if val >> 63:
+            reg.write(val & ~(1 << 63))
+            self._pending_restore = (reg, val)
+
+    def _noflush_after(self, addr: int) -> None:
         if self._pending_restore is not None:
             reg, val = self._pending_restore
             self._pending_restore = None
-            self._reg(reg).write(val)
+            reg.write(val)
+
+    def _strip_noflush(self, addr: int) -> None:
+        """After a 'mov cr3': CR3 as hardware holds it, without bit 63."""
+        cr3 = self._reg(X.UC_X86_REG_CR3)
+        val = cr3.read()
+        if val >> 63:
+            cr3.write(val & ~(1 << 63))      # flushes Unicorn's TLB, as the write just did
 
     def _reg(self, reg: int) -> OneReg:
         one = self._one.get(reg)

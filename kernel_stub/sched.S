@@ -161,6 +161,9 @@ switch_mm_irqs_off:
 do_exit:
     GET_CURRENT rbx
     mov qword ptr [rbx + TASK_exit_code], rdi
+    # the jump ends a translation block, so isoemu can observe the label with
+    # a block hook (emu/machine.py _install_probes)
+    jmp do_exit_teardown
 do_exit_teardown:
     xor r12, r12
 .Lex_files:

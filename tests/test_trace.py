@@ -1,0 +1,656 @@
+"""Memory-access tracing: records checked against hand-computed addresses.
+
+Every user program below puts its data (and, where stack accesses are under
+test, its stack) in the USER_DATA page at 0x600000, so each expected virtual
+address is a constant written out by hand.  Physical addresses are checked
+against the reference walker through A's user page table, taken while the
+process still exists (an exit hook).
+"""
+
+import json
+from functools import lru_cache
+
+import pytest
+from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+
+from emu import abi
+from emu.cli import main
+from emu.cpu import MSR_KERNEL_GS_BASE
+from emu.errors import AddressError, ConfigError
+from emu.machine import BudgetExhausted, Machine, MachineConfig
+from emu.paging import ControlState, translate
+from emu.trace import FIELDS, Record, Tracer, analyse, decode, iter_trace, parse_range, trace_program
+
+D = 0x600000            # USER_DATA
+FS_BASE = D             # set through the API before the program runs
+GS_BASE = D + 0x100     # the user GS base: KERNEL_GS_BASE until the first swapgs
+
+
+def traced(src, cfg=None, *, user_bases=False, **opts):
+    """Run ``src`` as process A under a tracer.  Returns (machine, records,
+    walker pa of every user-space record's va, taken at exit)."""
+    m = Machine(cfg or MachineConfig(), programs=[("A", src)], record_events=False)
+    m.boot()
+    if user_bases:
+        # the stub has no arch_prctl and CR4.FSGSBASE is off: set the bases
+        # from Python; transitions carry FS_BASE and KERNEL_GS_BASE
+        m.cpu.set_reg("fs_base", FS_BASE)
+        m.cpu.set_msr(MSR_KERNEL_GS_BASE, GS_BASE)
+    t = Tracer(m, **opts)
+    walked = {}
+
+    def at_exit(machine, p):
+        root = machine.spaces()["A.user"]
+        for r in t.records:
+            if r.space == "A.user" and r.cpl == 3:
+                w = translate(machine.mem, root, r.va, {"r": 0, "w": 1, "x": 2}[r.kind], 3,
+                              ControlState(la57=machine.config.la57))
+                walked[(r.kind, r.va)] = None if w.fault else w.pa
+    m.exit_hooks.append(at_exit)
+    recs = list(t.run(budget=2_000_000, chunk=1_000_000))
+    return m, recs, walked
+
+
+def sym(m, label):
+    return m.process("A").image.symbols[label]
+
+
+def at(m, recs, label, kinds="rw"):
+    return [r for r in recs if r.rip == sym(m, label) and r.kind in kinds]
+
+
+def short(recs):
+    return [(r.kind, r.va, r.size) for r in recs]
+
+
+# --- the decoder: access plans of single instructions ---------------------------------
+_ks = Ks(KS_ARCH_X86, KS_MODE_64)
+
+
+def plan(text, addr=0x1000):
+    code = bytes(_ks.asm(text, addr)[0])
+    st = decode(code, addr)[0]
+    return st, len(code)
+
+
+STACK8 = lambda k, disp, base="rsp": (((k, 8),), None, base, None, 1, disp, False)  # noqa: E731
+
+DECODER_CASES = [
+    # text, expected operand plans (kinds, seg, base, index, scale, disp, addr32)
+    ("mov rax, qword ptr [rbx + rcx*8 + 0x10]", [((("r", 8),), None, "rbx", "rcx", 8, 0x10, False)]),
+    ("mov byte ptr [r12 + r13*2 - 3], 1", [((("w", 1),), None, "r12", "r13", 2, -3, False)]),
+    ("add qword ptr [rax], rbx", [((("r", 8), ("w", 8)), None, "rax", None, 1, 0, False)]),
+    ("cmpxchg qword ptr [rax], rbx", [((("r", 8), ("w", 8)), None, "rax", None, 1, 0, False)]),
+    ("lea rax, [rbx + 8]", []),
+    ("nop dword ptr [rax]", []),
+    ("prefetcht0 byte ptr [rax]", []),
+    ("clflush byte ptr [rax]", []),
+    ("mov eax, dword ptr [ebx]", [((("r", 4),), None, "rbx", None, 1, 0, True)]),
+    ("mov rax, qword ptr gs:[0x10]", [((("r", 8),), "gs", None, None, 1, 0x10, False)]),
+    ("mov rax, qword ptr fs:[rbx]", [((("r", 8),), "fs", "rbx", None, 1, 0, False)]),
+    ("movzx eax, byte ptr [rsi]", [((("r", 1),), None, "rsi", None, 1, 0, False)]),
+    ("movdqu xmm0, xmmword ptr [rax]", [((("r", 16),), None, "rax", None, 1, 0, False)]),
+    ("movsd xmm0, qword ptr [rax]", [((("r", 8),), None, "rax", None, 1, 0, False)]),   # SSE, not a string op
+    ("fxsave [rax]", [((("w", 512),), None, "rax", None, 1, 0, False)]),
+    ("push rax", [STACK8("w", -8)]),
+    ("push 0x2b", [STACK8("w", -8)]),
+    ("push ax", [((("w", 2),), None, "rsp", None, 1, -2, False)]),
+    ("push qword ptr [rax + 8]", [((("r", 8),), None, "rax", None, 1, 8, False), STACK8("w", -8)]),
+    ("pop rdx", [STACK8("r", 0)]),
+    # SDM POP: an RSP-based destination is addressed after the increment
+    ("pop qword ptr [rsp + 8]", [STACK8("r", 0), ((("w", 8),), None, "rsp", None, 1, 16, False)]),
+    ("call qword ptr [rax]", [((("r", 8),), None, "rax", None, 1, 0, False), STACK8("w", -8)]),
+    ("pushfq", [STACK8("w", -8)]),
+    ("popfq", [STACK8("r", 0)]),
+    ("ret", [STACK8("r", 0)]),
+    ("leave", [STACK8("r", 0, "rbp")]),
+    ("iretq", [((("r", 40),), None, "rsp", None, 1, 0, False)]),
+    ("syscall", []),
+    ("sysret", []),
+    ("rep movsb", [("str", "r", 1, "rsi", None, True, False), ("str", "w", 1, "rdi", None, True, False)]),
+    ("rep stosq", [("str", "w", 8, "rdi", None, True, False)]),
+    ("lodsw", [("str", "r", 2, "rsi", None, False, False)]),
+    ("repe cmpsd", [("str", "r", 4, "rsi", None, True, False), ("str", "r", 4, "rdi", None, True, False)]),
+]
+
+
+@pytest.mark.parametrize("text,expected", DECODER_CASES, ids=[c[0] for c in DECODER_CASES])
+def test_decoder_plans(text, expected):
+    st, _ = plan(text)
+    assert list(st.ops) == expected
+
+
+def test_decoder_rip_relative_is_absolute():
+    st, size = plan("mov dword ptr [rip + 0x100], eax", 0x401000)
+    assert st.ops == (((("w", 4),), None, None, None, 1, 0x401000 + size + 0x100, False),)
+
+
+@pytest.mark.parametrize("text,flags", [("mov cr3, rax", 3), ("mov cr4, rax", 3), ("invlpg byte ptr [rdi]", 3),
+                                        ("stac", 2), ("popfq", 2), ("sysret", 2), ("iretq", 2),
+                                        ("mov rax, cr3", 0), ("mov rax, rbx", 0), ("swapgs", 0)])
+def test_decoder_state_flags(text, flags):
+    """1: the walk cache is flushed; 2: CPL/CR3/control bits are re-read."""
+    assert plan(text)[0].flags == flags
+
+
+def test_decode_is_cached_by_bytes():
+    code = bytes(_ks.asm("push rax; pop rbx", 0x5000)[0])
+    assert decode(code, 0x5000) is decode(bytes(code), 0x5000)
+    assert decode(code, 0x5000) is not decode(code, 0x6000)
+
+
+def test_analyse_accepts_a_capstone_instruction():
+    import capstone
+
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    cs.detail = True
+    ins = next(cs.disasm(bytes(_ks.asm("mov qword ptr [rdi], rsi", 0)[0]), 0))
+    assert analyse(ins).ops == (((("w", 8),), None, "rdi", None, 1, 0, False),)
+
+
+# --- operands on the machine: one program, every operand kind ----------------------------
+OPERANDS = """
+_start:
+    mov rbx, USER_DATA
+    mov rsp, USER_DATA + 0x800
+    mov rcx, 3
+sib:    mov rax, qword ptr [rbx + rcx*8 + 0x10]
+riprel: mov eax, dword ptr [rip + var]
+rmw:    add qword ptr [rbx], 1
+cx:     cmpxchg qword ptr [rbx], rcx
+byte:   mov byte ptr [rbx + 7], 1
+pushr:  push rax
+popr:   pop rdx
+pushm:  push qword ptr [rbx + 0x10]
+popm:   pop qword ptr [rsp + 8]
+callf:  call func
+pushf:  pushfq
+popf:   popfq
+        mov rbp, USER_DATA + 0x100
+lv:     leave
+        mov rsp, USER_DATA + 0x800
+fs:     mov rax, qword ptr fs:[0x20]
+gs:     mov rax, qword ptr gs:[0x30]
+        mov rsi, USER_DATA + 0x100
+        mov rdi, USER_DATA + 0x200
+        mov ecx, 16
+movsup: rep movsb
+        std
+        mov rsi, USER_DATA + 0x10f
+        mov rdi, USER_DATA + 0x20f
+        mov ecx, 16
+movsdn: rep movsb
+        cld
+        mov rdi, USER_DATA + 0x300
+        mov ecx, 4
+        xor eax, eax
+stos:   rep stosq
+        mov rsi, USER_DATA + 0x400
+lods:   lodsq
+        xor ecx, ecx
+empty:  rep stosb
+cross:  mov rax, qword ptr [rbx + 0xffc]
+        mov eax, SYS_exit
+        xor edi, edi
+        syscall
+func:   ret
+.data
+var: .quad 7
+     .skip 8192
+"""
+
+OPERAND_CASES = [
+    # label, expected (kind, va, size) records, in order
+    ("sib", [("r", D + 3 * 8 + 0x10, 8)]),
+    ("riprel", [("r", D, 4)]),                                   # var is the first quadword of .data
+    ("rmw", [("r", D, 8), ("w", D, 8)]),
+    ("cx", [("r", D, 8), ("w", D, 8)]),
+    ("byte", [("w", D + 7, 1)]),
+    ("pushr", [("w", D + 0x7F8, 8)]),
+    ("popr", [("r", D + 0x7F8, 8)]),
+    ("pushm", [("r", D + 0x10, 8), ("w", D + 0x7F8, 8)]),
+    ("popm", [("r", D + 0x7F8, 8), ("w", D + 0x808, 8)]),       # RSP after the pop, + 8
+    ("callf", [("w", D + 0x7F8, 8)]),
+    ("func", [("r", D + 0x7F8, 8)]),                             # ret
+    ("pushf", [("w", D + 0x7F8, 8)]),
+    ("popf", [("r", D + 0x7F8, 8)]),
+    ("lv", [("r", D + 0x100, 8)]),                               # pop rbp at the old RBP
+    ("fs", [("r", FS_BASE + 0x20, 8)]),
+    ("gs", [("r", GS_BASE + 0x30, 8)]),
+    ("movsup", [("r", D + 0x100, 16), ("w", D + 0x200, 16)]),    # DF=0: [rsi, rsi+16)
+    ("movsdn", [("r", D + 0x100, 16), ("w", D + 0x200, 16)]),    # DF=1: (rsi-16, rsi]
+    ("stos", [("w", D + 0x300, 32)]),                            # 4 quadwords
+    ("lods", [("r", D + 0x400, 8)]),
+    ("empty", []),                                               # RCX = 0: no access
+    ("cross", [("r", D + 0xFFC, 4), ("r", D + 0x1000, 4)]),      # split at the page boundary
+]
+
+
+@lru_cache(maxsize=None)
+def operands_run():
+    return traced(OPERANDS, user_bases=True)
+
+
+@pytest.mark.parametrize("label,expected", OPERAND_CASES, ids=[c[0] for c in OPERAND_CASES])
+def test_operand_addresses(label, expected):
+    m, recs, walked = operands_run()
+    got = at(m, recs, label)
+    assert short(got) == expected
+    for r in got:
+        assert (r.cpl, r.space, r.fault) == (3, "A.user", None)
+        assert r.pa == walked[(r.kind, r.va)]                   # the walker's translation
+        assert r.symbol == f"A:{label}"
+    assert len({r.seq for r in got}) <= 1                       # one instruction, one seq
+
+
+def test_page_crossing_pieces_have_their_own_pa():
+    m, recs, walked = operands_run()
+    lo, hi = at(m, recs, "cross")
+    assert lo.pa & 0xFFF == 0xFFC and hi.pa & 0xFFF == 0
+    assert lo.pa == walked[("r", D + 0xFFC)] and hi.pa == walked[("r", D + 0x1000)]
+    assert lo.seq == hi.seq
+
+
+def test_rep_iterations_make_one_record_set():
+    """QEMU runs REP one iteration per block: no record, fetch or seq per iteration."""
+    m, recs, _ = operands_run()
+    rep = sym(m, "movsup")
+    assert [r for r in recs if r.kind == "x" and r.va == rep] == []
+    seqs = [r.seq for r in at(m, recs, "movsup")]
+    assert len(seqs) == 2 and seqs[0] == seqs[1]
+    after = [r for r in recs if r.kind == "x" and r.va == rep + 2]   # the block after the rep
+    assert len(after) == 1 and after[0].seq == seqs[0] + 1
+
+
+def test_user_records_carry_the_user_cr3_and_pcid():
+    m, recs, _ = operands_run()
+    user = [r for r in recs if r.cpl == 3]
+    p = m.process("A")
+    assert user and {(r.cr3, r.pcid, r.space) for r in user} == {(p.user_pgd, 0x801, "A.user")}
+
+
+def test_seq_is_monotonic_and_shared_within_an_instruction():
+    _, recs, _ = operands_run()
+    seqs = [r.seq for r in recs]
+    assert seqs == sorted(seqs) and seqs[0] == 1
+    by_seq = {}
+    for r in recs:
+        by_seq.setdefault(r.seq, set()).add(r.rip)
+    assert all(len(rips) == 1 for rips in by_seq.values())
+
+
+# --- the kernel: GS-relative per-CPU accesses around the CR3 switch --------------------------
+@lru_cache(maxsize=None)
+def getpid_run(pcid=True):
+    src = "_start:\n    mov eax, SYS_getpid\n    syscall\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
+    return traced(src, MachineConfig(pcid=pcid))
+
+
+@pytest.mark.parametrize("pcid", [True, False])
+def test_syscall_entry_gs_accesses_and_cr3_switch(pcid):
+    m, recs, _ = getpid_run(pcid)
+    k, p = m.kernel, m.process("A")
+    entry = k.sym("entry_SYSCALL_64")
+    first = [r for r in recs if r.rip == entry + 3 and r.kind != "x"][0]   # mov gs:[cpu_tss_rw + TSS_sp2], rsp
+    assert (first.kind, first.va, first.size) == ("w", k.percpu_va("cpu_tss_rw") + abi.TSS_sp2, 8)
+    assert (first.cpl, first.space, first.cr3, first.pcid) == (0, "A.user", p.user_pgd, 0x801 if pcid else None)
+    after = [r for r in recs if r.rip == entry + 0x28 and r.kind != "x"][0]  # mov rsp, gs:[pcpu_top_of_stack]
+    assert (after.kind, after.va, after.size) == ("r", k.percpu_va("pcpu_top_of_stack"), 8)
+    assert (after.space, after.cr3, after.pcid) == ("A.kernel", p.pgd, 0x1 if pcid else None)
+    assert first.seq < after.seq
+
+
+def test_syscall_round_trip_visits_user_kernel_and_asi_spaces():
+    _, recs, _ = getpid_run(True)
+    order = []
+    for r in recs:
+        if not order or order[-1] != r.space:
+            order.append(r.space)
+    # ret_from_fork, user code, entry (user tables), kernel, ASI while in the syscall ...
+    assert order[:5] == ["A.kernel", "A.user", "A.kernel", "A.asi", "A.kernel"]
+    assert {r.space for r in recs} == {"A.kernel", "A.user", "A.asi"}
+
+
+def test_iretq_reads_its_five_quadword_frame():
+    m, recs, _ = getpid_run(True)
+    iret = m.kernel.sym("native_irq_return_iret")
+    top = m.kernel.cea["entry_stack_top"]
+    first = [r for r in recs if r.rip == iret and r.kind == "r"][0]     # ret_from_fork's way to user mode
+    assert (first.va, first.size, first.cpl, first.space, first.fault) == (top - 40, 40, 0, "A.user", None)
+
+
+# --- faults and exception frames --------------------------------------------------------
+FAULT_CASES = [
+    # name, program, faulting label, kind, va, size, vector, error code, frame bytes
+    ("user read of kernel text", "mov rbx, KERNEL_TEXT\nat: mov al, byte ptr [rbx]", "at", "r",
+     "KERNEL_TEXT", 1, 14, 0x4, 48),
+    ("user write to its read-only text", "lea rbx, [rip + _start]\nat: mov byte ptr [rbx], 0", "at", "w",
+     "_start", 1, 14, 0x7, 48),
+    ("non-canonical load", "mov rbx, 0x800000000000\nat: mov al, byte ptr [rbx]", "at", "r",
+     0x800000000000, 1, 13, 0, 48),
+    ("fetch from NX data", "mov rax, USER_DATA\nat: jmp rax", None, "x", D, 1, 14, 0x15, 48),
+    ("ud2", "at: ud2", None, None, None, None, 6, None, 40),
+]
+
+
+@pytest.mark.parametrize("name,body,label,kind,va,size,vector,ec,frame", FAULT_CASES,
+                         ids=[c[0] for c in FAULT_CASES])
+def test_faulting_access_and_exception_frame(name, body, label, kind, va, size, vector, ec, frame):
+    m, recs, _ = traced(f"_start:\n{body}\n")
+    if va == "KERNEL_TEXT":
+        va = m.layout.kernel_text
+    elif va == "_start":
+        va = sym(m, "_start")
+    top = m.kernel.cea["entry_stack_top"]
+    frames = [r for r in recs if r.cpl == 0 and r.kind == "w" and (r.va, r.size) == (top - frame, frame)]
+    assert len(frames) == 1
+    fw = frames[0]
+    # the frame: supervisor writes through the current (user) tables, to the entry stack
+    cea = translate(m.mem, m.spaces()["A.user"], top - frame, 1, 0, ControlState())
+    assert (fw.size, fw.space, fw.pa, fw.fault) == (frame, "A.user", cea.pa, None)
+    if kind is None:
+        assert fw.rip == sym(m, "at")
+        return
+    faults = [r for r in recs if r.fault is not None]
+    assert len(faults) == 1
+    f = faults[0]
+    assert (f.kind, f.va, f.size, f.pa, f.fault) == (kind, va, size, None, {"vector": vector, "error_code": ec})
+    assert (f.cpl, f.space) == (3, "A.user")
+    assert (fw.seq, fw.rip) == (f.seq, f.rip)          # attributed to the faulting instruction
+    if label:
+        assert f.rip == sym(m, label)
+    assert m.exits[1]["signal"] == "SIGSEGV"
+
+
+# --- instruction fetches: one record per block ------------------------------------------------
+def test_fetch_records_per_block():
+    src = """
+_start:
+    mov eax, 1
+    add eax, 2
+j1: jmp next
+end1:
+    ud2
+next:
+    mov ecx, 3
+j2: jmp out
+end2:
+    ud2
+out:
+    mov eax, SYS_exit
+    xor edi, edi
+    syscall
+"""
+    m, recs, walked = traced(src, kinds="x", space="A.user")
+    user = [r for r in recs if r.cpl == 3]
+    s = lambda n: sym(m, n)  # noqa: E731
+    assert short(user) == [("x", s("_start"), s("end1") - s("_start")), ("x", s("next"), s("end2") - s("next")),
+                           ("x", s("out"), 9)]                 # mov, xor, syscall: 5 + 2 + 2
+    for r in user:
+        assert r.rip == r.va and r.pa == walked[("x", r.va)] and r.symbol.startswith("A:")
+
+
+# --- filters, chunking, detaching --------------------------------------------------------------
+def test_filters_keep_seq_numbers():
+    src = OPERANDS          # FS base 0 here: the program dies of SIGSEGV at 'fs:', after many records
+    full = trace_program(src)
+    key = lambda r: tuple(r)  # noqa: E731
+    writes = trace_program(src, kinds="w")
+    assert writes and [key(r) for r in writes] == [key(r) for r in full if r.kind == "w"]
+    user = trace_program(src, space="A.user")
+    assert user and [key(r) for r in user] == [key(r) for r in full if r.space == "A.user"]
+    lo, hi = D + 0x7F8, D + 0x800
+    ranged = trace_program(src, va_range=(lo, hi))
+    assert ranged and [key(r) for r in ranged] == [key(r) for r in full if r.va < hi and r.va + r.size > lo]
+
+
+def test_chunked_run_records_each_access_once():
+    """A budget stop between two instructions must not record the unexecuted one."""
+    one = [r[1:] for r in trace_program(OPERANDS, kinds="rw")]
+    chunked = [r[1:] for r in trace_program(OPERANDS, kinds="rw", chunk=7)]
+    assert one == chunked and len(one) > 100
+
+
+def test_detach_removes_every_hook():
+    m = Machine(MachineConfig(), programs=[("A", "_start:\n    jmp _start\n")], record_events=False)
+    m.boot()
+    hooks, listeners = len(m.cpu._code_hooks), len(m._listeners)
+    t = Tracer(m, kinds="x")
+    with t:
+        # the block and code hooks, plus the probes that make events (frames, CR3 writes)
+        assert len(m.cpu._code_hooks) > hooks + 2 and m.cpu.want_events
+        m.step(5000)
+    assert t.records
+    n = len(t.records)
+    assert (len(m.cpu._code_hooks), len(m._listeners), m.cpu.want_events) == (hooks, listeners, False)
+    m.step(5000)
+    assert len(t.records) == n
+
+
+def test_runaway_program_stops_at_the_budget():
+    it = iter_trace("_start:\n    jmp _start\n", kinds="x", budget=20_000, chunk=5000)
+    got = []
+    with pytest.raises(BudgetExhausted, match="instruction budget of 20000 exhausted"):
+        for r in it:
+            got.append(r)
+    assert got and all(r.kind == "x" for r in got)
+
+
+@pytest.mark.parametrize("kw,error", [({"kinds": "q"}, ConfigError), ({"kinds": ""}, ConfigError),
+                                      ({"va_range": (5, 5)}, AddressError)])
+def test_bad_tracer_options(kw, error):
+    m = Machine(MachineConfig(), programs=[("A", "_start:\n    jmp _start\n")])
+    with pytest.raises(error):
+        Tracer(m, **kw)
+
+
+def test_unknown_space_is_refused_at_attach():
+    m = Machine(MachineConfig(), programs=[("A", "_start:\n    jmp _start\n")])
+    with pytest.raises(ConfigError, match="unknown space 'B.user'"):
+        Tracer(m, space="B.user").attach()
+
+
+@pytest.mark.parametrize("text,expected", [("0x600000-0x601000", (0x600000, 0x601000)),
+                                           ("ffffc90000000000-ffffc90000001000",
+                                            (0xffffc90000000000, 0xffffc90000001000))])
+def test_parse_range(text, expected):
+    assert parse_range(text) == expected
+
+
+def test_record_as_dict():
+    r = Record((3, 0x400000, "A:_start", 3, 0x1000, 0x801, "A.user", "r", 0x600ffc, 4, None,
+                {"vector": 14, "error_code": 4}))
+    d = r.as_dict()
+    assert list(d) == list(FIELDS) and d["fault"] == {"vector": 14, "error_code": 4}
+    assert r.as_dict(hex_addresses=True)["va"] == "0x600ffc"
+
+
+# --- the CLI ------------------------------------------------------------------------------
+PROGRAM = """
+_start:
+    mov rbx, USER_DATA
+    mov qword ptr [rbx + 8], 5
+    mov rax, qword ptr [rbx + 8]
+    mov eax, SYS_exit
+    xor edi, edi
+    syscall
+"""
+
+
+@pytest.fixture
+def program(tmp_path):
+    p = tmp_path / "prog.S"
+    p.write_text(PROGRAM)
+    return str(p)
+
+
+def cli(capsys, *argv):
+    rc = main(["trace", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_jsonl_keys_and_values(capsys, program):
+    rc, out, err = cli(capsys, program, "--jsonl", "--range", "0x600000-0x601000")
+    assert rc == 0 and err == ""
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert all(list(r) == list(FIELDS) for r in rows)
+    assert [(r["kind"], r["va"], r["size"], r["cpl"], r["space"], r["symbol"], r["pcid"], r["fault"])
+            for r in rows] == [("w", "0x600008", 8, 3, "A.user", "A:_start+0x7", 0x801, None),
+                               ("r", "0x600008", 8, 3, "A.user", "A:_start+0xf", 0x801, None)]
+    assert rows[0]["pa"] == rows[1]["pa"] and rows[0]["pa"].endswith("008")
+
+
+@pytest.mark.parametrize("args,check", [
+    (["--kind", "w"], lambda r: r["kind"] == "w"),
+    (["--kind", "x"], lambda r: r["kind"] == "x"),
+    (["--space", "A.user"], lambda r: r["space"] == "A.user"),
+    (["--range", "0xfffffe0000000000-0xfffffe8000000000"],
+     lambda r: 0xfffffe0000000000 <= int(r["va"], 16) < 0xfffffe8000000000),
+])
+def test_cli_filters(capsys, program, args, check):
+    rc, out, _ = cli(capsys, program, "--jsonl", *args)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rc == 0 and len(rows) > 3 and all(check(r) for r in rows)
+
+
+def test_cli_table_is_aligned(capsys, program):
+    rc, out, _ = cli(capsys, program, "--space", "A.user")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split()[:4] == ["SEQ", "CPL", "SPACE", "PCID"]
+    kcol = lines[0].index(" K ") + 1
+    vacol = lines[0].index("VA")
+    assert all(line[kcol] in "rwx" and line[vacol:vacol + 2] == "0x" for line in lines[1:])
+    assert any("A:_start+0x7" in line and " w " in line for line in lines)
+
+
+@pytest.mark.parametrize("args,source,message,status", [
+    (["--range", "0x10-0x5"], PROGRAM, "bad range '0x10-0x5'", 2),
+    (["--range", "zz"], PROGRAM, "bad range 'zz'", 2),
+    (["--space", "Q.user"], PROGRAM, "unknown space 'Q.user'", 2),
+    (["--kind", "rq"], PROGRAM, "bad access kind 'rq'", 2),
+    (["--budget", "0"], PROGRAM, "--budget must be a positive", 2),
+    ([], "_start:\n    mov rax, [[rbx]\n", "prog.S:2", 2),
+    ([], "_start:\n    jmp _start\n", "instruction budget of 3000 exhausted", 3),
+])
+def test_cli_errors_are_one_line(capsys, tmp_path, args, source, message, status):
+    p = tmp_path / "prog.S"
+    p.write_text(source)
+    extra = ["--budget", "3000"] if "budget" in message else []
+    rc, _, err = cli(capsys, str(p), "--jsonl", *extra, *args)
+    assert rc == status
+    assert err.startswith("isoemu: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_missing_file(capsys, tmp_path):
+    rc, _, err = cli(capsys, str(tmp_path / "nope.S"))
+    assert rc == 2 and err.startswith("isoemu: cannot read") and err.count("\n") == 1
+
+
+# --- code that changes, blocks across pages, restarts ----------------------------------------
+def test_rewritten_code_is_decoded_again():
+    """The same bytes at the same place reuse their decoding; new bytes do not."""
+    src = """
+_start:
+    mov eax, SYS_mmap
+    xor edi, edi
+    mov esi, 4096
+    mov edx, PROT_READ + PROT_WRITE + PROT_EXEC
+    mov r10d, MAP_PRIVATE + MAP_ANONYMOUS
+    mov r8, -1
+    xor r9d, r9d
+    syscall
+    mov r15, rax
+    mov rbx, USER_DATA
+    mov dword ptr [r15], 0xc3038b48     # mov rax, qword ptr [rbx]; ret
+    call r15
+    call r15
+    mov dword ptr [r15], 0xc3038948     # mov qword ptr [rbx], rax; ret
+    call r15
+    mov eax, SYS_exit
+    xor edi, edi
+    syscall
+"""
+    m, recs, _ = traced(src, space="A.user")
+    code = [r for r in recs if r.kind == "x" and not r.symbol.startswith("A:") and r.cpl == 3]
+    base = code[0].va
+    body = [short([r for r in recs if r.rip == base and r.kind != "x" and r.seq == c.seq + 1])
+            for c in code]
+    assert [c.va for c in code] == [base] * 3 and base >> 40
+    assert body == [[("r", D, 8)], [("r", D, 8)], [("w", D, 8)]]
+
+
+def test_block_across_a_page_boundary_makes_two_fetch_records():
+    src = """
+_start:
+    jmp over
+    .skip 4080
+over:
+    mov rax, 0x1122334455667788
+    mov rbx, 0x1122334455667788
+    mov eax, SYS_exit
+    xor edi, edi
+    syscall
+"""
+    m, recs, walked = traced(src, kinds="x", space="A.user")
+    over = sym(m, "over")
+    page = (over | 0xFFF) + 1
+    assert over < page < over + 20
+    got = [r for r in recs if r.rip == over]
+    assert short(got) == [("x", over, page - over), ("x", page, over + 29 - page)]   # 10 + 10 + 5 + 2 + 2
+    assert got[0].seq == got[1].seq and [r.pa for r in got] == [walked[("x", over)], walked[("x", page)]]
+
+
+def test_demand_fault_then_retry():
+    """A first touch of the stack faults (not present) and the instruction
+    runs again after the fault handler: two records, two seqs."""
+    m, recs, walked = traced("_start:\nat: push rax\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n")
+    pushes = [r for r in at(m, recs, "at", "w") if r.cpl == 3]     # not the exception frame
+    va = abi.USER_STACK_TOP - 16          # a process starts with RSP = USER_STACK_TOP - 8
+    assert [(r.va, r.fault) for r in pushes] == [(va, {"vector": 14, "error_code": 6}), (va, None)]
+    assert pushes[0].seq < pushes[1].seq and pushes[1].pa == walked[("w", va)]
+
+
+def test_int3_frame_is_attributed_to_the_int3():
+    m, recs, _ = traced("_start:\n    nop\nat: int3\n")
+    top = m.kernel.cea["entry_stack_top"]
+    frame = [r for r in recs if r.kind == "w" and (r.va, r.size) == (top - 40, 40)]
+    assert len(frame) == 1 and (frame[0].rip, frame[0].symbol, frame[0].cpl) == (sym(m, "at"), "A:at", 0)
+
+
+def test_asi_fault_then_retry_in_the_full_tables():
+    """A sensitive direct-map read in the restricted tables faults; the #PF
+    handler leaves ASI and the same instruction reads it through A.kernel."""
+    src = """
+_start:
+    mov rbx, USER_DATA
+    mov byte ptr [rbx], 1
+    mov eax, SYS_direct_map_alias
+    mov edi, USER_DATA
+    syscall
+    mov rdi, rax
+    mov eax, SYS_probe
+    xor esi, esi
+    mov edx, 1
+    syscall
+    mov eax, SYS_exit
+    xor edi, edi
+    syscall
+"""
+    m, recs, walked = traced(src, MachineConfig())
+    probe = m.kernel.sym("probe_read_insn")
+    data_pa = walked[("w", D)]
+    alias = m.layout.page_offset + data_pa
+    got = [r for r in recs if r.rip == probe and r.kind == "r"]
+    assert [(r.space, r.va, r.size, r.pa, r.fault) for r in got] == [
+        ("A.asi", alias, 1, None, {"vector": 14, "error_code": 0}),
+        ("A.kernel", alias, 1, data_pa, None)]
+    frame = [r for r in recs if r.seq == got[0].seq and r.kind == "w"]
+    assert len(frame) == 1 and (frame[0].size, frame[0].space, frame[0].cpl) == (48, "A.asi", 0)
+
+
+def test_five_level_paging():
+    m, recs, walked = traced(PROGRAM, MachineConfig(la57=True))
+    user = [r for r in recs if r.cpl == 3 and r.kind != "x"]
+    assert short(user) == [("w", D + 8, 8), ("r", D + 8, 8)]
+    assert all(r.pa == walked[(r.kind, r.va)] is not None for r in user)

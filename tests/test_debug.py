@@ -1,0 +1,749 @@
+"""The debugger: CR3 events, breakpoints, stepping, inspection, the REPL, the walkthrough.
+
+Expected CR3 values are computed from the machine's own page-table roots
+(Machine.spaces()) with the rules of Linux's arch/x86/entry/calling.h
+(SWITCH_TO_KERNEL_CR3 / SWITCH_TO_USER_CR3), arch/x86/mm/tlb.c (kernel PCID =
+ASID + 1) and the ASI RFC (ASI PCID = kernel PCID | (class + 1) << 9), never
+copied from a run.
+"""
+
+import io
+import os
+import pty
+import re
+import runpy
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emu import abi
+from emu.debug import DebugError, Debugger
+from emu.machine import Machine, MachineConfig
+from emu.paging import translate, ControlState
+from emu.ptdump import ptdump_lines
+
+ROOT = Path(__file__).resolve().parent.parent
+NOFLUSH = 1 << 63
+EXIT = "    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
+
+GETPID = f"""
+_start:
+    mov eax, SYS_getpid
+at_syscall:
+    syscall
+back:
+    nop
+{EXIT}"""
+
+# the walkthrough's program: a syscall, then a kernel read of a sensitive
+# address (this process's data page in the direct map) from inside ASI
+SENSITIVE = f"""
+_start:
+    mov rax, USER_DATA
+    mov byte ptr [rax], 1
+    mov eax, SYS_direct_map_alias
+    mov rdi, USER_DATA
+    syscall
+    mov rdi, rax
+    mov eax, SYS_probe
+    xor esi, esi
+    mov edx, 1
+probe_syscall:
+    syscall
+{EXIT}"""
+
+
+def debugger(src, cfg=None, record=False):
+    m = Machine(cfg or MachineConfig(), programs=[("A", src)], record_events=record)
+    return m, Debugger(m)
+
+
+def label(m, name, proc="A"):
+    return m.process(proc).image.symbols[name]
+
+
+def mov_cr3_at(m, addr):
+    """The kernel's 'mov cr3' instruction at addr."""
+    ins = next(i for i in m.kernel.image.insns if i.addr == addr)
+    assert ins.mnemonic == "mov" and ins.op_str.startswith("cr3, ")
+    return ins
+
+
+def run_to_halt(dbg, limit=200):
+    stops = []
+    for _ in range(limit):
+        s = dbg.cont()
+        stops.append(s)
+        if s.reason != "breakpoint":
+            return stops
+    raise AssertionError("no halt")
+
+
+# --- the CR3 event sequence of a syscall round trip ------------------------------------
+def linux_syscall_cr3_writes(cfg, k_root, asi_root, user_cr3):
+    """(function, old, new) of every CR3 write from SYSCALL to SYSRET, by calling.h."""
+    kern_pcid = 1 if cfg.pcid else 0          # the first ASID, 0: kern_pcid(0) = 0 + 1
+    out, cr3 = [], user_cr3
+    if cfg.pti:
+        # SWITCH_TO_KERNEL_CR3: set NOFLUSH (with PCID), clear bits 11 and 12
+        new = (cr3 | (NOFLUSH if cfg.pcid else 0)) & ~0x1800
+        out.append(("entry_SYSCALL_64", cr3, new))
+        cr3 = new & ~NOFLUSH                   # hardware never stores bit 63
+    if cfg.asi:
+        # asi_enter: the restricted PGD; never NOFLUSH (RFCv2 [20/29])
+        new = asi_root | ((kern_pcid | (abi.ASI_CLASS_USERSPACE + 1) << 9) if cfg.pcid else 0)
+        out.append(("__asi_enter", cr3, new))
+        cr3 = new
+        new = k_root | kern_pcid               # asi_exit: the full kernel PGD
+        out.append(("asi_exit", cr3, new))
+        cr3 = new
+    if cfg.pti:
+        # SWITCH_TO_USER_CR3: bit 12 (user PGD) and, with PCID, bit 11 (user
+        # PCID) and NOFLUSH (no flush of the user PCID is pending)
+        new = cr3 | 0x1000 | ((0x800 | NOFLUSH) if cfg.pcid else 0)
+        out.append(("syscall_return_via_sysret", cr3, new))
+    return out
+
+
+CONFIGS = [
+    # pti, pcid, asi
+    (True, True, True),
+    (True, False, True),
+    (True, True, False),
+    (False, True, True),
+    (True, False, False),
+    (False, False, False),
+]
+
+
+@pytest.mark.parametrize("pti,pcid,asi", CONFIGS)
+def test_syscall_round_trip_cr3_sequence(pti, pcid, asi):
+    cfg = MachineConfig(pti=pti, pcid=pcid, asi=asi)
+    m, dbg = debugger(GETPID, cfg)
+    spaces = m.spaces()
+    k_root = spaces["A.kernel"]
+    dbg.catch_syscall("getpid")
+    at_entry = dbg.cont()
+    assert (at_entry.reason, at_entry.event.nr) == ("breakpoint", 39)
+    user_cr3 = dbg.regs["cr3"]
+    # the user CR3: the PTI user half (+ 4 KiB) and the user PCID (kernel PCID | bit 11)
+    kern_pcid = 1 if pcid else 0
+    assert user_cr3 == (k_root | 0x1000 | kern_pcid | 0x800 if pti and pcid else
+                        k_root | 0x1000 if pti else k_root | kern_pcid)
+    assert m.space_of(user_cr3) == ("A.user" if pti else "A.kernel")    # without PTI, one PGD
+    dbg.break_cr3()
+    dbg.break_at("A:back")
+    writes = []
+    while True:
+        s = dbg.cont()
+        assert s.reason == "breakpoint"
+        if s.cr3 is None:
+            assert s.rip == label(m, "back") and s.cpl == 3
+            break
+        w = s.cr3
+        site = mov_cr3_at(m, w.rip)
+        # stopped just after the mov cr3, CR3 loaded without NOFLUSH
+        assert s.rip == w.rip + site.size
+        assert dbg.regs["cr3"] == w.new & ~NOFLUSH
+        assert w.insn == f"{site.mnemonic} {site.op_str}"
+        assert w.noflush == bool(w.new & NOFLUSH)
+        assert w.pcid == ((w.new & 0xFFF) if pcid else None)
+        assert (w.old_space, w.new_space) == (m.space_of(w.old), m.space_of(w.new))
+        writes.append((w.symbol.split("+")[0], w.old, w.new))
+    want = linux_syscall_cr3_writes(cfg, k_root, spaces.get("A.asi"), user_cr3)
+    assert [(f, hex(o), hex(n)) for f, o, n in writes] == [(f, hex(o), hex(n)) for f, o, n in want]
+    names = [(m.space_of(o), m.space_of(n)) for _, o, n in writes]
+    assert names == [(m.space_of(o), m.space_of(n)) for _, o, n in want]
+
+
+def test_pti_pcid_round_trip_bits():
+    """The four writes of the default configuration, bit by bit."""
+    m, dbg = debugger(GETPID)
+    k, s = m.spaces()["A.kernel"], m.spaces()["A.asi"]
+    dbg.catch_syscall(39)
+    dbg.cont()
+    dbg.break_cr3()
+    got = [dbg.cont().cr3 for _ in range(4)]
+    rows = [(w.new_space, w.root, w.pcid, w.noflush, bool(w.new & 1 << 12), bool(w.new & 1 << 11))
+            for w in got]
+    assert [(w.user_pgd, w.user_pcid) for w in got] == [r[4:] for r in rows]
+    assert rows == [
+        ("A.kernel", k, 0x001, True, False, False),     # entry: kernel PGD, kernel PCID, NOFLUSH
+        ("A.asi", s, 0x401, False, False, False),       # asi_enter: ASI PCID bits 9-10
+        ("A.kernel", k, 0x001, False, False, False),    # asi_exit
+        ("A.user", k + 0x1000, 0x801, True, True, True),  # exit: user PGD + user PCID, NOFLUSH
+    ]
+
+
+@pytest.mark.parametrize("pattern,first_new_space", [
+    ("A.asi", "A.asi"),
+    ("*.asi", "A.asi"),
+    ("A.kernel", "A.kernel"),
+    ("A.user", "A.user"),
+])
+def test_break_cr3_into_a_space(pattern, first_new_space):
+    m, dbg = debugger(GETPID)
+    dbg.break_cr3(pattern)
+    seen = []
+    while (s := dbg.cont()).reason == "breakpoint":
+        assert s.cr3.new_space == first_new_space == dbg.space      # stopped with it loaded
+        seen.append(s.cr3.new_space)
+    # every CR3 write into the space stopped, and only those
+    assert seen == [w.new_space for w in dbg.cr3_log if w.new_space == first_new_space]
+    assert len(seen) >= 1
+
+
+def test_break_cr3_unknown_space():
+    m, dbg = debugger(GETPID)
+    with pytest.raises(DebugError, match="unknown space 'Z.user': choose from kernel, "):
+        dbg.break_cr3("Z.user")
+
+
+# --- breakpoints stopping at the right RIP ----------------------------------------------
+FAULTS = f"""
+_start:
+    mov ecx, 3
+loop_top:
+    dec ecx
+    jnz loop_top
+marker:
+    mov ebx, 7
+    nop
+    nop
+    mov eax, SYS_getpid
+at_syscall:
+    syscall
+after_syscall:
+    mov rax, {{addr}}
+pf_insn:
+    {{insn}}
+{EXIT}"""
+
+
+def faults(insn="mov al, byte ptr [rax]", addr="0x1234"):
+    return FAULTS.format(insn=insn, addr=addr)
+
+
+# (name, program, set-up, expected kernel symbol or label at RIP, check of the stop)
+BREAK_CASES = [
+    ("kernel symbol", faults(), lambda d: d.break_at("do_syscall_64"), ("kernel", "do_syscall_64"),
+     lambda m, d, s: s.cpl == 0 and d.regs["rsi"] == 39),
+    ("program label", faults(), lambda d: d.break_at("A:marker"), ("A", "marker"),
+     lambda m, d, s: s.cpl == 3 and d.regs["rbx"] != 7),
+    ("label+offset", faults(), lambda d: d.break_at("A:marker+5"), ("A", "marker", 5),
+     lambda m, d, s: d.regs["rbx"] == 7),
+    ("raw address", faults(), lambda d: d.break_at(f"*{0x400000:#x}"), ("A", "_start"),
+     lambda m, d, s: s.symbol == "A:_start"),
+    ("#PF", faults(), lambda d: d.catch_fault(14), ("kernel", "asm_exc_page_fault"),
+     lambda m, d, s: (s.event.vector, s.event.error_code, s.event.cr2, s.event.rip, s.cpl)
+     == (14, 0x4, 0x1234, label(m, "pf_insn"), 0) and d.regs["cr2"] == 0x1234),
+    ("#PF by name", faults("mov byte ptr [rax], 1"), lambda d: d.catch_fault("#PF"),
+     ("kernel", "asm_exc_page_fault"),
+     lambda m, d, s: (s.event.error_code, s.event.cr2) == (0x6, 0x1234)),
+    ("#GP", faults(addr="0x8000000000000000"), lambda d: d.catch_fault("GP"),
+     ("kernel", "asm_exc_general_protection"),
+     lambda m, d, s: (s.event.vector, s.event.error_code, s.event.rip) == (13, 0, label(m, "pf_insn"))),
+    ("#UD", faults("ud2"), lambda d: d.catch_fault(6), ("kernel", "asm_exc_invalid_op"),
+     lambda m, d, s: (s.event.vector, s.event.rip) == (6, label(m, "pf_insn"))),
+    ("any fault", faults("ud2"), lambda d: d.catch_fault(), ("kernel", "asm_exc_invalid_op"),
+     lambda m, d, s: s.event.vector == 6),
+    ("syscall number", faults(), lambda d: d.catch_syscall(39), ("kernel", "entry_SYSCALL_64"),
+     lambda m, d, s: (s.event.nr, s.event.rip, d.regs["rcx"], s.cpl)
+     == (39, label(m, "at_syscall"), label(m, "after_syscall"), 0)),
+    ("syscall name", GETPID, lambda d: d.catch_syscall("exit"), ("kernel", "entry_SYSCALL_64"),
+     lambda m, d, s: (s.event.nr, d.regs["rax"], s.event.rip) == (60, 60, label(m, "back") + 8)),
+    ("page-aligned entry", GETPID, lambda d: d.break_at("entry_SYSCALL_64"), ("kernel", "entry_SYSCALL_64"),
+     lambda m, d, s: (d.regs["rax"], d.space, s.cpl) == (39, "A.user", 0)),
+]
+
+
+@pytest.mark.parametrize("name,src,setup,where,check", BREAK_CASES, ids=[c[0] for c in BREAK_CASES])
+def test_breakpoint_stops_at_the_right_rip(name, src, setup, where, check):
+    m, dbg = debugger(src)
+    bp = setup(dbg)
+    s = dbg.cont()
+    base = m.kernel.sym(where[1]) if where[0] == "kernel" else label(m, where[1], where[0])
+    assert s.reason == "breakpoint"
+    assert s.breakpoints == (bp,)
+    assert s.rip == base + (where[2] if len(where) > 2 else 0)
+    assert dbg.rip == s.rip
+    assert check(m, dbg, s)
+    assert bp.hits == 1
+
+
+@pytest.mark.parametrize("setup", [
+    lambda d: d.catch_fault(14),           # the program's only fault is #UD
+    lambda d: d.catch_syscall(1),          # it never writes
+    lambda d: d.catch_asi_exit(),          # ASI is off
+])
+def test_catchpoints_that_must_not_hit(setup):
+    m, dbg = debugger(faults("ud2"), MachineConfig(asi=False))
+    bp = setup(dbg)
+    s = dbg.cont()
+    assert s.reason == "halt" and bp.hits == 0
+    assert s.message == "the machine halted: A killed by SIGILL"
+
+
+def test_catch_asi_exit_forced_by_a_fault():
+    m, dbg = debugger(SENSITIVE)
+    bp = dbg.catch_asi_exit(fault_only=True)
+    s = dbg.cont()
+    site = mov_cr3_at(m, s.cr3.rip)
+    assert s.breakpoints == (bp,)
+    assert m.symbolize(site.addr).startswith("asi_exit+")
+    assert s.rip == site.addr + site.size
+    assert (s.cr3.old_space, s.cr3.new_space) == ("A.asi", "A.kernel")
+    # the fault: the probe's read of A's data page through the direct map
+    ctl = ControlState(smap=False)
+    data_pa = translate(m.mem, m.spaces()["A.user"], abi.USER_DATA, 0, 3, ctl).pa
+    assert s.event.rip == m.kernel.sym("probe_read_insn")
+    assert s.event.address == m.layout.page_offset + data_pa
+    assert s.event.error_code == 0                       # supervisor read, not present
+    assert dbg.regs["cr3"] & ~0xFFF == m.spaces()["A.kernel"]
+
+
+def test_catch_any_asi_exit_includes_routine_exits():
+    m, dbg = debugger(SENSITIVE)
+    dbg.catch_asi_exit()
+    first = dbg.cont()
+    # the first syscall leaves ASI normally (do_syscall_64's asi_exit): no fault
+    assert first.event is None and first.cr3.symbol.startswith("asi_exit+")
+    assert (first.cr3.old_space, first.cr3.new_space) == ("A.asi", "A.kernel")
+    second = dbg.cont()
+    assert second.event is not None and second.event.rip == m.kernel.sym("probe_read_insn")
+
+
+def test_address_breakpoint_rearms_and_counts_hits():
+    m, dbg = debugger(faults())
+    bp = dbg.break_at("A:loop_top")
+    rcx = []
+    for _ in range(3):
+        s = dbg.cont()
+        assert s.rip == label(m, "loop_top") and s.breakpoints == (bp,)
+        rcx.append(dbg.regs["rcx"])
+    assert rcx == [3, 2, 1]
+    assert bp.hits == 3
+    dbg.delete(bp.num)
+    assert dbg.breakpoints == []
+    assert dbg.cont().reason == "halt"
+
+
+def test_stepi_counts_instructions_and_steps_over_breakpoints():
+    m, dbg = debugger(faults())
+    dbg.break_at("A:marker")
+    dbg.cont()
+    s = dbg.stepi()
+    assert (s.reason, s.rip, dbg.regs["rbx"]) == ("step", label(m, "marker") + 5, 7)
+    s = dbg.stepi(2)
+    assert s.rip == label(m, "marker") + 7                # two one-byte nops
+    s = dbg.stepi(2)                                        # mov eax; syscall -> kernel entry
+    assert (s.rip, s.cpl) == (m.kernel.sym("entry_SYSCALL_64"), 0)
+    s = dbg.step()
+    assert s.rip == m.kernel.sym("entry_SYSCALL_64") + 3     # swapgs is 3 bytes
+
+
+def test_step_onto_a_cr3_write_reports_it():
+    m, dbg = debugger(GETPID)
+    dbg.catch_syscall(39)
+    dbg.cont()
+    dbg.break_cr3()
+    site = next(a for a in m.cpu.cr3_sites if m.symbolize(a).startswith("entry_SYSCALL_64"))
+    # step instruction by instruction up to and over the mov cr3
+    for _ in range(20):
+        s = dbg.stepi()
+        if s.reason == "breakpoint":
+            break
+    assert s.cr3 is not None and s.cr3.rip == site
+    assert s.rip == site + mov_cr3_at(m, site).size
+
+
+def test_budget_bounds_every_run():
+    m, dbg = debugger(f"_start:\n    jmp _start\n{EXIT}")
+    s = dbg.cont(budget=1000)
+    assert s.reason == "budget" and s.rip == label(m, "_start")
+    assert str(s).startswith("budget used up at 0x400000 in A:_start")
+    with pytest.raises(DebugError, match="at least 1"):
+        dbg.stepi(0)
+
+
+def test_halt_then_no_more_running():
+    m, dbg = debugger(GETPID)
+    s = dbg.cont()
+    assert (s.reason, s.message) == ("halt", "the machine halted: A exited with status 0")
+    assert not dbg.alive
+    with pytest.raises(DebugError, match="cannot run: the machine halted"):
+        dbg.cont()
+
+
+def test_breakpoints_do_not_change_what_the_machine_does():
+    """Breakpoints on instructions the machine itself hooks (a mov cr3 that
+    strips NOFLUSH, the ASI-fault probe) must not fire those hooks twice."""
+    ref = Machine(MachineConfig(), programs=[("A", SENSITIVE)])
+    ref.run()
+    m, dbg = debugger(SENSITIVE, record=True)
+    noflush_sites = [a for a in m.cpu.cr3_sites if m.symbolize(a).startswith("entry_SYSCALL_64")]
+    for where in ["asi_exit_on_fault", "do_exit_teardown", noflush_sites[0], "A:probe_syscall"]:
+        dbg.break_at(where)
+    stops = run_to_halt(dbg)
+    assert len(stops) > 4 and stops[-1].reason == "halt"
+
+    def trail(machine):
+        return [(e.kind, e.get("rip"), e.get("old"), e.get("new"), e.get("noflush"))
+                for e in machine.events if e.kind in ("cr3_write", "asi_exit", "exit", "exception")]
+    assert trail(m) == trail(ref)
+    assert not m.events_of("mmu_disagreement")
+
+
+def test_cr2_survives_breakpoints_in_other_spaces():
+    """Breakpoints in spaces other than the current one leave the fault path
+    alone: the handler reads the faulting address from CR2.  (Breakpoints
+    made with Unicorn's exits failed this: the exit - 1 translation at the
+    end of each run overwrote CR2 and left a pending #PF.)"""
+    m, dbg = debugger(faults())
+    dbg.break_at("A:marker")                 # a user address: not executable from the kernel PGD
+    dbg.break_at(0xFFFF_8000_0000_0000 + 0x1000)   # never mapped anywhere
+    dbg.catch_fault(14)
+    assert dbg.cont().rip == label(m, "marker")
+    s = dbg.cont()
+    assert s.event.cr2 == 0x1234 and dbg.regs["cr2"] == 0x1234
+    after_read = next(i for i in m.kernel.image.insns
+                      if i.addr > m.kernel.sym("exc_page_fault") and i.op_str == "r13, cr2")
+    dbg.break_at(after_read.addr + after_read.size)
+    dbg.cont()
+    assert dbg.regs["r13"] == 0x1234         # what exc_page_fault read from CR2
+
+
+# --- inspection ---------------------------------------------------------------------------------
+DATA = f"""
+_start:
+    nop
+    mov eax, SYS_getpid
+    syscall
+{EXIT}
+.data
+value: .quad 0x1122334455667788
+"""
+
+
+def test_inspection_api():
+    m, dbg = debugger(DATA)
+    dbg.break_at("A:_start")
+    dbg.cont()
+    spaces = dbg.spaces()
+    assert spaces == m.spaces() and dbg.space == "A.user"
+    va = label(m, "value")
+    ctl = ControlState(smap=False)
+    pa = translate(m.mem, spaces["A.user"], va, 0, 3, ctl).pa
+    assert dbg.read_virt(va, 8) == bytes.fromhex("8877665544332211")
+    assert dbg.read_virt(va, 8, "A.kernel") == dbg.read_phys(pa, 8) == bytes.fromhex("8877665544332211")
+    # walk: the user mapping; kernel text is absent from the PTI user PGD
+    t = dbg.walk(va, "A.user", "w", cpl=3)
+    assert (t.fault, t.pa, t.user, t.writable, t.nx) == (None, pa, True, True, True)
+    text = m.kernel.sym("do_syscall_64")
+    f = dbg.walk(text, "A.user")
+    assert (f.vector, f.error_code) == (14, 0)
+    assert dbg.walk(text, "A.kernel").pa == m.kernel.kva_to_pa(text)
+    assert dbg.ptdump("A.user") == ptdump_lines(m.mem, spaces["A.user"], 4)
+    assert dbg.ptdump()[0] == "---[ User Space ]---"
+    insns = dbg.disas(None, 3)
+    assert [(i.text, i.symbol) for i in insns] == [("nop", "A:_start"), ("mov eax, 0x27", "A:_start+0x1"),
+                                                    ("syscall", "A:_start+0x6")]
+    kins = dbg.disas("do_syscall_64", 1, "A.kernel")[0]
+    assert (kins.addr, kins.symbol) == (text, "do_syscall_64")
+    regs = dbg.regs
+    assert regs["rip"] == label(m, "_start") and regs["RIP"] == regs["pc"]
+    assert regs["cr3"] == m.cpu.reg("cr3") and len(dict(regs)) == len(regs)
+    assert regs["efer"] & 0x800                            # NXE
+    with pytest.raises(KeyError):
+        regs["xyz"]
+
+
+@pytest.mark.parametrize("expr,want", [
+    ("0x1000", lambda m, d: 0x1000),
+    ("ffffffff81000000", lambda m, d: 0xFFFFFFFF81000000),
+    ("do_syscall_64", lambda m, d: m.kernel.sym("do_syscall_64")),
+    ("do_syscall_64+0x10", lambda m, d: m.kernel.sym("do_syscall_64") + 0x10),
+    ("*A:value - 8", lambda m, d: label(m, "value") - 8),
+    ("value", lambda m, d: label(m, "value")),
+    ("$rsp + 16", lambda m, d: m.cpu.reg("rsp") + 16),
+])
+def test_resolve(expr, want):
+    m, dbg = debugger(DATA)
+    assert dbg.resolve(expr) == want(m, dbg)
+
+
+@pytest.mark.parametrize("expr,message", [
+    ("nosuch", "unknown symbol 'nosuch'"),
+    ("A:nosuch", "no label 'nosuch' in process A's program"),
+    ("Q:_start", "no process named 'Q': choose from A"),
+    ("$xyz", "unknown register '$xyz'"),
+    ("_start +", "bad address '_start +'"),
+    ("", "bad address ''"),
+])
+def test_resolve_errors(expr, message):
+    m, dbg = debugger(DATA)
+    with pytest.raises(DebugError) as e:
+        dbg.resolve(expr)
+    assert str(e.value) == message
+
+
+def test_inspection_errors():
+    m, dbg = debugger(DATA)
+    with pytest.raises(DebugError, match="unknown space 'Z.kernel'"):
+        dbg.read_virt(0x400000, 1, "Z.kernel")
+    with pytest.raises(DebugError, match="is not readable in A.user: #PF"):
+        dbg.read_virt(0xFFFFFFFF81000000, 8, "A.user")
+    with pytest.raises(DebugError, match="outside guest RAM"):
+        dbg.read_phys(m.mem.size - 4, 8)
+    with pytest.raises(DebugError, match="unknown syscall 'nosuch'"):
+        dbg.catch_syscall("nosuch")
+    with pytest.raises(DebugError, match="vector 300 is out of range"):
+        dbg.catch_fault(300)
+    with pytest.raises(DebugError, match="no breakpoint number 9"):
+        dbg.delete(9)
+    with pytest.raises(DebugError, match="the machine has no processes"):
+        Debugger(Machine(MachineConfig()))
+
+
+# --- the REPL -------------------------------------------------------------------------------------
+def isoemu(*args, stdin=None, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "emu.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=120, env=env, cwd=cwd)
+
+
+def default_spaces():
+    from emu.matrix import MatrixMachine
+    return MatrixMachine().m.spaces()
+
+
+def test_repl_ex_on_the_default_machine():
+    r = isoemu("debug", "-ex", "break cr3", "-ex", "c", "-ex", "info registers cr3 rip")
+    sp = default_spaces()
+    user = sp["A.user"] | 0x801
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and r.stderr == ""
+    assert lines[0] == "Breakpoint 1: any CR3 write"
+    assert lines[1].startswith(f"Breakpoint 1: cr3 {sp['A.kernel'] | 1:#x} -> {user | NOFLUSH:#x} "
+                               f"(A.kernel -> A.user) pcid 0x801 noflush at "
+                               f"swapgs_restore_regs_and_return_to_usermode+")
+    assert lines[2].startswith("=> 0xffffffff812")
+    assert re.fullmatch(rf"cr3\s+{user:#x}\s+\[ A\.user, pcid 0x801 \]", lines[3])
+    assert re.fullmatch(r"rip\s+0xffffffff812\w+\s+<swapgs_restore_regs_and_return_to_usermode\+0x\w+>",
+                        lines[4])
+
+
+@pytest.fixture
+def program(tmp_path):
+    p = tmp_path / "prog.S"
+    p.write_text(DATA)
+    return p
+
+
+def test_repl_through_stdin(program):
+    m = Machine(MachineConfig(), programs=[("prog", DATA)])
+    start = m.process("prog").image.symbols["_start"]
+    cmds = "\n".join(["break prog:_start", "c", "info registers rax", "si 2", "frobnicate",
+                      "x/2gx prog:value", "x/1xw prog:value", "quit", ""])
+    r = isoemu("debug", str(program), stdin=cmds)
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"Breakpoint 1 at {start:#x} <prog:_start>"
+    assert lines[1] == f"Breakpoint 1: {start:#x} in prog:_start (prog.user, CPL 3)"
+    assert lines[2] == f"=> {start:#x} <prog:_start>:\tnop"
+    assert lines[3] == "rax            0x0                 0"
+    assert lines[4] == f"=> {start + 6:#x} <prog:_start+0x6>:\tsyscall"
+    value = m.process("prog").image.symbols["value"]
+    assert lines[5] == f"{value:#x} <prog:value>:\t0x1122334455667788\t0x0000000000000000"
+    assert lines[6] == f"{value:#x} <prog:value>:\t0x55667788"
+    assert r.stderr == "error: unknown command 'frobnicate': try 'help'\n"
+    assert r.returncode == 1                 # a command failed
+
+
+def test_repl_batch_file_and_ex_in_order(program, tmp_path):
+    batch = tmp_path / "cmds.gdb"
+    batch.write_text("# a comment\n\ncatch syscall getpid\ncontinue\n")
+    r = isoemu("debug", str(program), "-ex", "info breakpoints", "--batch", str(batch), "-ex", "info b")
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and r.stderr == ""
+    assert lines[0] == "No breakpoints."
+    assert lines[1] == "Catchpoint 1: syscall 39 (getpid)"
+    assert lines[2] == "Catchpoint 1: syscall 39 (getpid) from 0x400006 <prog:_start+0x6> in prog.user"
+    assert lines[3] == "=> 0xffffffff81200000 <entry_SYSCALL_64>:\tswapgs"
+    assert lines[4:] == ["Num  Type            Hits  What",
+                         "1    catch syscall   1     syscall 39 (getpid)"]
+
+
+def test_repl_missing_batch_file(tmp_path):
+    r = isoemu("debug", "--batch", str(tmp_path / "nope"))
+    assert r.returncode == 2
+    assert r.stderr.startswith("isoemu: cannot read ") and r.stderr.count("\n") == 1
+
+
+BAD_COMMANDS = [
+    ("frobnicate", "unknown command 'frobnicate': try 'help'"),
+    ("break", "break what? 'break cr3 [SPACE]' or 'break *ADDR' / 'break SYMBOL'"),
+    ("break cr3 Z.user", "unknown space 'Z.user': choose from kernel, kernel.user, asi.global, "
+                         "A.kernel, A.user, A.asi"),
+    ("break nosuch", "unknown symbol 'nosuch'"),
+    ("catch", "usage: catch fault [VECTOR] | catch syscall [N|NAME] | catch asi-exit [fault]"),
+    ("catch fault 999", "vector 999 is out of range (0-255)"),
+    ("catch syscall nosuch", "unknown syscall 'nosuch': give a number or one of read, write, close, "
+                             "mmap, munmap, rt_sigaction, rt_sigreturn, sched_yield, getpid, exit, "
+                             "ftruncate, exit_group, memfd_secret, probe, direct_map_alias"),
+    ("x/4qx 0", "bad format /4qx: N a count, F one of x d u i, U one of b h w g"),
+    ("x/4gx", "an address is needed (ADDR: 0xffffffff81000000, a kernel symbol (do_syscall_64), a "
+              "program label (A:_start), a register ($rsp), joined with + and -)"),
+    ("x/2gx 0xffffffff81000000 A.user", "0xffffffff81000000 is not readable in A.user: "
+                                        "#PF 0x0 (not-present, read, supervisor)"),
+    ("walk", "an address is needed (ADDR: 0xffffffff81000000, a kernel symbol (do_syscall_64), a "
+             "program label (A:_start), a register ($rsp), joined with + and -)"),
+    ("info", "usage: info breakpoints | info registers [REG...] | info spaces"),
+    ("info registers xyz", "unknown register 'xyz'"),
+    ("delete 42", "no breakpoint number 42"),
+    ("delete x", "bad breakpoint number 'x': expected a number"),
+    ("si 0", "instruction count must be at least 1"),
+    ("si many", "bad instruction count 'many': expected a number"),
+    ("continue 5", "usage: continue (the budget is set with --budget)"),
+    ("ptdump Q.user", "unknown space 'Q.user': choose from kernel, kernel.user, asi.global, "
+                      "A.kernel, A.user, A.asi"),
+    ("help nosuch", "no command 'nosuch': try 'help'"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_COMMANDS, ids=[b for b, _ in BAD_COMMANDS])
+def test_bad_commands_print_one_line_and_carry_on(bad, message):
+    from emu.cli_debug import DebugShell
+
+    m, dbg = debugger(DATA)
+    out, err = io.StringIO(), io.StringIO()
+    shell = DebugShell(dbg, interactive=False, stdout=out, stderr=err)
+    for line in (bad, "info spaces"):
+        assert shell.onecmd(line) is False
+    assert err.getvalue() == f"error: {message}\n"
+    assert out.getvalue().splitlines()[-6:] == [
+        f"  {n:<12} {r:#018x}" if n != "A.kernel" else f"* {n:<12} {r:#018x}"
+        for n, r in m.spaces().items()]
+    assert shell.errors == 1
+
+
+def test_info_breakpoints_lists_every_kind():
+    from emu.cli_debug import DebugShell
+
+    m, dbg = debugger(DATA)
+    out = io.StringIO()
+    shell = DebugShell(dbg, interactive=False, stdout=out)
+    cmds = ["break cr3", "break cr3 *.asi", "b do_syscall_64", "break *A:_start+1", "catch fault",
+            "catch fault #PF", "catch syscall", "catch syscall write", "catch asi-exit",
+            "catch asi-exit fault"]
+    for c in cmds:
+        shell.onecmd(c)
+    out.truncate(0)
+    out.seek(0)
+    shell.onecmd("info breakpoints")
+    k = m.kernel.sym("do_syscall_64")
+    assert out.getvalue().splitlines() == [
+        "Num  Type            Hits  What",
+        "1    cr3             0     any CR3 write",
+        "2    cr3             0     CR3 write into *.asi",
+        f"3    breakpoint      0     {k:#x} <do_syscall_64>",
+        "4    breakpoint      0     0x400001 <A:_start+0x1>",
+        "5    catch fault     0     any fault",
+        "6    catch fault     0     #PF (vector 14)",
+        "7    catch syscall   0     any syscall",
+        "8    catch syscall   0     syscall 1 (write)",
+        "9    catch asi-exit  0     any ASI exit",
+        "10   catch asi-exit  0     ASI exits forced by a fault",
+    ]
+    assert shell.errors == 0
+    shell.onecmd("delete 2 3")
+    assert [b.num for b in dbg.breakpoints] == [1, 4, 5, 6, 7, 8, 9, 10]
+    shell.onecmd("delete")
+    assert dbg.breakpoints == []
+
+
+def test_repl_help_lists_every_command():
+    from emu.cli_debug import HELP, DebugShell
+
+    m, dbg = debugger(DATA)
+    out = io.StringIO()
+    DebugShell(dbg, interactive=False, stdout=out).onecmd("help")
+    text = out.getvalue()
+    for cmd_, _ in HELP:
+        assert cmd_ in text
+    for word in ("break cr3", "catch asi-exit", "x/NFU", "info spaces", "disas"):
+        assert word in text
+
+
+def _read_until(fd, marker, timeout=60):
+    buf = b""
+    end = time.monotonic() + timeout
+    while marker not in buf:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out waiting for {marker!r}; got {buf!r}")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buf.decode(errors="replace")).replace("\r", "")
+
+
+def test_repl_under_a_pseudo_terminal(program, tmp_path):
+    master, slave = pty.openpty()
+    env = dict(os.environ, HOME=str(tmp_path), TERM="dumb")
+    proc = subprocess.Popen([sys.executable, "-m", "emu.cli", "debug", str(program)], stdin=slave,
+                            stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    try:
+        intro = _read_until(master, b"(isoemu) ")
+        assert "isoemu debug: " in intro and "Type 'help' for commands." in intro
+        os.write(master, b"break cr3 prog.user\n")
+        assert "Breakpoint 1: CR3 write into prog.user" in _read_until(master, b"(isoemu) ")
+        os.write(master, b"c\n")
+        out = _read_until(master, b"(isoemu) ")
+        assert re.search(r"Breakpoint 1: cr3 0x\w+ -> 0x\w+ \(prog\.kernel -> prog\.user\)", out)
+        os.write(master, b"bogus\n")
+        assert "error: unknown command 'bogus': try 'help'" in _read_until(master, b"(isoemu) ")
+        os.write(master, b"info breakpoints\n")
+        listing = _read_until(master, b"(isoemu) ")
+        assert re.search(r"1    cr3             1     CR3 write into prog\.user", listing)
+        os.write(master, b"quit\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    history = (tmp_path / ".isoemu_history").read_text()
+    assert "break cr3 prog.user" in history and "info breakpoints" in history
+
+
+# --- the walkthrough script --------------------------------------------------------------------------
+def test_walkthrough_prints_one_line_per_cr3_switch():
+    script = ROOT / "scripts" / "cr3_walkthrough.py"
+    r = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == ""
+    # the same program run without the debugger: its own record of CR3 writes
+    program = runpy.run_path(str(script), run_name="walkthrough")["PROGRAM"]
+    ref = Machine(MachineConfig(), programs=[("A", program)])
+    ref.run()
+    want = ref.events_of("cr3_write")
+    names = "|".join(re.escape(n) for n in ref.spaces())
+    line_re = re.compile(rf"cr3 (0x[0-9a-f]+) -> (0x[0-9a-f]+)  ({names}) -> ({names}) +"
+                         r"pcid (0x[0-9a-f]+|-) +(noflush)? +([A-Za-z_]\w*\+0x[0-9a-f]+)$")
+    got = [line_re.fullmatch(ln) for ln in r.stdout.splitlines() if "cr3 0x" in ln]
+    assert all(got), r.stdout
+    assert [(int(g[1], 16), int(g[2], 16), g[3], g[4], g[6] is not None, g[7]) for g in got] == \
+        [(e.old, e.new, e.old_space, e.new_space, bool(e.noflush), e.symbol) for e in want]
+    lines = r.stdout.splitlines()
+    # the fault-forced ASI exit is marked under its CR3 line
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("    ^ ASI exit: #PF 0x0 at "))
+    assert "A.asi -> A.kernel" in lines[i - 1] and lines[i].endswith("by probe_read_insn")
+    assert lines[-1] == "the machine halted: A exited with status 0"

@@ -98,6 +98,8 @@ def builtin_spaces(args) -> dict[str, Space]:
         m = _machines[key] = default_machine(cfg)
     ctl = ControlState(wp=True, smep=cfg.smep, smap=cfg.smap, pke=cfg.pke, la57=cfg.la57, nxe=cfg.nx)
     procs = {p.name: p for p in m.processes}
+    from .program import user_symbols
+    layout_names = user_symbols(m.layout)        # USER_DATA, DIRECT_MAP_BASE, ... as programs see them
 
     def symbols(name: str) -> int | None:
         v = m.kernel.image.symbols.get(name)
@@ -106,7 +108,7 @@ def builtin_spaces(args) -> dict[str, Space]:
         for p in procs.values():
             if name.startswith(p.name + ":"):
                 return p.image.symbols.get(name.split(":", 1)[1])
-        return None
+        return layout_names.get(name)
 
     descriptions = {"kernel": "swapper_pg_dir: the kernel page table of init_mm",
                     "kernel.user": "init_mm's PTI user page table",

@@ -48,6 +48,16 @@ def test_walk_symbol(capsys):
     assert doc["fault"] == {"vector": 14, "error_code": 0x15}     # mapped in the user PGD, supervisor
 
 
+@pytest.mark.parametrize("expr,va", [
+    ("USER_DATA", 0x600000),                          # the names user programs see
+    ("DIRECT_MAP_BASE+0x1600000", 0xffff888001600000),
+    ("A:_start", 0x400000),                           # a label of process A's program
+])
+def test_walk_names(capsys, expr, va):
+    rc, out, _ = run(capsys, "walk", expr, "--space", "A.kernel", "--json")
+    assert json.loads(out)["va"] == hex(va)
+
+
 @pytest.mark.parametrize("argv,vector,ec", [
     (["0x400000", "--space", "A.user", "--cpl", "3", "--access", "w"], 14, 0x7),
     (["0x400000", "--space", "A.user", "--cpl", "3", "--access", "x"], None, None),

@@ -239,6 +239,20 @@ class System(Cpu):
                 return retval
         return wrapped
 
+    def _call_all(self, fns, a: int, until_stop: bool) -> None:
+        """Run hook functions in order.  The first exception stops the CPU
+        (run() re-raises it); with ``until_stop`` so does a stop request."""
+        for f in fns:
+            try:
+                f(a)
+            except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                if self._error is None:
+                    self._error = e
+                C.emu_stop(self.hv)
+                return
+            if until_stop and self.stop_reason is not None:
+                return
+
     def add_code_hook(self, addr: int, fn: Callable[[int], None], first: bool = False) -> int:
         """Call fn(addr) before the instruction at addr executes.
 
@@ -252,16 +266,7 @@ class System(Cpu):
             fns: list = []
 
             def hook(uch, a, size, ud):
-                for _, f in tuple(fns):
-                    try:
-                        f(a)
-                    except BaseException as e:   # noqa: BLE001 - re-raised by run()
-                        if self._error is None:
-                            self._error = e
-                        C.emu_stop(self.hv)
-                        return
-                    if self.stop_reason is not None:
-                        return
+                self._call_all([f for _, f in fns], a, until_stop=True)
             cb = _HOOK_CODE(hook)
             h = self._add(UC.UC_HOOK_CODE, cb, None, addr, addr)
             self._code_hooks[h] = (cb, addr)
@@ -291,14 +296,9 @@ class System(Cpu):
                     self._suppress_block_start = None
                     return
                 self._last_block_start = a
-                for f in tuple(fns):
-                    try:
-                        f(a)
-                    except BaseException as e:   # noqa: BLE001 - re-raised by run()
-                        if self._error is None:
-                            self._error = e
-                        C.emu_stop(self.hv)
-                        return
+                # all of them, even after a stop request: the suppression
+                # above would keep them from running when the CPU resumes
+                self._call_all(tuple(fns), a, until_stop=False)
             cb = _HOOK_CODE(hook)
             h = self._add(UC.UC_HOOK_BLOCK, cb, None, addr, addr)
             self._code_hooks[h] = (cb, addr)

@@ -547,6 +547,14 @@ def run_test(test: AsmTest | str, budget: int | None = None, name: str | None = 
     return res
 
 
+def build_machine(test: AsmTest | str) -> Machine:
+    """The machine a test (parsed, or a path) runs on, booted but not run:
+    for tracing or stepping through a test.  Raises for a broken test."""
+    if isinstance(test, str):
+        test = parse_file(test)
+    return _Runner(test, test.budget, AsmTestResult(test.path)).build()
+
+
 class _Runner:
     def __init__(self, test: AsmTest, budget: int, res: AsmTestResult):
         self.t, self.budget, self.res = test, budget, res
@@ -594,7 +602,9 @@ class _Runner:
                 raise AsmTestError(f"{t.path}: internal error: the runtime moved {name}")
         return _Proc(spec, user, full, sites)
 
-    def run(self) -> None:
+    def build(self) -> Machine:
+        """The test's machine: every process loaded (program and runtime)
+        and booted, the label hooks in; not yet run."""
         t = self.t
         layout = layout_for(t.config.levels)
         self.procs = [self._build(spec, layout) for spec in t.processes]
@@ -609,6 +619,10 @@ class _Runner:
             pr.process.image = pr.image
         m.boot()
         self._install_hooks()
+        return m
+
+    def run(self) -> None:
+        m = self.build()
         try:
             m.run(self.budget)
         except BudgetExhausted:

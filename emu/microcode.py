@@ -172,6 +172,8 @@ class System(Cpu):
         self.mmu_disagreements = 0
         self.pending_irqs: list[int] = []
         self.last_user_exception: tuple | None = None
+        self.run_observers: list[Callable[[bool], None]] = []   # see run()
+        self._rerun: tuple | None = None
         self.walks = WalkCache(mem)
         self._ctls: dict[tuple, ControlState] = {}
         self._nxe = False
@@ -398,25 +400,59 @@ class System(Cpu):
 
         Returns why it stopped: 'budget', 'halt', or a reason given to
         :meth:`stop`.  Errors raised in hooks (triple fault...) propagate.
+        Each ``emu_start`` is bracketed by calls to :attr:`run_observers`
+        (``fn(True)`` before, ``fn(False)`` after, also when a hook raised).
         """
         self.stop_reason = None
         self._error = None
         self._deliver_pending_irq()
-        rip = self.reg("rip")
-        # a block-start hook that fired for the instruction at RIP before the
-        # last stop must not fire again for the same arrival
-        self._suppress_block_start = rip if rip == self._last_block_start else None
-        err = self.emu_start(rip, budget)
-        if self._error is not None:
-            e, self._error = self._error, None
-            raise e
-        if err:
-            raise GuestError(f"CPU stopped: {UC_ERRORS.get(err, err)} at RIP {self.reg('rip'):#x}")
+        while True:
+            rip = self.reg("rip")
+            # a block-start hook that fired for the instruction at RIP before the
+            # last stop must not fire again for the same arrival
+            self._suppress_block_start = rip if rip == self._last_block_start else None
+            for fn in tuple(self.run_observers):
+                fn(True)
+            err = self.emu_start(rip, budget)
+            try:
+                for fn in tuple(self.run_observers):
+                    fn(False)
+            except BaseException as e:   # noqa: BLE001 - an error from a hook wins
+                if self._error is None:
+                    raise
+                del e
+            if self._error is not None:
+                e, self._error = self._error, None
+                self._rerun = None
+                raise e
+            if err:
+                raise GuestError(f"CPU stopped: {UC_ERRORS.get(err, err)} at RIP {self.reg('rip'):#x}")
+            if self._rerun is None:
+                break
+            executed, prepare = self._rerun
+            self._rerun = None
+            prepare()
+            budget -= executed
+            if self.stop_reason or budget <= 0:
+                break
         if self.stop_reason:
             return self.stop_reason
         if self._halted():
             return "halt"
         return "budget"
+
+    def rerun(self, executed: int, prepare: Callable[[], None]) -> None:
+        """From a block hook: stop before the block's first instruction, call
+        ``prepare()`` once the CPU is stopped (to add code hooks, say: a hook
+        added after a block was translated only fires once the translation
+        cache is flushed, fact 9), then continue the same :meth:`run` with the
+        budget less ``executed``, the instructions run so far by this
+        ``emu_start`` (the caller counts them; a run's caller sees no stop).
+
+        Relies on Unicorn checking for a stop request between a block's
+        UC_HOOK_BLOCK callbacks and its first instruction (verified here)."""
+        self._rerun = (executed, prepare)
+        C.emu_stop(self.hv)
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason

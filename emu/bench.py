@@ -348,10 +348,7 @@ def bench_machine(quick: bool) -> list[dict]:
 
 @bench("trace")
 def bench_tracing(quick: bool) -> list[dict]:
-    try:
-        from .trace import bench_trace
-    except ImportError:
-        return []
+    from .trace import bench_trace
     return bench_trace(quick)
 
 

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure speed against a raw-Unicorn baseline")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.add_argument("--quick", action="store_true", help="smaller workloads (for smoke tests)")
-    b.add_argument("--only", action="append", metavar="NAME", help="run only figures whose name contains NAME")
+    b.add_argument("--only", action="append", metavar="NAME", help="run only the benchmark groups whose name contains NAME (page tables, microcode, machine, trace); repeatable")
     b.set_defaults(func=cmd_bench)
     for modname in COMMAND_MODULES:
         try:

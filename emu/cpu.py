@@ -148,6 +148,8 @@ class Cpu:
         self.uc.ctl_set_exits([])
         self._snapshot = None
         self._ec_ctx = None
+        self._ec_val = None
+        self._cr3_ctx = None
         self._out = _u64()
         self.gprs = RegBatch(self, _GPR_IDS)
 
@@ -243,16 +245,34 @@ class Cpu:
         """
         return self.last_exception()[0]
 
+    def _scratch(self) -> int:
+        """Address of a context buffer for save-patch-restore tricks."""
+        if self._ec_ctx is None:
+            self._ec_ctx = self.uc.context_save()
+            self._ec_ptr = ctypes.c_void_p(ctypes.cast(self._ec_ctx.context, ctypes.c_void_p).value)
+        return self._ec_ptr.value
+
+    def write_cr3_keep_tlb(self, value: int) -> None:
+        """Set CR3 without flushing Unicorn's TLB: a register write flushes
+        it (fact 5), a context save, patched CR3 and restore does not.  For
+        correcting a value the guest just wrote (the write has flushed)."""
+        if self._cr3_ctx is None:
+            off = context_offset(X.UC_X86_REG_CR3)
+            if off is None:
+                raise RuntimeError("cannot find CR3 in a saved Unicorn context (unexpected Unicorn build)")
+            self._cr3_ctx = ctypes.c_uint64.from_address(self._scratch() + off)
+        C.context_save(self.hv, self._ec_ptr)
+        self._cr3_ctx.value = value & 0xFFFFFFFFFFFFFFFF
+        C.context_restore(self.hv, self._ec_ptr)
+
     def last_exception(self) -> tuple[int | None, bool | None]:
         """(error code, raised by a software interrupt) of the exception just
         raised, from one context save; each is None if not calibrated."""
         off = error_code_offset()
         if off is None:
             return None, None
-        if self._ec_ctx is None:
-            self._ec_ctx = self.uc.context_save()
-            addr = ctypes.cast(self._ec_ctx.context, ctypes.c_void_p).value
-            self._ec_ptr = ctypes.c_void_p(addr)
+        if self._ec_val is None:
+            addr = self._scratch()
             self._ec_val = ctypes.c_int32.from_address(addr + off)
             isoff = exception_is_int_offset()
             self._is_int_val = None if isoff is None else ctypes.c_int32.from_address(addr + isoff)

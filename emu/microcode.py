@@ -757,10 +757,11 @@ class System(Cpu):
 
     def _strip_noflush(self, addr: int) -> None:
         """After a 'mov cr3': CR3 as hardware holds it, without bit 63."""
-        cr3 = self._reg(X.UC_X86_REG_CR3)
-        val = cr3.read()
+        val = self._reg(X.UC_X86_REG_CR3).read()
         if val >> 63:
-            cr3.write(val & ~(1 << 63))      # flushes Unicorn's TLB, as the write just did
+            # the guest's write flushed Unicorn's TLB already (with or
+            # without NOFLUSH): do not flush a second time
+            self.write_cr3_keep_tlb(val & ~(1 << 63))
 
     def _reg(self, reg: int) -> OneReg:
         one = self._one.get(reg)

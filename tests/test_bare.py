@@ -95,3 +95,25 @@ def test_software_int14_is_not_a_page_fault():
     rip = struct.unpack("<Q", _read_stack(b, rsp, 8))[0]
     assert rip == b.user.symbols["soft80"]                       # after the 2-byte INT 14
     assert b.cpu.reg("cr2") == 0x1234
+
+
+def test_cr3_fixup_keeps_the_tlb_a_register_write_flushes_it():
+    """Cpu.write_cr3_keep_tlb (the NOFLUSH fix-up) sets CR3 without the
+    full flush a CR3 register write makes: a translation cached before a
+    host-side remap survives it, and is dropped by a real write."""
+    from emu.paging import PAGE_SHARED
+    from emu.phys import MiB, FrameKind
+
+    b = bare_system("", "_start:\n    hlt\n", gates={})
+    cpu = b.cpu
+    root = cpu.reg("cr3")
+    old = cpu.hw_translate(0x600123)
+    new_frame = cpu.mem.frames.alloc(FrameKind.USER, 9, "test")
+    b.pt.unmap(0x600000, 2 * MiB)
+    b.pt.map(0x600000, new_frame, 2 * MiB, PAGE_SHARED)
+    assert cpu.hw_translate(0x600123) == old                  # stale, as on hardware
+    cpu.write_cr3_keep_tlb(root | 0x18)                        # PWT | PCD: a visible change
+    assert cpu.reg("cr3") == root | 0x18
+    assert cpu.hw_translate(0x600123) == old                  # still cached
+    cpu.set_reg("cr3", root)
+    assert cpu.hw_translate(0x600123) == new_frame + 0x123    # the write flushed

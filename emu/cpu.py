@@ -18,7 +18,7 @@ from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uc_engine, uclib
 
-from .paging import ControlState
+from .paging import CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP, ControlState  # noqa: F401 (re-exported)
 from .phys import PhysMem
 
 # CPU models: Skylake-Server has SMAP and PKU; Icelake-Server adds LA57 (fact 6).
@@ -27,10 +27,9 @@ MODELS = {
     "icelake-server": X.UC_CPU_X86_ICELAKE_SERVER,
 }
 
-# control register bits
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 18, 1 << 31
-CR4_PAE, CR4_PGE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 7, 1 << 9, 1 << 10
-CR4_LA57, CR4_PCIDE, CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 12, 1 << 17, 1 << 20, 1 << 21, 1 << 22
+# control register bits (those a translation depends on come from paging)
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 18, 1 << 31
+CR4_PAE, CR4_PGE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PCIDE = 1 << 5, 1 << 7, 1 << 9, 1 << 10, 1 << 17
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
 RFLAGS_IF, RFLAGS_AC, RFLAGS_RESERVED = 1 << 9, 1 << 18, 1 << 1
 

@@ -34,10 +34,11 @@ from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
 
-from .cpu import (context_offset, error_code_offset, CR0_WP, CR4_LA57, CR4_PCIDE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER,
+from .cpu import (context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, EFER_NXE, MSR_EFER,
                   MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
 from .errors import GuestError
-from .paging import PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, WalkCache, translate
+from .paging import (PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, WalkCache, control_state_of,
+                     translate)
 
 _HOOK_INTR = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_void_p)
 _HOOK_SYSCALL = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_void_p)
@@ -175,7 +176,6 @@ class System(Cpu):
         self.run_observers: list[Callable[[bool], None]] = []   # see run()
         self._rerun: tuple | None = None
         self.walks = WalkCache(mem)
-        self._ctls: dict[tuple, ControlState] = {}
         self._nxe = False
         self._install_hooks()
 
@@ -474,15 +474,8 @@ class System(Cpu):
     def ctl(self, rflags: int | None = None) -> ControlState:
         """The control state from the registers last read (interned objects)."""
         r = self.regs
-        cr0, cr4 = r["cr0"], r["cr4"]
-        ac = bool((r["rflags"] if rflags is None else rflags) & RFLAGS_AC)
-        key = (cr0 & CR0_WP, cr4 & (CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_LA57), self._nxe, ac)
-        c = self._ctls.get(key)
-        if c is None:
-            c = self._ctls[key] = ControlState(
-                wp=bool(cr0 & CR0_WP), smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP),
-                pke=bool(cr4 & CR4_PKE), la57=bool(cr4 & CR4_LA57), nxe=self._nxe, ac=ac)
-        return c
+        return control_state_of(r["cr0"], r["cr4"], self._nxe,
+                                bool((r["rflags"] if rflags is None else rflags) & RFLAGS_AC))
 
     def _pa(self, va: int, access: int, cpl: int = 0) -> int | None:
         """Physical address through the CR3 last read (implicit supervisor access)."""

@@ -317,6 +317,25 @@ def translate(mem: PhysView, cr3: int, va: int, access=READ, cpl: int = 0,
     return Fault(va, VEC_PF, ec, levels, raw)
 
 
+# the CR0 and CR4 bits a translation depends on (SDM Vol. 3A, 2.5)
+CR0_WP = 1 << 16
+CR4_LA57, CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 12, 1 << 20, 1 << 21, 1 << 22
+_CR4_PAGING = CR4_LA57 | CR4_SMEP | CR4_SMAP | CR4_PKE
+_interned: dict[tuple, ControlState] = {}
+
+
+def control_state_of(cr0: int, cr4: int, nxe: bool, ac: bool) -> ControlState:
+    """The control state of these register values (PKRU 0), one object per
+    distinct state: :class:`WalkCache` keys on the object's identity."""
+    key = (cr0 & CR0_WP, cr4 & _CR4_PAGING, nxe, ac)
+    c = _interned.get(key)
+    if c is None:
+        c = _interned[key] = ControlState(
+            wp=bool(cr0 & CR0_WP), smep=bool(cr4 & CR4_SMEP), smap=bool(cr4 & CR4_SMAP),
+            pke=bool(cr4 & CR4_PKE), la57=bool(cr4 & CR4_LA57), nxe=nxe, ac=ac)
+    return c
+
+
 class WalkCache:
     """Reuse a walk while the entries it read are unchanged.
 

@@ -60,7 +60,8 @@ from typing import Iterable, Iterator
 from .cpu import REG_IDS, OneReg, RegBatch
 from .errors import AddressError, ConfigError
 from .machine import DEFAULT_BUDGET, BudgetExhausted, KernelPanic, Machine, MachineConfig
-from .paging import ADDR_MASK, PF_I, VEC_PF, ControlState, translate
+from .paging import (ADDR_MASK, CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP, PF_I, VEC_PF, ControlState,
+                     control_state_of, translate)
 from .spaces import parse_address
 from .trace_code import (CR3, CS, M64, RCX, RFLAGS, TRACKED, StaticInsn, analyse, block_anchors, decode,
                          segment_code)
@@ -74,9 +75,7 @@ DEFAULT_CHUNK = 200_000          # instructions per Machine.step while iterating
 
 _ACCESS = {"r": 0, "w": 1, "x": 2}
 _M64 = M64
-_CR0_WP = 1 << 16
-_CR4_SMEP, _CR4_SMAP, _CR4_PKE, _CR4_LA57 = 1 << 20, 1 << 21, 1 << 22, 1 << 12
-_CR4_BITS = _CR4_SMEP | _CR4_SMAP | _CR4_PKE | _CR4_LA57
+_CR4_BITS = CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_LA57
 _CR4_PCIDE = 1 << 17
 _RF_AC = 1 << 18
 
@@ -243,7 +242,6 @@ class Tracer:
         self._rd = {n: OneReg(cpu, REG_IDS[n]).read for n in ("cr0", "cr4")}
         self._rip = OneReg(cpu, REG_IDS["rip"]).read
         self._nxe = bool(m.config.nx)
-        self._ctls: dict[tuple, ControlState] = {}
         self._ctxs: dict[tuple, _Ctx] = {}
         self._ctx: _Ctx | None = None
         self._kcr3 = self._kcs = self._kfl = None     # CR3, CS, RFLAGS behind self._ctx
@@ -371,7 +369,7 @@ class Tracer:
         cr0, cr4 = self._rd["cr0"](), self._rd["cr4"]()
         self._kcr3, self._kcs, self._kfl = cr3, cs, fl
         self._stale = False
-        key = (cr3, cs & 3, cr0 & _CR0_WP, cr4 & (_CR4_BITS | _CR4_PCIDE), fl & _RF_AC)
+        key = (cr3, cs & 3, cr0 & CR0_WP, cr4 & (_CR4_BITS | _CR4_PCIDE), fl & _RF_AC)
         ctx = self._ctxs.get(key)
         if ctx is None:
             root = cr3 & ADDR_MASK
@@ -383,13 +381,7 @@ class Tracer:
         return ctx
 
     def _ctl(self, cr0: int, cr4: int, ac: bool) -> ControlState:
-        key = (cr0 & _CR0_WP, cr4 & _CR4_BITS, ac)
-        ctl = self._ctls.get(key)
-        if ctl is None:
-            ctl = self._ctls[key] = ControlState(
-                wp=bool(cr0 & _CR0_WP), smep=bool(cr4 & _CR4_SMEP), smap=bool(cr4 & _CR4_SMAP),
-                pke=bool(cr4 & _CR4_PKE), la57=bool(cr4 & _CR4_LA57), nxe=self._nxe, ac=ac)
-        return ctl
+        return control_state_of(cr0, cr4, self._nxe, ac)
 
     def _proc_of(self, space: str):
         """The process whose program symbolizes user addresses of ``space``."""
@@ -503,7 +495,7 @@ class Tracer:
     def _code_bytes(self, ctx: _Ctx, va: int, n: int) -> bytes | None:
         """Bytes at ``va`` through the current tables (any present page)."""
         out = b""
-        sup = self._ctl(0, ctx.ctl.la57 and _CR4_LA57, False)     # a supervisor read, no SMAP, no WP
+        sup = self._ctl(0, ctx.ctl.la57 and CR4_LA57, False)     # a supervisor read, no SMAP, no WP
         while n > 0:
             t = translate(self._mem, ctx.root, va, 0, 0, sup)
             if t.fault:

@@ -26,9 +26,10 @@ from emu.machine import Machine, MachineConfig
 from emu.paging import translate, ControlState
 from emu.ptdump import ptdump_lines
 
+from .programs import EXIT
+
 ROOT = Path(__file__).resolve().parent.parent
 NOFLUSH = 1 << 63
-EXIT = "    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
 
 GETPID = f"""
 _start:

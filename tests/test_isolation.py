@@ -17,7 +17,8 @@ from emu.matrix import run_matrix
 from emu.paging import ControlState, translate
 from emu.phys import FrameKind
 
-EXIT = "    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
+from .programs import EXIT, MMAP_ANON_PAGE
+
 NOFLUSH = 1 << 63
 
 
@@ -162,15 +163,7 @@ def test_pending_user_flush_after_a_new_asid():
 def test_without_invpcid_a_user_flush_is_deferred():
     src = """
 _start:
-    mov eax, SYS_mmap
-    xor edi, edi
-    mov esi, 4096
-    mov edx, PROT_READ + PROT_WRITE
-    mov r10d, MAP_PRIVATE + MAP_ANONYMOUS
-    mov r8, -1
-    xor r9d, r9d
-    syscall
-    mov byte ptr [rax], 1
+""" + MMAP_ANON_PAGE + """    mov byte ptr [rax], 1
     mov rdi, rax
     mov eax, SYS_munmap
     mov esi, 4096
@@ -206,15 +199,7 @@ def test_asi_map_and_unmap_follow_page_tables():
     flush_tlb_kernel_range: INVPCID on the user PCID, other ASIDs lazily)."""
     src = """
 _start:
-    mov eax, SYS_mmap
-    xor edi, edi
-    mov esi, 4096
-    mov edx, PROT_READ + PROT_WRITE
-    mov r10d, MAP_PRIVATE + MAP_ANONYMOUS
-    mov r8, -1
-    xor r9d, r9d
-    syscall
-    mov byte ptr [rax], 1
+""" + MMAP_ANON_PAGE + """    mov byte ptr [rax], 1
 """ + EXIT
     m = Machine(MachineConfig(), programs=[("A", src)])
     g = m.kernel.asi_global

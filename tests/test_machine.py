@@ -13,7 +13,7 @@ from emu.machine import BudgetExhausted, KernelPanic, Machine, MachineConfig
 from emu.microcode import TripleFault
 from emu.paging import ControlState, translate
 
-EXIT = "    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
+from .programs import EXIT, MMAP_ANON_PAGE
 
 
 def machine(*programs, cfg=None):
@@ -428,15 +428,7 @@ def test_unhandled_kernel_trap_panics():
 def test_invpcid_emulation_flushes_user_pcid_on_munmap():
     src = f"""
 _start:
-    mov eax, SYS_mmap
-    xor edi, edi
-    mov esi, 4096
-    mov edx, PROT_READ + PROT_WRITE
-    mov r10d, MAP_PRIVATE + MAP_ANONYMOUS
-    mov r8, -1
-    xor r9d, r9d
-    syscall
-    mov rbx, rax
+{MMAP_ANON_PAGE}    mov rbx, rax
     mov byte ptr [rbx], 1
     mov eax, SYS_munmap
     mov rdi, rbx

@@ -23,7 +23,8 @@ HISTORY = "~/.isoemu_history"
 
 HELP = [
     ("break cr3 [SPACE]", "stop after a CR3 write (into SPACE: a name or pattern like *.asi)"),
-    ("break *ADDR | SYMBOL", "stop before the instruction at an address (b)"),
+    ("break *ADDR | SYMBOL [process P]", "stop before the instruction at an address (b); only in process P "
+                                        "(implied by a P:label address)"),
     ("catch fault [VECTOR]", "stop when an exception is delivered (14, #PF, GP...)"),
     ("catch syscall [N|NAME]", "stop at entry_SYSCALL_64 for a syscall"),
     ("catch asi-exit [fault]", "stop after a CR3 write leaving ASI (only fault-forced ones)"),
@@ -148,7 +149,13 @@ class DebugShell(cmd.Cmd):
             bp = self.dbg.break_cr3(args[1] if len(args) == 2 else None)
             self.out(f"Breakpoint {bp.num}: {bp.what()}")
             return
-        bp = self.dbg.break_at(arg)
+        process = None
+        if len(args) >= 3 and args[-2] == "process":
+            process = args[-1]
+            arg = " ".join(args[:-2])
+        elif "process" in args:
+            raise DebugError("usage: break *ADDR [process P]")
+        bp = self.dbg.break_at(arg, process)
         self.out(f"Breakpoint {bp.num} at {bp.what()}")
 
     def do_catch(self, arg: str) -> None:

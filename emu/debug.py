@@ -113,13 +113,15 @@ class Breakpoint:
     nr: int | None = None          # syscall (None: any)
     fault_only: bool = False       # asi-exit: only exits a page fault forced
     label: str = ""                # address: symbol+offset, for listings
+    process: str | None = None     # address: only while this process's CR3 is loaded
     hits: int = 0
 
     def what(self) -> str:
         if self.kind == "cr3":
             return "any CR3 write" if self.space is None else f"CR3 write into {self.space}"
         if self.kind == "address":
-            return f"{self.address:#x}" + (f" <{self.label}>" if self.label else "")
+            return (f"{self.address:#x}" + (f" <{self.label}>" if self.label else "")
+                    + (f" in process {self.process}" if self.process else ""))
         if self.kind == "fault":
             if self.vector is None:
                 return "any fault"
@@ -322,12 +324,25 @@ class Debugger:
                 raise DebugError(f"unknown space {space!r}: choose from {', '.join(names)}")
         return self._add(Breakpoint(0, "cr3", space=space))
 
-    def break_at(self, where: int | str) -> Breakpoint:
+    def break_at(self, where: int | str, process: str | None = None) -> Breakpoint:
         """Stop before the instruction at ``where``: an address, or an
-        expression as :meth:`resolve` takes (``do_syscall_64``, ``A:_start+4``)."""
+        expression as :meth:`resolve` takes (``do_syscall_64``, ``A:_start+4``).
+
+        With ``process``, only while that process's page tables are loaded
+        (its user, kernel or ASI space): processes share user addresses, so
+        ``A:_start`` alone would stop in B too.  On a machine with several
+        processes, an expression naming one process's label (``A:_start``)
+        implies that process."""
         addr = self._va(where)
+        if process is None and isinstance(where, str) and len(self.m.processes) > 1:
+            named = {m.group(1) for m in re.finditer(r"(?<![\w$])([A-Za-z_]\w*):", where)}
+            if len(named) == 1:
+                process = named.pop()
+        if process is not None:
+            self._process(process)
         sym = self.m.symbolize(addr)
-        return self._add(Breakpoint(0, "address", address=addr, label="" if sym.startswith("0x") else sym))
+        return self._add(Breakpoint(0, "address", address=addr, label="" if sym.startswith("0x") else sym,
+                                    process=process))
 
     def catch_fault(self, vector: int | str | None = None) -> Breakpoint:
         """Stop when an exception is delivered (any, or this vector)."""
@@ -369,7 +384,17 @@ class Debugger:
         if self._skip == addr:       # resuming from this breakpoint: step over it
             self._skip = None
             return
-        self._stop_now(_Hit([b for b in self._of("address") if b.address == addr]))
+        bps = self._address_bps(addr)
+        if bps:
+            self._stop_now(_Hit(bps))
+
+    def _address_bps(self, addr: int) -> list[Breakpoint]:
+        """The address breakpoints at ``addr`` that apply to the running process."""
+        bps = [b for b in self._of("address") if b.address == addr]
+        if any(b.process for b in bps):
+            current = self.space.partition(".")[0]
+            bps = [b for b in bps if b.process in (None, current)]
+        return bps
 
     # -- events from the machine (called from inside CPU hooks) ----------------------------------
     def _on_event(self, ev: Event) -> None:
@@ -464,9 +489,9 @@ class Debugger:
             if pending is not None and pending[0] == rip:
                 # a breakpoint right after a caught mov cr3: one stop for both
                 hit = _Hit(pending[1].breakpoints + hit.breakpoints, pending[1].event, pending[1].cr3)
-        elif rip in self._hooked and reason == "budget":
+        elif rip in self._hooked and reason == "budget" and self._address_bps(rip):
             # the budget ran out at a breakpoint: report it (and a CR3 write just before)
-            bps = [b for b in self._of("address") if b.address == rip]
+            bps = self._address_bps(rip)
             if pending is not None and pending[0] == rip:
                 bps = pending[1].breakpoints + bps
                 hit = _Hit(bps, pending[1].event, pending[1].cr3)

@@ -333,6 +333,55 @@ def test_address_breakpoint_rearms_and_counts_hits():
     assert dbg.cont().reason == "halt"
 
 
+# two processes running the same program: their labels share addresses
+YIELD_TWICE = f"""
+_start:
+    mov ebx, 2
+again:
+    mov eax, SYS_sched_yield
+    syscall
+    dec ebx
+    jnz again
+{EXIT}"""
+
+
+@pytest.mark.parametrize("where,process,stops", [
+    # (break_at argument, process argument, the process of each stop at 'again')
+    ("*0x400005", None, ["A", "B", "A", "B"]),      # a bare address: every process
+    ("A:again", None, ["A", "A"]),                   # a P:label implies P
+    ("B:again", None, ["B", "B"]),
+    ("*0x400005", "B", ["B", "B"]),                  # explicit
+    ("A:again", "B", ["B", "B"]),                    # explicit wins over the label's process
+])
+def test_address_breakpoints_per_process(where, process, stops):
+    m = Machine(MachineConfig(), programs=[("A", YIELD_TWICE), ("B", YIELD_TWICE)])
+    dbg = Debugger(m)
+    assert label(m, "again") == label(m, "again", "B") == 0x400005
+    bp = dbg.break_at(where, process)
+    seen = []
+    while (s := dbg.cont()).reason == "breakpoint":
+        assert s.rip == 0x400005 and s.breakpoints == (bp,) and s.cpl == 3
+        seen.append(s.space.partition(".")[0])
+    assert s.reason == "halt"
+    assert seen == stops and bp.hits == len(stops)
+    assert bp.what().endswith(f" in process {bp.process}" if bp.process else "<A:again>")
+
+
+def test_break_process_errors_and_listing():
+    from emu.cli_debug import DebugShell
+
+    m = Machine(MachineConfig(), programs=[("A", YIELD_TWICE), ("B", YIELD_TWICE)])
+    dbg = Debugger(m)
+    with pytest.raises(DebugError, match="no process named 'C': choose from A, B"):
+        dbg.break_at("*0x400005", "C")
+    out, err = io.StringIO(), io.StringIO()
+    shell = DebugShell(dbg, interactive=False, stdout=out, stderr=err)
+    shell.onecmd("break *0x400005 process B")
+    shell.onecmd("break *0x400005 process")
+    assert out.getvalue() == "Breakpoint 1 at 0x400005 <A:again> in process B\n"
+    assert err.getvalue() == "error: usage: break *ADDR [process P]\n"
+
+
 def test_stepi_counts_instructions_and_steps_over_breakpoints():
     m, dbg = debugger(faults())
     dbg.break_at("A:marker")

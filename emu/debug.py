@@ -304,11 +304,35 @@ class Debugger:
         self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         machine.on_event(self._on_event)
         # the instruction after every mov cr3: where CR3 breakpoints stop
-        for addr, (_, size, _) in sorted(self.cpu.cr3_sites.items()):
-            self.cpu.add_code_hook(addr + size, self._after_cr3)
+        self._cr3_hooks = [self.cpu.add_code_hook(addr + size, self._after_cr3)
+                           for addr, (_, size, _) in sorted(self.cpu.cr3_sites.items())]
+        self.attached = True
+
+    def detach(self) -> None:
+        """Remove every hook the debugger added: the machine runs on at full
+        speed (``machine.run()``) and behaves as if never debugged.  The
+        debugger's inspection methods still work; running through it does not."""
+        if not self.attached:
+            return
+        self.attached = False
+        self.breakpoints.clear()
+        self._sync_hooks()
+        for h in self._cr3_hooks:
+            self.cpu.del_code_hook(h)
+        self._cr3_hooks = []
+        self.m.off_event(self._on_event)
+        self._pending = self._hit = None
+
+    def __enter__(self) -> "Debugger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
 
     # -- breakpoints ---------------------------------------------------------------------------
     def _add(self, bp: Breakpoint) -> Breakpoint:
+        if not self.attached:
+            raise DebugError("the debugger is detached: no new breakpoints")
         self._num += 1
         bp.num = self._num
         self.breakpoints.append(bp)
@@ -457,6 +481,8 @@ class Debugger:
         return self._dead is None
 
     def _resume(self, budget: int, stepping: bool) -> Stop:
+        if not self.attached:
+            raise DebugError("the debugger is detached: run the machine itself")
         if self._dead is not None:
             raise DebugError(f"cannot run: {self._dead}")
         if budget < 1:

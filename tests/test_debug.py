@@ -382,6 +382,29 @@ def test_break_process_errors_and_listing():
     assert err.getvalue() == "error: usage: break *ADDR [process P]\n"
 
 
+def test_detach_leaves_the_machine_as_if_never_debugged():
+    progs = [("A", YIELD_TWICE), ("B", YIELD_TWICE)]
+    plain = Machine(MachineConfig(), programs=progs, record_events=False)
+    plain.boot()
+    hooks = (dict(plain.cpu._at_addr), plain.cpu.want_events)
+    assert hooks[1] is False
+    assert plain.run().reason == "halt"
+    m = Machine(MachineConfig(), programs=progs, record_events=False)
+    with Debugger(m) as dbg:
+        dbg.break_cr3("B.user")
+        dbg.catch_syscall("sched_yield")
+        s = dbg.cont()
+        assert s.reason == "breakpoint" and len(m.cpu._at_addr) > len(hooks[0])
+    assert (m.cpu._at_addr.keys(), m.cpu.want_events) == (hooks[0].keys(), hooks[1])
+    assert dbg.breakpoints == [] and dbg.space.startswith("A.")     # inspection still works
+    with pytest.raises(DebugError, match="the debugger is detached"):
+        dbg.cont()
+    with pytest.raises(DebugError, match="the debugger is detached"):
+        dbg.break_at("A:again")
+    assert m.run().reason == "halt"
+    assert m.exits == plain.exits and bytes(m.console) == bytes(plain.console)
+
+
 def test_stepi_counts_instructions_and_steps_over_breakpoints():
     m, dbg = debugger(faults())
     dbg.break_at("A:marker")

@@ -149,10 +149,6 @@ THREAD_SIZE = 0x4000
 VMAP_STACK_STRIDE = 0x8000        # stack + guard gap per task in vmalloc space
 
 
-def kernel_section_va(layout: Layout, name: str) -> int:
-    return layout.kernel_text + KSECTIONS[name]
-
-
 def asm_symbols(layout: Layout) -> dict[str, int]:
     """Every constant the stub may use, by the names the stub uses."""
     s: dict[str, int] = {}

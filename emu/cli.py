@@ -12,9 +12,9 @@ import json
 import sys
 
 from . import __version__
-from .errors import AddressError, ConfigError, IsoemuError
+from .errors import ConfigError, IsoemuError
 from .paging import ControlState, error_code_words, fmt_size, parse_access
-from .spaces import Space, parse_address, resolve_space
+from .spaces import parse_address, resolve_space
 
 
 def _add_space_args(p: argparse.ArgumentParser) -> None:

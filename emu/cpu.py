@@ -186,19 +186,6 @@ class Cpu:
         self.set_reg("rflags", (flags | RFLAGS_AC) if ctl.ac else (flags & ~RFLAGS_AC))
         self.flush_tlb()
 
-    def set_control(self, ctl: ControlState) -> None:
-        """Change WP/SMEP/SMAP/PKE/NXE/AC while paging is on (LA57 cannot change)."""
-        cr4 = self.reg("cr4") & ~(CR4_SMEP | CR4_SMAP | CR4_PKE)
-        cr4 |= (CR4_SMEP if ctl.smep else 0) | (CR4_SMAP if ctl.smap else 0) | (CR4_PKE if ctl.pke else 0)
-        self.set_reg("cr4", cr4)
-        efer = self.msr(MSR_EFER) & ~EFER_NXE
-        self.set_msr(MSR_EFER, efer | (EFER_NXE if ctl.nxe else 0))
-        cr0 = self.reg("cr0") & ~CR0_WP
-        self.set_reg("cr0", cr0 | (CR0_WP if ctl.wp else 0))
-        flags = self.reg("rflags")
-        self.set_reg("rflags", (flags | RFLAGS_AC) if ctl.ac else (flags & ~RFLAGS_AC))
-        self.flush_tlb()
-
     def flush_tlb(self) -> None:
         """Drop every cached translation (fact 5: host-side PTE edits need it)."""
         C.ctl(self.hv, ctypes.c_int(_CTL_TLB_FLUSH))

@@ -160,9 +160,6 @@ class Kernel:
     def current_task(self) -> int:
         return self.read_percpu("pcpu_current_task")
 
-    def task_pid(self, task: int) -> int:
-        return self.read_q(task + abi.TASK["pid"])
-
     def process_by_task(self, task: int) -> Process | None:
         for p in self.processes:
             if p.task == task:

@@ -60,14 +60,6 @@ class Layout:
             (self.fixaddr_start, "Fixmap Area"),
         ]
 
-    def region_of(self, va: int) -> str:
-        """Name of the layout region containing ``va`` (for diagnostics)."""
-        name = "User Space"
-        for start, label in sorted(self.markers()):
-            if va >= start:
-                name = label
-        return name
-
 
 _COMMON_TOP = dict(
     cpu_entry_area=0xFFFFFE0000000000,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 from . import abi
 from .asm import Image
@@ -430,7 +430,3 @@ def describe_fault(ev: Event) -> str:
     if ev.error_code is not None:
         return f"{vector_name(ev.vector)}({ev.error_code:#x})"
     return vector_name(ev.vector)
-
-
-def iter_events(events: list[Event], kind: str) -> Iterator[Event]:
-    return (e for e in events if e.kind == kind)

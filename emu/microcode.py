@@ -34,11 +34,9 @@ from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
 
-from .cpu import (context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, EFER_NXE, MSR_EFER,
-                  MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
+from .cpu import (context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
 from .errors import GuestError
-from .paging import (PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, WalkCache, control_state_of,
-                     translate)
+from .paging import PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, WalkCache, control_state_of
 
 _HOOK_INTR = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_void_p)
 _HOOK_SYSCALL = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_void_p)
@@ -307,23 +305,6 @@ class System(Cpu):
             self.flush_code_cache()
         fns.append(fn)
 
-    def add_trace_hook(self, fn: Callable[[int, int], None]) -> int:
-        """Call fn(addr, size) before every instruction (for tracers).
-
-        Costs ~1 µs per instruction while installed; remove it when done."""
-        def hook(uch, a, size, ud):
-            try:
-                fn(a, size)
-            except BaseException as e:   # noqa: BLE001
-                if self._error is None:
-                    self._error = e
-                C.emu_stop(self.hv)
-        cb = _HOOK_CODE(hook)
-        h = self._add(UC.UC_HOOK_CODE, cb, None, 1, 0)
-        self._code_hooks[h] = (cb, None)
-        self.flush_code_cache()
-        return h
-
     def add_block_hook(self, fn: Callable[[int, int], None]) -> int:
         """Call fn(addr, size) at the start of every translated block executed."""
         def hook(uch, a, size, ud):
@@ -417,10 +398,9 @@ class System(Cpu):
             try:
                 for fn in tuple(self.run_observers):
                     fn(False)
-            except BaseException as e:   # noqa: BLE001 - an error from a hook wins
+            except BaseException:   # noqa: BLE001 - an error from a hook wins
                 if self._error is None:
                     raise
-                del e
             if self._error is not None:
                 e, self._error = self._error, None
                 self._rerun = None

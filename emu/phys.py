@@ -300,14 +300,6 @@ class FrameAllocator:
     def kind_of(self, pa: int) -> FrameKind:
         return FrameKind(self.kind[pa >> PAGE_SHIFT] & ~_TAIL)
 
-    def set_kind(self, pa: int, kind: FrameKind) -> None:
-        """Re-label an allocated frame (e.g. a user page that becomes secret)."""
-        head = self.head_pfn(pa >> PAGE_SHIFT)
-        n = 1 << self.order.get(head, 0)
-        self.kind[head] = kind
-        if n > 1:
-            self.kind[head + 1:head + n] = bytes([kind | _TAIL]) * (n - 1)
-
     # -- reference counts (maintained by page-table objects) --------------
     def get_ref(self, pa: int) -> None:
         self.ref_range(pa, PAGE_SIZE, +1)

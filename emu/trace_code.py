@@ -793,11 +793,12 @@ class Compiler:
         L = self.lines
         rip = self.insns[i].addr
         lo_hi = self.va_range
+        prev = None
         for n_item, (kind, size, acc) in enumerate(items):
             last = n_item == len(items) - 1
             acc_id = {"r": 0, "w": 1, "x": 2}[kind]
             code = addr_code(acc.addr)
-            if not (n_item and code == prev):      # read-modify-write: the same address again
+            if code != prev:      # read-modify-write: the same address again
                 L.append(f"{ind}va = {code}")
             prev = code
             L.append(f"{ind}o = va & 0xFFF")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from emu.cli import main
-from emu.paging import NX, P, PAGE_KERNEL, PAGE_KERNEL_RX, PAGE_SHARED, RW, PageTable
+from emu.paging import P, PAGE_KERNEL_RX, PAGE_SHARED, RW, PageTable
 from emu.phys import PhysMem
 
 

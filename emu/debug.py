@@ -36,7 +36,7 @@ import capstone
 
 from . import abi
 from .cpu import GPR_NAMES, MSR_EFER, MSR_KERNEL_GS_BASE
-from .errors import GuestError, IsoemuError
+from .errors import ConfigError, GuestError, IsoemuError
 from .machine import DEFAULT_BUDGET, Event, Machine, describe_fault
 from .microcode import VECTOR_NAMES, TripleFault, vector_name
 from .paging import ADDR_MASK, Fault, Translation, parse_access, translate
@@ -599,10 +599,7 @@ class Debugger:
 
     def _process_of(self, space: str | None):
         name = (space or self.space).partition(".")[0]
-        for p in self.m.processes:
-            if p.name == name:
-                return p
-        return None
+        return next((p for p in self.m.processes if p.name == name), None)
 
     def read_virt(self, va: int | str, n: int, space: str | None = None) -> bytes:
         """``n`` bytes at ``va`` through a named space (default: the current
@@ -717,11 +714,10 @@ class Debugger:
         raise DebugError(f"unknown symbol {name!r}")
 
     def _process(self, name: str):
-        for p in self.m.processes:
-            if p.name == name:
-                return p
-        raise DebugError(f"no process named {name!r}: choose from "
-                         f"{', '.join(p.name for p in self.m.processes)}")
+        try:
+            return self.m.process(name)
+        except ConfigError as e:
+            raise DebugError(str(e)) from None
 
 
 def _has_label(image, name: str) -> bool:

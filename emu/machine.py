@@ -115,7 +115,8 @@ class Machine:
         for p in self.kernel.processes:
             if p.name == name:
                 return p
-        raise ConfigError(f"no process named {name!r}")
+        raise ConfigError(f"no process named {name!r}: choose from "
+                          f"{', '.join(p.name for p in self.kernel.processes)}")
 
     def boot(self) -> None:
         """Finish the boot: per-CPU state, the CPU, and its hooks."""

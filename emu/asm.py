@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import capstone
 import keystone
 
-from .errors import AsmError
+from emu.errors import AsmError
 
 _IDENT = re.compile(r"[A-Za-z_.$][\w.$@]*")
 _LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$@]*)\s*:(?!:)")

@@ -3,7 +3,7 @@
 Registered as the ``isoemu`` entry point in ``pytest11``, so with isoemu
 installed ``pytest asm/`` collects each ``.S`` file below a directory named
 ``asm`` (and any ``.S`` file named on the command line) as one item, run by
-:func:`emu.asmtest.run_test`.  A failing item shows the runner's report.
+:func:`emu.tools.asmtest.run_test`.  A failing item shows the runner's report.
 Items are plain pytest items: ``-k``, ``-x`` and pytest-xdist work as usual.
 """
 
@@ -37,7 +37,7 @@ class AsmTestFile(pytest.File):
 
 class AsmTestItem(pytest.Item):
     def runtest(self) -> None:
-        from .asmtest import run_test
+        from emu.tools.asmtest import run_test
 
         res = run_test(str(self.path), name=self._test_path())
         if not res.passed:

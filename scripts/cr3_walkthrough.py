@@ -13,8 +13,8 @@ full kernel page table.  Each line printed is one ``mov cr3``: the old and new
 values, the address spaces they select, the PCID, the NOFLUSH bit, and where.
 """
 
-from emu.debug import Debugger, syscall_name
-from emu.machine import Machine, MachineConfig
+from emu.tools.debug import Debugger, syscall_name
+from emu.linux.machine import Machine, MachineConfig
 
 # A user program: Intel syntax, entry point _start.  SYS_* and USER_DATA are
 # predefined (emu/program.py); SYS_probe and SYS_direct_map_alias are the

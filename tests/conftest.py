@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from emu.phys import FrameKind, PhysMem
+from emu.hw.phys import FrameKind, PhysMem
 
 
 @pytest.fixture

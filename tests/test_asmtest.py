@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
-from emu.asmtest import AsmTestError, describe_exception, discover, parse_test, run_test, \
+from emu.tools.asmtest import AsmTestError, describe_exception, discover, parse_test, run_test, \
     selector_error_code_words
-from emu.cli import main
+from emu.cli.main import main
 
 PROGRAM = "_start:\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
 
@@ -83,7 +83,7 @@ CONFIG_CASES = [
 
 @pytest.mark.parametrize("header,changed,budget", CONFIG_CASES)
 def test_parse_config(header, changed, budget):
-    from emu.machine import MachineConfig
+    from emu.linux.machine import MachineConfig
 
     t = parse_one(header)
     default = MachineConfig()
@@ -587,11 +587,11 @@ def test_selector_error_code_words(ec, words):
 
 
 def test_an_internal_error_fails_the_test_not_the_run(tmp_path, monkeypatch):
-    import emu.asmtest
+    import emu.tools.asmtest
 
     def broken_run(self):
         raise KeyError("boom")
-    monkeypatch.setattr(emu.asmtest._Runner, "run", broken_run)
+    monkeypatch.setattr(emu.tools.asmtest._Runner, "run", broken_run)
     lines = report(tmp_path, "_start:\n" + EXIT0)
     assert lines[:2] == ["FAIL t.S", "  internal error (a bug in isoemu): KeyError: 'boom'"]
     assert lines[2].startswith(f"    raised at {__file__}:") and lines[2].endswith(" in broken_run")

@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from emu import abi
-from emu.bare import KERNEL_STACK_TOP, USER_TEXT, bare_system
+from emu.linux import abi
+from emu.dev.bare import KERNEL_STACK_TOP, USER_TEXT, bare_system
 
 KERNEL = "".join(f"vec{v}:\n    hlt\n" for v in (3, 6, 8, 11, 13, 14, 0x80))
 USER = """
@@ -76,8 +76,8 @@ def test_delivery_from_user_mode(label, gates, vector, ec, frame_rip, cr2):
 
 
 def _read_stack(b, va, n):
-    from emu.bare import KERNEL_DATA
-    from emu.paging import ControlState, translate
+    from emu.dev.bare import KERNEL_DATA
+    from emu.hw.paging import ControlState, translate
     t = translate(b.cpu.mem, b.pt.root, va, 0, 0, ControlState(smap=False))
     assert t.fault is None and va - KERNEL_DATA < 0x200000
     return b.cpu.mem.read(t.pa, n)
@@ -101,8 +101,8 @@ def test_cr3_fixup_keeps_the_tlb_a_register_write_flushes_it():
     """Cpu.write_cr3_keep_tlb (the NOFLUSH fix-up) sets CR3 without the
     full flush a CR3 register write makes: a translation cached before a
     host-side remap survives it, and is dropped by a real write."""
-    from emu.paging import PAGE_SHARED
-    from emu.phys import MiB, FrameKind
+    from emu.hw.paging import PAGE_SHARED
+    from emu.hw.phys import MiB, FrameKind
 
     b = bare_system("", "_start:\n    hlt\n", gates={})
     cpu = b.cpu

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from emu.bench import figure, run_bench
-from emu.cli import main
+from emu.dev.bench import figure, run_bench
+from emu.cli.main import main
 
 
 @pytest.mark.parametrize("value,baseline,higher,ratio", [

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from emu.cli import main
-from emu.paging import P, PAGE_KERNEL_RX, PAGE_SHARED, RW, PageTable
-from emu.phys import PhysMem
+from emu.cli.main import main
+from emu.hw.paging import P, PAGE_KERNEL_RX, PAGE_SHARED, RW, PageTable
+from emu.hw.phys import PhysMem
 
 
 def run(capsys, *argv):

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from emu import abi
-from emu.debug import DebugError, Debugger
-from emu.machine import Machine, MachineConfig
-from emu.paging import translate, ControlState
-from emu.ptdump import ptdump_lines
+from emu.linux import abi
+from emu.tools.debug import DebugError, Debugger
+from emu.linux.machine import Machine, MachineConfig
+from emu.hw.paging import translate, ControlState
+from emu.tools.ptdump import ptdump_lines
 
 from .programs import EXIT
 
@@ -368,7 +368,7 @@ def test_address_breakpoints_per_process(where, process, stops):
 
 
 def test_break_process_errors_and_listing():
-    from emu.cli_debug import DebugShell
+    from emu.cli.debug import DebugShell
 
     m = Machine(MachineConfig(), programs=[("A", YIELD_TWICE), ("B", YIELD_TWICE)])
     dbg = Debugger(m)
@@ -589,7 +589,7 @@ def isoemu(*args, stdin=None, env=None, cwd=None):
 
 
 def default_spaces():
-    from emu.matrix import MatrixMachine
+    from emu.tools.matrix import MatrixMachine
     return MatrixMachine().m.spaces()
 
 
@@ -688,7 +688,7 @@ BAD_COMMANDS = [
 
 @pytest.mark.parametrize("bad,message", BAD_COMMANDS, ids=[b for b, _ in BAD_COMMANDS])
 def test_bad_commands_print_one_line_and_carry_on(bad, message):
-    from emu.cli_debug import DebugShell
+    from emu.cli.debug import DebugShell
 
     m, dbg = debugger(DATA)
     out, err = io.StringIO(), io.StringIO()
@@ -703,7 +703,7 @@ def test_bad_commands_print_one_line_and_carry_on(bad, message):
 
 
 def test_info_breakpoints_lists_every_kind():
-    from emu.cli_debug import DebugShell
+    from emu.cli.debug import DebugShell
 
     m, dbg = debugger(DATA)
     out = io.StringIO()
@@ -738,7 +738,7 @@ def test_info_breakpoints_lists_every_kind():
 
 
 def test_repl_help_lists_every_command():
-    from emu.cli_debug import HELP, DebugShell
+    from emu.cli.debug import HELP, DebugShell
 
     m, dbg = debugger(DATA)
     out = io.StringIO()

@@ -10,12 +10,12 @@ import struct
 
 import pytest
 
-from emu import abi
-from emu.kernel import KernelConfig
-from emu.machine import Machine, MachineConfig
-from emu.matrix import run_matrix
-from emu.paging import ControlState, translate
-from emu.phys import FrameKind
+from emu.linux import abi
+from emu.linux.kernel import KernelConfig
+from emu.linux.machine import Machine, MachineConfig
+from emu.tools.matrix import run_matrix
+from emu.hw.paging import ControlState, translate
+from emu.hw.phys import FrameKind
 
 from .programs import EXIT, MMAP_ANON_PAGE
 

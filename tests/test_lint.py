@@ -2,11 +2,11 @@
 
 import pytest
 
-from emu.demo import build_demo
-from emu.lint import check
-from emu.paging import (NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC,
+from emu.dev.demo import build_demo
+from emu.tools.lint import check
+from emu.hw.paging import (NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC,
                         PAGE_SHARED, PAGE_SHARED_EXEC, RW, US, A, D, PageTable)
-from emu.phys import FrameKind
+from emu.hw.phys import FrameKind
 
 VMALLOC = 0xFFFFC90000000000
 

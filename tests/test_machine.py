@@ -8,10 +8,10 @@ import struct
 
 import pytest
 
-from emu import abi
-from emu.machine import BudgetExhausted, KernelPanic, Machine, MachineConfig
-from emu.microcode import TripleFault
-from emu.paging import ControlState, translate
+from emu.linux import abi
+from emu.linux.machine import BudgetExhausted, KernelPanic, Machine, MachineConfig
+from emu.hw.microcode import TripleFault
+from emu.hw.paging import ControlState, translate
 
 from .programs import EXIT, MMAP_ANON_PAGE
 

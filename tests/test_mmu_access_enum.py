@@ -2,7 +2,7 @@
 
 In the spirit of kvm-unit-tests' x86/access.c: every legal combination of
 entry flags at a level, times every control state, access type and CPL.
-Each case is compared walker (``emu.paging.translate``) vs ``hw_translate``
+Each case is compared walker (``emu.hw.paging.translate``) vs ``hw_translate``
 (fault or not, physical address), and walker vs a real instruction executed
 by the CPU (fault or not, vector, CR2, the CPU's own #PF error code, and
 the physical address a successful data access reached).
@@ -36,10 +36,10 @@ import itertools
 
 import pytest
 
-from emu.mmu_oracle import MmuOracle
-from emu.paging import (ACCESS_NAMES, NX, PAT, PAT_LARGE, PCD, PS, PWT, A, ControlState, D, G, P,
+from emu.dev.mmu_oracle import MmuOracle
+from emu.hw.paging import (ACCESS_NAMES, NX, PAT, PAT_LARGE, PCD, PS, PWT, A, ControlState, D, G, P,
                         RW, US, sign_extend)
-from emu.phys import PAGE_SIZE, SIZE_2M, FrameKind, PhysMem
+from emu.hw.phys import PAGE_SIZE, SIZE_2M, FrameKind, PhysMem
 
 RAM = 64 << 20
 PKEY1 = 1 << 59

@@ -2,7 +2,7 @@
 
 Each seed builds a few random page-table trees (4-level, or 5-level with
 LA57) in one guest RAM and asks, for many (va, access, CPL, control state)
-cases, what the walker (``emu.paging.translate``) says and what Unicorn's
+cases, what the walker (``emu.hw.paging.translate``) says and what Unicorn's
 MMU says:
 
 * every case through ``hw_translate`` (``uc_vmem_translate`` with the CPU
@@ -29,10 +29,10 @@ import random
 
 import pytest
 
-from emu.mmu_oracle import MmuOracle
-from emu.paging import (ACCESS_NAMES, MAXPHYADDR, NX, PAT, PAT_LARGE, PCD, PF_PK, PF_P, PF_RSVD,
+from emu.dev.mmu_oracle import MmuOracle
+from emu.hw.paging import (ACCESS_NAMES, MAXPHYADDR, NX, PAT, PAT_LARGE, PCD, PF_PK, PF_P, PF_RSVD,
                         PKEY_SHIFT, PS, PWT, VEC_GP, A, ControlState, D, G, P, RW, US, sign_extend)
-from emu.phys import SIZE_2M, FrameKind, PhysMem
+from emu.hw.phys import SIZE_2M, FrameKind, PhysMem
 
 RAM = 64 << 20
 PHYS_LIMIT = 1 << MAXPHYADDR

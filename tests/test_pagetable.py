@@ -3,9 +3,9 @@
 import pytest
 
 from emu.errors import AddressError, MappingError
-from emu.paging import (ADDR_MASK, NX, P, PAGE_KERNEL, PAGE_READONLY_EXEC, PAGE_SHARED, PAGE_TABLE, PAT, PAT_LARGE, PS, RW,
+from emu.hw.paging import (ADDR_MASK, NX, P, PAGE_KERNEL, PAGE_READONLY_EXEC, PAGE_SHARED, PAGE_TABLE, PAT, PAT_LARGE, PS, RW,
                         US, A, D, G, PageTable, iter_leaves, translate)
-from emu.phys import FrameKind, PhysMem
+from emu.hw.phys import FrameKind, PhysMem
 
 DM = 0xFFFF888000000000
 

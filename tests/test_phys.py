@@ -5,8 +5,8 @@ import os
 import pytest
 
 from emu.errors import AllocError, ConfigError
-from emu.paging import PAGE_SHARED, PageTable
-from emu.phys import FrameKind, PhysMem, parse_size
+from emu.hw.paging import PAGE_SHARED, PageTable
+from emu.hw.phys import FrameKind, PhysMem, parse_size
 
 
 @pytest.mark.parametrize("text,value", [

@@ -8,10 +8,10 @@ kernel line), and the final flush ends the last run at address 0.
 
 import pytest
 
-from emu.paging import (NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_READONLY_EXEC, PAT, PCD, PWT, RW, US,
+from emu.hw.paging import (NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_READONLY_EXEC, PAT, PCD, PWT, RW, US,
                         A, D, G, PageTable)
-from emu.phys import PhysMem
-from emu.ptdump import format_prot, format_range, ptdump_lines, ptdump_runs
+from emu.hw.phys import PhysMem
+from emu.tools.ptdump import format_prot, format_range, ptdump_lines, ptdump_runs
 
 GOLDEN = """\
 ---[ User Space ]---

@@ -16,14 +16,14 @@ import pytest
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 
-from emu import abi
-from emu.asmtest import build_machine
-from emu.cli import main
-from emu.cpu import MSR_KERNEL_GS_BASE
+from emu.linux import abi
+from emu.tools.asmtest import build_machine
+from emu.cli.main import main
+from emu.hw.cpu import MSR_KERNEL_GS_BASE
 from emu.errors import AddressError, ConfigError
-from emu.machine import BudgetExhausted, Machine, MachineConfig
-from emu.paging import ADDR_MASK, ControlState, translate
-from emu.trace import FIELDS, Record, Tracer, analyse, decode, iter_trace, parse_range, trace_program
+from emu.linux.machine import BudgetExhausted, Machine, MachineConfig
+from emu.hw.paging import ADDR_MASK, ControlState, translate
+from emu.tools.trace import FIELDS, Record, Tracer, analyse, decode, iter_trace, parse_range, trace_program
 
 ROOT = Path(__file__).resolve().parent.parent
 D = 0x600000            # USER_DATA
@@ -747,7 +747,7 @@ def test_stops_between_any_two_instructions(program, chunk):
 def test_tracing_changes_nothing_the_machine_runs(budget):
     """Installing an anchor stops the CPU and runs on with the rest of the
     budget: after step(n), a traced machine is where an untraced one is."""
-    from emu.cpu import GPR_NAMES
+    from emu.hw.cpu import GPR_NAMES
 
     def state(m):
         return [m.cpu.reg(n) for n in GPR_NAMES + ("rip", "rflags", "cr3")]

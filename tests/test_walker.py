@@ -7,7 +7,7 @@ translation (page size), #PF with the exact error code, or #GP.
 
 import pytest
 
-from emu.paging import NX, P, PAT_LARGE, PS, RW, US, ControlState, translate
+from emu.hw.paging import NX, P, PAT_LARGE, PS, RW, US, ControlState, translate
 
 T = P | RW | US           # permissive intermediate entry
 K = P | RW                # supervisor intermediate entry

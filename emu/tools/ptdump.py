@@ -16,10 +16,10 @@ from array import array
 from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import TableError
-from .layout import Layout, layout_for
-from .paging import ADDR_MASK, NX, P, PAT, PAT_LARGE, PCD, PS, PWT, RW, US, G, sign_extend
-from .phys import PAGE_SIZE, PhysView
+from emu.errors import TableError
+from emu.linux.layout import Layout, layout_for
+from emu.hw.paging import ADDR_MASK, NX, P, PAT, PAT_LARGE, PCD, PS, PWT, RW, US, G, sign_extend
+from emu.hw.phys import PAGE_SIZE, PhysView
 
 PTE_FLAGS_MASK = ~ADDR_MASK & 0xFFFFFFFFFFFFFFFF
 _LEVEL_NAME = ("pgd", "p4d", "pud", "pmd", "pte")

@@ -53,12 +53,12 @@ from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from .cpu import (CR0_WP, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER, MSR_STAR, RFLAGS_AC,
+from emu.hw.cpu import (CR0_WP, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER, MSR_STAR, RFLAGS_AC,
                   RFLAGS_RESERVED, Cpu, CpuConfig, RegBatch, error_code_offset)
-from .errors import GuestError
-from .paging import (A, ACCESS_NAMES, D, FETCH, MAXPHYADDR, READ, RW, US, VEC_GP, VEC_PF, WRITE,
+from emu.errors import GuestError
+from emu.hw.paging import (A, ACCESS_NAMES, D, FETCH, MAXPHYADDR, READ, RW, US, VEC_GP, VEC_PF, WRITE,
                      ControlState, Fault, P, Translation, parse_access, translate)
-from .phys import SIZE_2M, FrameKind, PhysMem
+from emu.hw.phys import SIZE_2M, FrameKind, PhysMem
 
 __all__ = ["MmuOracle", "Outcome", "Disagreement", "HarnessError", "describe_ctl"]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layout import layout_for
-from .paging import (RW, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, PAGE_SHARED,
+from emu.linux.layout import layout_for
+from emu.hw.paging import (RW, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, PAGE_SHARED,
                      PageTable)
-from .phys import MiB, SIZE_1G, SIZE_2M, FrameKind, PhysMem
+from emu.hw.phys import MiB, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
 KERNEL_PHYS = 16 * MiB
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from . import abi
-from .asm import Image, link
-from .cpu import CpuConfig
-from .errors import AsmError
-from .microcode import System
-from .paging import (PAGE_KERNEL, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, PAGE_SHARED, ControlState,
+from emu.linux import abi
+from emu.asm import Image, link
+from emu.hw.cpu import CpuConfig
+from emu.errors import AsmError
+from emu.hw.microcode import System
+from emu.hw.paging import (PAGE_KERNEL, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, PAGE_SHARED, ControlState,
                      PageTable)
-from .phys import MiB, FrameKind, PhysMem
+from emu.hw.phys import MiB, FrameKind, PhysMem
 
 KERNEL_TEXT = 0xFFFFFFFF81000000
 KERNEL_DATA = 0xFFFFFFFF81200000

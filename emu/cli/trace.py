@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .errors import ConfigError
+from emu.errors import ConfigError
 
 HEADER = (f"{'SEQ':>7} {'CPL':>3} {'SPACE':<12} {'PCID':>5} K {'VA':<18} {'SIZE':>6} {'PA':<12} "
           f"{'FAULT':<10} {'RIP':<18} SYMBOL")
@@ -13,7 +13,7 @@ HEADER = (f"{'SEQ':>7} {'CPL':>3} {'SPACE':<12} {'PCID':>5} K {'VA':<18} {'SIZE'
 
 def format_record(r) -> str:
     """One aligned table row (the symbol last: it is the only free-width column)."""
-    from .microcode import vector_name
+    from emu.hw.microcode import vector_name
 
     pcid = f"{r.pcid:#x}" if r.pcid is not None else "-"
     pa = f"{r.pa:#x}" if r.pa is not None else "-"
@@ -23,8 +23,8 @@ def format_record(r) -> str:
 
 
 def cmd_trace(args) -> int:
-    from .spaces import config_from_args
-    from .trace import iter_trace, parse_kinds, parse_range
+    from emu.tools.spaces import config_from_args
+    from emu.tools.trace import iter_trace, parse_kinds, parse_range
 
     kinds = parse_kinds(args.kind) if args.kind else "rwx"
     va_range = parse_range(args.range) if args.range else None
@@ -70,7 +70,7 @@ def add_commands(sub) -> None:
     t.add_argument("--budget", type=int, default=10_000_000, metavar="N",
                    help="stop with an error after N instructions (default 10M; guards against runaway "
                         "programs)")
-    from .cli import add_machine_args
+    from emu.cli.common import add_machine_args
 
     add_machine_args(t.add_argument_group("machine"))
     t.set_defaults(func=cmd_trace)

@@ -6,18 +6,18 @@ import json
 import os
 import sys
 
-from .errors import ConfigError
+from emu.errors import ConfigError
 
 
 def _machine_args(p) -> None:
-    from .cli import add_machine_args
+    from emu.cli.common import add_machine_args
 
     add_machine_args(p.add_argument_group("machine"))
 
 
 def cmd_matrix(args) -> int:
-    from .matrix import render, run_matrix
-    from .spaces import config_from_args
+    from emu.tools.matrix import render, run_matrix
+    from emu.tools.spaces import config_from_args
 
     result = run_matrix(config_from_args(args))
     if args.json:
@@ -30,8 +30,8 @@ def cmd_matrix(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .matrix import MatrixMachine
-    from .spaces import config_from_args
+    from emu.tools.matrix import MatrixMachine
+    from emu.tools.spaces import config_from_args
 
     mm = MatrixMachine(config_from_args(args))
     boot = mm.m.stats()
@@ -52,8 +52,8 @@ def cmd_stats(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .machine import Machine
-    from .spaces import config_from_args
+    from emu.linux.machine import Machine
+    from emu.tools.spaces import config_from_args
 
     try:
         with open(args.program) as f:

@@ -17,7 +17,7 @@ How privilege transitions are made (ARCHITECTURE.md facts 2-4):
   a fault during delivery: #DF, and a #DF that cannot be delivered is a
   triple fault.
 * The #PF error code is the CPU's own (QEMU's ``env->error_code``, see
-  :func:`emu.cpu.error_code_offset`), cross-checked against the walker.
+  :func:`emu.hw.cpu.error_code_offset`), cross-checked against the walker.
 * ``mov cr3`` stores bit 63 in Unicorn; real CPUs never store NOFLUSH.
   Every CR3-write site is hooked: the bit is reported and stripped.
 """
@@ -34,9 +34,9 @@ from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
 
-from .cpu import (context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
-from .errors import GuestError
-from .paging import PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, WalkCache, control_state_of
+from emu.hw.cpu import (context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
+from emu.errors import GuestError
+from emu.hw.paging import PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, WalkCache, control_state_of
 
 _HOOK_INTR = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_void_p)
 _HOOK_SYSCALL = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_void_p)

@@ -11,8 +11,8 @@ arch/x86/include/asm/ptrace.h, arch/x86/include/uapi/asm/sigcontext.h).
 
 from __future__ import annotations
 
-from .layout import Layout
-from .phys import FrameKind
+from emu.linux.layout import Layout
+from emu.hw.phys import FrameKind
 
 # --- syscalls -------------------------------------------------------------------
 SYSCALLS = {

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 
 import capstone
 
-from . import abi
-from .cpu import GPR_NAMES, MSR_EFER, MSR_KERNEL_GS_BASE
-from .errors import ConfigError, GuestError, IsoemuError
-from .machine import DEFAULT_BUDGET, Event, Machine, describe_fault
-from .microcode import VECTOR_NAMES, TripleFault, vector_name
-from .paging import ADDR_MASK, Fault, Translation, parse_access, translate
-from .ptdump import ptdump_lines
-from .spaces import parse_address
+from emu.linux import abi
+from emu.hw.cpu import GPR_NAMES, MSR_EFER, MSR_KERNEL_GS_BASE
+from emu.errors import ConfigError, GuestError, IsoemuError
+from emu.linux.machine import DEFAULT_BUDGET, Event, Machine, describe_fault
+from emu.hw.microcode import VECTOR_NAMES, TripleFault, vector_name
+from emu.hw.paging import ADDR_MASK, Fault, Translation, parse_access, translate
+from emu.tools.ptdump import ptdump_lines
+from emu.tools.spaces import parse_address
 
 # Linux, arch/x86/entry/calling.h: CR3 bit 12 selects the PTI user PGD of the
 # 8 KiB pair, bit 11 the user PCID; bit 63 is NOFLUSH (only with PCIDE).
@@ -279,7 +279,7 @@ class _Hit:
 
 
 class Debugger:
-    """Breakpoints, stepping and inspection over a :class:`~emu.machine.Machine`.
+    """Breakpoints, stepping and inspection over a :class:`~emu.linux.machine.Machine`.
 
     Attaching boots the machine (processes must have been added).  ``budget``
     is the default instruction budget of :meth:`cont`.

@@ -10,10 +10,10 @@ one still gets a writable page there.
 
 from __future__ import annotations
 
-from . import abi
-from .asm import Image, link
-from .errors import AsmError
-from .layout import Layout
+from emu.linux import abi
+from emu.asm import Image, link
+from emu.errors import AsmError
+from emu.linux.layout import Layout
 
 USER_LAYOUT = {".text": abi.USER_TEXT, ".rodata": abi.USER_RODATA, ".data": abi.USER_DATA,
                ".bss": abi.USER_BSS}

@@ -19,9 +19,9 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
-from .errors import AddressError, MappingError, TableError
-from .layout import layout_for
-from .phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem, PhysView
+from emu.errors import AddressError, MappingError, TableError
+from emu.linux.layout import layout_for
+from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem, PhysView
 
 # --- entry bits (arch/x86/include/asm/pgtable_types.h) ----------------------
 P = 1 << 0

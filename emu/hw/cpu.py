@@ -18,8 +18,8 @@ from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uc_engine, uclib
 
-from .paging import CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP, ControlState  # noqa: F401 (re-exported)
-from .phys import PhysMem
+from emu.hw.paging import CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP, ControlState  # noqa: F401 (re-exported)
+from emu.hw.phys import PhysMem
 
 # CPU models: Skylake-Server has SMAP and PKU; Icelake-Server adds LA57 (fact 6).
 MODELS = {
@@ -307,7 +307,7 @@ def error_code_offset() -> int | None:
         return _ec_offset[0]
     import struct
 
-    from .paging import NX, P, PS, RW
+    from emu.hw.paging import NX, P, PS, RW
 
     mem = PhysMem(32 << 20)
     cpu = Cpu(mem)

@@ -24,10 +24,10 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 
-from .errors import TableError
-from .layout import layout_for
-from .paging import ADDR_MASK, MAXPHYADDR, NX, P, PAT_LARGE, PS, RW, US, fmt_size, rsvd_hi_mask, sign_extend
-from .phys import PAGE_SIZE, FrameKind, PhysView
+from emu.errors import TableError
+from emu.linux.layout import layout_for
+from emu.hw.paging import ADDR_MASK, MAXPHYADDR, NX, P, PAT_LARGE, PS, RW, US, fmt_size, rsvd_hi_mask, sign_extend
+from emu.hw.phys import PAGE_SIZE, FrameKind, PhysView
 
 LINTS = ("wx", "user-kernel", "alias-wx", "reserved", "pgtable-owner", "l1tf")
 

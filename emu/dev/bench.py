@@ -11,7 +11,7 @@ import platform
 import time
 from typing import Callable
 
-from .errors import ConfigError
+from emu.errors import ConfigError
 
 BENCHES: list[tuple[str, Callable[[bool], list[dict]]]] = []
 
@@ -53,11 +53,11 @@ def figure(name: str, value: float, unit: str, *, baseline: float | None = None,
 def bench_paging(quick: bool) -> list[dict]:
     from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
 
-    from .cpu import Cpu
-    from .demo import build_demo
-    from .paging import PAGE_KERNEL, ControlState, PageTable, translate
-    from .phys import GiB, MiB, PhysMem
-    from .ptdump import ptdump_lines
+    from emu.hw.cpu import Cpu
+    from emu.dev.demo import build_demo
+    from emu.hw.paging import PAGE_KERNEL, ControlState, PageTable, translate
+    from emu.hw.phys import GiB, MiB, PhysMem
+    from emu.tools.ptdump import ptdump_lines
 
     figs = []
     # 1. PTEs written per second: a direct map of all RAM with 4 KiB pages.
@@ -149,11 +149,11 @@ faults:
         from unicorn import unicorn_const as UC
         from unicorn import x86_const as X
 
-        from .asm import link
-        from .cpu import Cpu, OneReg
-        from .microcode import _HOOK_INTR, _HOOK_SYSCALL, RegFile, _hook_add
-        from .paging import PAGE_SHARED_EXEC, ControlState, PageTable
-        from .phys import FrameKind, MiB, PhysMem
+        from emu.asm import link
+        from emu.hw.cpu import Cpu, OneReg
+        from emu.hw.microcode import _HOOK_INTR, _HOOK_SYSCALL, RegFile, _hook_add
+        from emu.hw.paging import PAGE_SHARED_EXEC, ControlState, PageTable
+        from emu.hw.phys import FrameKind, MiB, PhysMem
         from unicorn.unicorn_py3.unicorn import uc_hook_h
 
         self.mem = PhysMem(32 * MiB)
@@ -231,7 +231,7 @@ faults:
 
 @bench("microcode")
 def bench_microcode(quick: bool) -> list[dict]:
-    from .bare import bare_system
+    from emu.dev.bare import bare_system
 
     n = 5000 if quick else 50000
     raw = _RawLoop()
@@ -262,7 +262,7 @@ def _loop_program(body: str, n: int) -> str:
 
 def _time_program(cfg, src: str, n: int) -> float:
     """Seconds per iteration of a looping user program (boot excluded)."""
-    from .machine import Machine
+    from emu.linux.machine import Machine
 
     def once() -> int:
         m = Machine(cfg, programs=[("A", src)], record_events=False)
@@ -314,8 +314,8 @@ _SECRET = """    mov eax, SYS_memfd_secret
 
 @bench("machine")
 def bench_machine(quick: bool) -> list[dict]:
-    from .machine import MachineConfig
-    from .matrix import run_matrix
+    from emu.linux.machine import MachineConfig
+    from emu.tools.matrix import run_matrix
 
     n = 2000 if quick else 20000
     raw = _RawLoop()
@@ -348,7 +348,7 @@ def bench_machine(quick: bool) -> list[dict]:
 
 @bench("trace")
 def bench_tracing(quick: bool) -> list[dict]:
-    from .trace import bench_trace
+    from emu.tools.trace import bench_trace
     return bench_trace(quick)
 
 

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import AddressError, ConfigError, ImageError
-from .paging import ADDR_MASK, ControlState, translate
-from .phys import DEFAULT_RAM, PAGE_SIZE, ImageMem, PhysView, parse_size
+from emu.errors import AddressError, ConfigError, ImageError
+from emu.hw.paging import ADDR_MASK, ControlState, translate
+from emu.hw.phys import DEFAULT_RAM, PAGE_SIZE, ImageMem, PhysView, parse_size
 
 
 _SYMBOL = re.compile(r"^[A-Za-z_.$][\w.$:]*(\+\w+)?$")
@@ -76,7 +76,7 @@ def image_space(args) -> Space:
 
 def config_from_args(args):
     """The machine switches common to every command that boots a machine."""
-    from .kernel import KernelConfig
+    from emu.linux.kernel import KernelConfig
 
     ram = parse_size(args.ram) if getattr(args, "ram", None) else DEFAULT_RAM
     return KernelConfig(ram=ram, la57=bool(getattr(args, "la57", False)),
@@ -89,7 +89,7 @@ _machines: dict = {}
 
 def builtin_spaces(args) -> dict[str, Space]:
     """The default machine's spaces, paused with A's secret page live."""
-    from .matrix import default_machine
+    from emu.tools.matrix import default_machine
 
     cfg = config_from_args(args)
     key = repr(cfg)
@@ -98,7 +98,7 @@ def builtin_spaces(args) -> dict[str, Space]:
         m = _machines[key] = default_machine(cfg)
     ctl = ControlState(wp=True, smep=cfg.smep, smap=cfg.smap, pke=cfg.pke, la57=cfg.la57, nxe=cfg.nx)
     procs = {p.name: p for p in m.processes}
-    from .program import user_symbols
+    from emu.linux.program import user_symbols
     layout_names = user_symbols(m.layout)        # USER_DATA, DIRECT_MAP_BASE, ... as programs see them
 
     def symbols(name: str) -> int | None:

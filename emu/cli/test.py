@@ -1,4 +1,4 @@
-"""``isoemu test PATH...``: run assembly isolation tests (see emu.asmtest)."""
+"""``isoemu test PATH...``: run assembly isolation tests (see emu.tools.asmtest)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 
 def cmd_test(args) -> int:
-    from .asmtest import run_paths
+    from emu.tools.asmtest import run_paths
 
     return run_paths(args.paths, sys.stdout, exitfirst=args.exitfirst)
 

@@ -1,6 +1,6 @@
 """Memory-access tracing: one record per access of every executed instruction.
 
-A :class:`Tracer` attached to a :class:`~emu.machine.Machine` reports, for
+A :class:`Tracer` attached to a :class:`~emu.linux.machine.Machine` reports, for
 each instruction that touches memory, which virtual address it touched, how
 (``r``/``w``/``x``), in which address space, and what the page tables made
 of it (the physical address, or the fault)::
@@ -14,7 +14,7 @@ see physical addresses, so virtual ones come from decoding):
 * One Python callback per executed translated block (UC_HOOK_BLOCK), not
   per instruction: it reads every register the addresses need in one C
   batch call.  Each block is decoded once with capstone into access plans
-  (:mod:`emu.trace_code`; cached by address, physical address and bytes,
+  (:mod:`emu.tools.trace_code`; cached by address, physical address and bytes,
   and reused while the bytes are unchanged) and the plans of a block are
   compiled into a small Python function that computes each access's
   address from the registers at the block's start, following in-block
@@ -29,9 +29,9 @@ see physical addresses, so virtual ones come from decoding):
   neither they nor memory can tell such a value, an *anchor* (a code hook
   on that instruction) reads the registers there; a block that needs a new
   anchor is stopped before its first instruction and run again once the
-  hook is in (:meth:`~emu.microcode.System.rerun`).
+  hook is in (:meth:`~emu.hw.microcode.System.rerun`).
 * Each piece of an access (split at page boundaries) is translated with the
-  reference walker (:func:`emu.paging.translate`) through the CR3 of the
+  reference walker (:func:`emu.hw.paging.translate`) through the CR3 of the
   block; walks are cached per page and flushed on CR3/CR4 writes,
   ``invlpg``/``invpcid``, after a fault on the page (x86 never caches a
   faulting translation) and at each :meth:`Tracer.run` chunk.
@@ -57,13 +57,13 @@ from operator import itemgetter
 from types import FunctionType
 from typing import Iterable, Iterator
 
-from .cpu import REG_IDS, OneReg, RegBatch
-from .errors import AddressError, ConfigError
-from .machine import DEFAULT_BUDGET, BudgetExhausted, KernelPanic, Machine, MachineConfig
-from .paging import (ADDR_MASK, CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP, PF_I, VEC_PF, ControlState,
+from emu.hw.cpu import REG_IDS, OneReg, RegBatch
+from emu.errors import AddressError, ConfigError
+from emu.linux.machine import DEFAULT_BUDGET, BudgetExhausted, KernelPanic, Machine, MachineConfig
+from emu.hw.paging import (ADDR_MASK, CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP, PF_I, VEC_PF, ControlState,
                      control_state_of, translate)
-from .spaces import parse_address
-from .trace_code import (CR3, CS, M64, RCX, RFLAGS, TRACKED, StaticInsn, analyse, block_anchors, decode,
+from emu.tools.spaces import parse_address
+from emu.tools.trace_code import (CR3, CS, M64, RCX, RFLAGS, TRACKED, StaticInsn, analyse, block_anchors, decode,
                          segment_code)
 
 __all__ = ["KINDS", "FIELDS", "Record", "Tracer", "StaticInsn", "analyse", "decode", "parse_kinds",
@@ -165,7 +165,7 @@ class _Block:
 
 
 class Tracer:
-    """Memory-access records of a :class:`~emu.machine.Machine`.
+    """Memory-access records of a :class:`~emu.linux.machine.Machine`.
 
     ``kinds``: any of ``"rwx"``; ``space``: keep only accesses made through
     that space's page tables (a name from ``Machine.spaces()``);
@@ -262,7 +262,7 @@ class Tracer:
         self._halts = {i.addr for i in m.kernel.image.insns if i.mnemonic == "hlt"}
         self._want = {k: k in self.kinds for k in KINDS}
         self._lo, self._hi = self.va_range if self.va_range else (0, 1 << 64)
-        # what compiled segments call (emu.trace_code.HELPERS, INS added per block)
+        # what compiled segments call (emu.tools.trace_code.HELPERS, INS added per block)
         self._helpers = (self._raw.append, self._emit, self._string, self._load, self.flush, self._set_stale)
         self._globals = {"__builtins__": __builtins__}
 
@@ -337,9 +337,9 @@ class Tracer:
     def run(self, budget: int = DEFAULT_BUDGET, chunk: int = DEFAULT_CHUNK) -> Iterator[Record]:
         """Run the machine until it halts, yielding records as they come.
 
-        Raises :class:`~emu.machine.BudgetExhausted` (after yielding what was
+        Raises :class:`~emu.linux.machine.BudgetExhausted` (after yielding what was
         recorded) when ``budget`` instructions do not suffice, and
-        :class:`~emu.machine.KernelPanic` on a stub panic."""
+        :class:`~emu.linux.machine.KernelPanic` on a stub panic."""
         if budget <= 0:
             raise ConfigError(f"the budget must be a positive number of instructions, not {budget}")
         self.attach()
@@ -901,8 +901,8 @@ def bench_trace(quick: bool) -> list[dict]:
     :meth:`Tracer.run`, as :func:`iter_trace` and ``isoemu trace`` do."""
     from unicorn import UC_HOOK_CODE
 
-    from .bench import _best, figure
-    from .cpu import Cpu
+    from emu.dev.bench import _best, figure
+    from emu.hw.cpu import Cpu
 
     m = Machine(MachineConfig(), programs=[("A", BENCH_PROGRAM)], record_events=False)
     m.boot()

@@ -43,15 +43,15 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from . import abi
-from .asm import Image, link
-from .errors import AsmError, GuestError, IsoemuError
-from .kernel import KernelConfig
-from .layout import layout_for
-from .machine import BudgetExhausted, Machine
-from .microcode import vector_name
-from .paging import error_code_words
-from .program import USER_LAYOUT, assemble_program, user_symbols
+from emu.linux import abi
+from emu.asm import Image, link
+from emu.errors import AsmError, GuestError, IsoemuError
+from emu.linux.kernel import KernelConfig
+from emu.linux.layout import layout_for
+from emu.linux.machine import BudgetExhausted, Machine
+from emu.hw.microcode import vector_name
+from emu.hw.paging import error_code_words
+from emu.linux.program import USER_LAYOUT, assemble_program, user_symbols
 
 DEFAULT_BUDGET = 2_000_000
 RUNTIME_NAME = "<isoemu asm-test runtime>"

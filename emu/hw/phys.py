@@ -22,7 +22,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from .errors import AllocError, ConfigError, ImageError
+from emu.errors import AllocError, ConfigError, ImageError
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT

@@ -19,10 +19,10 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from . import abi
-from .kernel import KernelConfig
-from .machine import Machine
-from .paging import error_code_words
+from emu.linux import abi
+from emu.linux.kernel import KernelConfig
+from emu.linux.machine import Machine
+from emu.hw.paging import error_code_words
 
 PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs", "matrix_probe.S")
 
@@ -334,12 +334,12 @@ def default_machine(cfg: KernelConfig | None = None) -> Machine:
 
 
 def _assemble(m: Machine, src: str, count: int, name: str):
-    from .program import assemble_program
+    from emu.linux.program import assemble_program
     return assemble_program(src, f"matrix_probe.S ({name})", m.layout, {"PROBE_COUNT": count})
 
 
 def _user_pa(m: Machine, p, va: int) -> int:
-    from .paging import ControlState, translate
+    from emu.hw.paging import ControlState, translate
     t = translate(m.mem, p.pgd, va, 0, 0, ControlState(la57=m.config.la57, smap=False))
     if t.fault:
         raise AssertionError(f"{va:#x} not mapped in {p.name}")

@@ -16,15 +16,15 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from . import abi
-from .asm import Image, link
-from .errors import ConfigError
-from .layout import Layout, layout_for
-from .paging import (ADDR_MASK, ControlState, KERNPG_TABLE, NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX,
+from emu.linux import abi
+from emu.asm import Image, link
+from emu.errors import ConfigError
+from emu.linux.layout import Layout, layout_for
+from emu.hw.paging import (ADDR_MASK, ControlState, KERNPG_TABLE, NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX,
                      PAT_LARGE, RW, US, A, D, G, PageTable, large_to_4k)
-from .phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
+from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
-STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernel_stub")
+STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernel_stub")
 STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "mm.S", "syscalls.S", "sched.S", "asi.S",
               "data.S"]
 NOP5 = bytes.fromhex("0f1f440000")

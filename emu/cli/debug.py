@@ -15,8 +15,8 @@ import os
 import re
 import sys
 
-from .debug import DEFAULT_BUDGET, REGISTER_NAMES, DebugError, Debugger, Stop
-from .errors import ConfigError, IsoemuError
+from emu.tools.debug import DEFAULT_BUDGET, REGISTER_NAMES, DebugError, Debugger, Stop
+from emu.errors import ConfigError, IsoemuError
 
 PROMPT = "(isoemu) "
 HISTORY = "~/.isoemu_history"
@@ -292,7 +292,7 @@ class DebugShell(cmd.Cmd):
             self.out(head + "\t" + "\t".join(cells))
 
     def do_walk(self, arg: str) -> None:
-        from .cli import walk_text
+        from emu.cli.render import walk_text
 
         args = arg.split()
         access, cpl = "r", 0
@@ -364,9 +364,9 @@ class _Script(argparse.Action):
 
 def build_machine(args):
     """The machine to debug: PROGRAM.S as one process, or the default machine."""
-    from .machine import Machine
-    from .matrix import MatrixMachine
-    from .spaces import config_from_args
+    from emu.linux.machine import Machine
+    from emu.tools.matrix import MatrixMachine
+    from emu.tools.spaces import config_from_args
 
     cfg = config_from_args(args)
     if not args.program:
@@ -449,7 +449,7 @@ def _repl(shell: DebugShell, intro: str) -> None:
 
 
 def add_commands(sub) -> None:
-    from .cli import add_machine_args
+    from emu.cli.common import add_machine_args
 
     p = sub.add_parser(
         "debug", help="step through CR3 switches: breakpoints, stepping, memory and page tables",

@@ -17,15 +17,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import abi
-from .asm import Image
-from .errors import ConfigError, GuestError
-from .kernel import KernelBuilder, KernelConfig, Process
-from .cpu import CpuConfig
-from .microcode import System, vector_name
-from .paging import ADDR_MASK, ControlState, error_code_words
-from .phys import FrameKind
-from .program import assemble_program
+from emu.linux import abi
+from emu.asm import Image
+from emu.errors import ConfigError, GuestError
+from emu.linux.kernel import KernelBuilder, KernelConfig, Process
+from emu.hw.cpu import CpuConfig
+from emu.hw.microcode import System, vector_name
+from emu.hw.paging import ADDR_MASK, ControlState, error_code_words
+from emu.hw.phys import FrameKind
+from emu.linux.program import assemble_program
 
 MachineConfig = KernelConfig
 
@@ -347,7 +347,7 @@ class Machine:
 
         Raises :class:`BudgetExhausted` when ``budget`` instructions did not
         suffice, :class:`KernelPanic` on a stub panic, and
-        :class:`~emu.microcode.TripleFault` on a triple fault.
+        :class:`~emu.hw.microcode.TripleFault` on a triple fault.
         """
         self.boot()
         start = len(self.events)
@@ -395,7 +395,7 @@ class Machine:
     # -- guest memory access --------------------------------------------------------------------
     def read_virt(self, va: int, n: int, space: str | None = None) -> bytes:
         """Read ``n`` bytes at ``va`` through a named space (default: current CR3)."""
-        from .paging import translate
+        from emu.hw.paging import translate
         root = self.spaces()[space] if space else self.cpu.reg("cr3")
         out = b""
         while n:

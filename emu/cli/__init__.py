@@ -1,0 +1,1 @@
+"""The ``isoemu`` command line: a thin layer over the Python API (see emu.cli.main)."""

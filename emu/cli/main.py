@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emu import __version__
+from emu.version import VERSION
 from emu.cli import bench, debug, machine, paging, test, trace
 from emu.errors import IsoemuError
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="isoemu",
         description="x86-64 paging emulator: Linux PTI, ASI and memfd_secret in a kernel stub run "
                     "by Unicorn, with a reference page walker.")
-    p.add_argument("--version", action="version", version=f"isoemu {__version__}")
+    p.add_argument("--version", action="version", version=f"isoemu {VERSION}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     for mod in COMMAND_MODULES:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from unicorn import Uc
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uc_engine, uclib
+from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
 
 from emu.hw.paging import CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP, ControlState  # noqa: F401 (re-exported)
 from emu.hw.phys import PhysMem
@@ -78,6 +78,25 @@ _vmem_translate.argtypes = [uc_engine, ctypes.c_uint64, ctypes.c_int, ctypes.POI
 _vmem_translate.restype = ctypes.c_int
 
 _PROT = {0: UC.UC_PROT_READ, 1: UC.UC_PROT_WRITE, 2: UC.UC_PROT_EXEC}
+
+_uc_hook_add = uclib.uc_hook_add
+_uc_hook_add.argtypes = None
+_uc_hook_del = uclib.uc_hook_del
+
+# Hook kinds: (Unicorn hook type, C callback type, instruction id or None).
+# A callback gets the C arguments: (uc, ...); for "code" and "block" (uc,
+# address, size, user data).
+HOOK_KINDS = {
+    "intr": (UC.UC_HOOK_INTR, ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_void_p), None),
+    "syscall": (UC.UC_HOOK_INSN, ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_void_p), X.UC_X86_INS_SYSCALL),
+    "out": (UC.UC_HOOK_INSN, ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                                              ctypes.c_void_p), X.UC_X86_INS_OUT),
+    "invalid": (UC.UC_HOOK_INSN_INVALID, ctypes.CFUNCTYPE(ctypes.c_bool, uc_engine, ctypes.c_void_p), None),
+    "code": (UC.UC_HOOK_CODE, ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint64, ctypes.c_uint32,
+                                               ctypes.c_void_p), None),
+    "block": (UC.UC_HOOK_BLOCK, ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint64, ctypes.c_uint32,
+                                                 ctypes.c_void_p), None),
+}
 
 
 class RegBatch:
@@ -151,6 +170,28 @@ class Cpu:
         self._cr3_ctx = None
         self._out = _u64()
         self.gprs = RegBatch(self, _GPR_IDS)
+        self._callbacks: dict[int, object] = {}       # hook handle -> C callback (kept alive)
+
+    # -- hooks (through the C API: no per-call binding overhead) ------------------------
+    def add_hook(self, kind: str, fn, begin: int = 1, end: int = 0) -> int:
+        """Call ``fn`` with the C callback's arguments on every event of ``kind``
+        (see :data:`HOOK_KINDS`) for addresses in [begin, end] (begin > end:
+        everywhere).  Returns the hook's handle for :meth:`del_hook`."""
+        uc_kind, ctype, insn = HOOK_KINDS[kind]
+        cb = ctype(fn)
+        h = uc_hook_h()
+        args = [self.handle, ctypes.byref(h), uc_kind, cb, None, ctypes.c_uint64(begin), ctypes.c_uint64(end)]
+        if insn is not None:
+            args.append(ctypes.c_int(insn))
+        err = _uc_hook_add(*args)
+        if err:
+            raise RuntimeError(f"uc_hook_add failed: {err}")
+        self._callbacks[h.value] = cb
+        return h.value
+
+    def del_hook(self, h: int) -> None:
+        if self._callbacks.pop(h, None) is not None:
+            _uc_hook_del(self.handle, ctypes.c_size_t(h))
 
     # -- registers (binding; not for hot paths) ----------------------------------
     def reg(self, name: str) -> int:

@@ -32,20 +32,12 @@ from typing import Callable
 import capstone
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
 
 from emu.hw.cpu import (context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
 from emu.errors import GuestError
-from emu.hw.paging import PF_I, PF_U, PF_W, VEC_GP, VEC_PF, ControlState, Fault, WalkCache, control_state_of
+from emu.hw.paging import (PF_I, PF_U, PF_W, READ, VEC_GP, VEC_PF, ControlState, Fault, WalkCache,
+                            control_state_of, read_virt, write_virt)
 
-_HOOK_INTR = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_void_p)
-_HOOK_SYSCALL = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_void_p)
-_HOOK_OUT = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p)
-_HOOK_INVALID = ctypes.CFUNCTYPE(ctypes.c_bool, uc_engine, ctypes.c_void_p)
-_HOOK_CODE = ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
-_hook_add = uclib.uc_hook_add
-_hook_add.argtypes = None
-_hook_del = uclib.uc_hook_del
 
 RF_TF, RF_IF, RF_NT, RF_RF, RF_VM = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17
 
@@ -152,7 +144,6 @@ class System(Cpu):
         self._want_events = sink is not None     # cheap paths skip building events
         self._one: dict[int, OneReg] = {}
         self.ports: dict[int, Callable[[int, int, int], int | None]] = {}
-        self._hooks = []            # keep ctypes callbacks alive
         self._code_hooks: dict[int, tuple] = {}
         self._at_addr: dict[int, tuple[int, list]] = {}    # addr -> (hook, [(id, fn)]): add_code_hook
         self._last_hook_id = 0
@@ -210,21 +201,10 @@ class System(Cpu):
 
     # -- hooks ------------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        self._add(UC.UC_HOOK_INTR, _HOOK_INTR(self._guard(self._on_intr)))
-        self._add(UC.UC_HOOK_INSN, _HOOK_SYSCALL(self._guard(self._on_syscall)), X.UC_X86_INS_SYSCALL)
-        self._add(UC.UC_HOOK_INSN, _HOOK_OUT(self._guard(self._on_out)), X.UC_X86_INS_OUT)
-        self._add(UC.UC_HOOK_INSN_INVALID, _HOOK_INVALID(self._guard(self._on_invalid, True)))
-
-    def _add(self, kind: int, cb, insn: int | None = None, begin: int = 1, end: int = 0) -> int:
-        h = uc_hook_h()
-        args = [self.handle, ctypes.byref(h), kind, cb, None, ctypes.c_uint64(begin), ctypes.c_uint64(end)]
-        if insn is not None:
-            args.append(ctypes.c_int(insn))
-        err = _hook_add(*args)
-        if err:
-            raise RuntimeError(f"uc_hook_add failed: {err}")
-        self._hooks.append(cb)
-        return h.value
+        self.add_hook("intr", self._guard(self._on_intr))
+        self.add_hook("syscall", self._guard(self._on_syscall))
+        self.add_hook("out", self._guard(self._on_out))
+        self.add_hook("invalid", self._guard(self._on_invalid, True))
 
     def _guard(self, fn, retval=None):
         """Python exceptions cannot cross a ctypes callback: keep the first one
@@ -267,9 +247,8 @@ class System(Cpu):
 
             def hook(uch, a, size, ud):
                 self._call_all([f for _, f in fns], a, until_stop=True)
-            cb = _HOOK_CODE(hook)
-            h = self._add(UC.UC_HOOK_CODE, cb, None, addr, addr)
-            self._code_hooks[h] = (cb, addr)
+            h = self.add_hook("code", hook, addr, addr)
+            self._code_hooks[h] = addr
             entry = self._at_addr[addr] = (h, fns)
             self.flush_code_cache()   # fact 9: a hook added after translation fires only after a flush
         self._last_hook_id -= 1        # negative: never a Unicorn handle (see del_code_hook)
@@ -299,9 +278,8 @@ class System(Cpu):
                 # all of them, even after a stop request: the suppression
                 # above would keep them from running when the CPU resumes
                 self._call_all(tuple(fns), a, until_stop=False)
-            cb = _HOOK_CODE(hook)
-            h = self._add(UC.UC_HOOK_BLOCK, cb, None, addr, addr)
-            self._code_hooks[h] = (cb, addr)
+            h = self.add_hook("block", hook, addr, addr)
+            self._code_hooks[h] = addr
             self.flush_code_cache()
         fns.append(fn)
 
@@ -314,9 +292,8 @@ class System(Cpu):
                 if self._error is None:
                     self._error = e
                 C.emu_stop(self.hv)
-        cb = _HOOK_CODE(hook)
-        h = self._add(UC.UC_HOOK_BLOCK, cb, None, 1, 0)
-        self._code_hooks[h] = (cb, None)
+        h = self.add_hook("block", hook)
+        self._code_hooks[h] = None
         self.flush_code_cache()
         return h
 
@@ -331,7 +308,7 @@ class System(Cpu):
                     return
             return
         if h in self._code_hooks:
-            _hook_del(self.handle, ctypes.c_size_t(h))
+            self.del_hook(h)
             del self._code_hooks[h]
 
     def add_cr3_site(self, addr: int, reg: str, size: int, may_set_noflush: bool = True) -> None:
@@ -653,39 +630,10 @@ class System(Cpu):
             self.deliver(second, f.error_code, cr2=cr2, reported=True, chain=chain)
 
     def _read_virt(self, cr3: int, va: int, n: int, ctl: ControlState) -> bytes | Fault:
-        if (va & 0xFFF) + n <= 4096:          # within one page: one walk
-            t = self.walks.translate(cr3, va, 0, 0, ctl)
-            return t if t.fault else self.mem.read(t.pa, n)
-        out = b""
-        while n:
-            chunk = min(n, 4096 - (va & 0xFFF))
-            t = self.walks.translate(cr3, va, 0, 0, ctl)
-            if t.fault:
-                return t
-            out += self.mem.read(t.pa, chunk)
-            va, n = va + chunk, n - chunk
-        return out
+        return read_virt(self.mem, cr3, va, n, READ, 0, ctl, self.walks)
 
     def _write_virt(self, cr3: int, va: int, data: bytes, ctl: ControlState) -> Fault | None:
-        """Write ``data`` at ``va``, all or nothing: every page is checked first."""
-        if (va & 0xFFF) + len(data) <= 4096:
-            t = self.walks.translate(cr3, va, 1, 0, ctl)
-            if t.fault:
-                return t
-            self.mem.write(t.pa, data)
-            return None
-        pieces = []
-        off = 0
-        while off < len(data):
-            chunk = min(len(data) - off, 4096 - ((va + off) & 0xFFF))
-            t = self.walks.translate(cr3, va + off, 1, 0, ctl)
-            if t.fault:
-                return t
-            pieces.append((t.pa, data[off:off + chunk]))
-            off += chunk
-        for pa, d in pieces:
-            self.mem.write(pa, d)
-        return None
+        return write_virt(self.mem, cr3, va, data, 0, ctl, self.walks)
 
     # -- external interrupts ------------------------------------------------------------------
     def inject_interrupt(self, vector: int) -> bool:

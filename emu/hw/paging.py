@@ -317,6 +317,49 @@ def translate(mem: PhysView, cr3: int, va: int, access=READ, cpl: int = 0,
     return Fault(va, VEC_PF, ec, levels, raw)
 
 
+def read_virt(mem: PhysView, cr3: int, va: int, n: int, access=READ, cpl: int = 0,
+              ctl: ControlState = DEFAULT_CTL, walks: "WalkCache | None" = None) -> bytes | Fault:
+    """``n`` bytes at ``va`` through the tables at ``cr3``, each page walked
+    as an ``access`` at ``cpl`` would be; the first page's :class:`Fault` if
+    one faults.  ``walks`` (a :class:`WalkCache`) makes repeated reads cheap."""
+    walk = walks.translate if walks is not None else \
+        (lambda r, v, a, c, k: translate(mem, r, v, a, c, k))
+    va &= 0xFFFFFFFFFFFFFFFF
+    if (va & 0xFFF) + n <= 4096:                 # within one page: one walk
+        t = walk(cr3, va, access, cpl, ctl)
+        return t if t.fault else mem.read(t.pa, n)
+    out = []
+    while n:
+        chunk = min(n, 4096 - (va & 0xFFF))
+        t = walk(cr3, va, access, cpl, ctl)
+        if t.fault:
+            return t
+        out.append(mem.read(t.pa, chunk))
+        va, n = (va + chunk) & 0xFFFFFFFFFFFFFFFF, n - chunk
+    return b"".join(out)
+
+
+def write_virt(mem: PhysMem, cr3: int, va: int, data: bytes, cpl: int = 0, ctl: ControlState = DEFAULT_CTL,
+               walks: "WalkCache | None" = None) -> Fault | None:
+    """Write ``data`` at ``va``, all or nothing: every page is walked (as a
+    write at ``cpl``) before any byte is written.  The first fault, or None."""
+    walk = walks.translate if walks is not None else \
+        (lambda r, v, a, c, k: translate(mem, r, v, a, c, k))
+    pieces = []
+    off = 0
+    while off < len(data):
+        v = (va + off) & 0xFFFFFFFFFFFFFFFF
+        chunk = min(len(data) - off, 4096 - (v & 0xFFF))
+        t = walk(cr3, v, WRITE, cpl, ctl)
+        if t.fault:
+            return t
+        pieces.append((t.pa, data[off:off + chunk]))
+        off += chunk
+    for pa, d in pieces:
+        mem.write(pa, d)
+    return None
+
+
 # the CR0 and CR4 bits a translation depends on (SDM Vol. 3A, 2.5)
 CR0_WP = 1 << 16
 CR4_LA57, CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 12, 1 << 20, 1 << 21, 1 << 22

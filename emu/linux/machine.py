@@ -23,7 +23,7 @@ from emu.errors import ConfigError, GuestError
 from emu.linux.kernel import KernelBuilder, KernelConfig, Process
 from emu.hw.cpu import CpuConfig
 from emu.hw.microcode import System, vector_name
-from emu.hw.paging import ADDR_MASK, ControlState, error_code_words
+from emu.hw.paging import ADDR_MASK, ControlState, Fault, error_code_words, read_virt
 from emu.hw.phys import FrameKind
 from emu.linux.program import assemble_program
 
@@ -394,18 +394,13 @@ class Machine:
 
     # -- guest memory access --------------------------------------------------------------------
     def read_virt(self, va: int, n: int, space: str | None = None) -> bytes:
-        """Read ``n`` bytes at ``va`` through a named space (default: current CR3)."""
-        from emu.hw.paging import translate
+        """Read ``n`` bytes at ``va`` through a named space (default: the
+        current CR3) as the kernel would (CPL 0, SMAP off)."""
         root = self.spaces()[space] if space else self.cpu.reg("cr3")
-        out = b""
-        while n:
-            chunk = min(n, 4096 - (va & 0xFFF))
-            t = translate(self.mem, root, va, 0, 0, ControlState(la57=self.config.la57, smap=False))
-            if t.fault:
-                raise GuestError(f"{va:#x} is not readable in {space or 'the current space'}: {t.describe()}")
-            out += self.mem.read(t.pa, chunk)
-            va, n = va + chunk, n - chunk
-        return out
+        got = read_virt(self.mem, root, va, n, 0, 0, ControlState(la57=self.config.la57, smap=False))
+        if isinstance(got, Fault):
+            raise GuestError(f"{got.va:#x} is not readable in {space or 'the current space'}: {got.describe()}")
+        return got
 
     def read_u64(self, va: int, space: str | None = None) -> int:
         return struct.unpack("<Q", self.read_virt(va, 8, space))[0]

@@ -1,0 +1,3 @@
+"""The package version, defined once."""
+
+VERSION = "0.1.0"

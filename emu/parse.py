@@ -30,6 +30,7 @@ _HEX = re.compile(r"(?:0[xX])?([0-9a-fA-F]+)")
 _DEC_OR_HEX = re.compile(r"(-?)(?:0[xX]([0-9a-fA-F]+)|([0-9]+))")
 _COUNT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)")
 _SIZE = re.compile(r"(?:0[xX]([0-9a-fA-F]+)|([0-9]+))\s*([kKmMgGtT]?)(?:i?[bB])?")
+_GROUPED = re.compile(r"(?:0[xX])?[0-9a-fA-F]+(?:_[0-9a-fA-F]+)+")    # ffff_ffff_8100_0000
 _TERM = re.compile(r"[A-Za-z_.$][\w.$@]*(?::[A-Za-z_.$][\w.$@]*)?|\$\w+|(?:0[xX])?[0-9a-fA-F]+")
 SI = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -164,7 +165,7 @@ def parse_address(text: str, what: str = "address", resolve: Resolver | None = N
 
 
 def _term(tok: str, what: str, text: str, resolve: Resolver | None, notes: list[str] | None) -> int:
-    is_number = bool(_HEX.fullmatch(tok))
+    is_number = bool(_HEX.fullmatch(tok) or _GROUPED.fullmatch(tok))
     value = None
     if resolve is not None and not tok.lower().startswith("0x"):
         value = resolve(tok)
@@ -174,7 +175,7 @@ def _term(tok: str, what: str, text: str, resolve: Resolver | None, notes: list[
                          f"write 0x{tok} for the number")
         return value
     if is_number:
-        return int(tok.lower().removeprefix("0x"), 16)
+        return int(tok.lower().removeprefix("0x").replace("_", ""), 16)
     if tok.startswith("$"):
         raise AddressError(f"bad {what} {text!r}: unknown register {tok!r}")
     if resolve is None:

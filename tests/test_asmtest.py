@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 
-from emu.tools.asmtest import AsmTestError, describe_exception, discover, parse_test, run_test, \
-    selector_error_code_words
+from emu.hw.x86 import selector_error_code_words
+from emu.tools.asmtest import AsmTestError, discover, parse_test, run_test
+from emu.tools.faults import describe_exception
 from emu.cli.main import main
 
 PROGRAM = "_start:\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"

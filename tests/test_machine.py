@@ -107,7 +107,9 @@ fault_here:
     assert h["cr2"] == m.layout.kernel_text
     assert not h["rflags"] & 0x200                   # an interrupt gate clears IF
     assert h["frame"] == (0x4, sym(m, "fault_here"), abi.USER_CS, 0x202, 0x7fffffffe008, abi.USER_DS)
-    assert m.exits[1] == {"pid": 1, "name": "A", "status": 128 + 11, "signal": "SIGSEGV"}
+    assert m.exits[1] == {"pid": 1, "name": "A", "status": 128 + 11, "signal": "SIGSEGV",
+                          "fault": {"vector": 14, "error_code": 0x4, "cr2": m.layout.kernel_text,
+                                    "rip": sym(m, "fault_here"), "cr3": m.spaces()["A.user"] | 0x801}}
 
 
 def test_kernel_fault_frame_on_the_current_stack():

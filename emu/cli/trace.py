@@ -13,7 +13,7 @@ HEADER = (f"{'SEQ':>7} {'CPL':>3} {'SPACE':<12} {'PCID':>5} K {'VA':<18} {'SIZE'
 
 def format_record(r) -> str:
     """One aligned table row (the symbol last: it is the only free-width column)."""
-    from emu.hw.microcode import vector_name
+    from emu.hw.x86 import vector_name
 
     pcid = f"{r.pcid:#x}" if r.pcid is not None else "-"
     pa = f"{r.pa:#x}" if r.pa is not None else "-"

@@ -35,22 +35,12 @@ from unicorn import x86_const as X
 
 from emu.hw.cpu import (context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
 from emu.errors import GuestError
+from emu.hw.x86 import CONTRIBUTORY, ERROR_CODE_VECTORS, vector_name
 from emu.hw.paging import (PF_I, PF_U, PF_W, READ, VEC_GP, VEC_PF, ControlState, Fault, WalkCache,
                             control_state_of, read_virt, write_virt)
 
 
 RF_TF, RF_IF, RF_NT, RF_RF, RF_VM = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17
-
-VECTOR_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
-                8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
-                17: "#AC", 18: "#MC", 19: "#XM"}
-_ERROR_CODE_VECTORS = {8, 10, 11, 12, 13, 14, 17}
-_CONTRIBUTORY = {0, 10, 11, 12, 13}
-
-
-def vector_name(v: int) -> str:
-    return VECTOR_NAMES.get(v, f"vector {v:#x}")
-
 
 # --- the architectural register file -----------------------------------------------------
 _GPRS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
@@ -487,7 +477,7 @@ class System(Cpu):
         software = soft_len > 0
         ec = None
         cr2 = None
-        if not software and intno in _ERROR_CODE_VECTORS:
+        if not software and intno in ERROR_CODE_VECTORS:
             ec = cpu_ec
             if intno == VEC_PF:
                 cr2 = r["cr2"]
@@ -534,8 +524,8 @@ class System(Cpu):
         chain = chain + ((vector, error_code, cr2, rip, cpl, cr3),)
         if cpl == 3 and not external:
             # what the CPU reported, which signal frames may not (Linux
-            # sanitizes the error code): (vector, error code, CR2, RIP)
-            self.last_user_exception = (vector, error_code, cr2, rip)
+            # sanitizes the error code): (vector, error code, CR2, RIP, CR3)
+            self.last_user_exception = (vector, error_code, cr2, rip, cr3)
         if self._want_events:
             if not external and not software:
                 self.sink("exception", vector=vector, error_code=error_code, cr2=cr2, rip=rip, cpl=cpl,
@@ -620,8 +610,8 @@ class System(Cpu):
             last = chain[-1]
             raise TripleFault(f"triple fault: {names} -> {vector_name(second)}({f.error_code:#x}) while "
                               f"delivering #DF (RIP {last[3]:#x}, CPL {last[4]}, CR3 {last[5]:#x})")
-        df = (first in _CONTRIBUTORY and second in _CONTRIBUTORY) or \
-             (first == VEC_PF and (second == VEC_PF or second in _CONTRIBUTORY))
+        df = (first in CONTRIBUTORY and second in CONTRIBUTORY) or \
+             (first == VEC_PF and (second == VEC_PF or second in CONTRIBUTORY))
         cr2 = f.va if second == VEC_PF else None
         if df:
             self.regs.read()

@@ -22,7 +22,8 @@ from emu.asm import Image
 from emu.errors import ConfigError, GuestError
 from emu.linux.kernel import KernelBuilder, KernelConfig, Process
 from emu.hw.cpu import CpuConfig
-from emu.hw.microcode import System, vector_name
+from emu.hw.microcode import System
+from emu.hw.x86 import vector_name
 from emu.hw.paging import ADDR_MASK, ControlState, Fault, error_code_words, read_virt
 from emu.hw.phys import FrameKind
 from emu.linux.program import assemble_program
@@ -318,7 +319,12 @@ class Machine:
         status = k.read_q(task + abi.TASK["exit_code"])
         killed = k.read_q(task + abi.TASK["killed_by"])
         info = {"pid": p.pid if p else None, "name": p.name if p else "?", "status": status,
-                "signal": abi.SIGNAL_NAMES.get(killed) if killed else None}
+                "signal": abi.SIGNAL_NAMES.get(killed) if killed else None, "fault": None}
+        exc = self.cpu.last_user_exception
+        if killed and exc is not None:
+            # the kill follows the process's own last fault (force_sig_fault)
+            vector, error_code, cr2, rip, cr3 = exc
+            info["fault"] = {"vector": vector, "error_code": error_code, "cr2": cr2, "rip": rip, "cr3": cr3}
         if p:
             self.exits[p.pid] = info
             for fn in self.exit_hooks:

@@ -49,19 +49,16 @@ from emu.errors import AsmError, GuestError, IsoemuError
 from emu.linux.kernel import KernelConfig
 from emu.linux.layout import layout_for
 from emu.linux.machine import BudgetExhausted, Machine
-from emu.hw.microcode import vector_name
-from emu.hw.paging import error_code_words
+from emu.hw.x86 import ERROR_CODE_VECTORS, USER_REGISTERS, vector_name
+from emu.tools.faults import describe_exception
 from emu.linux.program import USER_LAYOUT, assemble_program, user_symbols
 
 DEFAULT_BUDGET = 2_000_000
 RUNTIME_NAME = "<isoemu asm-test runtime>"
 
-# vectors that push an error code (SDM Vol. 3A, Table 6-1)
-ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
 BOOL_SWITCHES = ("pti", "pcid", "asi", "smap", "smep", "la57", "nx", "pke", "invpcid")
 SWITCHES = tuple(sorted(BOOL_SWITCHES + ("budget",)))
-REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
-             "r13", "r14", "r15", "rip", "rflags")
+REGISTERS = USER_REGISTERS
 _MASK64 = (1 << 64) - 1
 
 _HEADER = re.compile(r"^\s*(?:;|#|//)\s*(isoemu|expect|process)\s*:\s*(.*?)\s*$", re.I)
@@ -860,36 +857,6 @@ class _Runner:
 
 def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
-
-
-SELECTOR_ERROR_CODE_VECTORS = frozenset({10, 11, 12, 13})   # #TS #NP #SS #GP
-
-
-def selector_error_code_words(ec: int) -> str:
-    """Decode a selector error code (SDM Vol. 3A 6.13): ``IDT vector 0x80``,
-    ``GDT selector 0x28``, with ``external`` for EXT."""
-    where = f"IDT vector {(ec >> 3) & 0x1FFF:#x}" if ec & 2 else \
-        f"{'LDT' if ec & 4 else 'GDT'} selector {ec & 0xFFF8:#x}"
-    return f"external, {where}" if ec & 1 else where
-
-
-def describe_exception(vector: int, error_code: int | None, cr2: int | None, rip: int, symbol: str,
-                       space: str | None) -> str:
-    """``#PF error code 0x4 (not-present, read, user), CR2 0x..., RIP 0x... (A:probe), space A.user``"""
-    parts = [vector_name(vector)]
-    if error_code is not None:
-        words = ""
-        if vector == 14:
-            words = f" ({error_code_words(error_code)})"
-        elif vector in SELECTOR_ERROR_CODE_VECTORS and error_code:
-            words = f" ({selector_error_code_words(error_code)})"
-        parts[0] += f" error code {error_code:#x}{words}"
-    if vector == 14 and cr2 is not None:
-        parts.append(f"CR2 {cr2:#x}")
-    parts.append(f"RIP {rip:#x} ({symbol})")
-    if space:
-        parts.append(f"space {space}")
-    return ", ".join(parts)
 
 
 # --- discovery and the command ----------------------------------------------------------------

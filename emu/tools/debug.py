@@ -38,7 +38,8 @@ from emu.linux import abi
 from emu.hw.cpu import GPR_NAMES, MSR_EFER, MSR_KERNEL_GS_BASE
 from emu.errors import ConfigError, GuestError, IsoemuError
 from emu.linux.machine import DEFAULT_BUDGET, Event, Machine, describe_fault
-from emu.hw.microcode import VECTOR_NAMES, TripleFault, vector_name
+from emu.hw.microcode import TripleFault
+from emu.hw.x86 import VECTOR_NAMES, vector_name
 from emu.hw.paging import ADDR_MASK, Fault, Translation, parse_access, translate
 from emu.tools.ptdump import ptdump_lines
 from emu.tools.spaces import parse_address

@@ -415,7 +415,7 @@ def test_budget_exhaustion_names_the_place():
     m = machine("_start:\n    jmp _start\n")
     with pytest.raises(BudgetExhausted) as e:
         m.run(budget=5000)
-    assert str(e.value) == ("instruction budget of 5000 exhausted at RIP 0x400000 (A:_start), CPL 3, "
+    assert str(e.value) == ("instruction budget of 5,000 exhausted at RIP 0x400000 (A:_start), CPL 3, "
                             "space A.user")
 
 

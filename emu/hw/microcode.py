@@ -107,6 +107,11 @@ class RegFile:
         return {n: self[n] for n in STATE_NAMES if not n.startswith("xmm")}
 
 
+#: instructions per ``emu_start``: a stop requested by a signal handler (Ctrl-C)
+#: waits at most one slice, about 0.1 s of untraced guest code
+SLICE = 8_000_000
+
+
 class TripleFault(GuestError):
     """The CPU could not deliver a #DF: the machine would reset."""
 
@@ -153,6 +158,7 @@ class System(Cpu):
         self.pending_irqs: list[int] = []
         self.last_user_exception: tuple | None = None
         self.run_observers: list[Callable[[bool], None]] = []   # see run()
+        self.executed = 0           # instructions of the completed slices of the last run()
         self._rerun: tuple | None = None
         self.walks = WalkCache(mem)
         self._nxe = False
@@ -348,20 +354,27 @@ class System(Cpu):
 
         Returns why it stopped: 'budget', 'halt', or a reason given to
         :meth:`stop`.  Errors raised in hooks (triple fault...) propagate.
-        Each ``emu_start`` is bracketed by calls to :attr:`run_observers`
-        (``fn(True)`` before, ``fn(False)`` after, also when a hook raised).
+        Runs in slices of at most :data:`SLICE` instructions, so a stop
+        requested outside any hook (a signal handler) takes effect within a
+        slice: :attr:`executed` counts the instructions of the completed
+        slices.  Each ``emu_start`` is bracketed by calls to
+        :attr:`run_observers` (``fn(True)`` before, ``fn(False)`` after, also
+        when a hook raised).
         """
         self.stop_reason = None
         self._error = None
+        self.executed = 0
         self._deliver_pending_irq()
-        while True:
+        left = budget
+        while left > 0:
             rip = self.reg("rip")
             # a block-start hook that fired for the instruction at RIP before the
             # last stop must not fire again for the same arrival
             self._suppress_block_start = rip if rip == self._last_block_start else None
             for fn in tuple(self.run_observers):
                 fn(True)
-            err = self.emu_start(rip, budget)
+            n = min(left, SLICE)
+            err = self.emu_start(rip, n)
             try:
                 for fn in tuple(self.run_observers):
                     fn(False)
@@ -374,13 +387,18 @@ class System(Cpu):
                 raise e
             if err:
                 raise GuestError(f"CPU stopped: {UC_ERRORS.get(err, err)} at RIP {self.reg('rip'):#x}")
-            if self._rerun is None:
+            if self._rerun is not None:
+                executed, prepare = self._rerun
+                self._rerun = None
+                prepare()
+                left -= executed
+                self.executed += executed
+            elif self.stop_reason or self._halted():
                 break
-            executed, prepare = self._rerun
-            self._rerun = None
-            prepare()
-            budget -= executed
-            if self.stop_reason or budget <= 0:
+            else:
+                left -= n                 # the slice ran to its end
+                self.executed += n
+            if self.stop_reason:
                 break
         if self.stop_reason:
             return self.stop_reason

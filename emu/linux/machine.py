@@ -13,7 +13,10 @@ address spaces involved (``A.user``, ``A.kernel``, ``A.asi``, ``kernel``).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,6 +38,12 @@ DEFAULT_BUDGET = 10_000_000
 
 class BudgetExhausted(GuestError):
     """The instruction budget ran out (a runaway guest, or too small a budget)."""
+
+
+class Interrupted(GuestError):
+    """The run was interrupted (Ctrl-C): the message says where."""
+
+    exit_status = 130
 
 
 class KernelPanic(GuestError):
@@ -352,14 +361,19 @@ class Machine:
         """Run until every process has exited (or a stop is requested).
 
         Raises :class:`BudgetExhausted` when ``budget`` instructions did not
-        suffice, :class:`KernelPanic` on a stub panic, and
-        :class:`~emu.hw.microcode.TripleFault` on a triple fault.
+        suffice, :class:`Interrupted` on Ctrl-C (SIGINT), :class:`KernelPanic`
+        on a stub panic, and :class:`~emu.hw.microcode.TripleFault` on a
+        triple fault.
         """
         self.boot()
         start = len(self.events)
-        reason = self.cpu.run(budget)
+        with self.sigint_stops():
+            reason = self.cpu.run(budget)
         if reason == "budget":
-            raise BudgetExhausted(f"instruction budget of {budget} exhausted at {self.where()}")
+            raise BudgetExhausted(f"instruction budget of {budget:,} exhausted at {self.where()}")
+        if reason == "interrupted":
+            raise Interrupted(f"interrupted at {self.where()}, after at least {self.cpu.executed:,} "
+                              f"instructions")
         if reason == "halt":
             if self.kernel.read_data("panic_flag"):
                 tail = bytes(self.console).decode(errors="replace").strip().splitlines()
@@ -370,11 +384,33 @@ class Machine:
     def step(self, count: int = 1) -> str:
         """Run at most ``count`` instructions; never raises for the budget.
 
-        Returns 'budget' (count reached), 'halt', or the reason a hook gave to
-        :meth:`stop` (e.g. a breakpoint).  For debuggers and tracers.
+        Returns 'budget' (count reached), 'halt', 'interrupted' (Ctrl-C), or
+        the reason a hook gave to :meth:`stop` (e.g. a breakpoint).  For
+        debuggers and tracers: the machine stays usable after any of them.
         """
         self.boot()
-        return self.cpu.run(count)
+        with self.sigint_stops():
+            return self.cpu.run(count)
+
+    @contextlib.contextmanager
+    def sigint_stops(self):
+        """While running: SIGINT (Ctrl-C) stops the CPU before its next
+        instruction, with the reason 'interrupted', instead of raising
+        KeyboardInterrupt in the middle of a hook.  Outside the main thread
+        (where Python cannot take signals) nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        cpu = self.cpu
+
+        def on_sigint(signum, frame):
+            cpu.stop("interrupted")
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def stop(self, reason: str) -> None:
         """Ask a running machine to stop before the next instruction (from a hook)."""

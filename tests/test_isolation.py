@@ -11,7 +11,6 @@ import struct
 import pytest
 
 from emu.linux import abi
-from emu.linux.kernel import KernelConfig
 from emu.linux.machine import Machine, MachineConfig
 from emu.tools.matrix import run_matrix
 from emu.hw.paging import ControlState, translate
@@ -69,11 +68,11 @@ def test_split_counter_stays_after_release(matrix):
 
 
 @pytest.mark.parametrize("cfg,columns", [
-    (KernelConfig(), ["A.user", "A.kernel", "A.asi", "B.user"]),
-    (KernelConfig(pti=False), ["A.user", "A.kernel", "A.asi", "B.user"]),
-    (KernelConfig(asi=False), ["A.user", "A.kernel", "B.user"]),
-    (KernelConfig(pcid=False), ["A.user", "A.kernel", "A.asi", "B.user"]),
-    (KernelConfig(la57=True), ["A.user", "A.kernel", "A.asi", "B.user"]),
+    (MachineConfig(), ["A.user", "A.kernel", "A.asi", "B.user"]),
+    (MachineConfig(pti=False), ["A.user", "A.kernel", "A.asi", "B.user"]),
+    (MachineConfig(asi=False), ["A.user", "A.kernel", "B.user"]),
+    (MachineConfig(pcid=False), ["A.user", "A.kernel", "A.asi", "B.user"]),
+    (MachineConfig(la57=True), ["A.user", "A.kernel", "A.asi", "B.user"]),
 ])
 def test_every_cell_matches_linux(cfg, columns):
     r = run_matrix(cfg)
@@ -85,7 +84,7 @@ def test_every_cell_matches_linux(cfg, columns):
 
 
 def test_meltdown_layout_without_pti():
-    r = run_matrix(KernelConfig(pti=False))
+    r = run_matrix(MachineConfig(pti=False))
     for region in ("direct_map", "kernel_text", "kernel_data"):
         assert cell(r, region, "A.user", "r").got.text() == "#PF 0x5"     # present, supervisor
         assert cell(r, region, "B.user", "w").got.text() == "#PF 0x7"

@@ -119,7 +119,11 @@ class PhysMem(PhysView):
                               f"({MIN_RAM >> 20} MiB .. {MAX_RAM >> 30} GiB)")
         self.size = size
         # Private anonymous memory: lazily backed, and MADV_DONTNEED zeroes it.
-        self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as e:
+            raise ConfigError(f"cannot reserve {size >> 20} MiB of host memory for guest RAM: "
+                              f"{e.strerror}") from None
         self._cbuf = (ctypes.c_char * size).from_buffer(self.buf)
         self.frames = FrameAllocator(self, size >> PAGE_SHIFT)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from emu.linux import abi
 from emu.asm import Image, link
 from emu.errors import ConfigError
+from emu.linux.config import MachineConfig
 from emu.linux.layout import Layout, layout_for
 from emu.hw.paging import (ADDR_MASK, ControlState, KERNPG_TABLE, NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX,
                      PAT_LARGE, RW, US, A, D, G, PageTable, large_to_4k)
@@ -28,34 +29,6 @@ STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "mm.S", "syscalls.S", "sched.S", "asi.S",
               "data.S"]
 NOP5 = bytes.fromhex("0f1f440000")
-
-
-@dataclass
-class KernelConfig:
-    """Switches of the built-in machine (defaults: the default machine)."""
-
-    ram: int = 256 << 20
-    la57: bool = False
-    pti: bool = True
-    pcid: bool = True
-    asi: bool = True
-    smep: bool = True
-    smap: bool = True
-    pke: bool = False
-    nx: bool = True
-    invpcid: bool = True
-
-    @property
-    def levels(self) -> int:
-        return 5 if self.la57 else 4
-
-    @property
-    def global_pages(self) -> bool:
-        """PTI and ASI both clear _PAGE_GLOBAL from __default_kernel_pte_mask."""
-        return not self.pti and not self.asi
-
-    def features(self) -> dict[str, bool]:
-        return {"PTI": self.pti, "PCID": self.pcid, "ASI": self.asi, "LA57": self.la57}
 
 
 def stub_sources() -> list[tuple[str, str]]:
@@ -105,7 +78,7 @@ class Process:
 
 @dataclass
 class Kernel:
-    config: KernelConfig
+    config: MachineConfig
     mem: PhysMem
     layout: Layout
     image: Image
@@ -183,7 +156,7 @@ class Kernel:
 class KernelBuilder:
     """Builds a :class:`Kernel` into fresh guest RAM."""
 
-    def __init__(self, config: KernelConfig):
+    def __init__(self, config: MachineConfig):
         self.cfg = config
         self.lay = layout_for(config.levels)
         self.mem = PhysMem(config.ram)

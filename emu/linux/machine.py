@@ -23,15 +23,14 @@ from typing import Callable
 from emu.linux import abi
 from emu.asm import Image
 from emu.errors import ConfigError, GuestError
-from emu.linux.kernel import KernelBuilder, KernelConfig, Process
+from emu.linux.config import MachineConfig
+from emu.linux.kernel import KernelBuilder, Process
 from emu.hw.cpu import CpuConfig
 from emu.hw.microcode import System
 from emu.hw.x86 import vector_name
 from emu.hw.paging import ADDR_MASK, ControlState, Fault, error_code_words, read_virt
 from emu.hw.phys import FrameKind
 from emu.linux.program import assemble_program
-
-MachineConfig = KernelConfig
 
 DEFAULT_BUDGET = 10_000_000
 

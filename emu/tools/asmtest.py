@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from emu.linux import abi
 from emu.asm import Image, link
 from emu.errors import AsmError, GuestError, IsoemuError
-from emu.linux.kernel import KernelConfig
+from emu.linux.config import MachineConfig
 from emu.linux.layout import layout_for
 from emu.linux.machine import BudgetExhausted, Machine
 from emu.hw.x86 import ERROR_CODE_VECTORS, USER_REGISTERS, vector_name
@@ -117,7 +117,7 @@ class ProcessSpec:
 @dataclass
 class AsmTest:
     path: str
-    config: KernelConfig
+    config: MachineConfig
     budget: int
     processes: list[ProcessSpec]
     lines: list[str]              # the file, for source lines in reports
@@ -213,7 +213,7 @@ def parse_test(text: str, path: str) -> AsmTest:
     for k, p in enumerate(procs):
         p.source = "\n".join(ln if owner[i] == k else "" for i, ln in enumerate(lines)) + "\n"
     budget = int(cfg.pop("budget", DEFAULT_BUDGET))
-    config = KernelConfig(**{k: bool(v) for k, v in cfg.items()})
+    config = MachineConfig(**{k: bool(v) for k, v in cfg.items()})
     return AsmTest(path, config, budget, procs, lines)
 
 

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 
 from emu.linux import abi
-from emu.linux.kernel import KernelConfig
+from emu.linux.config import MachineConfig
 from emu.linux.machine import Machine
 from emu.hw.paging import error_code_words
 
@@ -89,7 +89,7 @@ def pf(ec: int, asi_exit: bool = False) -> Outcome:
 
 
 # --- the expectation model (Linux semantics) ----------------------------------------
-def expected(region: str, space: str, access: str, cfg: KernelConfig) -> Outcome:
+def expected(region: str, space: str, access: str, cfg: MachineConfig) -> Outcome:
     """What Linux does.  Error codes per SDM 4.7: bit 0 present, 1 write,
     2 user, 4 instruction fetch."""
     w = access == "w"
@@ -143,7 +143,7 @@ def expected(region: str, space: str, access: str, cfg: KernelConfig) -> Outcome
 _ABSENT_FROM_ASI = {"secret_direct_map", "direct_map_sensitive", "secret_direct_map_released"}
 
 
-def expected_released_user(space: str, access: str, cfg: KernelConfig) -> Outcome:
+def expected_released_user(space: str, access: str, cfg: MachineConfig) -> Outcome:
     acc = (2 if access == "w" else 0) | (16 if access == "x" else 0)
     return pf((1 if not cfg.pti else 0) | 4 | acc)
 
@@ -171,7 +171,7 @@ class Cell:
 
 @dataclass
 class MatrixResult:
-    config: KernelConfig
+    config: MachineConfig
     spaces: list[str]
     cells: list[Cell]
     stats: dict[str, int] = field(default_factory=dict)
@@ -232,8 +232,8 @@ class MatrixMachine:
     and touched its secret and finished its probes: the moment the
     inspection commands show."""
 
-    def __init__(self, cfg: KernelConfig | None = None):
-        self.cfg = cfg = cfg or KernelConfig()
+    def __init__(self, cfg: MachineConfig | None = None):
+        self.cfg = cfg = cfg or MachineConfig()
         self.spaces = ["A.user", "A.kernel"] + (["A.asi"] if cfg.asi else []) + ["B.user"]
         with open(PROGRAM) as f:
             base_src = f.read() + "\n.text\nuser_ret:\n    ret\n"
@@ -323,12 +323,12 @@ class MatrixMachine:
         return MatrixResult(self.cfg, self.spaces, cells, self.m.stats(), self.stats_at_yield)
 
 
-def run_matrix(cfg: KernelConfig | None = None) -> MatrixResult:
+def run_matrix(cfg: MachineConfig | None = None) -> MatrixResult:
     """Run every probe; the result compares each cell with :func:`expected`."""
     return MatrixMachine(cfg).finish()
 
 
-def default_machine(cfg: KernelConfig | None = None) -> Machine:
+def default_machine(cfg: MachineConfig | None = None) -> Machine:
     """The default machine paused with A's secret page live (for walk/ptdump/check)."""
     return MatrixMachine(cfg).pause_at_yield()
 

@@ -76,10 +76,10 @@ def image_space(args) -> Space:
 
 def config_from_args(args):
     """The machine switches common to every command that boots a machine."""
-    from emu.linux.kernel import KernelConfig
+    from emu.linux.config import MachineConfig
 
     ram = parse_size(args.ram) if getattr(args, "ram", None) else DEFAULT_RAM
-    return KernelConfig(ram=ram, la57=bool(getattr(args, "la57", False)),
+    return MachineConfig(ram=ram, la57=bool(getattr(args, "la57", False)),
                         pti=not getattr(args, "no_pti", False), pcid=not getattr(args, "no_pcid", False),
                         asi=not getattr(args, "no_asi", False))
 

@@ -1,0 +1,146 @@
+"""The machine's switches: one table for the asm test headers, ``--set`` and the API.
+
+Each switch has a name, a kind (on/off, or a size), a default (the default
+machine: PTI, PCID, ASI, SMEP, SMAP and NX on, 4-level paging, 256 MiB) and
+one line of help.  ``; isoemu: pti=off`` in a test, ``isoemu matrix --set
+pti=off`` and ``MachineConfig(pti=False)`` mean the same thing.  An unknown
+switch or value is refused with the nearest known one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+from emu.errors import ConfigError
+from emu.parse import parse_size
+
+MIN_RAM = 32 << 20
+#: the CPU models in use have a 40-bit physical address width (1 TiB)
+MAX_RAM = 1 << 40
+
+
+@dataclass(frozen=True)
+class Switch:
+    name: str
+    kind: str          # "bool" | "size"
+    help: str
+
+
+SWITCHES: dict[str, Switch] = {s.name: s for s in (
+    Switch("pti", "bool", "page-table isolation (arch/x86/mm/pti.c)"),
+    Switch("pcid", "bool", "process-context identifiers: CR4.PCIDE, tagged CR3 writes"),
+    Switch("asi", "bool", "address-space isolation (the ASI RFC series)"),
+    Switch("smep", "bool", "CR4.SMEP: no supervisor fetch from user pages"),
+    Switch("smap", "bool", "CR4.SMAP: no supervisor data access to user pages unless RFLAGS.AC"),
+    Switch("pke", "bool", "CR4.PKE: protection keys for user pages"),
+    Switch("nx", "bool", "EFER.NXE: the XD bit (off: __supported_pte_mask lacks _PAGE_NX)"),
+    Switch("invpcid", "bool", "the INVPCID instruction (off: flushes through CR4.PGE and CR3)"),
+    Switch("la57", "bool", "5-level paging"),
+    Switch("ram", "size", f"guest RAM, {MIN_RAM >> 20}M .. {MAX_RAM >> 40}T in 2 MiB steps (e.g. 4G)"),
+)}
+_ON = {"on": True, "off": False}
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Switches of the built-in machine (defaults: the default machine)."""
+
+    ram: int = 256 << 20
+    la57: bool = False
+    pti: bool = True
+    pcid: bool = True
+    asi: bool = True
+    smep: bool = True
+    smap: bool = True
+    pke: bool = False
+    nx: bool = True
+    invpcid: bool = True
+
+    def __post_init__(self):
+        if not MIN_RAM <= self.ram <= MAX_RAM:
+            raise ConfigError(f"RAM size {_fmt_size(self.ram)} is out of range ({MIN_RAM >> 20}M .. "
+                              f"{MAX_RAM >> 40}T)")
+        if self.ram % (2 << 20):
+            raise ConfigError(f"RAM size {_fmt_size(self.ram)} is not a multiple of 2 MiB")
+
+    @property
+    def levels(self) -> int:
+        return 5 if self.la57 else 4
+
+    @property
+    def global_pages(self) -> bool:
+        """PTI and ASI both clear _PAGE_GLOBAL from __default_kernel_pte_mask."""
+        return not self.pti and not self.asi
+
+    def features(self) -> dict[str, bool]:
+        """The stub's patchable features (``.alternative FEATURE``)."""
+        return {"PTI": self.pti, "PCID": self.pcid, "ASI": self.asi, "LA57": self.la57}
+
+    def replace(self, **changes) -> "MachineConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_switches(self, settings: dict[str, str]) -> "MachineConfig":
+        """This config with ``{name: text}`` switches applied (``pti``: ``off``)."""
+        return self.replace(**{k: parse_switch(k, v)[1] for k, v in settings.items()})
+
+    def switches(self) -> dict[str, str]:
+        """Every switch as text, as a test header would write it."""
+        out = {}
+        for name, sw in SWITCHES.items():
+            v = getattr(self, name)
+            out[name] = ("on" if v else "off") if sw.kind == "bool" else _fmt_size(v)
+        return out
+
+    def describe(self) -> str:
+        """``pti=on pcid=on asi=on ... ram=256M``."""
+        return " ".join(f"{k}={v}" for k, v in self.switches().items())
+
+
+def _fmt_size(v: int) -> str:
+    for unit, sh in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if v % (1 << sh) == 0:
+            return f"{v >> sh}{unit}"
+    return str(v)
+
+
+def nearest(word: str, choices) -> str:
+    """`` (did you mean 'pti'?)`` or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_switch(name: str, text: str) -> tuple[str, object]:
+    """(switch name, value) from ``name`` and its text; refused with the
+    nearest known switch or the values it takes."""
+    key = name.strip().lower()
+    sw = SWITCHES.get(key)
+    if sw is None:
+        raise ConfigError(f"unknown machine switch {name!r}{nearest(key, SWITCHES)}; "
+                          f"known: {', '.join(SWITCHES)}")
+    t = text.strip()
+    if sw.kind == "bool":
+        if t.lower() not in _ON:
+            raise ConfigError(f"{key}={text}: use {key}=on or {key}=off")
+        return key, _ON[t.lower()]
+    return key, parse_size(t, f"{key} size", lo=MIN_RAM, hi=MAX_RAM)
+
+
+def parse_assignments(items, what: str = "--set") -> dict[str, str]:
+    """``["pti=off", "ram=4G"]`` (or ``"pti=off,ram=4G"`` items) as
+    ``{name: text}``; each checked, a name given twice refused."""
+    out: dict[str, str] = {}
+    for item in items:
+        for tok in str(item).split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            key, eq, val = tok.partition("=")
+            if not eq or not val.strip():
+                raise ConfigError(f"{what} {tok!r}: write KEY=VALUE (e.g. pti=off)")
+            k, _ = parse_switch(key, val)
+            if k in out and out[k] != val.strip():
+                raise ConfigError(f"{what}: {k} is given twice ({out[k]} and {val.strip()})")
+            out[k] = val.strip()
+    return out

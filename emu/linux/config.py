@@ -59,11 +59,11 @@ class MachineConfig:
     invpcid: bool = True
 
     def __post_init__(self):
+        if self.ram % (2 << 20):
+            raise ConfigError(f"RAM size {_fmt_size(self.ram)} is not a multiple of 2 MiB")
         if not MIN_RAM <= self.ram <= MAX_RAM:
             raise ConfigError(f"RAM size {_fmt_size(self.ram)} is out of range ({MIN_RAM >> 20}M .. "
                               f"{MAX_RAM >> 40}T)")
-        if self.ram % (2 << 20):
-            raise ConfigError(f"RAM size {_fmt_size(self.ram)} is not a multiple of 2 MiB")
 
     @property
     def levels(self) -> int:

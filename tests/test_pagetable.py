@@ -199,7 +199,7 @@ def test_leaves_effective_permissions(mem):
 
 
 def test_five_level_table(mem):
-    pt = PageTable.create(mem, levels=5)
+    pt = PageTable.create(mem, mode=5)
     va = 0x00F0000000400000
     pt.map(va, 0x3000, 4096, PAGE_SHARED)
     r = pt.translate(va + 0x10, "w", 3)

@@ -5,8 +5,9 @@ import os
 import pytest
 
 from emu.errors import AllocError, ConfigError
-from emu.hw.paging import PAGE_SHARED, PageTable
+from emu.hw.paging import PAGE_SHARED, FrameRefs, PageTable
 from emu.hw.phys import FrameKind, PhysMem, parse_size
+from emu.linux.layout import LAYOUT_4LEVEL
 
 
 @pytest.mark.parametrize("text,value", [
@@ -90,10 +91,24 @@ def test_free_linked_page_table(mem):
 
 
 def test_direct_map_does_not_pin_frames(mem):
-    pt = PageTable.create(mem)
+    """A FrameRefs policy exempting the direct map: the linear map never holds
+    references, other leaves still do."""
+    base = LAYOUT_4LEVEL.page_offset
+    pt = PageTable.create(mem, policies=(FrameRefs(exempt=((base, base + LAYOUT_4LEVEL.direct_map_size),)),))
     pa = mem.frames.alloc(FrameKind.USER)
-    pt.map(pt.layout.page_offset, 0, mem.size, 0x8000000000000063)
-    mem.frames.free(pa)           # the linear map never holds references
+    pinned = mem.frames.alloc(FrameKind.USER)
+    pt.map(base, 0, mem.size, 0x8000000000000063)
+    pt.map(0x400000, pinned, 4096, PAGE_SHARED)
+    mem.frames.free(pa)
+    with pytest.raises(AllocError, match="still referenced by 1 page-table entry"):
+        mem.frames.free(pinned)
+
+
+def test_tables_without_policies_pin_nothing(mem):
+    pt = PageTable.create(mem, policies=())
+    pa = mem.frames.alloc(FrameKind.USER)
+    pt.map(0x400000, pa, 4096, PAGE_SHARED)
+    mem.frames.free(pa)
 
 
 def test_out_of_memory():

@@ -94,7 +94,7 @@ def test_runs_are_structured(mem):
 
 
 def test_five_level_names_p4d(mem):
-    pt = PageTable.create(mem, levels=5)
+    pt = PageTable.create(mem, mode=5)
     pt.map(0x400000, 0x1000, 4096, PAGE_READONLY_EXEC)
     lines = ptdump_lines(mem, pt.root, 5)
     assert lines[1].endswith("pmd") and lines[2].endswith("USR ro                     x  pte")

@@ -55,6 +55,7 @@ def bench_paging(quick: bool) -> list[dict]:
 
     from emu.hw.cpu import Cpu
     from emu.dev.demo import build_demo
+    from emu.linux.layout import LAYOUT_4LEVEL
     from emu.hw.paging import PAGE_KERNEL, ControlState, PageTable, translate
     from emu.hw.phys import GiB, MiB, PhysMem
     from emu.tools.ptdump import ptdump_lines
@@ -65,8 +66,8 @@ def bench_paging(quick: bool) -> list[dict]:
 
     def build() -> int:
         mem = PhysMem(ram)
-        pt = PageTable.create(mem)
-        pt.map(pt.layout.page_offset, 0, ram, PAGE_KERNEL, page_size=4096)
+        pt = PageTable.create(mem, policies=())
+        pt.map(LAYOUT_4LEVEL.page_offset, 0, ram, PAGE_KERNEL, page_size=4096)
         mem.close()
         return ram >> 12
 

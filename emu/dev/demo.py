@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu.linux.layout import layout_for
-from emu.hw.paging import (RW, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, PAGE_SHARED,
+from emu.hw.paging import (RW, PAGE_KERNEL, FrameRefs, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, PAGE_SHARED,
                      PageTable)
 from emu.hw.phys import MiB, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
@@ -34,7 +34,7 @@ class DemoLayout:
 
 def map_direct(pt: PageTable, mem: PhysMem) -> None:
     """The direct map: 1 GiB pages where aligned, 2 MiB elsewhere (init_64.c)."""
-    base = pt.layout.page_offset
+    base = layout_for(pt.levels).page_offset
     pa = 0
     while pa < mem.size:
         if pa % SIZE_1G == 0 and pa + SIZE_1G <= mem.size:
@@ -49,7 +49,9 @@ def build_demo(ram: int = 256 * MiB, levels: int = 4) -> DemoLayout:
     mem = PhysMem(ram)
     lay = layout_for(levels)
     mem.frames.reserve(KERNEL_PHYS, 4 * SIZE_2M, FrameKind.KERNEL_TEXT, "kernel")
-    pt = PageTable.create(mem, levels, name="demo.kernel", owner="kernel")
+    # the direct map pins no frame (a linear map of all RAM)
+    refs = FrameRefs(exempt=((lay.page_offset, lay.page_offset + lay.direct_map_size),))
+    pt = PageTable.create(mem, levels, name="demo.kernel", owner="kernel", policies=(refs,))
     map_direct(pt, mem)
     # set_memory_ro() on the image also changes its direct-map alias
     # (cpa_process_alias): text and rodata are 2 MiB aligned, so whole pages.

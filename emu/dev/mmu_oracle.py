@@ -56,7 +56,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from emu.hw.cpu import (CR0_WP, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER, MSR_STAR, RFLAGS_AC,
                   RFLAGS_RESERVED, Cpu, CpuConfig, RegBatch, error_code_offset)
 from emu.errors import GuestError
-from emu.hw.paging import (A, ACCESS_NAMES, D, FETCH, MAXPHYADDR, READ, RW, US, VEC_GP, VEC_PF, WRITE,
+from emu.hw.paging import (A, ACCESS_NAMES, mode_for, D, FETCH, MAXPHYADDR, READ, RW, US, VEC_GP, VEC_PF, WRITE,
                      ControlState, Fault, P, Translation, parse_access, translate)
 from emu.hw.phys import SIZE_2M, FrameKind, PhysMem
 
@@ -189,11 +189,8 @@ def _assemble(stages: list[tuple[str, list[str]]]) -> tuple[bytes, dict[str, tup
 
 
 def _top_slot_va(slot: int, levels: int) -> int:
-    shift = 12 + 9 * (levels - 1)
-    va = slot << shift
-    if slot >= 256:
-        va |= (-1 << (shift + 9)) & 0xFFFFFFFFFFFFFFFF
-    return va
+    mode = mode_for(levels)
+    return mode.sign_extend(slot << mode.top_shift)
 
 
 class MmuOracle:
@@ -234,7 +231,8 @@ class MmuOracle:
         """Tables below the top level mapping one code page at ``va``;
         returns the table the top-level entry points to."""
         first = t = self._table()
-        for shift in range(12 + 9 * (self.levels - 2), 12, -9):
+        for level in mode_for(self.levels).levels[1:-1]:
+            shift = level.shift
             nt = self._table()
             self.mem.write_u64(t + 8 * ((va >> shift) & 511), nt | table_flags)
             t = nt

@@ -22,7 +22,7 @@ from emu.errors import ConfigError
 from emu.linux.config import MachineConfig
 from emu.linux.layout import Layout, layout_for
 from emu.hw.paging import (ADDR_MASK, ControlState, KERNPG_TABLE, NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX,
-                     PAT_LARGE, RW, US, A, D, G, PageTable, large_to_4k)
+                     PAGE_TABLE, PAT_LARGE, RW, US, A, D, G, PageTable, PtiMirror, large_to_4k)
 from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
 STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernel_stub")
@@ -171,16 +171,15 @@ class KernelBuilder:
     def _alloc(self, kind: FrameKind, owner: str = "kernel", order: int = 0) -> int:
         return self.mem.frames.alloc(kind, order, owner)
 
-    def _new_pgd(self, name: str, pair: bool) -> PageTable:
-        pt = PageTable.create(self.mem, self.cfg.levels, name=name, owner=name, pti=pair)
-        return self._kernel_owned(pt)
+    def _stub_table(self, pti: bool = False, table_flags: int = PAGE_TABLE) -> dict:
+        """What a table the stub maintains is made with: no frame references
+        (the stub frees its own frames and tables), PTI's user-PGD mirror for
+        a PGD pair, and __supported_pte_mask (no NX without EFER.NXE)."""
+        return {"policies": (PtiMirror(),) if pti else (), "table_flags": table_flags,
+                "pte_mask": ~0 if self.cfg.nx else ~NX}
 
-    def _kernel_owned(self, pt: PageTable) -> PageTable:
-        """Tables the stub maintains: no Python refcounts, NX only if supported."""
-        pt.accounting = False
-        if not self.cfg.nx:
-            pt.pte_mask = ~NX
-        return pt
+    def _new_pgd(self, name: str, pair: bool) -> PageTable:
+        return PageTable.create(self.mem, self.cfg.levels, name=name, owner=name, **self._stub_table(pair))
 
     # -- the build ----------------------------------------------------------------
     def build(self) -> Kernel:
@@ -354,9 +353,9 @@ class KernelBuilder:
         clone_pgd_range).
         """
         lay, k = self.lay, self.k
-        user = self._kernel_owned(PageTable(self.mem, init.user_root, self.cfg.levels, name="kernel.user",
-                                            owner="kernel"))
-        user.table_flags = KERNPG_TABLE       # pti_user_pagetable_walk_*: _KERNPG_TABLE
+        # pti_user_pagetable_walk_*: new tables as _KERNPG_TABLE
+        user = PageTable(self.mem, init.user_root, self.cfg.levels, name="kernel.user", owner="kernel",
+                         **self._stub_table(table_flags=KERNPG_TABLE))
         top = "p4d" if self.cfg.levels == 5 else "pgd"
         # pti_clone_user_shared: the whole cpu_entry_area (pti_clone_p4d)
         user.share(init, lay.cpu_entry_area, 1 << 39, top)
@@ -377,7 +376,7 @@ class KernelBuilder:
         fixmap (the whole top slot), cpu_entry_area, espfix, vmalloc (kernel
         stacks), and a direct map holding only non-sensitive pages."""
         lay, k = self.lay, self.k
-        g = self._kernel_owned(PageTable.create(self.mem, self.cfg.levels, name="asi.global", owner="asi"))
+        g = PageTable.create(self.mem, self.cfg.levels, name="asi.global", owner="asi", **self._stub_table())
         top = "p4d" if self.cfg.levels == 5 else "pgd"
         for va in (lay.kernel_map & ~((1 << 39) - 1), lay.cpu_entry_area, lay.espfix_base,
                    lay.vmalloc_start):

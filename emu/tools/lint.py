@@ -21,13 +21,12 @@ Each lint is a question a reviewer of page-table code asks:
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass
 
-from emu.errors import TableError
 from emu.linux.layout import layout_for
-from emu.hw.paging import ADDR_MASK, MAXPHYADDR, NX, P, PAT_LARGE, PS, RW, US, fmt_size, rsvd_hi_mask, sign_extend
-from emu.hw.phys import PAGE_SIZE, FrameKind, PhysView
+from emu.hw.paging import (ADDR_MASK, MAXPHYADDR, PAT_LARGE, PS, RW, US, Level, PagingMode, TableVisitor, fmt_size,
+                           mode_for, rsvd_hi_mask)
+from emu.hw.phys import FrameKind, PhysView
 
 LINTS = ("wx", "user-kernel", "alias-wx", "reserved", "pgtable-owner", "l1tf")
 
@@ -47,75 +46,69 @@ class Finding:
         return {"lint": self.lint, "va": f"{self.va:#x}", "size": self.size, "message": self.message}
 
 
+class _Lints(TableVisitor):
+    """One walk of the tree, every lint asked at every entry."""
+
+    def __init__(self, mem: PhysView, root: int, mode: PagingMode, maxphyaddr: int, only: tuple[str, ...]):
+        super().__init__(mem, root, mode)
+        self.lay = layout_for(mode.depth)
+        self.only = only
+        self.hi_rsvd = rsvd_hi_mask(maxphyaddr)
+        self.pfn_mask = ADDR_MASK & ((1 << maxphyaddr) - 1)
+        self.frames = getattr(mem, "frames", None)
+        self.out: list[Finding] = []
+        self.leaves: list[tuple[int, int, int, bool, bool]] = []   # va, size, pa, writable, exec
+
+    def _reserved(self, va: int, level: Level, e: int, epa: int) -> None:
+        bad = self.hi_rsvd
+        if level.ps_reserved:
+            bad |= PS
+        elif self.mode.is_leaf(level, e) and not level.is_pte:
+            bad |= (level.size - 1) & ADDR_MASK & ~PAT_LARGE
+        if e & bad and "reserved" in self.only:
+            self.out.append(Finding("reserved", va, level.size,
+                                    f"{level.name} entry {e:#018x} at {epa:#x} sets reserved bits {e & bad:#x}"))
+
+    def nonpresent(self, va, level, e, epa, eff, nx):
+        if level.leaf_ok and not self.lay.is_user(va) and "l1tf" in self.only:
+            pfn_pa = e & self.pfn_mask
+            if pfn_pa < self.mem.size:
+                self.out.append(Finding("l1tf", va, level.size,
+                                        f"non-present {level.name} {e:#018x} keeps PFN {pfn_pa >> 12:#x} "
+                                        f"(in RAM); Linux stores it inverted"))
+
+    def leaf(self, va, level, e, epa, eff, nx):
+        self._reserved(va, level, e, epa)
+        span = level.size
+        user, writable = bool(eff & US), bool(eff & RW)
+        kernel = not self.lay.is_user(va)
+        if writable and not nx and "wx" in self.only:
+            self.out.append(Finding("wx", va, span, f"writable and executable ({level.name} {e:#018x})"))
+        if user and kernel and va != self.lay.vsyscall and "user-kernel" in self.only:
+            self.out.append(Finding("user-kernel", va, span,
+                                    f"kernel address reachable from CPL3 ({level.name} {e:#018x})"))
+        self.leaves.append((va, span, e & ADDR_MASK & ~(span - 1), writable, not nx))
+
+    def table(self, va, level, e, epa, eff, nx):
+        self._reserved(va, level, e, epa)
+        child = e & ADDR_MASK
+        frames = self.frames
+        if frames is not None and "pgtable-owner" in self.only and child < self.mem.size \
+                and frames.kind_of(child) != FrameKind.PGTABLE:
+            self.out.append(Finding("pgtable-owner", va, level.size,
+                                    f"{level.name} entry points at {child:#x}, a frame owned as "
+                                    f"{frames.kind_of(child).name.lower()}, not as a page table"))
+        return True
+
+
 def check(mem: PhysView, root: int, levels: int = 4, maxphyaddr: int = MAXPHYADDR,
           only: tuple[str, ...] = LINTS) -> list[Finding]:
     """Run the lints over the tables rooted at ``root``; findings in VA order."""
-    lay = layout_for(levels)
-    buf = mem.buf
-    frames = getattr(mem, "frames", None)
-    hi_rsvd = rsvd_hi_mask(maxphyaddr)
-    ram = mem.size
-    out: list[Finding] = []
-    leaves: list[tuple[int, int, int, bool, bool]] = []   # va, size, pa, writable, exec
-    names = ["pgd", "p4d", "pud", "pmd", "pte"] if levels == 5 else ["pgd", "pud", "pmd", "pte"]
-    top = 12 + 9 * (levels - 1)
-
-    def rec(t: int, shift: int, base: int, eff: int, nx: int, path: tuple):
-        if not mem.contains(t, PAGE_SIZE):
-            raise TableError(f"table at {t:#x} (for {sign_extend(base, levels):#x}) is outside "
-                             f"{mem.name} (size {mem.size:#x})")
-        ents = array("Q", buf[t:t + PAGE_SIZE])
-        span = 1 << shift
-        lname = names[(top - shift) // 9]
-        for i, e in enumerate(ents):
-            if not e:
-                continue
-            v = base + i * span
-            va = sign_extend(v, levels)
-            kernel = not lay.is_user(va)
-            leaf_level = shift == 12 or (e & PS and shift in (21, 30))
-            if not e & P:
-                if kernel and (shift in (12, 21, 30)) and "l1tf" in only:
-                    pfn_pa = e & ADDR_MASK & ((1 << maxphyaddr) - 1)
-                    if pfn_pa < ram:
-                        out.append(Finding("l1tf", va, span,
-                                           f"non-present {lname} {e:#018x} keeps PFN {pfn_pa >> 12:#x} "
-                                           f"(in RAM); Linux stores it inverted"))
-                continue
-            bad = hi_rsvd
-            if shift >= 39:
-                bad |= PS
-            elif leaf_level and shift != 12:
-                bad |= ((1 << shift) - 1) & ADDR_MASK & ~PAT_LARGE
-            if e & bad and "reserved" in only:
-                out.append(Finding("reserved", va, span,
-                                   f"{lname} entry {e:#018x} at {t + 8 * i:#x} sets reserved bits {e & bad:#x}"))
-            e_eff = eff & e
-            e_nx = (nx | e) & NX
-            if leaf_level:
-                user, writable = bool(e_eff & US), bool(e_eff & RW)
-                pa = e & ADDR_MASK & ~(span - 1)
-                if writable and not e_nx and "wx" in only:
-                    out.append(Finding("wx", va, span, f"writable and executable ({lname} {e:#018x})"))
-                if user and kernel and va != lay.vsyscall and "user-kernel" in only:
-                    out.append(Finding("user-kernel", va, span,
-                                       f"kernel address reachable from CPL3 ({lname} {e:#018x})"))
-                leaves.append((va, span, pa, writable, not e_nx))
-                continue
-            child = e & ADDR_MASK
-            if child in path:
-                raise TableError(f"loop in page tables: the {lname} entry for {va:#x} points back "
-                                 f"to the table at {child:#x}")
-            if frames is not None and "pgtable-owner" in only and child < ram \
-                    and frames.kind_of(child) != FrameKind.PGTABLE:
-                out.append(Finding("pgtable-owner", va, span,
-                                   f"{lname} entry points at {child:#x}, a frame owned as "
-                                   f"{frames.kind_of(child).name.lower()}, not as a page table"))
-            rec(child, shift - 9, v, e_eff, e_nx, path + (child,))
-
-    rec(root & ADDR_MASK, top, 0, US | RW, 0, (root & ADDR_MASK,))
+    v = _Lints(mem, root, mode_for(levels), maxphyaddr, only)
+    v.walk()
+    out = v.out
     if "alias-wx" in only:
-        out.extend(_alias_wx(leaves, lay.is_user))
+        out.extend(_alias_wx(v.leaves, v.lay.is_user))
     out.sort(key=lambda f: (f.va, f.lint))
     return _merge(out)
 

@@ -12,16 +12,14 @@ where lines break, exactly as in Linux.
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass
 from typing import Iterator
 
-from emu.errors import TableError
 from emu.linux.layout import Layout, layout_for
-from emu.hw.paging import ADDR_MASK, NX, P, PAT, PAT_LARGE, PCD, PS, PWT, RW, US, G, sign_extend
-from emu.hw.phys import PAGE_SIZE, PhysView
+from emu.hw.paging import FLAGS_MASK as PTE_FLAGS_MASK
+from emu.hw.paging import NX, P, PAT, PAT_LARGE, PCD, PS, PWT, RW, US, G, Level, PagingMode, TableVisitor, mode_for
+from emu.hw.phys import PhysView
 
-PTE_FLAGS_MASK = ~ADDR_MASK & 0xFFFFFFFFFFFFFFFF
 _LEVEL_NAME = ("pgd", "p4d", "pud", "pmd", "pte")
 _UNITS = "BKMGTPE"
 
@@ -116,51 +114,40 @@ class _Dumper:
         self.start, self.prot, self.eff, self.level = addr, new_prot, new_eff, level
 
 
+# Linux's ptdump level numbers (mm/ptdump.c): pgd 0, p4d 1 (folded at 4 levels), pud 2, pmd 3, pte 4
+_LINUX_LEVEL = {name: i for i, name in enumerate(_LEVEL_NAME)}
+
+
+class _Walk(TableVisitor):
+    """mm/ptdump.c + mm/pagewalk.c: every entry, holes included, in order."""
+
+    holes = True
+
+    def __init__(self, mem: PhysView, root: int, mode: PagingMode, st: _Dumper):
+        super().__init__(mem, root, mode)
+        self.st = st
+
+    def _effective(self, level: Level, entry: int, eff: int, nx: bool) -> int:
+        # effective_prot(): the top level keeps every flag, the levels below
+        # U/S and R/W ANDed and NX ORed (arch/x86/mm/dump_pagetables.c)
+        if level is self.mode.top:
+            return entry & PTE_FLAGS_MASK
+        return (eff & (US | RW)) | (NX if nx else 0)
+
+    def hole(self, va, level):
+        self.st.note(va, _LINUX_LEVEL[level.name], 0, 0)      # pte_hole / an empty pte
+
+    def leaf(self, va, level, entry, entry_pa, eff, nx):
+        self.st.note(va, _LINUX_LEVEL[level.name], entry, self._effective(level, entry, eff, nx))
+
+    nonpresent = leaf
+
+
 def _walk(mem: PhysView, root: int, levels: int, st: _Dumper) -> None:
-    """mm/ptdump.c + mm/pagewalk.c over the two x86-64 ranges."""
+    """The two x86-64 ranges of dump_pagetables (the non-canonical hole and
+    the guard hole below the LDT remap skipped), then the final flush."""
     lay = layout_for(levels)
-    buf = mem.buf
-    # level numbers as ptdump sees them: pgd=0, p4d=1 (only with 5 levels), pud=2, pmd=3, pte=4
-    lvls = [0, 1, 2, 3, 4] if levels == 5 else [0, 2, 3, 4]
-    top_shift = 12 + 9 * (levels - 1)
-    ranges = [(0, lay.user_end), (lay.ldt_base, 1 << 64)]
-
-    def table(t: int, shift: int, base: int) -> array:
-        if not mem.contains(t, PAGE_SIZE):
-            raise TableError(f"table at {t:#x} (for {sign_extend(base, levels):#x}) is outside "
-                             f"{mem.name} (size {mem.size:#x})")
-        return array("Q", buf[t:t + PAGE_SIZE])
-
-    def rec(t: int, depth: int, shift: int, base: int, lo: int, hi: int, higher: int, path: tuple):
-        ents = table(t, shift, base)
-        span = 1 << shift
-        level = lvls[depth]
-        first = max(0, (lo - base) >> shift)
-        last = min(512, (hi - base + span - 1) >> shift)
-        for i in range(first, last):
-            e = ents[i]
-            v = base + i * span
-            addr = sign_extend(v, levels)
-            prot = e & PTE_FLAGS_MASK
-            eff = prot if depth == 0 else ((higher & prot & (US | RW)) | ((higher | prot) & NX))
-            if not e:
-                st.note(addr, level, 0, 0)          # hole (pte_hole / empty pte)
-                continue
-            leaf = shift == 12 or not e & P or (e & PS and shift in (21, 30))
-            if leaf:
-                st.note(addr, level, e, eff)
-                continue
-            child = e & ADDR_MASK
-            if child in path:
-                raise TableError(f"loop in page tables: the {_LEVEL_NAME[level]} entry for {addr:#x} "
-                                 f"points back to the table at {child:#x}")
-            rec(child, depth + 1, shift - 9, v, max(lo, v), min(hi, v + span), eff, path + (child,))
-
-    root &= ADDR_MASK
-    for lo, hi in ranges:
-        # canonical addresses -> index space (strip the sign extension)
-        mask = (1 << (top_shift + 9)) - 1
-        rec(root, 0, top_shift, 0, lo & mask, ((hi - 1) & mask) + 1, 0, (root,))
+    _Walk(mem, root, mode_for(levels), st).walk([(0, lay.user_end), (lay.ldt_base, 1 << 64)])
     st.note(0, -1, 0, 0)   # flush: the last run ends at address 0, as in Linux
 
 

@@ -97,7 +97,7 @@ def bench_paging(quick: bool) -> list[dict]:
 
     ctl = ControlState()
     vas = [demo.kernel_text + 4096 * (i % 16) for i in range(64)] + \
-          [demo.kernel.layout.page_offset + (i << 21) + 0x123 for i in range(64)]
+          [LAYOUT_4LEVEL.page_offset + (i << 21) + 0x123 for i in range(64)]
     reps = 20000 if quick else 100000
 
     def walks() -> int:

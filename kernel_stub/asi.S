@@ -43,6 +43,7 @@ __asi_enter:
     shl rcx, ASI_PCID_SHIFT
     or rax, rcx
 .Lae_write:
+    .cr3_write
     mov cr3, rax
 .Lae_done:
     ret
@@ -64,6 +65,7 @@ asi_exit:
     mov rcx, qword ptr gs:[tlbstate_loaded_mm_asid]
     lea rax, [rax + rcx + 1]
 .Lax_write:
+    .cr3_write
     mov cr3, rax
     mov qword ptr gs:[asi_curr], 0
     inc qword ptr [asi_exits]
@@ -79,6 +81,7 @@ asi_abort_critical_section:
     je .Laa_done
     cmp qword ptr [rax + TASK_asi_nest], 1
     jne .Laa_done
+    .hook asi_abort
 asi_critical_section_aborted:
     mov qword ptr [rax + TASK_asi_target], 0
     mov qword ptr [rax + TASK_asi_nest], 0

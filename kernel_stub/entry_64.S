@@ -27,6 +27,7 @@ entry_SYSCALL_64_after_hwframe:
     mov rdi, rsp
     movsxd rsi, eax
     call do_syscall_64
+    .hook syscall_return
 entry_SYSCALL_64_after_call:
     # SYSRET only if it would restore exactly what IRET would
     mov rcx, qword ptr [rsp + PT_RCX]

@@ -60,6 +60,7 @@
     bts \scratch, 63
 .Ladjust_\@:
     and \scratch, -0x1801
+    .cr3_write noflush
     mov cr3, \scratch
 .Lend_\@:
 .endm
@@ -87,6 +88,7 @@
     or \scratch, 0x800
 .Lwrcr3_\@:
     or \scratch, 0x1000
+    .cr3_write noflush
     mov cr3, \scratch
 .Lend_\@:
 .endm
@@ -109,6 +111,7 @@
     bts \scratch, 63
 .Ladjust_\@:
     and \scratch, -0x1801
+    .cr3_write noflush
     mov cr3, \scratch
 .Ldone_\@:
 .endm

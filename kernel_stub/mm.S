@@ -239,8 +239,10 @@ flush_tlb_all:
 .Lfta_pge:
     mov rax, cr4
     btc rax, 7
+    .cr4_write
     mov cr4, rax
     btc rax, 7
+    .cr4_write
     mov cr4, rax
     ret
 
@@ -259,6 +261,7 @@ invalidate_user_asid:
 # flush_tlb_one_user(va): invlpg for the current PCID; with PTI also the user
 # PCID: INVPCID type 0 when available, else a deferred full user flush
 flush_tlb_one_user:
+    .invlpg
     invlpg [rdi]
     cmp qword ptr [feature_pti], 0
     je .Lftu_done

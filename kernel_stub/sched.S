@@ -85,6 +85,7 @@ switch_mm_irqs_off:
     cmp qword ptr [feature_pcid], 0
     jne .Lsw_pcid
     mov rax, qword ptr [rbx + MM_pgd]
+    .cr3_write
     mov cr3, rax
     xor r12, r12
     jmp .Lsw_loaded
@@ -133,6 +134,7 @@ switch_mm_irqs_off:
     mov rax, qword ptr [rbx + MM_pgd]
     lea rax, [rax + r12 + 1]
     bts rax, 63
+    .cr3_write noflush
     mov cr3, rax
     jmp .Lsw_loaded
 .Lsw_flush:
@@ -146,6 +148,7 @@ switch_mm_irqs_off:
     call invalidate_user_asid
     mov rax, qword ptr [rbx + MM_pgd]
     lea rax, [rax + r12 + 1]
+    .cr3_write
     mov cr3, rax
 .Lsw_loaded:
     mov qword ptr gs:[tlbstate_loaded_mm], rbx
@@ -158,13 +161,10 @@ switch_mm_irqs_off:
 
 # do_exit(code): the exit status is recorded, files and mappings released
 # (a secretmem file's pages go back to the direct map), then another task runs.
+    .hook exit
 do_exit:
     GET_CURRENT rbx
     mov qword ptr [rbx + TASK_exit_code], rdi
-    # the jump ends a translation block, so isoemu can observe the label with
-    # a block hook (emu/machine.py _install_probes)
-    jmp do_exit_teardown
-do_exit_teardown:
     xor r12, r12
 .Lex_files:
     cmp r12, MAX_FDS

@@ -123,6 +123,7 @@ exc_page_fault:
     # (2025 RFCv2: "asi_exit() on PF, skip handling if address is accessible").
     cmp qword ptr gs:[asi_curr], 0
     je .Lpf_no_asi
+    .hook asi_fault_exit
 asi_exit_on_fault:
     call asi_exit
     inc qword ptr [asi_fault_exits]

@@ -459,7 +459,7 @@ def test_breakpoints_do_not_change_what_the_machine_does():
     ref.run()
     m, dbg = debugger(SENSITIVE, record=True)
     noflush_sites = [a for a in m.cpu.cr3_sites if m.symbolize(a).startswith("entry_SYSCALL_64")]
-    for where in ["asi_exit_on_fault", "do_exit_teardown", noflush_sites[0], "A:probe_syscall"]:
+    for where in ["asi_exit_on_fault", "do_exit", noflush_sites[0], "A:probe_syscall"]:
         dbg.break_at(where)
     stops = run_to_halt(dbg)
     assert len(stops) > 4 and stops[-1].reason == "halt"

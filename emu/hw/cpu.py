@@ -137,6 +137,27 @@ class OneReg:
         C.reg_write(self._h, self._id, self._p)
 
 
+# Instructions after which QEMU always starts a new translated block: control
+# transfers, and writes to control registers or the TLB (target/i386 gen_eob)
+_BLOCK_ENDERS = ("jmp", "call", "ret", "iretq", "sysretq", "sysret", "syscall", "hlt", "int3", "int",
+                 "invlpg", "ud2", "invpcid")
+
+
+def ends_translation_block(insn: str) -> bool:
+    """Does every translated block end after ``insn`` (``mnemonic operands``;
+    empty: the start of a section, which nothing falls into; ``?``: unknown
+    bytes)?  Then a bounded block hook at the next address fires on every
+    arrival there."""
+    if not insn:
+        return True
+    if insn == "?":
+        return False
+    m, _, ops = insn.partition(" ")
+    if m.startswith("j") or m.startswith("loop") or m in _BLOCK_ENDERS:
+        return True
+    return m == "mov" and ops.startswith("cr")
+
+
 @dataclass
 class CpuConfig:
     la57: bool = False

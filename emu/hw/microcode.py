@@ -33,7 +33,7 @@ import capstone
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
-from emu.hw.cpu import (context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
+from emu.hw.cpu import (ends_translation_block, context_offset, error_code_offset, CR4_LA57, CR4_PCIDE, MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RFLAGS_AC, RFLAGS_IF, C, Cpu, OneReg)
 from emu.errors import GuestError
 from emu.hw.x86 import CONTRIBUTORY, ERROR_CODE_VECTORS, vector_name
 from emu.hw.paging import (PF_I, PF_U, PF_W, READ, VEC_GP, VEC_PF, ControlState, Fault, WalkCache,
@@ -147,6 +147,7 @@ class System(Cpu):
         # addr -> (reg id, size, may carry NOFLUSH): every 'mov cr3, reg' of the kernel
         self.cr3_sites: dict[int, tuple[int, int, bool]] = {}
         self._block_starts: dict[int, list] = {}      # addr -> [fn]: add_block_start_hook
+        self._block_start_handles: dict[int, int] = {}  # addr -> its Unicorn block hook
         self._pending_restore: tuple | None = None    # LA57: (register, value with NOFLUSH)
         self._last_block_start: int | None = None     # the block-start hook that fired last
         self._suppress_block_start: int | None = None
@@ -276,8 +277,35 @@ class System(Cpu):
                 self._call_all(tuple(fns), a, until_stop=False)
             h = self.add_hook("block", hook, addr, addr)
             self._code_hooks[h] = addr
+            self._block_start_handles[addr] = h
             self.flush_code_cache()
         fns.append(fn)
+
+    def del_block_start_hook(self, addr: int, fn: Callable[[int], None]) -> None:
+        """Remove a function added with :meth:`add_block_start_hook`; the
+        Unicorn hook goes with the address's last function."""
+        fns = self._block_starts.get(addr)
+        if fns and fn in fns:
+            fns.remove(fn)
+            if not fns:
+                del self._block_starts[addr]
+                self.del_code_hook(self._block_start_handles.pop(addr))
+
+    def add_site_hook(self, addr: int, after: str, fn: Callable[[int], None]):
+        """Call fn(addr) before the instruction at ``addr``, whose predecessor
+        is the instruction ``after`` (a declared site of the stub): a
+        block-start hook when every arrival starts a translated block, a code
+        hook otherwise.  Returns a handle for :meth:`del_site_hook`."""
+        if ends_translation_block(after):
+            self.add_block_start_hook(addr, fn)
+            return ("block", addr, fn)
+        return ("code", self.add_code_hook(addr, fn))
+
+    def del_site_hook(self, handle) -> None:
+        if handle[0] == "block":
+            self.del_block_start_hook(handle[1], handle[2])
+        else:
+            self.del_code_hook(handle[1])
 
     def add_block_hook(self, fn: Callable[[int, int], None]) -> int:
         """Call fn(addr, size) at the start of every translated block executed."""

@@ -152,49 +152,42 @@ class Machine:
         self._name_roots()
 
     def _install_cr3_sites(self) -> None:
-        insns = self.kernel.image.insns
-        self._cr3_insns: dict[int, str] = {}
-        for i, ins in enumerate(insns):
-            if ins.mnemonic == "mov" and ins.op_str.startswith("cr3, "):
-                self._cr3_insns[ins.addr] = f"{ins.mnemonic} {ins.op_str}"
-                reg = ins.op_str.split(", ")[1]
-                # NOFLUSH can only come from a 'bts reg, 0x3f' on the way here
-                noflush = any(p.mnemonic == "bts" and p.op_str.endswith(", 0x3f")
-                              for p in insns[max(0, i - 16):i])
-                self.cpu.add_cr3_site(ins.addr, reg, ins.size, may_set_noflush=noflush)
-        self.cpu.hlt_sites = {ins.addr + ins.size for ins in insns if ins.mnemonic == "hlt"}
+        """Every CR3 write the stub declares (``.cr3_write [noflush]``)."""
+        img = self.kernel.image
+        self._cr3_insns = {s.addr: s.name for s in img.sites_of("cr3_write")}
+        for s in img.sites_of("cr3_write"):
+            self.cpu.add_cr3_site(s.addr, s.operand, s.size, may_set_noflush=s.noflush)
+        self.cpu.hlt_sites = {ins.addr + ins.size for ins in img.insns if ins.mnemonic == "hlt"}
+
+    # the stub's declared hooks (``.hook NAME``) and what observes them:
+    # always, and only while someone records events
+    HOOKS = {"exit": "_on_exit", "asi_fault_exit": "_on_asi_fault", "asi_abort": "_on_asi_abort"}
+    EVENT_HOOKS = {"syscall_return": "_on_syscall_return"}
 
     def _install_probes(self) -> None:
-        """Python's observation points in the stub: block-start hooks, which
-        cost nothing while other code runs (each label follows a branch)."""
-        for name, fn in (("do_exit_teardown", self._on_exit), ("asi_exit_on_fault", self._on_asi_fault),
-                         ("asi_critical_section_aborted", self._on_asi_abort)):
-            self.cpu.add_block_start_hook(self._block_start(name), fn)
+        """Python's observation points in the stub: the declared hooks."""
+        for name, method in self.HOOKS.items():
+            self._hook(name, getattr(self, method))
+        self._event_probe_hooks: list = []
         if self.cpu.want_events:
             self._install_event_probes()
 
-    def _block_start(self, name: str) -> int:
-        """The address of a stub label that always starts a translated block."""
-        addr = self.kernel.sym(name)
-        insns = self.kernel.image.insns
-        i = next((j for j, ins in enumerate(insns) if ins.addr == addr), None)
-        if i is None or i == 0 or not _ends_block(insns[i - 1]):
-            raise GuestError(f"stub label {name} must follow a branch, call or ret (a block start) "
-                             f"to be observed")
-        return addr
+    def _hook(self, name: str, fn):
+        site = self.kernel.image.site("hook", name)
+        if site is None:
+            raise GuestError(f"the kernel stub declares no '.hook {name}' (kernel_stub/*.S)")
+        return self.cpu.add_site_hook(site.addr, site.after, fn)
 
     def _install_event_probes(self) -> None:
         """Probes that only make events: installed while someone records."""
-        if not getattr(self, "_event_probes", False):
-            self._event_probes = True
-            self._event_probe_hooks = [
-                self.cpu.add_code_hook(self.kernel.sym("entry_SYSCALL_64_after_call"), self._on_syscall_return)]
+        if not self._event_probe_hooks:
+            self._event_probe_hooks = [self._hook(name, getattr(self, method))
+                                       for name, method in self.EVENT_HOOKS.items()]
 
     def _remove_event_probes(self) -> None:
-        if getattr(self, "_event_probes", False):
-            self._event_probes = False
-            for h in self._event_probe_hooks:
-                self.cpu.del_code_hook(h)
+        for h in self._event_probe_hooks:
+            self.cpu.del_site_hook(h)
+        self._event_probe_hooks = []
 
     def _name_roots(self) -> None:
         k = self.kernel
@@ -321,10 +314,11 @@ class Machine:
 
     # -- probes at stub symbols ---------------------------------------------------------------
     def _on_exit(self, addr: int) -> None:
+        """At do_exit(code): rdi holds the status (SysV ABI)."""
         k = self.kernel
         task = k.current_task()
         p = k.process_by_task(task)
-        status = k.read_q(task + abi.TASK["exit_code"])
+        status = self.cpu.reg("rdi")
         killed = k.read_q(task + abi.TASK["killed_by"])
         info = {"pid": p.pid if p else None, "name": p.name if p else "?", "status": status,
                 "signal": abi.SIGNAL_NAMES.get(killed) if killed else None, "fault": None}
@@ -445,19 +439,6 @@ class Machine:
 
     def read_u64(self, va: int, space: str | None = None) -> int:
         return struct.unpack("<Q", self.read_virt(va, 8, space))[0]
-
-
-# Instructions after which QEMU always starts a new translated block: control
-# transfers, and writes to control registers or the TLB (gen_eob)
-_BLOCK_ENDERS = ("jmp", "call", "ret", "iretq", "sysretq", "sysret", "syscall", "hlt", "int3", "int",
-                 "loop", "invlpg", "ud2")
-
-
-def _ends_block(ins) -> bool:
-    m = ins.mnemonic
-    if m.startswith("j") or m in _BLOCK_ENDERS or m.startswith("loop"):
-        return True
-    return m == "mov" and ins.op_str.startswith("cr")
 
 
 def describe_fault(ev: Event) -> str:

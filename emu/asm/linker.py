@@ -1,0 +1,279 @@
+"""The linker: each section assembled by keystone at its final address,
+labels of other sections and predefined constants as ``.equ`` lines,
+``.align`` padded here, passes until addresses converge."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+
+import keystone
+
+from emu.asm.checks import resolve_sites, verify
+from emu.asm.engines import ks_asm, ks_message, reset_engines
+from emu.asm.image import SYM_PREFIX, Image, Section, Stmt
+from emu.asm.source import IDENT, KEYWORDS, REGISTERS, SourceParser
+from emu.errors import AsmError
+
+_IMAGE_CACHE: dict[str, Image] = {}
+
+
+class _Inconsistent(Exception):
+    """keystone's output contradicts itself (see :func:`_check_layout`)."""
+
+
+def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dict[str, int] | None = None,
+         include_dirs: list[str] | None = None, default_section: str = ".text",
+         nobits: tuple[str, ...] = (".bss",), cache: bool = True,
+         required_sites: tuple[str, ...] = ()) -> Image:
+    """Assemble and link ``sources`` (name, text) into an :class:`Image`.
+
+    ``layout`` maps each section name to its base address.  ``predefined``
+    are constants visible to every file (syscall numbers, struct offsets...).
+    ``required_sites`` are site kinds (``cr3_write``, ``cr4_write``,
+    ``invlpg``) whose instructions must all be declared (the stub contract).
+    Identical inputs return the cached image.
+
+    The layout keystone reports is checked against itself after linking;
+    keystone 0.9.2 has been seen, rarely and not reproducibly, to report
+    statement addresses that do not match the bytes (a 4 KiB-aligned IDT at
+    an unaligned address): the link is then redone once with a new engine,
+    and a second inconsistency is an error (docs/unicorn-notes.md).
+    """
+    predefined = dict(predefined or {})
+    key = hashlib.sha256(repr((sources, sorted(layout.items()), sorted(predefined.items()),
+                               include_dirs, default_section, nobits, required_sites)).encode()).hexdigest()
+    if cache and key in _IMAGE_CACHE:
+        return _IMAGE_CACHE[key]
+    for attempt in range(2):
+        try:
+            img = _link(sources, layout, predefined, include_dirs, default_section, nobits, required_sites, key)
+            break
+        except _Inconsistent as e:
+            if attempt:
+                raise AsmError(f"keystone produced an inconsistent layout twice: {e}") from None
+            reset_engines()
+    if cache:
+        _IMAGE_CACHE[key] = img
+    return img
+
+
+def _link(sources, layout, predefined, include_dirs, default_section, nobits, required_sites, key) -> Image:
+    p = SourceParser(include_dirs or [])
+    for name, text in sources:
+        p.parse(name, text, default_section)
+    p.finish()
+    # group statements by section, in source order
+    sections: dict[str, Section] = {}
+    for st in p.stmts:
+        if st.section not in layout:
+            raise AsmError(f"{st.file}:{st.line}: section {st.section} has no place in this "
+                           f"program's layout ({', '.join(layout)})")
+        sec = sections.setdefault(st.section, Section(st.section, layout[st.section],
+                                                      nobits=st.section in nobits))
+        st.index = len(sec.stmts)
+        sec.stmts.append(st)
+    # where each label is defined
+    where: dict[str, Stmt] = {}
+    for st in p.stmts:
+        for lab in st.labels:
+            if lab in where:
+                o = where[lab]
+                raise AsmError(f"{st.file}:{st.line}: label {lab!r} already defined at {o.file}:{o.line}")
+            if lab in predefined:
+                raise AsmError(f"{st.file}:{st.line}: label {lab!r} shadows a predefined symbol")
+            where[lab] = st
+    label_section = {lab: st.section for lab, st in where.items()}
+    # pass 1 uses each foreign label's section base; later passes real values
+    values: dict[str, int] = {lab: layout[sec] for lab, sec in label_section.items()}
+    addrs: dict[str, list[int]] = {}
+    # .align is padded by the linker, not keystone: its padding is computed
+    # from the statement's address and converges with the labels
+    aligns = {(st.section, st.index): n for st in p.stmts if (n := _alignment(st, predefined))}
+    pads: dict[tuple[str, int], int] = {k: 0 for k in aligns}
+    for _ in range(8):
+        new_values = dict(values)
+        new_pads = dict(pads)
+        for sec in sections.values():
+            stmt_addrs, data = _assemble_section(sec, p, values, predefined, label_section, pads)
+            addrs[sec.name] = stmt_addrs
+            sec.data = data
+            for st in sec.stmts:
+                for lab in st.labels:
+                    new_values[lab] = stmt_addrs[st.index]
+                n = aligns.get((sec.name, st.index))
+                if n:
+                    new_pads[(sec.name, st.index)] = -stmt_addrs[st.index] % n
+        if new_values == values and new_pads == pads:
+            break
+        values, pads = new_values, new_pads
+    else:
+        raise AsmError("layout did not converge after 8 passes (instruction sizes keep changing)")
+    _check_layout(sections, addrs, aligns)
+    symbols = dict(predefined)
+    symbols.update(values)
+    for sec in sections.values():
+        sec.size = len(sec.data)
+        if sec.nobits:
+            if any(b for b in sec.data):
+                st = next(s for s in sec.stmts if s.kind in ("data", "insn"))
+                raise AsmError(f"{st.file}:{st.line}: {sec.name} holds only zeros (use .zero/.space)")
+            sec.data = b""
+    lines, insns = verify(sections, addrs, symbols)
+    extable = []
+    for f, ln, frm, to, etype in p.extable:
+        for sym in (frm, to):
+            if sym not in symbols:
+                raise AsmError(f"{f}:{ln}: .extable names unknown label {sym!r}")
+        try:
+            et = symbols[etype] if etype in symbols else int(etype, 0)
+        except ValueError:
+            raise AsmError(f"{f}:{ln}: .extable type {etype!r} is not a number or symbol") from None
+        extable.append((symbols[frm], symbols[to], et))
+    extable.sort()
+    alternatives = []
+    for f, ln, feature, idx in p.alternatives:
+        st = p.stmts[idx]
+        a = addrs[st.section][st.index]
+        target = a + 5 + struct.unpack_from("<i", sections[st.section].data, a - sections[st.section].base + 1)[0]
+        if not sections[st.section].base <= target < sections[st.section].base + sections[st.section].size:
+            raise AsmError(f"{f}:{ln}: .alternative target must be a label in the same section")
+        alternatives.append((a, feature))
+    sites = resolve_sites(p.sites, p.stmts, addrs, insns, required_sites)
+    return Image(sections, symbols, lines, extable, alternatives, insns, key, frozenset(values), sites)
+
+
+def _check_layout(sections: dict[str, Section], addrs: dict[str, list[int]],
+                  aligns: dict[tuple[str, int], int]) -> None:
+    """The statement addresses keystone reported must add up to its bytes,
+    in order, and every ``.align`` target must be aligned."""
+    for sec in sections.values():
+        a = addrs[sec.name]
+        if a[0] != sec.base or a[-1] - sec.base != len(sec.data) or any(x > y for x, y in zip(a, a[1:])):
+            raise _Inconsistent(f"section {sec.name}: statement addresses do not match its "
+                                f"{len(sec.data):#x} bytes")
+        for st in sec.stmts:
+            n = aligns.get((sec.name, st.index))
+            if n and a[st.index + 1] % n:
+                raise _Inconsistent(f"{st.file}:{st.line}: {st.text} left the next statement at "
+                                    f"{a[st.index + 1]:#x}, not a multiple of {n:#x}")
+
+
+def _foreign_equs(text: str, own: set[str], values: dict[str, int]) -> list[str]:
+    """``.equ`` lines for the labels of other sections that ``text`` uses."""
+    return [f".equ {tok}, {values[tok]:#x}" for tok in set(IDENT.findall(text))
+            if tok not in own and tok in values]
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def substitute_constants(text: str, constants: dict[str, int]) -> str:
+    """Replace predefined constants by their numbers, outside string literals.
+
+    Keystone mis-assembles a symbol under unary minus: ``mov rax, -EFAULT``
+    becomes a load from address 14 and ``push -ENOSYS`` a RIP-relative push.
+    Numbers are safe.
+    """
+    if not constants:
+        return text
+
+    def repl(m: re.Match) -> str:
+        v = constants.get(m.group(0))
+        if v is None:
+            return m.group(0)
+        return str(v) if -(1 << 31) <= v < (1 << 31) else hex(v & 0xFFFFFFFFFFFFFFFF)
+
+    parts = _STRING.split(text)
+    strings = _STRING.findall(text)
+    out = []
+    for i, part in enumerate(parts):
+        out.append(IDENT.sub(repl, part))
+        if i < len(strings):
+            out.append(strings[i])
+    return "".join(out)
+
+
+_ALIGN_RE = re.compile(r"^\.(align|balign|p2align)\s+(.*)$", re.I)
+
+
+def _alignment(st: Stmt, predefined: dict[str, int]) -> int | None:
+    """The byte alignment an .align/.balign/.p2align statement asks for."""
+    m = _ALIGN_RE.match(st.text.strip())
+    if not m:
+        return None
+    arg = substitute_constants(m.group(2).split(",")[0].strip(), predefined)
+    try:
+        v = int(arg, 0)
+    except ValueError:
+        raise AsmError(f"{st.file}:{st.line}: alignment must be a number: {st.text}") from None
+    n = 1 << v if m.group(1).lower() == "p2align" and 0 <= v < 32 else v
+    if n <= 0 or n & (n - 1):
+        raise AsmError(f"{st.file}:{st.line}: alignment must be a power of two: {st.text}")
+    return n
+
+
+def _assemble_section(sec: Section, p: SourceParser, values: dict[str, int], predefined: dict[str, int],
+                      label_section: dict[str, str], pads: dict[tuple[str, int], int]) -> tuple[list[int], bytes]:
+    own = {lab for st in sec.stmts for lab in st.labels}
+    body = []
+    fill = ".fill {}, 1, 0x90" if "text" in sec.name else ".zero {}"     # NOPs in code, as gas does
+    for st in sec.stmts:
+        labels = "".join(f"{lab}: " for lab in st.labels)
+        pad = pads.get((sec.name, st.index))
+        if pad is not None:
+            body.append(f"{SYM_PREFIX}{st.index}: {labels}{fill.format(pad)}")
+            continue
+        text = substitute_constants(st.text.replace("@SELF@", f"{SYM_PREFIX}{st.index}"), predefined)
+        body.append(f"{SYM_PREFIX}{st.index}: {labels}{text}")
+    n = len(sec.stmts)
+    body.append(f"{SYM_PREFIX}{n}:")
+    text_body = "\n".join(body)
+    equs = _foreign_equs(text_body, own, values)
+    trailer = "\n".join(f".quad {SYM_PREFIX}{i}" for i in range(n + 1))
+    full = "\n".join(equs + [text_body, trailer])
+    try:
+        out = ks_asm(full, sec.base)
+    except keystone.KsError as e:
+        raise _locate_error(sec, p, values, predefined, own, e) from None
+    tail = 8 * (n + 1)
+    if len(out) < tail:
+        raise AsmError(f"{sec.name}: keystone returned too few bytes")
+    stmt_addrs = list(struct.unpack_from(f"<{n + 1}Q", out, len(out) - tail))
+    data = out[:len(out) - tail]
+    end = stmt_addrs[-1] - sec.base
+    return stmt_addrs, data[:end]
+
+
+def _locate_error(sec: Section, p: SourceParser, values, predefined, own, err) -> AsmError:
+    """Find the statement keystone choked on by assembling them one at a time."""
+    placeholder = {lab: values.get(lab, sec.base) for lab in own}
+    known = set(values) | set(predefined) | own
+    consts = [st.text for st in sec.stmts if st.kind == "const"]
+    for st in sec.stmts:
+        if st.kind in ("empty", "const"):
+            continue
+        toks = set(IDENT.findall(st.text))
+        text = substitute_constants(st.text.replace("@SELF@", "0"), predefined)
+        equs = [f".equ {t}, {placeholder[t]:#x}" for t in toks if t in placeholder]
+        equs += _foreign_equs(text, own, values)
+        try:
+            ks_asm("\n".join(equs + [substitute_constants(c, predefined) for c in consts] + [text]),
+                    sec.base)
+        except keystone.KsError as e:
+            unknown = sorted(t for t in toks - known - REGISTERS - KEYWORDS
+                             if not t.startswith(".") and not _is_mnemonic(st.text, t))
+            if unknown and e.errno == keystone.KS_ERR_ASM_SYMBOL_MISSING:
+                return AsmError(f"{st.file}:{st.line}: unknown symbol {unknown[0]!r}: {st.text}")
+            return AsmError(f"{st.file}:{st.line}: {ks_message(e)}: {st.text}")
+    first = next((st for st in sec.stmts if st.kind != "empty"), None)
+    where = f"{first.file}" if first else sec.name
+    return AsmError(f"{where}: {ks_message(err)} in section {sec.name}")
+
+
+def _is_mnemonic(text: str, tok: str) -> bool:
+    return text.split()[0] == tok if text.split() else False
+
+
+# --- verification ---------------------------------------------------------------------

@@ -1,0 +1,89 @@
+"""CR3-write sites: NOFLUSH as hardware treats it, and the ``cr3_write`` event.
+
+``mov cr3`` stores bit 63 in Unicorn; real CPUs never store NOFLUSH (Intel
+SDM Vol. 3A 4.10.4.1).  Every site the stub declares ``.cr3_write
+noflush`` gets the bit stripped after the write (docs/architecture.md, the
+stub contract; with LA57, before it: the 5-level walk does not mask it).
+"""
+
+from __future__ import annotations
+
+from unicorn import x86_const as X
+
+from emu.hw.cpu import CR4_PCIDE
+
+
+class Cr3Sites:
+    """Mixed into :class:`emu.hw.microcode.System`."""
+
+    def add_cr3_site(self, addr: int, reg: str, size: int, may_set_noflush: bool = True) -> None:
+        """A 'mov cr3, reg' instruction (found by scanning the kernel's code).
+
+        Where the value may carry NOFLUSH (bit 63), the instruction after it
+        clears the bit from CR3: hardware never stores it, Unicorn does (fact
+        5).  QEMU ends a translated block at every CR write, so that is a
+        block-start hook, free elsewhere.  The write itself is observed (a
+        ``cr3_write`` event) only while events are wanted.
+        """
+        self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, may_set_noflush)
+        if may_set_noflush and self.config.la57:
+            # the 5-level walk does not mask bit 63 (fact 6): strip it from the
+            # register before the write, give it back after
+            self.add_code_hook(addr, self._noflush_before)
+            self.add_block_start_hook(addr + size, self._noflush_after)
+        elif may_set_noflush:
+            self.add_block_start_hook(addr + size, self._strip_noflush)
+        self._informational_cr3.append(addr)
+        if self.want_events:
+            self._hook_informational()
+
+    @property
+    def want_events(self) -> bool:
+        return self._want_events
+
+    @want_events.setter
+    def want_events(self, value: bool) -> None:
+        self._want_events = value
+        if value:
+            self._hook_informational()
+        else:
+            # every code hook costs each instruction a little: drop the idle ones
+            for addr in list(self._info_hooked):
+                self.del_code_hook(self._info_hooked.pop(addr))
+
+    def _hook_informational(self) -> None:
+        for addr in self._informational_cr3:
+            if addr not in self._info_hooked:
+                # first: the event sees the value before any NOFLUSH stripping
+                self._info_hooked[addr] = self.add_code_hook(addr, self._on_cr3_write, first=True)
+
+    # -- CR3 writes ------------------------------------------------------------------------------
+    def _on_cr3_write(self, addr: int) -> None:
+        """Before a 'mov cr3': the event (only hooked while events are wanted)."""
+        reg = self.cr3_sites[addr][0]
+        val = self._reg(reg).read()
+        old = self._reg(X.UC_X86_REG_CR3).read()
+        pcide = self._reg(X.UC_X86_REG_CR4).read() & CR4_PCIDE
+        self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
+                  pcid=(val & 0xFFF) if pcide else None)
+
+    def _noflush_before(self, addr: int) -> None:
+        reg = self._reg(self.cr3_sites[addr][0])
+        val = reg.read()
+        if val >> 63:
+            reg.write(val & ~(1 << 63))
+            self._pending_restore = (reg, val)
+
+    def _noflush_after(self, addr: int) -> None:
+        if self._pending_restore is not None:
+            reg, val = self._pending_restore
+            self._pending_restore = None
+            reg.write(val)
+
+    def _strip_noflush(self, addr: int) -> None:
+        """After a 'mov cr3': CR3 as hardware holds it, without bit 63."""
+        val = self._reg(X.UC_X86_REG_CR3).read()
+        if val >> 63:
+            # the guest's write flushed Unicorn's TLB already (with or
+            # without NOFLUSH): do not flush a second time
+            self.write_cr3_keep_tlb(val & ~(1 << 63))

@@ -1,0 +1,87 @@
+"""SYSCALL (Intel SDM Vol. 2B, SYSCALL) and the way into CPL 0.
+
+Unicorn's ``syscall`` only reaches an instruction hook and never enters
+ring 0; after one handled fault the next becomes #DF (QEMU's pending
+exception is never cleared).  Both are cured by restoring a CPU snapshot
+taken at CPL 0 during boot, then writing back the architectural state
+(docs/unicorn-notes.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from unicorn import x86_const as X
+
+from emu.errors import GuestError
+from emu.hw.cpu import MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, C, context_offset, error_code_offset
+from emu.hw.paging import ControlState
+
+
+class SyscallStep:
+    """Mixed into :class:`emu.hw.microcode.System`."""
+
+    # -- boot -------------------------------------------------------------------
+    def boot_state(self, *, cr3: int, ctl: ControlState, pcide: bool, gdtr: tuple[int, int],
+                   idtr: tuple[int, int], tr: tuple[int, int, int], star: int, lstar: int, fmask: int,
+                   gs_base: int, kernel_gs_base: int, rip: int, rsp: int) -> None:
+        uc = self.uc
+        self.enable_paging(cr3, ctl, pcide=pcide)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdtr[0], gdtr[1], 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, idtr[0], idtr[1], 0))
+        uc.reg_write(X.UC_X86_REG_TR, (tr[2], tr[0], tr[1], 0x8B00))
+        self.set_msr(MSR_STAR, star)
+        self.set_msr(MSR_LSTAR, lstar)
+        self.set_msr(MSR_FMASK, fmask)
+        self.set_msr(MSR_KERNEL_GS_BASE, kernel_gs_base)
+        self.set_reg("gs_base", gs_base)
+        self.set_reg("rflags", 0x2)
+        self.set_reg("rsp", rsp)
+        self.set_reg("cs", 0x10)
+        self.set_reg("ss", 0x18)
+        self.idtr = idtr
+        self.tss_base = tr[0]
+        self._nxe = ctl.nxe           # EFER is constant after boot: read it once
+        self.lstar, self.fmask, self.star = lstar, fmask, star
+        self.save_snapshot()
+        if error_code_offset() is None:
+            raise GuestError("cannot find the CPU's error code in a saved Unicorn context "
+                             "(unexpected Unicorn build)")
+        off = context_offset(X.UC_X86_REG_CR3)
+        self._cr3_slot = None if off is None else \
+            ctypes.c_uint64.from_address(self._snapshot_ctx.value + off)
+        self.set_reg("rip", rip)
+
+    # -- SYSCALL (SDM: SYSCALL—Fast System Call) ------------------------------------------------
+    def _on_syscall(self, uch, ud):
+        r = self.regs
+        r.read()
+        rip, flags = r["rip"], r["rflags"]
+        if self._want_events:
+            self.sink("syscall", nr=r["rax"], rip=rip, cr3=r["cr3"], cpl=r["cs"] & 3,
+                      args=(r["rdi"], r["rsi"], r["rdx"], r["r10"], r["r8"], r["r9"]))
+        r["rcx"] = rip + 2
+        r["r11"] = flags
+        r["rflags"] = (flags & ~self.fmask) | 2
+        r["cs"] = (self.star >> 32) & 0xFFFC
+        r["ss"] = ((self.star >> 32) & 0xFFFC) + 8
+        r["rip"] = self.lstar - 2          # Unicorn adds 2 after the hook (fact 4)
+        self._enter_cpl0()
+
+    def _enter_cpl0(self) -> None:
+        """The snapshot restore that makes CPL 0, then the real register state.
+
+        RIP changes here without a block start: no block-start hook fired for
+        the new RIP yet.
+
+        CR3 goes into the snapshot before the restore, so the TLB survives the
+        transition as it does on hardware (SYSCALL and exception entry do not
+        flush)."""
+        self._last_block_start = None
+        if self._cr3_slot is not None:
+            self._cr3_slot.value = self.regs["cr3"]
+            C.context_restore(self.hv, self._snapshot_ctx)
+            self.regs.write_except_cr3()
+        else:
+            C.context_restore(self.hv, self._snapshot_ctx)
+            self.regs.write()

@@ -122,15 +122,15 @@ asi_map_page:
     mov rdi, qword ptr [rdi]
     mov rsi, rbx
     PA_TO_VA rsi
-    mov edx, 12
+    mov edx, PAGE_SHIFT
     mov ecx, 2
     xor r8, r8
     call walk_to
     test rax, rax
     jz .Lam_done
     mov rcx, rbx
-    movabs rdx, 0x8000000000000063
-    or rcx, rdx
+    or rcx, __PAGE_KERNEL_NOGLOBAL     # PAGE_KERNEL without Global (ASI), and NX:
+    bts rcx, _PAGE_BIT_NX
     mov qword ptr [rax], rcx
 .Lam_done:
     pop rbx
@@ -144,7 +144,7 @@ asi_unmap_page:
     mov rdi, asi_global_pgd_va
     mov rdi, qword ptr [rdi]
     mov rsi, rbx
-    mov edx, 12
+    mov edx, PAGE_SHIFT
     xor ecx, ecx
     xor r8, r8
     call walk_to
@@ -152,7 +152,7 @@ asi_unmap_page:
     jz .Lau_done
     mov qword ptr [rax], 0
     mov rdi, rbx
-    mov esi, 4096
+    mov esi, PAGE_SIZE
     call flush_tlb_kernel_range
 .Lau_done:
     pop rbx

@@ -2,7 +2,7 @@
 
 .data
 page_offset_base:       .quad 0     # boot: PAGE_OFFSET (__va = pa + page_offset_base)
-pgtable_levels:         .quad 4     # boot: 4 or 5
+pgtable_levels:         .quad 4     # boot: 4 or 5 (the image is linked for one: PGDIR_SHIFT)
 feature_pti:            .quad 0     # boot: X86_FEATURE_PTI
 feature_pcid:           .quad 0     # boot: X86_FEATURE_PCID (CR4.PCIDE on)
 feature_asi:            .quad 0     # boot: address-space isolation on

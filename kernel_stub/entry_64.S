@@ -36,7 +36,7 @@ entry_SYSCALL_64_after_call:
     mov r11, qword ptr [rsp + PT_R11]
     cmp r11, qword ptr [rsp + PT_EFLAGS]
     jne swapgs_restore_regs_and_return_to_usermode
-    test r11, 0x10100
+    test r11, X86_EFLAGS_RF + X86_EFLAGS_TF
     jnz swapgs_restore_regs_and_return_to_usermode
     # Intel SYSRET #GPs at CPL0 on a non-canonical RCX: check it here
     .alternative LA57, .Lcanon48

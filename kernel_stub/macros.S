@@ -57,9 +57,9 @@
     .alternative PTI, .Lend_\@
     mov \scratch, cr3
     .alternative PCID, .Ladjust_\@
-    bts \scratch, 63
+    bts \scratch, X86_CR3_PCID_NOFLUSH_BIT
 .Ladjust_\@:
-    and \scratch, -0x1801
+    and \scratch, NOT_PTI_USER_PGTABLE_AND_PCID_MASK
     .cr3_write noflush
     mov cr3, \scratch
 .Lend_\@:
@@ -75,7 +75,7 @@
     mov \scratch, cr3
     .alternative PCID, .Lwrcr3_\@
     mov \scratch2, \scratch
-    and \scratch, 0x7ff
+    and \scratch, KERNEL_PCID_MASK
     bt qword ptr gs:[tlbstate_user_pcid_flush_mask], \scratch
     jnc .Lnoflush_\@
     btr qword ptr gs:[tlbstate_user_pcid_flush_mask], \scratch
@@ -83,11 +83,11 @@
     jmp .Luserpcid_\@
 .Lnoflush_\@:
     mov \scratch, \scratch2
-    bts \scratch, 63
+    bts \scratch, X86_CR3_PCID_NOFLUSH_BIT
 .Luserpcid_\@:
-    or \scratch, 0x800
+    or \scratch, X86_CR3_PTI_PCID_USER
 .Lwrcr3_\@:
-    or \scratch, 0x1000
+    or \scratch, PTI_USER_PGTABLE_MASK
     .cr3_write noflush
     mov cr3, \scratch
 .Lend_\@:
@@ -105,12 +105,12 @@
     .alternative PTI, .Ldone_\@
     mov \scratch, cr3
     mov \save, \scratch
-    bt \scratch, 12
+    bt \scratch, PTI_USER_PGTABLE_BIT
     jnc .Ldone_\@
     .alternative PCID, .Ladjust_\@
-    bts \scratch, 63
+    bts \scratch, X86_CR3_PCID_NOFLUSH_BIT
 .Ladjust_\@:
-    and \scratch, -0x1801
+    and \scratch, NOT_PTI_USER_PGTABLE_AND_PCID_MASK
     .cr3_write noflush
     mov cr3, \scratch
 .Ldone_\@:

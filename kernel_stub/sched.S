@@ -133,7 +133,7 @@ switch_mm_irqs_off:
     # load_new_mm_cr3(..., need_flush = false): NOFLUSH
     mov rax, qword ptr [rbx + MM_pgd]
     lea rax, [rax + r12 + 1]
-    bts rax, 63
+    bts rax, X86_CR3_PCID_NOFLUSH_BIT
     .cr3_write noflush
     mov cr3, rax
     jmp .Lsw_loaded

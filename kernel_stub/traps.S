@@ -141,7 +141,7 @@ asi_exit_on_fault:
     jae .Lpf_extable
     cmp qword ptr [feature_smap], 0
     je .Lpf_kuser
-    test qword ptr [rbx + PT_EFLAGS], 0x40000
+    test qword ptr [rbx + PT_EFLAGS], X86_EFLAGS_AC
     jz .Lpf_extable
 .Lpf_kuser:
     mov rdi, rbx
@@ -192,10 +192,10 @@ asi_exit_on_fault:
     # __bad_area_nosemaphore (arch/x86/mm/fault.c): a user access to a
     # kernel address reports X86_PF_PROT in the signal, so the layout of
     # the kernel's tables does not leak
-    mov rcx, USER_HALF_END - 4096
+    mov rcx, USER_HALF_END - PAGE_SIZE
     cmp r13, rcx
     jb .Lpf_sanitized
-    or rsi, 1
+    or rsi, X86_PF_PROT
 .Lpf_sanitized:
     mov ecx, 14
     mov r8, r13
@@ -302,7 +302,7 @@ force_sig_fault:
     lea rax, [rbp + SIGFRAME_UC]
     mov qword ptr [rbx + PT_RDX], rax
     mov qword ptr [rbx + PT_RAX], 0
-    and qword ptr [rbx + PT_EFLAGS], -0x501
+    and qword ptr [rbx + PT_EFLAGS], NOT_TF_IF_DF
     add rsp, SIGFRAME_SIZE
     RESTORE_CALLEE
     ret
@@ -402,8 +402,8 @@ sys_rt_sigreturn:
     mov qword ptr [rbx + PT_RIP], rax
     # only the flags user mode may change (FIX_EFLAGS); IF stays on
     mov rax, qword ptr [rsi + SC_eflags]
-    and eax, 0x50dd5
-    or eax, 0x202
+    and eax, FIX_EFLAGS
+    or eax, X86_EFLAGS_IF + X86_EFLAGS_FIXED
     mov qword ptr [rbx + PT_EFLAGS], rax
     mov rax, qword ptr [rsi + SC_rax]
     add rsp, SIGFRAME_SIZE

@@ -124,3 +124,41 @@ def test_an_inconsistent_keystone_layout_is_redone_then_refused(monkeypatch):
     budget, calls["bad"] = 1000, 0
     with pytest.raises(AsmError, match="keystone produced an inconsistent layout twice: section .data"):
         link([("t.S", src)], {".data": 0x600000}, cache=False)
+
+
+# The stub takes PTE bits, masks, CR3 bits and paging geometry from the
+# Python definitions (emu/linux/abi.py paging_symbols): these literals, each
+# once written in the stub, must not come back.
+MAGIC = [
+    (r"\b0x0*fffffffff000\b|\b0x000ffffffffff000\b", "PTE_PFN_MASK"),
+    (r"\b0xfff0000000000fff\b", "PTE_FLAGS_MASK"),
+    (r"\b0x8000000000000063\b", "__PAGE_KERNEL_NOGLOBAL"),
+    (r"\bor \w+, 0x(67|63|25|42)\b", "_PAGE_TABLE / _KERNPG_TABLE / _PAGE_USER_*"),
+    (r"\btest \w+, 0x80\b", "_PAGE_PSE"),
+    (r"\bbt[src]? [\w\[\]: ]+, (63|12|11|7)\b", "a _BIT_ symbol"),
+    (r"\b(and|or) [\w\\]+, (-0x1801|0x7ff|0x800|0x1000|-0x104|-0x1081|-0x81|-0x101)\b", "a named mask"),
+    (r"\b(mov|cmp) \w+, (39|48)\b", "PGDIR_SHIFT / PS_RESERVED_SHIFT"),
+    (r"pgtable_levels\]", "PGDIR_SHIFT (the image is linked for one paging mode)"),
+]
+
+
+def test_no_magic_paging_literals_in_the_stub():
+    import pathlib
+    import re
+
+    bad = []
+    for path in sorted(pathlib.Path(__file__).resolve().parent.parent.glob("kernel_stub/*.S")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            for pattern, name in MAGIC:
+                if re.search(pattern, code):
+                    bad.append(f"{path.name}:{n}: {line.strip()}  (use {name})")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_magic_check_sees_a_literal(tmp_path, monkeypatch):
+    import re
+    line = "    movabs rcx, 0x000ffffffffff000"
+    assert any(re.search(p, line) for p, _ in MAGIC)
+    assert any(re.search(p, "    bts rsi, 63") for p, _ in MAGIC)
+    assert not any(re.search(p, "    bts rsi, _PAGE_BIT_NX") for p, _ in MAGIC)

@@ -11,6 +11,8 @@ arch/x86/include/asm/ptrace.h, arch/x86/include/uapi/asm/sigcontext.h).
 
 from __future__ import annotations
 
+from emu.hw import paging as pg
+from emu.hw.paging import mode_for
 from emu.linux.layout import Layout
 from emu.hw.phys import FrameKind
 
@@ -149,9 +151,61 @@ THREAD_SIZE = 0x4000
 VMAP_STACK_STRIDE = 0x8000        # stack + guard gap per task in vmalloc space
 
 
+def paging_symbols(levels: int) -> dict[str, int]:
+    """Page-table bits, masks and geometry, by Linux's names
+    (arch/x86/include/asm/pgtable_types.h, page_types.h, pgtable_64_types.h,
+    processor-flags.h, tlbflush.h), from the Python definitions: the stub
+    writes no number for them."""
+    mode = mode_for(levels)
+    bits = {"PRESENT": pg.P, "RW": pg.RW, "USER": pg.US, "PWT": pg.PWT, "PCD": pg.PCD, "ACCESSED": pg.A,
+            "DIRTY": pg.D, "PSE": pg.PS, "PAT": pg.PAT, "GLOBAL": pg.G, "PAT_LARGE": pg.PAT_LARGE, "NX": pg.NX}
+    s = {f"_PAGE_{k}": v for k, v in bits.items() if k != "NX"}
+    s.update({f"_PAGE_BIT_{k}": v.bit_length() - 1 for k, v in bits.items()})
+    s.update({
+        "PTE_PFN_MASK": pg.ADDR_MASK,                 # PTE_PFN_MASK: address bits 51:12
+        "PTE_FLAGS_MASK": pg.FLAGS_MASK,
+        "_PAGE_TABLE": pg.PAGE_TABLE, "_KERNPG_TABLE": pg.KERNPG_TABLE,
+        # PAGE_KERNEL without _PAGE_GLOBAL (__default_kernel_pte_mask under PTI/ASI), less NX:
+        # the NX bit is set separately where __supported_pte_mask has it
+        "__PAGE_KERNEL_NOGLOBAL": pg.PAGE_KERNEL & ~pg.G & ~pg.NX,
+        # a user page's PTE: present, user, accessed; writable adds RW and DIRTY
+        "_PAGE_USER_BASE": pg.P | pg.US | pg.A, "_PAGE_USER_WRITE": pg.RW | pg.D,
+        # set_direct_map_invalid_noflush: what an invalid direct-map PTE loses
+        "_PAGE_INVALID_CLEARS": pg.INVALID_CLEARS,
+        # the same masks negated, for 'and' (keystone cannot negate a symbol)
+        "NOT_PAGE_INVALID_CLEARS": ~pg.INVALID_CLEARS, "NOT_PAGE_PSE": ~pg.PS, "NOT_PAGE_GLOBAL": ~pg.G,
+        "NOT_PAGE_PSE_PAT_LARGE": ~(pg.PS | pg.PAT_LARGE),
+        "PAGE_SHIFT": 12, "PAGE_SIZE": pg.PAGE_SIZE,
+        "PMD_SHIFT": 21, "PMD_SIZE": 1 << 21, "PUD_SHIFT": 30, "PUD_SIZE": 1 << 30,
+        "PGDIR_SHIFT": mode.top_shift, "PTRS_PER_PTE": 512,
+        # the lowest level whose entries cannot map a page (PS reserved: PML4E, PML5E)
+        "PS_RESERVED_SHIFT": min(lv.shift for lv in mode.levels if lv.ps_reserved),
+        "USER_PTRS_PER_PGD": 256,                     # the user half of a PGD
+        # CR3 (arch/x86/include/asm/processor-flags.h, calling.h)
+        "X86_CR3_PCID_NOFLUSH_BIT": 63, "X86_CR3_PTI_PCID_USER_BIT": 11, "PTI_USER_PGTABLE_BIT": 12,
+        "PTI_USER_PGTABLE_AND_PCID_MASK": (1 << 12) | (1 << 11),
+        "NOT_PTI_USER_PGTABLE_AND_PCID_MASK": ~((1 << 12) | (1 << 11)),
+        "X86_CR3_PTI_PCID_USER": 1 << 11, "PTI_USER_PGTABLE_MASK": 1 << 12,
+        "KERNEL_PCID_MASK": (1 << 11) - 1,            # the ASID bits SWITCH_TO_USER_CR3 tests
+        "X86_CR4_PGE_BIT": 7,
+        # flush_tlb_kernel_range flushes page by page up to this many pages, then
+        # everything (tlb_single_page_flush_ceiling, arch/x86/mm/tlb.c)
+        "TLB_SINGLE_PAGE_FLUSH_CEILING": 33,
+        # #PF error code bits (arch/x86/include/asm/trap_pf.h)
+        "X86_PF_PROT": pg.PF_P, "X86_PF_WRITE": pg.PF_W, "X86_PF_USER": pg.PF_U, "X86_PF_INSTR": pg.PF_I,
+        # RFLAGS (processor-flags.h)
+        "X86_EFLAGS_TF": 1 << 8, "X86_EFLAGS_IF": 1 << 9, "X86_EFLAGS_DF": 1 << 10,
+        "X86_EFLAGS_RF": 1 << 16, "X86_EFLAGS_AC": 1 << 18, "X86_EFLAGS_FIXED": 1 << 1,
+        "NOT_TF_IF_DF": ~((1 << 8) | (1 << 9) | (1 << 10)),
+        # FIX_EFLAGS (arch/x86/kernel/signal.c): the flags sigreturn may restore
+        "FIX_EFLAGS": 0x50DD5,
+    })
+    return s
+
+
 def asm_symbols(layout: Layout) -> dict[str, int]:
     """Every constant the stub may use, by the names the stub uses."""
-    s: dict[str, int] = {}
+    s: dict[str, int] = paging_symbols(layout.levels)
     s.update({f"SYS_{k}": v for k, v in SYSCALLS.items()})
     s.update(ERRNO)
     s.update(SIGNALS)

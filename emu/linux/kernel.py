@@ -26,8 +26,8 @@ from emu.hw.paging import (ADDR_MASK, ControlState, KERNPG_TABLE, NX, P, PAGE_KE
 from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
 STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernel_stub")
-STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "mm.S", "syscalls.S", "sched.S", "asi.S",
-              "data.S"]
+STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "page_alloc.S", "pgtable.S", "tlb.S",
+              "set_memory.S", "memory.S", "mmap.S", "secretmem.S", "syscalls.S", "sched.S", "asi.S", "data.S"]
 NOP5 = bytes.fromhex("0f1f440000")
 
 

@@ -1,0 +1,233 @@
+# VMAs and the mmap/munmap calls.  After mm/mmap.c and mm/vma.c.
+
+.text
+
+# find_vma(mm, addr) -> vma with start <= addr < end, or 0
+find_vma:
+    mov rcx, qword ptr [rdi + MM_nr_vmas]
+    lea rax, [rdi + MM_vmas]
+.Lfv_loop:
+    test rcx, rcx
+    jz .Lfv_none
+    cmp rsi, qword ptr [rax + VMA_start]
+    jb .Lfv_next
+    cmp rsi, qword ptr [rax + VMA_end]
+    jb .Lfv_done
+.Lfv_next:
+    add rax, VMA_SIZE
+    dec rcx
+    jmp .Lfv_loop
+.Lfv_none:
+    xor eax, eax
+.Lfv_done:
+    ret
+# remove_vma(mm, index): unmap it and close the gap in the array
+remove_vma:
+    push rbx
+    push r12
+    mov rbx, rdi
+    mov r12, rsi
+    imul rsi, rsi, VMA_SIZE
+    lea rsi, [rbx + rsi + MM_vmas]
+    call unmap_vma
+    mov rcx, qword ptr [rbx + MM_nr_vmas]
+    dec rcx
+    mov qword ptr [rbx + MM_nr_vmas], rcx
+    sub rcx, r12
+    imul rcx, rcx, VMA_SIZE
+    imul rdi, r12, VMA_SIZE
+    lea rdi, [rbx + rdi + MM_vmas]
+    lea rsi, [rdi + VMA_SIZE]
+    rep movsb
+    pop r12
+    pop rbx
+    ret
+# sys_mmap(addr, len, prot, flags, fd, off)
+sys_mmap:
+    SAVE_CALLEE
+    mov rbx, rdi
+    mov r12, rsi
+    mov r13, rdx
+    mov r14, rcx
+    mov r15, r8
+    mov rbp, r9
+    test r12, r12
+    jz .Lmm_inval
+    add r12, 4095
+    and r12, -4096
+    test rbp, 4095
+    jnz .Lmm_inval
+    xor r8, r8
+    xor r9, r9
+    test r14, MAP_ANONYMOUS
+    jnz .Lmm_anon
+    mov rdi, r15
+    call fget
+    test rax, rax
+    jz .Lmm_badf
+    mov r8, rax
+    cmp qword ptr [r8 + FILE_type], FILE_SECRETMEM
+    jne .Lmm_nodev
+    # do_mmap (mm/mmap.c): the secretmem mount is noexec, so PROT_EXEC is
+    # EPERM for shared and private mappings alike, before secretmem_mmap
+    # (mm/secretmem.c) refuses a private mapping with EINVAL
+    test r13, PROT_EXEC
+    jnz .Lmm_perm
+    test r14, MAP_SHARED
+    jz .Lmm_inval
+    mov r9, VM_SHARED + VM_SECRET + VM_LOCKED
+    jmp .Lmm_place
+.Lmm_anon:
+    test r14, MAP_SHARED
+    jz .Lmm_place
+    mov r9, VM_SHARED
+.Lmm_place:
+    GET_CURRENT rax
+    mov rdi, qword ptr [rax + TASK_mm]
+    mov rax, qword ptr [rdi + MM_nr_vmas]
+    cmp rax, MAX_VMAS
+    jae .Lmm_nomem
+    test r14, MAP_FIXED
+    jz .Lmm_base
+    test rbx, 4095
+    jnz .Lmm_inval
+    mov rcx, rbx
+    add rcx, r12
+    mov rdx, USER_HALF_END
+    cmp rcx, rdx
+    ja .Lmm_nomem
+    jmp .Lmm_add
+.Lmm_base:
+    mov rbx, qword ptr [rdi + MM_mmap_base]
+    lea rcx, [rbx + r12 + 4096]
+    mov qword ptr [rdi + MM_mmap_base], rcx
+.Lmm_add:
+    imul rax, rax, VMA_SIZE
+    lea rax, [rdi + rax + MM_vmas]
+    mov qword ptr [rax + VMA_start], rbx
+    lea rcx, [rbx + r12]
+    mov qword ptr [rax + VMA_end], rcx
+    mov qword ptr [rax + VMA_prot], r13
+    mov qword ptr [rax + VMA_flags], r9
+    mov qword ptr [rax + VMA_file], r8
+    shr rbp, PAGE_SHIFT
+    mov qword ptr [rax + VMA_pgoff], rbp
+    inc qword ptr [rdi + MM_nr_vmas]
+    test r8, r8
+    jz .Lmm_ok
+    inc qword ptr [r8 + FILE_refs]
+.Lmm_ok:
+    mov rax, rbx
+    jmp .Lmm_out
+.Lmm_inval:
+    mov rax, -EINVAL
+    jmp .Lmm_out
+.Lmm_badf:
+    mov rax, -EBADF
+    jmp .Lmm_out
+.Lmm_nodev:
+    mov rax, -ENODEV
+    jmp .Lmm_out
+.Lmm_perm:
+    mov rax, -EPERM
+    jmp .Lmm_out
+.Lmm_nomem:
+    mov rax, -ENOMEM
+.Lmm_out:
+    RESTORE_CALLEE
+    ret
+# sys_munmap(addr, len): removes the VMAs lying entirely inside the range; a
+# range that cuts a VMA is refused with EINVAL (Linux would split it)
+sys_munmap:
+    SAVE_CALLEE
+    test rdi, 4095
+    jnz .Lmu_inval
+    test rsi, rsi
+    jz .Lmu_inval
+    mov r12, rdi
+    lea r13, [rdi + rsi + 4095]
+    and r13, -4096
+    GET_CURRENT rbx
+    mov rbx, qword ptr [rbx + TASK_mm]
+    xor r14, r14
+.Lmu_check:
+    cmp r14, qword ptr [rbx + MM_nr_vmas]
+    jae .Lmu_remove
+    imul rax, r14, VMA_SIZE
+    lea rax, [rbx + rax + MM_vmas]
+    mov rcx, qword ptr [rax + VMA_start]
+    mov rdx, qword ptr [rax + VMA_end]
+    cmp rdx, r12
+    jbe .Lmu_next
+    cmp rcx, r13
+    jae .Lmu_next
+    cmp rcx, r12
+    jb .Lmu_inval
+    cmp rdx, r13
+    ja .Lmu_inval
+.Lmu_next:
+    inc r14
+    jmp .Lmu_check
+.Lmu_remove:
+    xor r14, r14
+.Lmu_loop:
+    cmp r14, qword ptr [rbx + MM_nr_vmas]
+    jae .Lmu_ok
+    imul rax, r14, VMA_SIZE
+    lea rax, [rbx + rax + MM_vmas]
+    mov rcx, qword ptr [rax + VMA_start]
+    cmp rcx, r12
+    jb .Lmu_skip
+    cmp rcx, r13
+    jae .Lmu_skip
+    mov rdi, rbx
+    mov rsi, r14
+    call remove_vma
+    jmp .Lmu_loop
+.Lmu_skip:
+    inc r14
+    jmp .Lmu_loop
+.Lmu_ok:
+    xor eax, eax
+    jmp .Lmu_out
+.Lmu_inval:
+    mov rax, -EINVAL
+.Lmu_out:
+    RESTORE_CALLEE
+    ret
+# sys_direct_map_alias(uva) -> the direct-map address of the frame backing
+# uva in the caller's page tables, or -EFAULT
+sys_direct_map_alias:
+    push rbx
+    mov rbx, rdi
+    mov rax, USER_HALF_END
+    cmp rdi, rax
+    jae .Ldma_fault
+    GET_CURRENT rax
+    mov rax, qword ptr [rax + TASK_mm]
+    mov rdi, qword ptr [rax + MM_pgd_va]
+    mov rsi, rbx
+    call lookup_address
+    test rax, rax
+    jz .Ldma_fault
+    mov rax, qword ptr [rax]
+    test al, _PAGE_PRESENT
+    jz .Ldma_fault
+    mov ecx, edx
+    mov rdx, 1
+    shl rdx, cl
+    dec rdx
+    movabs rcx, PTE_PFN_MASK
+    and rax, rcx
+    mov rcx, rdx
+    not rcx
+    and rax, rcx
+    and rbx, rdx
+    add rax, rbx
+    PA_TO_VA rax
+    pop rbx
+    ret
+.Ldma_fault:
+    mov rax, -EFAULT
+    pop rbx
+    ret

@@ -31,7 +31,7 @@ _DEC_OR_HEX = re.compile(r"(-?)(?:0[xX]([0-9a-fA-F]+)|([0-9]+))")
 _COUNT = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)")
 _SIZE = re.compile(r"(?:0[xX]([0-9a-fA-F]+)|([0-9]+))\s*([kKmMgGtT]?)(?:i?[bB])?")
 _GROUPED = re.compile(r"(?:0[xX])?[0-9a-fA-F]+(?:_[0-9a-fA-F]+)+")    # ffff_ffff_8100_0000
-_TERM = re.compile(r"[A-Za-z_.$][\w.$@]*(?::[A-Za-z_.$][\w.$@]*)?|\$\w+|(?:0[xX])?[0-9a-fA-F]+")
+_TERM = re.compile(r"[A-Za-z_.$][\w.$@]*(?::[A-Za-z_.$][\w.$@]*)?|\$\w+|(?:0[xX])?[0-9a-fA-F]+(?:_[0-9a-fA-F]+)*")
 SI = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

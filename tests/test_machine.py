@@ -4,10 +4,13 @@ Expected values come from the SDM (SYSCALL/SYSRET, 64-bit exception frames,
 #DF rules) and Linux (entry_64.S, signal delivery), written out by hand.
 """
 
+import re
 import struct
 
 import pytest
 
+from emu.errors import GuestError
+from emu.hw.phys import FrameKind
 from emu.linux import abi
 from emu.linux.machine import BudgetExhausted, KernelPanic, Machine, MachineConfig
 from emu.hw.microcode import TripleFault
@@ -441,3 +444,47 @@ _start:
     m.run()
     inv = m.events_of("invpcid")
     assert (inv[0].type, inv[0].pcid, inv[0].addr) == (0, 0x801, abi.MMAP_BASE)   # user PCID of ASID 0
+
+
+# --- the allocator device ------------------------------------------------------------------------
+@pytest.mark.parametrize("op, order, kind, message", [
+    (1, 0, 99, "the stub's alloc of unknown frame kind 99 at RIP"),
+    (1, 0, 0, "the stub's alloc of unknown frame kind 0 at RIP"),
+    (1, 3, 6, "the stub's alloc of order 3 (the allocator takes 0, 9 or 18) at RIP"),
+    (2, 0x8000000, 0, "the stub's free: double free of frame 0x8000000 at RIP"),
+    (7, 0, 0, "the stub's unknown allocator call 7 at RIP"),
+])
+def test_bad_allocator_calls_stop_the_machine(op, order, kind, message):
+    """A request the stub should never make is a GuestError naming where,
+    not a guest out-of-memory."""
+    m = Machine(MachineConfig(), programs=[("A", "_start:\n" + EXIT)])
+    m.boot()
+    m.cpu.set_reg("rdi", order)
+    m.cpu.set_reg("rsi", kind)
+    m.cpu.set_reg("rdx", 0)
+    with pytest.raises(GuestError, match=re.escape(message)):
+        m._hypercall(abi.PORT_HYPERCALL, 4, op)
+
+
+def test_python_errors_in_the_allocator_are_not_out_of_memory(monkeypatch):
+    m = Machine(MachineConfig(), programs=[("A", "_start:\n" + EXIT)])
+    m.boot()
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(m.mem.frames, "alloc", broken)
+    m.cpu.set_reg("rdi", 0)
+    m.cpu.set_reg("rsi", int(FrameKind.USER))
+    with pytest.raises(ZeroDivisionError) as e:
+        m._hypercall(abi.PORT_HYPERCALL, 4, abi.HC_ALLOC)
+    assert any("in the allocator device, called by the stub at RIP" in n for n in e.value.__notes__)
+
+
+def test_out_of_guest_memory_is_the_guests():
+    m = Machine(MachineConfig(ram=32 << 20), programs=[("A", "_start:\n" + EXIT)])
+    m.boot()
+    m.cpu.set_reg("rdi", 18)                    # 1 GiB: never available in 32 MiB
+    m.cpu.set_reg("rsi", int(FrameKind.USER))
+    assert m._hypercall(abi.PORT_HYPERCALL, 4, abi.HC_ALLOC) == 0
+    (ev,) = m.events_of("alloc_failed")
+    assert (ev.order, ev.frame_kind) == (18, "user") and ev.reason.startswith("out of guest memory")

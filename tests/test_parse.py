@@ -17,6 +17,7 @@ SYMBOLS = {"USER_DATA": 0x600000, "bad": 0x400010, "A:_start": 0x400000, "KERNEL
     ("0X1000", 0x1000),
     ("ffffffff81000000", 0xFFFFFFFF81000000),
     ("ffff_ffff_8100_0000", 0xFFFFFFFF81000000),
+    ("1_0000_0000", 0x100000000),
     ("1000", 0x1000),                     # --cr3 1000 is 0x1000, not 0x3e8
     ("600000", 0x600000),
     ("123456789abcdef", 0x123456789ABCDEF),   # 15 digits: hexadecimal too

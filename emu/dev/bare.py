@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from emu.linux import abi
 from emu.asm import Image, link
 from emu.hw.cpu import CpuConfig
+from emu.hw.descriptors import gate_descriptor, tss_descriptor
 from emu.errors import AsmError
 from emu.hw.microcode import System
 from emu.hw.paging import (PAGE_KERNEL, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, PAGE_SHARED, ControlState,
@@ -32,9 +33,6 @@ USER_STACK_TOP = USER_DATA + 0x200000
 _BLOCK = 2 * MiB
 _TRAMPOLINE = "__bare_to_user"
 
-# arch/x86/include/asm/segment.h: the selectors SYSCALL/SYSRET derive
-_GDT = {1: 0x00CF9B000000FFFF, 2: 0x00AF9B000000FFFF, 3: 0x00CF93000000FFFF,
-        4: 0x00CFFB000000FFFF, 5: 0x00CFF3000000FFFF, 6: 0x00AFFB000000FFFF}
 
 
 @dataclass
@@ -84,20 +82,18 @@ def bare_system(kernel_src: str, user_src: str, *, gates: dict[int, str | tuple[
             raise AsmError(f"bare system: code larger than {_BLOCK} bytes")
         mem.write(base[va], code)
     data = base[KERNEL_DATA]
-    for i, v in _GDT.items():
+    for i, v in abi.GDT.items():            # Linux's selectors, which SYSCALL/SYSRET derive
         mem.write(data + GDT_OFF + 8 * i, struct.pack("<Q", v))
     tss = KERNEL_DATA + TSS_OFF
     limit = abi.TSS_SIZE - 1
-    lo = (limit & 0xFFFF) | ((tss & 0xFFFFFF) << 16) | (0x89 << 40) | (((tss >> 24) & 0xFF) << 56)
-    mem.write(data + GDT_OFF + 8 * abi.GDT_ENTRY_TSS, struct.pack("<QQ", lo, tss >> 32))
+    mem.write(data + GDT_OFF + 8 * abi.GDT_ENTRY_TSS, struct.pack("<QQ", *tss_descriptor(tss, limit)))
     mem.write(data + TSS_OFF + abi.TSS_sp0, struct.pack("<Q", KERNEL_STACK_TOP))
     for vec, target in gates.items():
         label, dpl = (target, 0) if isinstance(target, str) else target
         if label not in kimg.symbols:
             raise AsmError(f"bare system: gate {vec}: no kernel label {label!r}")
-        off = kimg.symbols[label]
-        lo = (off & 0xFFFF) | (abi.KERNEL_CS << 16) | ((0x8E | dpl << 5) << 40) | (((off >> 16) & 0xFFFF) << 48)
-        mem.write(data + IDT_OFF + 16 * vec, struct.pack("<QQ", lo, off >> 32))
+        gate = gate_descriptor(kimg.symbols[label], abi.KERNEL_CS, dpl=dpl)
+        mem.write(data + IDT_OFF + 16 * vec, struct.pack("<QQ", *gate))
     cpu = System(mem, CpuConfig(), sink=sink)
     cpu.boot_state(cr3=pt.root, ctl=ControlState(smap=False), pcide=False,
                    gdtr=(KERNEL_DATA + GDT_OFF, abi.GDT_ENTRIES * 8 - 1),

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emu.linux.directmap import map_direct
 from emu.linux.layout import layout_for
 from emu.hw.paging import (RW, PAGE_KERNEL, FrameRefs, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, PAGE_SHARED,
                      PageTable)
-from emu.hw.phys import MiB, SIZE_1G, SIZE_2M, FrameKind, PhysMem
+from emu.hw.phys import MiB, SIZE_2M, FrameKind, PhysMem
 
 KERNEL_PHYS = 16 * MiB
 
@@ -32,19 +33,6 @@ class DemoLayout:
         return {"demo.kernel": self.kernel}
 
 
-def map_direct(pt: PageTable, mem: PhysMem) -> None:
-    """The direct map: 1 GiB pages where aligned, 2 MiB elsewhere (init_64.c)."""
-    base = layout_for(pt.levels).page_offset
-    pa = 0
-    while pa < mem.size:
-        if pa % SIZE_1G == 0 and pa + SIZE_1G <= mem.size:
-            pt.map(base + pa, pa, SIZE_1G, PAGE_KERNEL, page_size=SIZE_1G)
-            pa += SIZE_1G
-        else:
-            pt.map(base + pa, pa, SIZE_2M, PAGE_KERNEL, page_size=SIZE_2M)
-            pa += SIZE_2M
-
-
 def build_demo(ram: int = 256 * MiB, levels: int = 4) -> DemoLayout:
     mem = PhysMem(ram)
     lay = layout_for(levels)
@@ -52,7 +40,7 @@ def build_demo(ram: int = 256 * MiB, levels: int = 4) -> DemoLayout:
     # the direct map pins no frame (a linear map of all RAM)
     refs = FrameRefs(exempt=((lay.page_offset, lay.page_offset + lay.direct_map_size),))
     pt = PageTable.create(mem, levels, name="demo.kernel", owner="kernel", policies=(refs,))
-    map_direct(pt, mem)
+    map_direct(pt, mem.size, lay.page_offset, PAGE_KERNEL)
     # set_memory_ro() on the image also changes its direct-map alias
     # (cpa_process_alias): text and rodata are 2 MiB aligned, so whole pages.
     direct_image = lay.page_offset + KERNEL_PHYS

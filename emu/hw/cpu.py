@@ -18,32 +18,29 @@ from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
 
-from emu.hw.paging import CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP, ControlState  # noqa: F401 (re-exported)
+from emu.hw.paging import ControlState
 from emu.hw.phys import PhysMem
+from emu.hw.x86 import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_LA57, CR4_OSFXSR,
+                        CR4_OSXMMEXCPT, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_LMA,
+                        EFER_LME, EFER_NXE, EFER_SCE, GPRS_DISPLAY, MSR_EFER, MSR_FMASK, MSR_FS_BASE,
+                        MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, RF_AC, RF_IF, RFLAGS_RESERVED)
 
-# CPU models: Skylake-Server has SMAP and PKU; Icelake-Server adds LA57 (fact 6).
+# CPU models: Skylake-Server has SMAP and PKU; Icelake-Server adds LA57
+# (docs/architecture.md, Unicorn fact 6).
 MODELS = {
     "skylake-server": X.UC_CPU_X86_SKYLAKE_SERVER,
     "icelake-server": X.UC_CPU_X86_ICELAKE_SERVER,
 }
+RFLAGS_IF, RFLAGS_AC = RF_IF, RF_AC
 
-# control register bits (those a translation depends on come from paging)
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 18, 1 << 31
-CR4_PAE, CR4_PGE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PCIDE = 1 << 5, 1 << 7, 1 << 9, 1 << 10, 1 << 17
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
-RFLAGS_IF, RFLAGS_AC, RFLAGS_RESERVED = 1 << 9, 1 << 18, 1 << 1
-
-MSR_EFER = 0xC0000080
-MSR_STAR = 0xC0000081
-MSR_LSTAR = 0xC0000082
-MSR_FMASK = 0xC0000084
-MSR_FS_BASE = 0xC0000100
-MSR_GS_BASE = 0xC0000101
-MSR_KERNEL_GS_BASE = 0xC0000102
+# the control-register and MSR names are x86.py's; re-exported for callers of this module
+__all__ = ["C", "Cpu", "CpuConfig", "GPR_NAMES", "HOOK_KINDS", "MODELS", "MSR_EFER", "MSR_FMASK", "MSR_FS_BASE",
+           "MSR_GS_BASE", "MSR_KERNEL_GS_BASE", "MSR_LSTAR", "MSR_STAR", "OneReg", "REG_IDS", "RFLAGS_AC",
+           "RFLAGS_IF", "RFLAGS_RESERVED", "RegBatch", "context_offset", "ends_translation_block",
+           "error_code_offset", "exception_is_int_offset"]
 
 # Register file order used by the fast batch calls.
-GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+GPR_NAMES = GPRS_DISPLAY
 _GPR_IDS = [getattr(X, f"UC_X86_REG_{n.upper()}") for n in GPR_NAMES]
 REG_IDS = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in
            GPR_NAMES + ("rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs",

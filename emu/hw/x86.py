@@ -51,8 +51,9 @@ CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 
 CR4_PAE, CR4_PGE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 7, 1 << 9, 1 << 10
 CR4_LA57, CR4_PCIDE, CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 12, 1 << 17, 1 << 20, 1 << 21, 1 << 22
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
-RF_CF, RF_TF, RF_IF, RF_DF, RF_NT, RF_RF, RF_VM, RF_AC = 1, 1 << 8, 1 << 9, 1 << 10, 1 << 14, 1 << 16, \
-    1 << 17, 1 << 18
+RF_CF, RF_PF, RF_AF, RF_ZF, RF_SF, RF_TF, RF_IF, RF_DF, RF_OF = 1, 1 << 2, 1 << 4, 1 << 6, 1 << 7, 1 << 8, \
+    1 << 9, 1 << 10, 1 << 11
+RF_NT, RF_RF, RF_VM, RF_AC, RF_ID = 1 << 14, 1 << 16, 1 << 17, 1 << 18, 1 << 21
 RFLAGS_RESERVED = 1 << 1
 CR3_NOFLUSH = 1 << 63          # CR3 bit 63 with CR4.PCIDE: do not flush the new PCID (SDM 4.10.4.1)
 CR3_PCID_MASK = 0xFFF

@@ -44,6 +44,13 @@ MAP_FAILED_BASE = -4095          # returns above this are -errno
 # --- segments (arch/x86/include/asm/segment.h) -------------------------------------
 KERNEL_CS, KERNEL_DS, USER32_CS, USER_DS, USER_CS = 0x10, 0x18, 0x23, 0x2B, 0x33
 GDT_ENTRY_TSS = 8                 # two entries, x86_64 segment.h
+# the GDT's code and data descriptors (GDT_ENTRY_* of segment.h, flat, 64-bit CS)
+GDT = {1: 0x00CF9B000000FFFF,     # KERNEL32_CS
+       2: 0x00AF9B000000FFFF,     # KERNEL_CS  (0x10)
+       3: 0x00CF93000000FFFF,     # KERNEL_DS  (0x18)
+       4: 0x00CFFB000000FFFF,     # USER32_CS  (0x23)
+       5: 0x00CFF3000000FFFF,     # USER_DS    (0x2b)
+       6: 0x00AFFB000000FFFF}     # USER_CS    (0x33)
 GDT_ENTRIES = 16
 TSS_SELECTOR = GDT_ENTRY_TSS * 8
 # MSR_SYSCALL_MASK as syscall_init() sets it: CF PF AF ZF SF TF IF DF OF IOPL NT RF AC ID

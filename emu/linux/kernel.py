@@ -20,9 +20,11 @@ from emu.linux import abi
 from emu.asm import Image, link
 from emu.errors import ConfigError
 from emu.linux.config import MachineConfig
+from emu.linux.directmap import map_direct
 from emu.linux.layout import Layout, layout_for
 from emu.hw.paging import (ADDR_MASK, ControlState, KERNPG_TABLE, NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX,
                      PAGE_TABLE, PAT_LARGE, RW, US, A, D, G, PageTable, PtiMirror, large_to_4k)
+from emu.hw.descriptors import gate_descriptor, tss_descriptor
 from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
 STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernel_stub")
@@ -214,12 +216,8 @@ class KernelBuilder:
 
     def _map_direct(self, pt: PageTable) -> None:
         """init_64.c: 1 GiB pages where aligned, 2 MiB elsewhere."""
-        base, prot = self.lay.page_offset, self._kprot(PAGE_KERNEL)
-        pa = 0
-        while pa < self.mem.size:
-            size = SIZE_1G if pa % SIZE_1G == 0 and pa + SIZE_1G <= self.mem.size else SIZE_2M
-            pt.map(base + pa, pa, size, prot, page_size=size)
-            pa += size
+        base = self.lay.page_offset
+        map_direct(pt, self.mem.size, base, self._kprot(PAGE_KERNEL))
         # set_memory_ro() on the image reaches its direct-map alias too
         # (cpa_process_alias); text, entry text and rodata are 2 MiB aligned.
         for sec in (".text", ".entry.text", ".rodata"):
@@ -313,20 +311,11 @@ class KernelBuilder:
         k, img = self.k, self.image
         # GDT (arch/x86/include/asm/segment.h layout)
         gdt = k.percpu_va("gdt_page")
-        entries = {1: 0x00CF9B000000FFFF,        # KERNEL32_CS
-                   2: 0x00AF9B000000FFFF,        # KERNEL_CS  (0x10)
-                   3: 0x00CF93000000FFFF,        # KERNEL_DS  (0x18)
-                   4: 0x00CFFB000000FFFF,        # USER32_CS  (0x23)
-                   5: 0x00CFF3000000FFFF,        # USER_DS    (0x2b)
-                   6: 0x00AFFB000000FFFF}        # USER_CS    (0x33)
-        for i, v in entries.items():
+        for i, v in abi.GDT.items():
             k.write_q(gdt + 8 * i, v)
-        tss = k.cea["tss"]
-        limit = abi.TSS_SIZE - 1
-        lo = (limit & 0xFFFF) | ((tss & 0xFFFFFF) << 16) | (0x89 << 40) | (((limit >> 16) & 0xF) << 48) \
-            | (((tss >> 24) & 0xFF) << 56)
+        lo, hi = tss_descriptor(k.cea["tss"], abi.TSS_SIZE - 1)
         k.write_q(gdt + 8 * abi.GDT_ENTRY_TSS, lo)
-        k.write_q(gdt + 8 * abi.GDT_ENTRY_TSS + 8, tss >> 32)
+        k.write_q(gdt + 8 * abi.GDT_ENTRY_TSS + 8, hi)
         # TSS: sp0 = the entry stack (regardless of task), IST stacks in the cea
         t = k.percpu_va("cpu_tss_rw")
         tss_pa = k.kva_to_pa(t)
@@ -341,11 +330,9 @@ class KernelBuilder:
                  13: ("asm_exc_general_protection", 0, 0), 14: ("asm_exc_page_fault", 0, 0),
                  abi.TIMER_VECTOR: ("asm_sysvec_apic_timer_interrupt", 0, 0)}
         for vec, (name, dpl, ist) in gates.items():
-            off = img.symbols[name]
-            lo = (off & 0xFFFF) | (abi.KERNEL_CS << 16) | (ist << 32) | ((0x8E | dpl << 5) << 40) \
-                | (((off >> 16) & 0xFFFF) << 48)
+            lo, hi = gate_descriptor(img.symbols[name], abi.KERNEL_CS, dpl=dpl, ist=ist)
             k.write_q(idt + 16 * vec, lo)
-            k.write_q(idt + 16 * vec + 8, off >> 32)
+            k.write_q(idt + 16 * vec + 8, hi)
 
     def _pti_user_tables(self, init: PageTable) -> None:
         """pti_init(): what the user PGD of init_mm maps (arch/x86/mm/pti.c).

@@ -22,13 +22,13 @@ from typing import Callable
 
 from emu.linux import abi
 from emu.asm import Image
-from emu.errors import ConfigError, GuestError
+from emu.errors import AllocError, ConfigError, GuestError
 from emu.linux.config import MachineConfig
 from emu.linux.kernel import KernelBuilder, Process
 from emu.hw.cpu import CpuConfig
 from emu.hw.microcode import System
 from emu.hw.x86 import vector_name
-from emu.hw.paging import ADDR_MASK, ControlState, Fault, error_code_words, read_virt
+from emu.hw.paging import ADDR_MASK, ControlState, Fault, error_code_words, read_virt, translate
 from emu.hw.phys import FrameKind
 from emu.linux.program import assemble_program
 
@@ -277,32 +277,50 @@ class Machine:
 
     # -- devices -----------------------------------------------------------------------------
     def _hypercall(self, port: int, size: int, value: int) -> int:
-        """The allocator call: eax = op, rdi = order or pa, rsi = kind, rdx = flags."""
+        """The allocator device: eax = op, rdi = order or pa, rsi = kind, rdx = flags.
+
+        Out of guest memory is the guest's to handle (rax = 0).  A request
+        the stub should never make (an unknown kind or order, freeing a frame
+        that is free, reserved or still referenced) stops the machine with a
+        GuestError naming the stub's RIP and symbol.  A Python error here is
+        isoemu's own bug: it propagates as itself, with a note saying where
+        the guest was."""
         cpu = self.cpu
         rdi, rsi, rdx = cpu.reg("rdi"), cpu.reg("rsi"), cpu.reg("rdx")
         op = value & 0xFFFFFFFF
         p = self.current_process()
         owner = p.name if p else "kernel"
         frames = self.mem.frames
-        if op == abi.HC_ALLOC:
-            try:
+        try:
+            if op == abi.HC_ALLOC:
+                if rsi not in FrameKind.__members__.values() or rsi == FrameKind.FREE:
+                    raise self._device_error(f"alloc of unknown frame kind {rsi}")
+                if rdi not in frames.ORDERS:
+                    raise self._device_error(f"alloc of order {rdi} (the allocator takes 0, 9 or 18)")
                 kind = FrameKind(rsi)
-                pa = frames.alloc(kind, rdi, owner)
-            except (ValueError, Exception) as e:  # noqa: BLE001 - the guest gets 0 (out of memory)
-                self._sink("alloc_failed", order=rdi, kind=rsi, reason=str(e))
+                try:
+                    pa = frames.alloc(kind, rdi, owner)
+                except AllocError as e:           # out of guest memory: the guest gets 0
+                    self._sink("alloc_failed", order=rdi, frame_kind=FrameKind(rsi).name.lower(), reason=str(e))
+                    return 0
+                self._sink("alloc", pa=pa, order=rdi, frame_kind=kind.name.lower(), sensitive=bool(rdx & 1))
+                return pa
+            if op == abi.HC_FREE:
+                try:
+                    frames.free(rdi)
+                except AllocError as e:
+                    raise self._device_error(f"free: {e}") from None
+                self._sink("free", pa=rdi)
                 return 0
-            self._sink("alloc", pa=pa, order=rdi, frame_kind=kind.name.lower(), sensitive=bool(rdx & 1))
-            return pa
-        if op == abi.HC_FREE:
-            try:
-                frames.free(rdi)
-            except Exception as e:  # noqa: BLE001
-                self._sink("bad_free", pa=rdi, reason=str(e))
-                return (-abi.ERRNO["EINVAL"]) & 0xFFFFFFFFFFFFFFFF
-            self._sink("free", pa=rdi)
-            return 0
-        self._sink("bad_hypercall", op=op)
-        return (-abi.ERRNO["ENOSYS"]) & 0xFFFFFFFFFFFFFFFF
+            raise self._device_error(f"unknown allocator call {op}")
+        except GuestError:
+            raise
+        except Exception as e:
+            e.add_note(f"in the allocator device, called by the stub at {self.where()}")
+            raise
+
+    def _device_error(self, what: str) -> GuestError:
+        return GuestError(f"the stub's {what} at {self.where()}")
 
     def _console(self, port: int, size: int, value: int) -> None:
         b = value & 0xFF
@@ -368,11 +386,17 @@ class Machine:
             raise Interrupted(f"interrupted at {self.where()}, after at least {self.cpu.executed:,} "
                               f"instructions")
         if reason == "halt":
-            if self.kernel.read_data("panic_flag"):
-                tail = bytes(self.console).decode(errors="replace").strip().splitlines()
-                msg = " / ".join(tail[-3:]) if tail else "no message"
-                raise KernelPanic(f"kernel panic: {msg}")
+            panic = self.panic_message()
+            if panic:
+                raise KernelPanic(panic)
         return RunResult(reason, self.events[start:])
+
+    def panic_message(self) -> str | None:
+        """``kernel panic: <the console's last lines>`` if the stub panicked, else None."""
+        if self.cpu is None or not self.kernel.read_data("panic_flag"):
+            return None
+        tail = bytes(self.console).decode(errors="replace").strip().splitlines()
+        return "kernel panic: " + (" / ".join(tail[-3:]) if tail else "no message")
 
     def step(self, count: int = 1) -> str:
         """Run at most ``count`` instructions; never raises for the budget.
@@ -436,6 +460,15 @@ class Machine:
         if isinstance(got, Fault):
             raise GuestError(f"{got.va:#x} is not readable in {space or 'the current space'}: {got.describe()}")
         return got
+
+    def pa_of(self, va: int, space: str | None = None) -> int:
+        """The physical address of ``va`` in a named space (default: the
+        current CR3), as the kernel would reach it; GuestError if it faults."""
+        root = self.spaces()[space] if space else self.cpu.reg("cr3")
+        t = translate(self.mem, root, va, 0, 0, ControlState(la57=self.config.la57, smap=False))
+        if t.fault:
+            raise GuestError(f"{va:#x} is not mapped in {space or 'the current space'}: {t.describe()}")
+        return t.pa
 
     def read_u64(self, va: int, space: str | None = None) -> int:
         return struct.unpack("<Q", self.read_virt(va, 8, space))[0]

@@ -293,7 +293,7 @@ class MatrixMachine:
         vals = [m.read_u64(self.a.image.symbols["va_secret"] + 8 * i, "A.kernel") for i in range(3)]
         b_slots = self.b.image.symbols["va_a_secret"]
         for i, v in enumerate(vals):
-            m.mem.write_u64(_user_pa(m, self.b, b_slots + 8 * i), v)
+            m.mem.write_u64(m.pa_of(b_slots + 8 * i, f"{self.b.name}.kernel"), v)
         self.stats_at_yield = m.stats()
         if self._pause:
             self._pause = False
@@ -336,14 +336,6 @@ def default_machine(cfg: MachineConfig | None = None) -> Machine:
 def _assemble(m: Machine, src: str, count: int, name: str):
     from emu.linux.program import assemble_program
     return assemble_program(src, f"matrix_probe.S ({name})", m.layout, {"PROBE_COUNT": count})
-
-
-def _user_pa(m: Machine, p, va: int) -> int:
-    from emu.hw.paging import ControlState, translate
-    t = translate(m.mem, p.pgd, va, 0, 0, ControlState(la57=m.config.la57, smap=False))
-    if t.fault:
-        raise AssertionError(f"{va:#x} not mapped in {p.name}")
-    return t.pa
 
 
 def _outcome(vector: int, ec: int, asi: int) -> Outcome:

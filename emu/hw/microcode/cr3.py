@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
-from emu.hw.cpu import CR4_PCIDE
+from emu.hw.x86 import CR4_PCIDE
 
 
 class Cr3Sites:

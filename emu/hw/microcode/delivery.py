@@ -10,7 +10,7 @@ walker (a stack missing from the current tables is a fault during delivery:
 from __future__ import annotations
 
 from emu.errors import GuestError
-from emu.hw.cpu import RFLAGS_IF
+from emu.hw.x86 import RF_IF as RFLAGS_IF
 from emu.hw.microcode.regs import FRAME5, FRAME6, QQ, V_CR2, V_CR3, V_CS, V_RFLAGS, V_RIP, V_RSP, V_SS, Q, RegFile
 from emu.hw.paging import PF_I, PF_U, PF_W, READ, VEC_GP, VEC_PF, ControlState, Fault, read_virt, write_virt
 from emu.hw.x86 import CONTRIBUTORY, ERROR_CODE_VECTORS, vector_name

@@ -8,7 +8,7 @@ import struct
 
 from unicorn import x86_const as X
 
-from emu.hw.cpu import CR4_LA57, CR4_PCIDE
+from emu.hw.x86 import CR4_LA57, CR4_PCIDE
 from emu.hw.microcode.regs import RegFile
 from emu.hw.paging import VEC_GP, VEC_PF, Fault
 

@@ -17,7 +17,8 @@ import capstone
 from unicorn import unicorn_const as UC
 
 from emu.errors import GuestError
-from emu.hw.cpu import RFLAGS_AC, C, Cpu, OneReg, ends_translation_block
+from emu.hw.cpu import C, Cpu, OneReg, ends_translation_block
+from emu.hw.x86 import RF_AC as RFLAGS_AC
 from emu.hw.microcode.regs import RegFile
 from emu.hw.paging import ControlState, WalkCache, control_state_of
 
@@ -221,7 +222,7 @@ class EventLoop(Cpu):
         self.executed = 0
         self._deliver_pending_irq()
         left = budget
-        while left > 0:
+        while left > 0 and not self.stop_reason:
             rip = self.reg("rip")
             # a block-start hook that fired for the instruction at RIP before the
             # last stop must not fire again for the same arrival

@@ -9,11 +9,11 @@ import struct
 
 from unicorn import x86_const as X
 
-from emu.hw.cpu import MSR_KERNEL_GS_BASE, C
+from emu.hw.cpu import C
+from emu.hw.x86 import GPRS_DISPLAY, MSR_KERNEL_GS_BASE
 
 # --- the architectural register file -----------------------------------------------------
-_GPRS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
-         "r13", "r14", "r15"]
+_GPRS = list(GPRS_DISPLAY)
 _OTHERS = ["rip", "rflags", "cs", "ss", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base"]
 STATE_NAMES = _GPRS + _OTHERS + ["kernel_gs_base", "mxcsr"] + [f"xmm{i}" for i in range(16)]
 IDX = {n: i for i, n in enumerate(STATE_NAMES)}

@@ -14,7 +14,8 @@ import ctypes
 from unicorn import x86_const as X
 
 from emu.errors import GuestError
-from emu.hw.cpu import MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, C, context_offset, error_code_offset
+from emu.hw.cpu import C, context_offset, error_code_offset
+from emu.hw.x86 import MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR
 from emu.hw.paging import ControlState
 
 

@@ -23,7 +23,7 @@ EMU = Path(__file__).resolve().parent.parent / "emu"
 # layer; the packages of one layer may not import each other.
 LAYERS: list[tuple[str, ...]] = [
     ("emu.errors", "emu.version"),
-    ("emu.parse", "emu.hw.x86"),
+    ("emu.parse", "emu.hw.x86", "emu.hw.descriptors"),
     ("emu.hw.phys", "emu.asm"),
     ("emu.hw.paging",),
     ("emu.hw.cpu", "emu.hw.tlb"),

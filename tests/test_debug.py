@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -444,6 +445,81 @@ def test_budget_bounds_every_run():
     assert str(s).startswith("budget used up at 0x400000 in A:_start")
     with pytest.raises(DebugError, match=r"^instruction count '0' is out of range \(1 \.\. "):
         dbg.stepi(0)
+
+
+COUNTING_LOOP = f"""
+_start:
+    inc rbx
+    jmp _start
+{EXIT}"""
+
+
+def test_sigint_stops_a_run_with_the_machine_intact():
+    """SIGINT (Ctrl-C) during cont() ends it with a stop 'interrupted' where
+    the CPU was; the machine runs on from there, instruction by instruction."""
+    m, dbg = debugger(COUNTING_LOOP)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        s = dbg.cont(budget="100G")
+    finally:
+        timer.cancel()
+    loop = {label(m, "_start"), label(m, "_start") + 3}           # inc rbx (3 bytes), jmp
+    assert (s.reason, s.breakpoints, s.space, s.cpl) == ("interrupted", (), "A.user", 3)
+    assert s.rip in loop and dbg.alive
+    assert re.fullmatch(rf"interrupted at {s.rip:#x} in A:_start(\+0x3)? \(A\.user, CPL 3\) after at least "
+                        r"[\d,]+ instructions", str(s))
+    rbx = dbg.regs["rbx"]
+    assert rbx > 0
+    s = dbg.stepi(4)                                            # two more rounds of the loop
+    assert (s.reason, s.rip, dbg.regs["rbx"]) == ("step", s.rip, rbx + 2) and s.rip in loop
+
+
+def test_after_cr3_hooks_only_while_a_breakpoint_needs_them():
+    m, dbg = debugger(GETPID)
+    ends = {a + size for a, (_, size, _) in m.cpu.cr3_sites.items()}
+    hooked = lambda: ends & set(m.cpu._at_addr)   # noqa: E731
+    assert hooked() == set()
+    bp = dbg.break_cr3()
+    dbg.catch_asi_exit()
+    assert hooked() == ends
+    dbg.delete(bp.num)
+    assert hooked() == ends                                    # the asi-exit catchpoint still needs them
+    dbg.delete()
+    assert hooked() == set()
+
+
+def test_a_new_kind_of_catchpoint_is_a_row_of_the_tables(monkeypatch):
+    """The extension points: a BreakKind in KINDS (the event it watches, when
+    it matches, how it reads) and a Sub in the REPL's CATCH table; nothing in
+    the Debugger changes.  Here: a catchpoint on the machine's
+    'syscall_return' event."""
+    from emu.cli import debug as repl
+    from emu.tools.debug import KINDS, BreakKind
+
+    kind = BreakKind("syscall-return", "Catchpoint", "catch return",
+                     lambda b: "any syscall return" if b.nr is None else f"return from syscall {b.nr}",
+                     lambda s: f"syscall {s.event.nr} returned {s.event.ret}", watches="syscall_return",
+                     matches=lambda b, ev, cause: b.nr in (None, ev.nr))
+    monkeypatch.setitem(KINDS, kind.name, kind)
+    monkeypatch.setitem(repl.CATCH, "return", repl.Sub(
+        "catch return [N]", "stop when a syscall returns",
+        lambda sh, a: sh.dbg.add_breakpoint("syscall-return", nr=int(a[0]) if a else None)))
+    m, dbg = debugger(GETPID)
+    out, err = io.StringIO(), io.StringIO()
+    shell = repl.DebugShell(dbg, interactive=False, stdout=out, stderr=err)
+    for c in ("catch return 39", "c", "info breakpoints"):
+        shell.onecmd(c)
+    after = m.kernel.sym("entry_SYSCALL_64_after_call")
+    assert out.getvalue().splitlines() == [
+        "Catchpoint 1: return from syscall 39",
+        f"Catchpoint 1: syscall 39 returned {m.process('A').pid}",
+        f"=> {after:#x} <entry_SYSCALL_64_after_call>:\t" + dbg.disas(after, 1)[0].text,
+        "Num  Type            Hits  What",
+        "1    catch return    1     return from syscall 39"]
+    assert err.getvalue() == ""
+    with pytest.raises(DebugError, match="unknown breakpoint kind 'nosuch': choose from cr3, address, "):
+        dbg.add_breakpoint("nosuch")
 
 
 def test_halt_then_no_more_running():

@@ -115,19 +115,20 @@ def linux_syscall_cr3_writes(cfg, k_root, asi_root, user_cr3):
 
 
 CONFIGS = [
-    # pti, pcid, asi
-    (True, True, True),
-    (True, False, True),
-    (True, True, False),
-    (False, True, True),
-    (True, False, False),
-    (False, False, False),
+    # pti, pcid, asi, la57
+    (True, True, True, False),
+    (True, False, True, False),
+    (True, True, False, False),
+    (False, True, True, False),
+    (True, False, False, False),
+    (False, False, False, False),
+    (True, True, True, True),       # LA57: NOFLUSH leaves the register during the write
 ]
 
 
-@pytest.mark.parametrize("pti,pcid,asi", CONFIGS)
-def test_syscall_round_trip_cr3_sequence(pti, pcid, asi):
-    cfg = MachineConfig(pti=pti, pcid=pcid, asi=asi)
+@pytest.mark.parametrize("pti,pcid,asi,la57", CONFIGS)
+def test_syscall_round_trip_cr3_sequence(pti, pcid, asi, la57):
+    cfg = MachineConfig(pti=pti, pcid=pcid, asi=asi, la57=la57)
     m, dbg = debugger(GETPID, cfg)
     spaces = m.spaces()
     k_root = spaces["A.kernel"]
@@ -154,6 +155,8 @@ def test_syscall_round_trip_cr3_sequence(pti, pcid, asi):
         # stopped just after the mov cr3, CR3 loaded without NOFLUSH
         assert s.rip == w.rip + site.size
         assert dbg.regs["cr3"] == w.new & ~NOFLUSH
+        # ... and the source register as the guest left it (NOFLUSH and all)
+        assert dbg.regs[site.op_str.split(", ")[1]] == w.new
         assert w.insn == f"{site.mnemonic} {site.op_str}"
         assert w.noflush == bool(w.new & NOFLUSH)
         assert w.pcid == ((w.new & 0xFFF) if pcid else None)
@@ -391,6 +394,7 @@ def test_detach_leaves_the_machine_as_if_never_debugged():
     plain = Machine(MachineConfig(), programs=progs, record_events=False)
     plain.boot()
     hooks = (dict(plain.cpu._at_addr), plain.cpu.want_events)
+    block_starts = {a: len(fns) for a, fns in plain.cpu._block_starts.items()}
     assert hooks[1] is False
     assert plain.run().reason == "halt"
     m = Machine(MachineConfig(), programs=progs, record_events=False)
@@ -400,6 +404,7 @@ def test_detach_leaves_the_machine_as_if_never_debugged():
         s = dbg.cont()
         assert s.reason == "breakpoint" and len(m.cpu._at_addr) > len(hooks[0])
     assert (m.cpu._at_addr.keys(), m.cpu.want_events) == (hooks[0].keys(), hooks[1])
+    assert {a: len(fns) for a, fns in m.cpu._block_starts.items()} == block_starts
     assert dbg.breakpoints == [] and dbg.space.startswith("A.")     # inspection still works
     with pytest.raises(DebugError, match="the debugger is detached"):
         dbg.cont()
@@ -478,7 +483,7 @@ def test_sigint_stops_a_run_with_the_machine_intact():
 def test_after_cr3_hooks_only_while_a_breakpoint_needs_them():
     m, dbg = debugger(GETPID)
     ends = {a + size for a, (_, size, _) in m.cpu.cr3_sites.items()}
-    hooked = lambda: ends & set(m.cpu._at_addr)   # noqa: E731
+    hooked = lambda: {a for a, fns in m.cpu._block_starts.items() if dbg._after_cr3 in fns}   # noqa: E731
     assert hooked() == set()
     bp = dbg.break_cr3()
     dbg.catch_asi_exit()

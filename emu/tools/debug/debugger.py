@@ -70,7 +70,7 @@ class Debugger(Inspector):
         self._dead: str | None = None              # why the machine cannot run on
         self._hooked: dict[int, int] = {}          # breakpoint address -> code hook
         self._skip: int | None = None              # the breakpoint being stepped over
-        self._cr3_hooks: list[int] = []            # see _sync_hooks
+        self._cr3_hooks: list[int] = []            # addresses after each mov cr3, see _sync_hooks
         machine.on_event(self._on_event)
         self.attached = True
 
@@ -166,7 +166,7 @@ class Debugger(Inspector):
         self._sync_hooks()
 
     def _sync_hooks(self) -> None:
-        """Code hooks for what the breakpoints need, and no more: with an
+        """Hooks for what the breakpoints need, and no more: with an
         instruction budget every code hook costs every instruction a check
         (docs/unicorn-notes.md), which slows the whole run down."""
         want = {b.address for b in self.breakpoints if b.kind == "address"}
@@ -174,14 +174,19 @@ class Debugger(Inspector):
             self.cpu.del_code_hook(self._hooked.pop(a))
         for a in sorted(want - set(self._hooked)):
             self._hooked[a] = self.cpu.add_code_hook(a, self._at_breakpoint, first=True)
-        # the instruction after every mov cr3: where after_insn kinds (cr3, asi-exit) stop
+        # the instruction after every mov cr3: where after_insn kinds (cr3, asi-exit) stop.
+        # QEMU ends a translated block at every CR write, so these are block-start
+        # hooks, which cost nothing elsewhere.  Every function of a block-start
+        # hook runs before a stop takes effect: the CPU layer's own there has run
+        # (NOFLUSH stripped from CR3, given back to the register: emu/hw/microcode/cr3.py)
         after = any(KINDS[b.kind].after_insn for b in self.breakpoints)
         if after and not self._cr3_hooks:
-            self._cr3_hooks = [self.cpu.add_code_hook(addr + size, self._after_cr3)
-                               for addr, (_, size, _) in sorted(self.cpu.cr3_sites.items())]
+            self._cr3_hooks = [addr + size for addr, (_, size, _) in sorted(self.cpu.cr3_sites.items())]
+            for a in self._cr3_hooks:
+                self.cpu.add_block_start_hook(a, self._after_cr3)
         elif not after and self._cr3_hooks:
-            for h in self._cr3_hooks:
-                self.cpu.del_code_hook(h)
+            for a in self._cr3_hooks:
+                self.cpu.del_block_start_hook(a, self._after_cr3)
             self._cr3_hooks = []
 
     def _at_breakpoint(self, addr: int) -> None:

@@ -17,8 +17,8 @@ from emu.tools.debug import Debugger, syscall_name
 from emu.linux.machine import Machine, MachineConfig
 
 # A user program: Intel syntax, entry point _start.  SYS_* and USER_DATA are
-# predefined (emu/program.py); SYS_probe and SYS_direct_map_alias are the
-# project's own system calls (emu/abi.py, kernel_stub/syscalls.S).
+# predefined (emu/linux/program.py); SYS_probe and SYS_direct_map_alias are the
+# project's own system calls (emu/linux/abi.py, kernel_stub/syscalls.S).
 PROGRAM = """
 _start:
     mov rax, USER_DATA

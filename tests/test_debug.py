@@ -3,18 +3,22 @@
 Expected CR3 values are computed from the machine's own page-table roots
 (Machine.spaces()) with the rules of Linux's arch/x86/entry/calling.h
 (SWITCH_TO_KERNEL_CR3 / SWITCH_TO_USER_CR3), arch/x86/mm/tlb.c (kernel PCID =
-ASID + 1) and the ASI RFC (ASI PCID = kernel PCID | (class + 1) << 9), never
-copied from a run.
+ASID + 1) and the stub's ASI (README.md, the mechanism table: ASI PCID =
+kernel PCID | (class + 1) << 9; kernel_stub/asi.S), never copied from a run.
 """
 
+import fcntl
 import io
 import os
 import pty
 import re
 import runpy
 import select
+import signal
 import subprocess
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -95,7 +99,7 @@ def linux_syscall_cr3_writes(cfg, k_root, asi_root, user_cr3):
         out.append(("entry_SYSCALL_64", cr3, new))
         cr3 = new & ~NOFLUSH                   # hardware never stores bit 63
     if cfg.asi:
-        # asi_enter: the restricted PGD; never NOFLUSH (RFCv2 [20/29])
+        # asi_enter: the restricted PGD; never NOFLUSH (kernel_stub/asi.S, __asi_enter)
         new = asi_root | ((kern_pcid | (abi.ASI_CLASS_USERSPACE + 1) << 9) if cfg.pcid else 0)
         out.append(("__asi_enter", cr3, new))
         cr3 = new
@@ -111,19 +115,20 @@ def linux_syscall_cr3_writes(cfg, k_root, asi_root, user_cr3):
 
 
 CONFIGS = [
-    # pti, pcid, asi
-    (True, True, True),
-    (True, False, True),
-    (True, True, False),
-    (False, True, True),
-    (True, False, False),
-    (False, False, False),
+    # pti, pcid, asi, la57
+    (True, True, True, False),
+    (True, False, True, False),
+    (True, True, False, False),
+    (False, True, True, False),
+    (True, False, False, False),
+    (False, False, False, False),
+    (True, True, True, True),       # LA57: NOFLUSH leaves the register during the write
 ]
 
 
-@pytest.mark.parametrize("pti,pcid,asi", CONFIGS)
-def test_syscall_round_trip_cr3_sequence(pti, pcid, asi):
-    cfg = MachineConfig(pti=pti, pcid=pcid, asi=asi)
+@pytest.mark.parametrize("pti,pcid,asi,la57", CONFIGS)
+def test_syscall_round_trip_cr3_sequence(pti, pcid, asi, la57):
+    cfg = MachineConfig(pti=pti, pcid=pcid, asi=asi, la57=la57)
     m, dbg = debugger(GETPID, cfg)
     spaces = m.spaces()
     k_root = spaces["A.kernel"]
@@ -150,6 +155,8 @@ def test_syscall_round_trip_cr3_sequence(pti, pcid, asi):
         # stopped just after the mov cr3, CR3 loaded without NOFLUSH
         assert s.rip == w.rip + site.size
         assert dbg.regs["cr3"] == w.new & ~NOFLUSH
+        # ... and the source register as the guest left it (NOFLUSH and all)
+        assert dbg.regs[site.op_str.split(", ")[1]] == w.new
         assert w.insn == f"{site.mnemonic} {site.op_str}"
         assert w.noflush == bool(w.new & NOFLUSH)
         assert w.pcid == ((w.new & 0xFFF) if pcid else None)
@@ -387,6 +394,7 @@ def test_detach_leaves_the_machine_as_if_never_debugged():
     plain = Machine(MachineConfig(), programs=progs, record_events=False)
     plain.boot()
     hooks = (dict(plain.cpu._at_addr), plain.cpu.want_events)
+    block_starts = {a: len(fns) for a, fns in plain.cpu._block_starts.items()}
     assert hooks[1] is False
     assert plain.run().reason == "halt"
     m = Machine(MachineConfig(), programs=progs, record_events=False)
@@ -396,6 +404,7 @@ def test_detach_leaves_the_machine_as_if_never_debugged():
         s = dbg.cont()
         assert s.reason == "breakpoint" and len(m.cpu._at_addr) > len(hooks[0])
     assert (m.cpu._at_addr.keys(), m.cpu.want_events) == (hooks[0].keys(), hooks[1])
+    assert {a: len(fns) for a, fns in m.cpu._block_starts.items()} == block_starts
     assert dbg.breakpoints == [] and dbg.space.startswith("A.")     # inspection still works
     with pytest.raises(DebugError, match="the debugger is detached"):
         dbg.cont()
@@ -439,8 +448,83 @@ def test_budget_bounds_every_run():
     s = dbg.cont(budget=1000)
     assert s.reason == "budget" and s.rip == label(m, "_start")
     assert str(s).startswith("budget used up at 0x400000 in A:_start")
-    with pytest.raises(DebugError, match="at least 1"):
+    with pytest.raises(DebugError, match=r"^instruction count '0' is out of range \(1 \.\. "):
         dbg.stepi(0)
+
+
+COUNTING_LOOP = f"""
+_start:
+    inc rbx
+    jmp _start
+{EXIT}"""
+
+
+def test_sigint_stops_a_run_with_the_machine_intact():
+    """SIGINT (Ctrl-C) during cont() ends it with a stop 'interrupted' where
+    the CPU was; the machine runs on from there, instruction by instruction."""
+    m, dbg = debugger(COUNTING_LOOP)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        s = dbg.cont(budget="100G")
+    finally:
+        timer.cancel()
+    loop = {label(m, "_start"), label(m, "_start") + 3}           # inc rbx (3 bytes), jmp
+    assert (s.reason, s.breakpoints, s.space, s.cpl) == ("interrupted", (), "A.user", 3)
+    assert s.rip in loop and dbg.alive
+    assert re.fullmatch(rf"interrupted at {s.rip:#x} in A:_start(\+0x3)? \(A\.user, CPL 3\) after at least "
+                        r"[\d,]+ instructions", str(s))
+    rbx = dbg.regs["rbx"]
+    assert rbx > 0
+    s = dbg.stepi(4)                                            # two more rounds of the loop
+    assert (s.reason, s.rip, dbg.regs["rbx"]) == ("step", s.rip, rbx + 2) and s.rip in loop
+
+
+def test_after_cr3_hooks_only_while_a_breakpoint_needs_them():
+    m, dbg = debugger(GETPID)
+    ends = {a + size for a, (_, size, _) in m.cpu.cr3_sites.items()}
+    hooked = lambda: {a for a, fns in m.cpu._block_starts.items() if dbg._after_cr3 in fns}   # noqa: E731
+    assert hooked() == set()
+    bp = dbg.break_cr3()
+    dbg.catch_asi_exit()
+    assert hooked() == ends
+    dbg.delete(bp.num)
+    assert hooked() == ends                                    # the asi-exit catchpoint still needs them
+    dbg.delete()
+    assert hooked() == set()
+
+
+def test_a_new_kind_of_catchpoint_is_a_row_of_the_tables(monkeypatch):
+    """The extension points: a BreakKind in KINDS (the event it watches, when
+    it matches, how it reads) and a Sub in the REPL's CATCH table; nothing in
+    the Debugger changes.  Here: a catchpoint on the machine's
+    'syscall_return' event."""
+    from emu.cli import debug as repl
+    from emu.tools.debug import KINDS, BreakKind
+
+    kind = BreakKind("syscall-return", "Catchpoint", "catch return",
+                     lambda b: "any syscall return" if b.nr is None else f"return from syscall {b.nr}",
+                     lambda s: f"syscall {s.event.nr} returned {s.event.ret}", watches="syscall_return",
+                     matches=lambda b, ev, cause: b.nr in (None, ev.nr))
+    monkeypatch.setitem(KINDS, kind.name, kind)
+    monkeypatch.setitem(repl.CATCH, "return", repl.Sub(
+        "catch return [N]", "stop when a syscall returns",
+        lambda sh, a: sh.dbg.add_breakpoint("syscall-return", nr=int(a[0]) if a else None)))
+    m, dbg = debugger(GETPID)
+    out, err = io.StringIO(), io.StringIO()
+    shell = repl.DebugShell(dbg, interactive=False, stdout=out, stderr=err)
+    for c in ("catch return 39", "c", "info breakpoints"):
+        shell.onecmd(c)
+    after = m.kernel.sym("entry_SYSCALL_64_after_call")
+    assert out.getvalue().splitlines() == [
+        "Catchpoint 1: return from syscall 39",
+        f"Catchpoint 1: syscall 39 returned {m.process('A').pid}",
+        f"=> {after:#x} <entry_SYSCALL_64_after_call>:\t" + dbg.disas(after, 1)[0].text,
+        "Num  Type            Hits  What",
+        "1    catch return    1     return from syscall 39"]
+    assert err.getvalue() == ""
+    with pytest.raises(DebugError, match="unknown breakpoint kind 'nosuch': choose from cr3, address, "):
+        dbg.add_breakpoint("nosuch")
 
 
 def test_halt_then_no_more_running():
@@ -535,27 +619,85 @@ def test_inspection_api():
         regs["xyz"]
 
 
-@pytest.mark.parametrize("expr,want", [
-    ("0x1000", lambda m, d: 0x1000),
-    ("ffffffff81000000", lambda m, d: 0xFFFFFFFF81000000),
-    ("do_syscall_64", lambda m, d: m.kernel.sym("do_syscall_64")),
-    ("do_syscall_64+0x10", lambda m, d: m.kernel.sym("do_syscall_64") + 0x10),
-    ("*A:value - 8", lambda m, d: label(m, "value") - 8),
-    ("value", lambda m, d: label(m, "value")),
-    ("$rsp + 16", lambda m, d: m.cpu.reg("rsp") + 16),
-])
-def test_resolve(expr, want):
-    m, dbg = debugger(DATA)
-    assert dbg.resolve(expr) == want(m, dbg)
+# names an address expression may use: a label that is also a hexadecimal word,
+# and a label with a kernel symbol's name
+NAMES = f"""
+_start:
+    nop
+bad:
+    nop
+do_syscall_64:
+    nop
+{EXIT}
+.data
+value: .quad 0x1122334455667788
+"""
+
+
+def _bad_note(m):
+    return f"'bad' is read as the name bad ({label(m, 'bad'):#x}); write 0xbad for the number"
+
+
+# (expression, its value from the machine's own tables, the notes it makes)
+RESOLVE_CASES = [
+    ("0x1000", lambda m: 0x1000, []),
+    ("1000", lambda m: 0x1000, []),                                  # hexadecimal without 0x
+    ("600000", lambda m: abi.USER_DATA, []),
+    ("ffffffff81000000", lambda m: 0xFFFFFFFF81000000, []),
+    ("ffff_ffff_8100_0000", lambda m: 0xFFFFFFFF81000000, []),
+    ("USER_DATA + 10", lambda m: abi.USER_DATA + 0x10, []),         # offsets hexadecimal too
+    ("DIRECT_MAP_BASE + 1000", lambda m: m.layout.page_offset + 0x1000, []),
+    ("KERNEL_TEXT - 8", lambda m: m.layout.kernel_text - 8, []),
+    ("value", lambda m: label(m, "value"), []),                      # a label of one program
+    ("*A:value - 8", lambda m: label(m, "value") - 8, []),
+    ("bad", lambda m: label(m, "bad"), [_bad_note]),                 # the name, with a note
+    ("bad + 1", lambda m: label(m, "bad") + 1, [_bad_note]),
+    ("0xbad", lambda m: 0xBAD, []),                                  # always the number
+    ("do_syscall_64", lambda m: m.kernel.sym("do_syscall_64"),
+     [lambda m: f"'do_syscall_64' is the kernel symbol ({m.kernel.sym('do_syscall_64'):#x}); "
+                f"write A:do_syscall_64 for the label of process A"]),
+    ("A:do_syscall_64", lambda m: label(m, "do_syscall_64"), []),
+    ("do_syscall_64+10", lambda m: m.kernel.sym("do_syscall_64") + 0x10,
+     [lambda m: f"'do_syscall_64' is the kernel symbol ({m.kernel.sym('do_syscall_64'):#x}); "
+                f"write A:do_syscall_64 for the label of process A"]),
+    ("$rsp + 10", lambda m: m.cpu.reg("rsp") + 0x10, []),
+    ("$pc", lambda m: m.cpu.reg("rip"), []),
+    ("$RIP-1", lambda m: m.cpu.reg("rip") - 1, []),
+]
+
+
+@pytest.mark.parametrize("expr,want,notes", RESOLVE_CASES, ids=[c[0] for c in RESOLVE_CASES])
+def test_resolve(expr, want, notes):
+    m, dbg = debugger(NAMES)
+    assert dbg.resolve(expr) == want(m) & (1 << 64) - 1
+    assert dbg.notes == [n(m) for n in notes]
+
+
+def test_resolve_a_label_of_several_programs():
+    """A label at one address in every program that has it is that address;
+    at several, it is refused (processes share user addresses)."""
+    other = f"_start:\n    nop\nagain:\n    nop\nonly_c:\n    nop\n{EXIT}"
+    m = Machine(MachineConfig(), programs=[("A", YIELD_TWICE), ("B", YIELD_TWICE), ("C", other)])
+    dbg = Debugger(m)
+    assert dbg.resolve("_start") == label(m, "_start") == label(m, "_start", "C")
+    assert dbg.resolve("only_c") == label(m, "only_c", "C")
+    assert dbg.resolve("C:again") == label(m, "again", "C") != label(m, "again")
+    with pytest.raises(DebugError) as e:
+        dbg.resolve("again + 4")
+    assert str(e.value) == "label 'again' is ambiguous: write P:again (P one of A, B, C)"
+    assert dbg.notes == []
 
 
 @pytest.mark.parametrize("expr,message", [
-    ("nosuch", "unknown symbol 'nosuch'"),
+    ("nosuch", "bad address 'nosuch': unknown name 'nosuch'"),
     ("A:nosuch", "no label 'nosuch' in process A's program"),
     ("Q:_start", "no process named 'Q': choose from A"),
-    ("$xyz", "unknown register '$xyz'"),
-    ("_start +", "bad address '_start +'"),
-    ("", "bad address ''"),
+    ("$xyz", "bad address '$xyz': unknown register '$xyz'"),
+    ("_start +", "bad address '_start +': it ends with an operator"),
+    ("", "bad address '': empty"),
+    ("-8", "bad address '-8': an address cannot be negative"),
+    ("10000000000000000", "address '10000000000000000' is out of range (0x0 .. 0xffffffffffffffff)"),
+    ("_start * 2", "bad address '_start * 2': expected + or - after '_start'"),
 ])
 def test_resolve_errors(expr, message):
     m, dbg = debugger(DATA)
@@ -617,22 +759,30 @@ def program(tmp_path):
 
 
 def test_repl_through_stdin(program):
-    m = Machine(MachineConfig(), programs=[("prog", DATA)])
-    start = m.process("prog").image.symbols["_start"]
-    cmds = "\n".join(["break prog:_start", "c", "info registers rax", "si 2", "frobnicate",
-                      "x/2gx prog:value", "x/1xw prog:value", "quit", ""])
+    """A program is process A whatever its file is called (break *A:label)."""
+    m = Machine(MachineConfig(), programs=[("A", DATA)])
+    start = label(m, "_start")
+    cmds = "\n".join(["break *A:_start", "c", "info registers rax", "si 2", "frobnicate",
+                      "x/2gx A:value", "x/1xw value", "quit", ""])
     r = isoemu("debug", str(program), stdin=cmds)
     lines = r.stdout.splitlines()
-    assert lines[0] == f"Breakpoint 1 at {start:#x} <prog:_start>"
-    assert lines[1] == f"Breakpoint 1: {start:#x} in prog:_start (prog.user, CPL 3)"
-    assert lines[2] == f"=> {start:#x} <prog:_start>:\tnop"
+    assert lines[0] == f"Breakpoint 1 at {start:#x} <A:_start>"
+    assert lines[1] == f"Breakpoint 1: {start:#x} in A:_start (A.user, CPL 3)"
+    assert lines[2] == f"=> {start:#x} <A:_start>:\tnop"
     assert lines[3] == "rax            0x0                 0"
-    assert lines[4] == f"=> {start + 6:#x} <prog:_start+0x6>:\tsyscall"
-    value = m.process("prog").image.symbols["value"]
-    assert lines[5] == f"{value:#x} <prog:value>:\t0x1122334455667788\t0x0000000000000000"
-    assert lines[6] == f"{value:#x} <prog:value>:\t0x55667788"
+    assert lines[4] == f"=> {start + 6:#x} <A:_start+0x6>:\tsyscall"
+    value = label(m, "value")
+    assert lines[5] == f"{value:#x} <A:value>:\t0x1122334455667788\t0x0000000000000000"
+    assert lines[6] == f"{value:#x} <A:value>:\t0x55667788"
     assert r.stderr == "error: unknown command 'frobnicate': try 'help'\n"
     assert r.returncode == 1                 # a command failed
+
+
+def test_repl_name_option(program):
+    r = isoemu("debug", str(program), "--name", "B", "-ex", "break *B:_start", "-ex", "info spaces")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout.splitlines()[0] == "Breakpoint 1 at 0x400000 <B:_start>"
+    assert "B.user" in r.stdout and "A.user" not in r.stdout
 
 
 def test_repl_batch_file_and_ex_in_order(program, tmp_path):
@@ -643,42 +793,67 @@ def test_repl_batch_file_and_ex_in_order(program, tmp_path):
     assert r.returncode == 0 and r.stderr == ""
     assert lines[0] == "No breakpoints."
     assert lines[1] == "Catchpoint 1: syscall 39 (getpid)"
-    assert lines[2] == "Catchpoint 1: syscall 39 (getpid) from 0x400006 <prog:_start+0x6> in prog.user"
+    assert lines[2] == "Catchpoint 1: syscall 39 (getpid) from 0x400006 <A:_start+0x6> in A.user"
     assert lines[3] == "=> 0xffffffff81200000 <entry_SYSCALL_64>:\tswapgs"
     assert lines[4:] == ["Num  Type            Hits  What",
                          "1    catch syscall   1     syscall 39 (getpid)"]
 
 
-def test_repl_missing_batch_file(tmp_path):
-    r = isoemu("debug", "--batch", str(tmp_path / "nope"))
-    assert r.returncode == 2
-    assert r.stderr.startswith("isoemu: cannot read ") and r.stderr.count("\n") == 1
+# (what, arguments (FILE: a file the case writes), the one line on stderr); exit status 2
+CLI_REFUSALS = [
+    ("missing batch file", ["--batch", "{dir}/nope"],
+     "isoemu: cannot read {dir}/nope: No such file or directory"),
+    ("batch file is a directory", ["--batch", "{dir}"], "isoemu: cannot read {dir}: Is a directory"),
+    ("batch file not UTF-8", ["--batch", "{dir}/latin1.gdb"],
+     "isoemu: cannot read {dir}/latin1.gdb: not UTF-8 text (byte 0xe9 at line 2)"),
+    ("program not UTF-8", ["{dir}/latin1.S"],
+     "isoemu: cannot read {dir}/latin1.S: not UTF-8 text (byte 0xe9 at line 2)"),
+    ("bad process name", ["{dir}/prog.S", "--name", "a-b"], "isoemu: process name 'a-b': use letters, digits and _"),
+    ("--name without a program", ["--name", "B"], "isoemu: --name names the process of PROGRAM.S: give a program"),
+    ("budget in hexadecimal", ["{dir}/prog.S", "--budget", "0x1000"],
+     "isoemu: bad --budget '0x1000': expected a decimal number such as 2000000 or 10M"),
+    ("budget zero", ["{dir}/prog.S", "--budget", "0"],
+     "isoemu: --budget '0' is out of range (1 .. 4,611,686,018,427,387,904)"),
+]
 
 
+@pytest.mark.parametrize("what,args,message", CLI_REFUSALS, ids=[c[0] for c in CLI_REFUSALS])
+def test_repl_refuses_bad_input_in_one_line(what, args, message, tmp_path):
+    (tmp_path / "prog.S").write_text(DATA)
+    (tmp_path / "latin1.gdb").write_bytes(b"info spaces\n# caf\xe9\n")
+    (tmp_path / "latin1.S").write_bytes(b"_start:\n    nop  # caf\xe9\n" + EXIT.encode())
+    r = isoemu("debug", *[a.format(dir=tmp_path) for a in args], "-ex", "info spaces")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", message.format(dir=tmp_path) + "\n")
+
+
+ADDRESS_NEEDED = ("an address is needed (ADDR: hexadecimal (600000 is 0x600000), a kernel symbol "
+                  "(do_syscall_64), a program label (A:_start), a layout name (USER_DATA), a register "
+                  "($rsp), joined with + and -; a word both a name and hexadecimal (a label bad) is the "
+                  "name, with a note: 0xbad is the number)")
 BAD_COMMANDS = [
     ("frobnicate", "unknown command 'frobnicate': try 'help'"),
     ("break", "break what? 'break cr3 [SPACE]' or 'break *ADDR' / 'break SYMBOL'"),
     ("break cr3 Z.user", "unknown space 'Z.user': choose from kernel, kernel.user, asi.global, "
                          "A.kernel, A.user, A.asi"),
-    ("break nosuch", "unknown symbol 'nosuch'"),
+    ("break nosuch", "bad address 'nosuch': unknown name 'nosuch'"),
     ("catch", "usage: catch fault [VECTOR] | catch syscall [N|NAME] | catch asi-exit [fault]"),
-    ("catch fault 999", "vector 999 is out of range (0-255)"),
+    ("catch asi-exit now", "usage: catch asi-exit [fault]"),
+    ("catch fault 999", "vector '999' is out of range (0 .. 255)"),
     ("catch syscall nosuch", "unknown syscall 'nosuch': give a number or one of read, write, close, "
                              "mmap, munmap, rt_sigaction, rt_sigreturn, sched_yield, getpid, exit, "
                              "ftruncate, exit_group, memfd_secret, probe, direct_map_alias"),
-    ("x/4qx 0", "bad format /4qx: N a count, F one of x d u i, U one of b h w g"),
-    ("x/4gx", "an address is needed (ADDR: 0xffffffff81000000, a kernel symbol (do_syscall_64), a "
-              "program label (A:_start), a register ($rsp), joined with + and -)"),
+    ("x/4qx 0", "bad format /4qx: x/NFU with N a decimal count, F one of x d u i, U one of b h w g"),
+    ("x/4gx", ADDRESS_NEEDED),
     ("x/2gx 0xffffffff81000000 A.user", "0xffffffff81000000 is not readable in A.user: "
                                         "#PF 0x0 (not-present, read, supervisor)"),
-    ("walk", "an address is needed (ADDR: 0xffffffff81000000, a kernel symbol (do_syscall_64), a "
-             "program label (A:_start), a register ($rsp), joined with + and -)"),
+    ("walk", ADDRESS_NEEDED),
     ("info", "usage: info breakpoints | info registers [REG...] | info spaces"),
+    ("info spaces all", "usage: info spaces"),
     ("info registers xyz", "unknown register 'xyz'"),
     ("delete 42", "no breakpoint number 42"),
-    ("delete x", "bad breakpoint number 'x': expected a number"),
-    ("si 0", "instruction count must be at least 1"),
-    ("si many", "bad instruction count 'many': expected a number"),
+    ("delete x", "bad breakpoint number 'x': expected a decimal number, or hexadecimal with 0x"),
+    ("si 0", "instruction count '0' is out of range (1 .. 4,611,686,018,427,387,904)"),
+    ("si many", "bad instruction count 'many': expected a decimal number such as 2000000 or 10M"),
     ("continue 5", "usage: continue (the budget is set with --budget)"),
     ("ptdump Q.user", "unknown space 'Q.user': choose from kernel, kernel.user, asi.global, "
                       "A.kernel, A.user, A.asi"),
@@ -700,6 +875,107 @@ def test_bad_commands_print_one_line_and_carry_on(bad, message):
         f"  {n:<12} {r:#018x}" if n != "A.kernel" else f"* {n:<12} {r:#018x}"
         for n, r in m.spaces().items()]
     assert shell.errors == 1
+
+
+# the REPL's program: 'bad' is a label and a hexadecimal word; twenty nops to step through
+REPL_PROG = f"""
+_start:
+    nop
+bad:
+{"    nop" + chr(10) * 1}""" + "    nop\n" * 19 + f"""after_nops:
+    mov eax, SYS_getpid
+    syscall
+{EXIT}
+.data
+value: .quad 0x1122334455667788
+       .quad 0x99
+table: .byte 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+words: .long -2, 7, 0x80000000
+"""
+
+
+def _note_bad(m):
+    return f"note: 'bad' is read as the name bad ({label(m, 'bad'):#x}); write 0xbad for the number"
+
+
+def _insn(m, name, off=0, text="nop", mark="  "):
+    a = label(m, name) + off
+    return f"{mark} {a:#x} <A:{name}{f'+{off:#x}' if off else ''}>:\t{text}"
+
+
+# (what, commands, stdout lines, stderr lines): each a function of the machine where
+# it helps; every case starts at A:_start with no breakpoints
+REPL_CASES = [
+    # addresses are hexadecimal, 0x optional; names and layout names; offsets hexadecimal
+    ("x hex without 0x", ["x/1gx 600000"], lambda m: [f"{abi.USER_DATA:#x} <A:value>:\t0x1122334455667788"], []),
+    ("x layout name + hex", ["x/1gx USER_DATA + 8"],
+     lambda m: [f"{abi.USER_DATA + 8:#x} <A:value+0x8>:\t0x0000000000000099"], []),
+    ("x a label of one program", ["x value"], lambda m: [f"{label(m, 'value'):#x} <A:value>:\t0x1122334455667788"],
+     []),
+    ("x decimal count", ["x/10xb table"],
+     lambda m: [f"{label(m, 'table'):#x} <A:table>:\t" + "\t".join(f"{i:#04x}" for i in range(1, 9)),
+                f"{label(m, 'table') + 8:#x} <A:table+0x8>:\t0x09\t0x0a"], []),
+    ("x signed words", ["x/3dw words"], lambda m: [f"{label(m, 'words'):#x} <A:words>:\t-2\t7\t-2147483648"], []),
+    ("x unsigned halves", ["x/2uh words"], lambda m: [f"{label(m, 'words'):#x} <A:words>:\t65534\t65535"], []),
+    ("a label that is hex: the label, noted", ["x/1i bad"], lambda m: [_insn(m, "bad")], [_note_bad]),
+    ("0xbad: the number", ["x/1gx 0xbad"], [],
+     ["error: 0xbad is not readable in the current space: #PF 0x0 (not-present, read, supervisor)"]),
+    ("disas ADDR N, N decimal", ["disas bad 2"], lambda m: [_insn(m, "bad"), _insn(m, "bad", 1)], [_note_bad]),
+    ("disas expression N", ["disas bad + 10 1"], lambda m: [_insn(m, "bad", 0x10)], [_note_bad]),
+    ("si N is decimal", ["si 10"], lambda m: [_insn(m, "bad", 9, mark="=>")], []),
+    ("break *A:label, continue", ["break *A:after_nops", "c"], lambda m: [
+        f"Breakpoint 1 at {label(m, 'after_nops'):#x} <A:after_nops>",
+        f"Breakpoint 1: {label(m, 'after_nops'):#x} in A:after_nops (A.user, CPL 3)",
+        _insn(m, "after_nops", text="mov eax, 0x27", mark="=>")], []),
+    ("delete takes 0x", ["break *A:bad", "delete 0x1", "info breakpoints"],
+     lambda m: [f"Breakpoint 1 at {label(m, 'bad'):#x} <A:bad>", "No breakpoints."], []),
+    ("catch fault 0xe", ["catch fault 0xe"], ["Catchpoint 1: #PF (vector 14)"], []),
+    ("catch fault name", ["catch fault gp"], ["Catchpoint 1: #GP (vector 13)"], []),
+    ("catch syscall 0x27", ["catch syscall 0x27"], ["Catchpoint 1: syscall 39 (getpid)"], []),
+    ("info registers $reg", ["info registers $rip $sp"], lambda m: [
+        f"rip            {label(m, '_start'):<#20x}<A:_start>",
+        f"sp             {m.cpu.reg('rsp'):<#20x}{m.cpu.reg('rsp')}"], []),
+    ("info r prefix", ["i r rflags"], lambda m: [f"rflags         {m.cpu.reg('rflags'):<#20x}[ IF ]"], []),
+    # refused: one line each, and nothing else
+    ("si in hex", ["si 0x10"], [],
+     ["error: bad instruction count '0x10': expected a decimal number such as 2000000 or 10M"]),
+    ("si a fraction", ["si 1.5"], [], ["error: bad instruction count '1.5': not a whole number"]),
+    ("x/0", ["x/0gx value"], [], ["error: count '0' is out of range (1 .. 65,536)"]),
+    ("x/N too big", ["x/65537bx value"], [], ["error: count '65537' is out of range (1 .. 65,536)"]),
+    ("x/N not decimal", ["x/1.5gx value"], [],
+     ["error: bad format /1.5gx: x/NFU with N a decimal count, F one of x d u i, U one of b h w g"]),
+    ("x operator at the end", ["x/1gx value +"], [], ["error: bad address 'value +': it ends with an operator"]),
+    ("x unknown name", ["x/1gx nosuch"], [], ["error: bad address 'nosuch': unknown name 'nosuch'"]),
+    ("x negative", ["x/1gx -8"], [], ["error: bad address '-8': an address cannot be negative"]),
+    ("x unknown register", ["x/1gx $xyz"], [], ["error: bad address '$xyz': unknown register '$xyz'"]),
+    ("x unknown label of A", ["x/1gx A:nosuch"], [], ["error: no label 'nosuch' in process A's program"]),
+    ("x unknown process", ["x/1gx Q:_start"], [], ["error: no process named 'Q': choose from A"]),
+    ("catch fault 0x100", ["catch fault 0x100"], [], ["error: vector '0x100' is out of range (0x0 .. 0xff)"]),
+    ("catch syscall -1", ["catch syscall -1"], [],
+     ["error: syscall number '-1' is out of range (0 .. 18,446,744,073,709,551,615)"]),
+    ("info ambiguous", ["info x"], [], ["error: usage: info breakpoints | info registers [REG...] | info spaces"]),
+]
+
+
+@pytest.mark.parametrize("what,commands,stdout,stderr", REPL_CASES, ids=[c[0] for c in REPL_CASES])
+def test_repl_commands_exact_output(what, commands, stdout, stderr):
+    from emu.cli.debug import DebugShell
+
+    m, first = debugger(REPL_PROG)
+    first.break_at("A:_start")
+    assert first.cont().rip == label(m, "_start")
+    first.detach()
+    dbg = Debugger(m)                        # breakpoints numbered from 1
+    out, err = io.StringIO(), io.StringIO()
+    shell = DebugShell(dbg, interactive=False, stdout=out, stderr=err)
+    want_out = stdout(m) if callable(stdout) else stdout
+    want_err = [e(m) if callable(e) else e for e in stderr]
+    for c in commands:
+        assert shell.onecmd(c) is False
+    assert out.getvalue().splitlines() == want_out
+    assert err.getvalue().splitlines() == want_err
+    assert shell.errors == sum(e.startswith("error: ") for e in want_err)
+    assert dbg.notes == []                   # printed, then cleared
 
 
 def test_info_breakpoints_lists_every_kind():
@@ -769,25 +1045,38 @@ def _read_until(fd, marker, timeout=60):
     return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buf.decode(errors="replace")).replace("\r", "")
 
 
-def test_repl_under_a_pseudo_terminal(program, tmp_path):
+def _spawn_on_a_terminal(args, home):
+    """isoemu on a pseudo-terminal that is its controlling terminal, so that
+    Ctrl-C typed there (0x03) is a SIGINT to it, as in a shell."""
     master, slave = pty.openpty()
-    env = dict(os.environ, HOME=str(tmp_path), TERM="dumb")
-    proc = subprocess.Popen([sys.executable, "-m", "emu.cli", "debug", str(program)], stdin=slave,
-                            stdout=slave, stderr=slave, env=env, close_fds=True)
+
+    def controlling_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    env = dict(os.environ, HOME=str(home), TERM="dumb")
+    proc = subprocess.Popen([sys.executable, "-m", "emu.cli", *args], stdin=slave, stdout=slave,
+                            stderr=slave, env=env, close_fds=True, preexec_fn=controlling_terminal)
     os.close(slave)
+    return proc, master
+
+
+def test_repl_under_a_pseudo_terminal(program, tmp_path):
+    proc, master = _spawn_on_a_terminal(["debug", str(program)], tmp_path)
     try:
         intro = _read_until(master, b"(isoemu) ")
-        assert "isoemu debug: " in intro and "Type 'help' for commands." in intro
-        os.write(master, b"break cr3 prog.user\n")
-        assert "Breakpoint 1: CR3 write into prog.user" in _read_until(master, b"(isoemu) ")
+        assert f"isoemu debug: {program} as process A; stopped at " in intro
+        assert "Type 'help' for commands." in intro
+        os.write(master, b"break cr3 A.user\n")
+        assert "Breakpoint 1: CR3 write into A.user" in _read_until(master, b"(isoemu) ")
         os.write(master, b"c\n")
         out = _read_until(master, b"(isoemu) ")
-        assert re.search(r"Breakpoint 1: cr3 0x\w+ -> 0x\w+ \(prog\.kernel -> prog\.user\)", out)
+        assert re.search(r"Breakpoint 1: cr3 0x\w+ -> 0x\w+ \(A\.kernel -> A\.user\)", out)
         os.write(master, b"bogus\n")
         assert "error: unknown command 'bogus': try 'help'" in _read_until(master, b"(isoemu) ")
         os.write(master, b"info breakpoints\n")
         listing = _read_until(master, b"(isoemu) ")
-        assert re.search(r"1    cr3             1     CR3 write into prog\.user", listing)
+        assert re.search(r"1    cr3             1     CR3 write into A\.user", listing)
         os.write(master, b"quit\n")
         assert proc.wait(timeout=60) == 0
     finally:
@@ -795,7 +1084,62 @@ def test_repl_under_a_pseudo_terminal(program, tmp_path):
             proc.kill()
         os.close(master)
     history = (tmp_path / ".isoemu_history").read_text()
-    assert "break cr3 prog.user" in history and "info breakpoints" in history
+    assert "break cr3 A.user" in history and "info breakpoints" in history
+
+
+LOOP = "_start:\n    jmp _start\n"
+INTERRUPTED = re.compile(r"interrupted at 0x400000 in A:_start \(A\.user, CPL 3\) after at least [\d,]+ "
+                         r"instructions\n=> 0x400000 <A:_start>:\tjmp 0x400000\n")
+
+
+def test_ctrl_c_stops_a_continue_and_the_session_goes_on(tmp_path):
+    """Ctrl-C during 'continue' returns to the prompt with the machine intact;
+    the next 'continue' runs on from there."""
+    src = tmp_path / "loop.S"
+    src.write_text(LOOP)
+    proc, master = _spawn_on_a_terminal(["debug", str(src), "--budget", "100G"], tmp_path)
+    try:
+        _read_until(master, b"(isoemu) ")
+        for _ in range(2):
+            os.write(master, b"continue\n")
+            time.sleep(1)
+            os.write(master, b"\x03")                     # Ctrl-C
+            out = _read_until(master, b"(isoemu) ", timeout=2)
+            assert INTERRUPTED.search(out), out
+            assert proc.poll() is None
+            os.write(master, b"info registers rip\n")
+            assert re.search(r"rip +0x400000 +<A:_start>\n", _read_until(master, b"(isoemu) "))
+        # it runs on: a breakpoint in the loop stops the next continue
+        os.write(master, b"break *A:_start\n")
+        _read_until(master, b"(isoemu) ")
+        os.write(master, b"c\n")
+        assert "Breakpoint 1: 0x400000 in A:_start (A.user, CPL 3)" in _read_until(master, b"(isoemu) ")
+        os.write(master, b"quit\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_ctrl_c_stops_a_batch_with_status_130(tmp_path):
+    src = tmp_path / "loop.S"
+    src.write_text(LOOP)
+    proc = subprocess.Popen([sys.executable, "-m", "emu.cli", "debug", str(src), "--budget", "100G",
+                             "-ex", "info breakpoints", "-ex", "continue", "-ex", "info registers rip"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert proc.stdout.readline() == "No breakpoints.\n"      # the continue comes next
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert INTERRUPTED.fullmatch(out), out
+    assert err == "isoemu: interrupted; 1 more command not run\n"
 
 
 # --- the walkthrough script --------------------------------------------------------------------------

@@ -3,8 +3,14 @@
 Commands come from the terminal (with readline history in
 ~/.isoemu_history), from standard input, or, for scripts and CI, from
 ``--batch FILE`` and repeated ``-ex CMD`` (run in command-line order, then
-exit; the exit status is 1 if any command failed).  A bad command prints
-one line on stderr and the session carries on.
+exit; the exit status is 1 if any command failed, 130 if Ctrl-C stopped
+the script).  A bad command prints one line on stderr and the session
+carries on; what the address reader noticed (a label read for a
+hexadecimal word) prints as ``note: ...`` on stderr.  Numbers follow the
+rule of emu/parse.py (docs/debugging.md, "Numbers").
+
+The commands are tables: :data:`COMMANDS` (one ``do_NAME`` method each),
+and the subcommands of ``info`` (:data:`INFO`) and ``catch`` (:data:`CATCH`).
 """
 
 from __future__ import annotations
@@ -14,50 +20,115 @@ import cmd
 import os
 import re
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
-from emu.tools.debug import DEFAULT_BUDGET, REGISTER_NAMES, DebugError, Debugger, Stop
 from emu.errors import ConfigError, IsoemuError
+from emu.parse import parse_count, parse_int
+from emu.tools.debug import DEFAULT_BUDGET, KINDS, REGISTER_NAMES, DebugError, Debugger, Stop
+from emu.tools.debug.registers import canonical_name
 
 PROMPT = "(isoemu) "
 HISTORY = "~/.isoemu_history"
+DEFAULT_PROCESS = "A"
+MAX_EXAMINE = 65536          # units one x/N shows at most
+MAX_DISAS = 4096             # instructions one disas shows at most
 
-HELP = [
-    ("break cr3 [SPACE]", "stop after a CR3 write (into SPACE: a name or pattern like *.asi)"),
-    ("break *ADDR | SYMBOL [process P]", "stop before the instruction at an address (b); only in process P "
-                                        "(implied by a P:label address)"),
-    ("catch fault [VECTOR]", "stop when an exception is delivered (14, #PF, GP...)"),
-    ("catch syscall [N|NAME]", "stop at entry_SYSCALL_64 for a syscall"),
-    ("catch asi-exit [fault]", "stop after a CR3 write leaving ASI (only fault-forced ones)"),
-    ("info breakpoints", "list breakpoints and their hit counts (i b)"),
-    ("delete [N...]", "delete breakpoints (all without N)"),
-    ("continue", "run until a breakpoint, the halt, or the budget (c)"),
-    ("stepi [N]", "run N instructions (si)"),
-    ("x/NFU ADDR [SPACE]", "examine memory: F x|d|u|i, U b|h|w|g (x/4gx $rsp, x/3i $rip)"),
-    ("walk ADDR [SPACE] [r|w|x] [cpl3]", "walk the page tables for ADDR (default: current CR3, read, CPL 0)"),
-    ("ptdump [SPACE]", "dump page tables in Linux's dump_pagetables format"),
-    ("info registers [REG...]", "registers, CR3 with its space and PCID (i r)"),
-    ("info spaces", "address-space names and their page-table roots"),
-    ("disas [ADDR] [N]", "disassemble N instructions (default: 8 at RIP)"),
-    ("help [COMMAND]", "this list"),
-    ("quit", "leave (q)"),
-]
-ADDRESS_HELP = ("ADDR: 0xffffffff81000000, a kernel symbol (do_syscall_64), a program label "
-                "(A:_start), a register ($rsp), joined with + and -")
 
-_ALIASES = {"b": "break", "br": "break", "c": "continue", "cont": "continue", "si": "stepi",
-            "i": "info", "q": "quit", "exit": "quit", "disassemble": "disas", "d": "delete"}
+@dataclass(frozen=True)
+class Command:
+    """A command: its ``do_NAME`` method, help rows, aliases, and whether an
+    empty line repeats it (the commands that move the machine on)."""
+
+    name: str
+    rows: tuple[tuple[str, str], ...]
+    aliases: tuple[str, ...] = ()
+    repeats: bool = False
+
+
+@dataclass(frozen=True)
+class Sub:
+    """A subcommand of ``info`` or ``catch``: usage, help, and what it does
+    (``run(shell, args)``; for ``catch``, returns the new breakpoint)."""
+
+    usage: str
+    help: str
+    run: Callable
+    max_args: int = 1
+
+
+def _optional(args: list[str]):
+    return args[0] if args else None
+
+
+def _asi_exit(shell, args: list[str]):
+    if args not in ([], ["fault"]):
+        raise DebugError("usage: catch asi-exit [fault]")
+    return shell.dbg.catch_asi_exit(fault_only=bool(args))
+
+
+CATCH: dict[str, Sub] = {
+    "fault": Sub("catch fault [VECTOR]", "stop when an exception is delivered (14, #PF, GP...)",
+                 lambda sh, a: sh.dbg.catch_fault(_optional(a))),
+    "syscall": Sub("catch syscall [N|NAME]", "stop at entry_SYSCALL_64 for a syscall",
+                   lambda sh, a: sh.dbg.catch_syscall(_optional(a))),
+    "asi-exit": Sub("catch asi-exit [fault]", "stop after a CR3 write leaving ASI (only fault-forced ones)",
+                    _asi_exit),
+}
+INFO: dict[str, Sub] = {
+    "breakpoints": Sub("info breakpoints", "list breakpoints and their hit counts (i b)",
+                       lambda sh, a: sh.info_breakpoints(), max_args=0),
+    "registers": Sub("info registers [REG...]", "registers, CR3 with its space and PCID (i r)",
+                     lambda sh, a: sh.info_registers(a), max_args=len(REGISTER_NAMES)),
+    "spaces": Sub("info spaces", "address-space names and their page-table roots",
+                  lambda sh, a: sh.info_spaces(), max_args=0),
+}
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("break", (("break cr3 [SPACE]", "stop after a CR3 write (into SPACE: a name or pattern like *.asi)"),
+                      ("break *ADDR | SYMBOL [process P]", "stop before the instruction at an address (b); "
+                       "only in process P (implied by a P:label address)")), ("b", "br")),
+    Command("catch", tuple((s.usage, s.help) for s in CATCH.values())),
+    Command("delete", (("delete [N...]", "delete breakpoints (all without N)"),), ("d",)),
+    Command("continue", (("continue", "run until a breakpoint, the halt, Ctrl-C or the budget (c)"),),
+            ("c", "cont"), repeats=True),
+    Command("stepi", (("stepi [N]", "run N instructions (si)"),), ("si",), repeats=True),
+    Command("x", (("x/NFU ADDR [SPACE]", "examine memory: F x|d|u|i, U b|h|w|g (x/4gx $rsp, x/3i $rip)"),)),
+    Command("walk", (("walk ADDR [SPACE] [r|w|x] [cpl3]",
+                      "walk the page tables for ADDR (default: current CR3, read, CPL 0)"),)),
+    Command("ptdump", (("ptdump [SPACE]", "dump page tables in Linux's dump_pagetables format"),)),
+    Command("info", tuple((s.usage, s.help) for s in INFO.values()), ("i",)),
+    Command("disas", (("disas [ADDR] [N]", "disassemble N instructions (default: 8 at RIP)"),),
+            ("disassemble",)),
+    Command("help", (("help [COMMAND]", "this list"),)),
+    Command("quit", (("quit", "leave (q)"),), ("q", "exit")),
+)}
+HELP = [row for c in COMMANDS.values() for row in c.rows]
+ALIASES = {a: c.name for c in COMMANDS.values() for a in c.aliases}
+ADDRESS_HELP = ("ADDR: hexadecimal (600000 is 0x600000), a kernel symbol (do_syscall_64), a program "
+                "label (A:_start), a layout name (USER_DATA), a register ($rsp), joined with + and -; "
+                "a word both a name and hexadecimal (a label bad) is the name, with a note: 0xbad is the number")
+NUMBER_HELP = "N: decimal (si 10 runs ten instructions, x/16gx shows sixteen)"
 _UNITS = {"b": 1, "h": 2, "w": 4, "g": 8}
 _PER_LINE = {1: 8, 2: 8, 4: 4, 8: 2}
-_RFLAGS = [(0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"), (10, "DF"),
-           (11, "OF"), (14, "NT"), (16, "RF"), (18, "AC"), (21, "ID")]
-_CR0 = [(0, "PE"), (1, "MP"), (4, "ET"), (5, "NE"), (16, "WP"), (18, "AM"), (31, "PG")]
-_CR4 = [(5, "PAE"), (7, "PGE"), (9, "OSFXSR"), (10, "OSXMMEXCPT"), (12, "LA57"), (17, "PCIDE"),
-        (20, "SMEP"), (21, "SMAP"), (22, "PKE")]
-_EFER = [(0, "SCE"), (8, "LME"), (10, "LMA"), (11, "NXE")]
 
 
-def _bits(value: int, names) -> str:
-    return "[ " + " ".join(n for bit, n in names if value >> bit & 1) + " ]"
+def _count(text: str, what: str, hi: int = 1 << 62) -> int:
+    """A decimal count (emu/parse.py's rule), as a debugger error."""
+    try:
+        return parse_count(text, what, hi=hi)
+    except IsoemuError as e:
+        raise DebugError(str(e)) from None
+
+
+def _pick(table: dict[str, Sub], word: str, usage: str) -> Sub:
+    """A subcommand by name or unique prefix (``i r``)."""
+    hits = [k for k in table if k.startswith(word)] if word else []
+    if word in table:
+        hits = [word]
+    if len(hits) != 1:
+        raise DebugError(usage)
+    return table[hits[0]]
 
 
 class DebugShell(cmd.Cmd):
@@ -72,6 +143,7 @@ class DebugShell(cmd.Cmd):
         self.use_rawinput = True
         self.err = stderr or sys.stderr
         self.errors = 0
+        self.interrupted = False          # Ctrl-C stopped a command (a script ends there)
         self._console_seen = len(dbg.m.console)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -91,32 +163,43 @@ class DebugShell(cmd.Cmd):
         name, rest = (line.split(None, 1) + [""])[:2]
         if name.startswith("x/"):
             name, rest = "x", line[1:]
-        name = _ALIASES.get(name, name)
+        name = ALIASES.get(name, name)
         self.lastcmd = line
-        fn = getattr(self, f"do_{name}", None) if re.fullmatch(r"[a-z][a-z_]*", name) else None
-        if fn is None:
+        if name not in COMMANDS:
             self.fail(f"unknown command {name!r}: try 'help'")
             return False
+        error = None
         try:
-            return bool(fn(rest.strip()))
+            # a script ends where Ctrl-C stopped it (self.interrupted)
+            return bool(getattr(self, f"do_{name}")(rest.strip())) or self.interrupted
         except IsoemuError as e:
-            self.fail(str(e))
+            error = str(e)
         except KeyboardInterrupt:
-            self.fail("interrupted")
+            if not self.interactive:
+                self.interrupted = True
+                return True
+            error = "interrupted"
         except Exception as e:   # noqa: BLE001 - one line, never a traceback
-            self.fail(f"internal error: {type(e).__name__}: {e}")
+            error = f"internal error: {type(e).__name__}: {e}"
+        finally:
+            self._flush_notes()
+        self.fail(error)
         return False
+
+    def _flush_notes(self) -> None:
+        for note in self.dbg.notes:
+            print(f"note: {note}", file=self.err)
+        self.dbg.notes.clear()
 
     def emptyline(self) -> bool:
         # gdb repeats the last command; only the ones that move the machine on
-        if self.interactive and self.lastcmd.split(None, 1)[:1] in (["si"], ["stepi"], ["c"], ["continue"]):
-            return self.onecmd(self.lastcmd)
-        return False
+        if not self.interactive or not self.lastcmd:
+            return False
+        last = ALIASES.get(self.lastcmd.split()[0], self.lastcmd.split()[0])
+        return self.onecmd(self.lastcmd) if COMMANDS.get(last, Command("", ())).repeats else False
 
     def completenames(self, text, *ignored):
-        names = [n for n, _ in HELP] + list(_ALIASES)
-        words = {n.split()[0].split("/")[0] for n in names}
-        return sorted(w for w in words if w.startswith(text))
+        return sorted(w for w in list(COMMANDS) + list(ALIASES) if w.startswith(text))
 
     def _space_arg(self, args: list[str]) -> tuple[list[str], str | None]:
         """Split a trailing address-space name off the arguments."""
@@ -128,15 +211,6 @@ class DebugShell(cmd.Cmd):
         if not text:
             raise DebugError(f"an address is needed ({ADDRESS_HELP})")
         return self.dbg.resolve(text)
-
-    def _count(self, text: str, what: str) -> int:
-        try:
-            n = int(text, 0)
-        except ValueError:
-            raise DebugError(f"bad {what} {text!r}: expected a number") from None
-        if n < 1:
-            raise DebugError(f"{what} must be at least 1")
-        return n
 
     # -- breakpoints -------------------------------------------------------------------------
     def do_break(self, arg: str) -> None:
@@ -160,23 +234,25 @@ class DebugShell(cmd.Cmd):
 
     def do_catch(self, arg: str) -> None:
         args = arg.split()
-        what = args[0] if args else ""
-        if what == "fault" and len(args) <= 2:
-            bp = self.dbg.catch_fault(args[1] if len(args) == 2 else None)
-        elif what == "syscall" and len(args) <= 2:
-            bp = self.dbg.catch_syscall(args[1] if len(args) == 2 else None)
-        elif what == "asi-exit" and (len(args) == 1 or args[1:] == ["fault"]):
-            bp = self.dbg.catch_asi_exit(fault_only=len(args) == 2)
-        else:
-            raise DebugError("usage: catch fault [VECTOR] | catch syscall [N|NAME] | catch asi-exit [fault]")
-        self.out(f"Catchpoint {bp.num}: {bp.what()}")
+        usage = "usage: " + " | ".join(s.usage for s in CATCH.values())
+        sub = CATCH.get(args[0] if args else "")
+        if sub is None or len(args) - 1 > sub.max_args:
+            raise DebugError(usage)
+        bp = sub.run(self, args[1:])
+        self.out(f"{bp.noun} {bp.num}: {bp.what()}")
 
     def do_delete(self, arg: str) -> None:
         if not arg:
             self.dbg.delete()
             return
+        nums = []
         for n in arg.split():
-            self.dbg.delete(self._count(n, "breakpoint number"))
+            try:
+                nums.append(parse_int(n, "breakpoint number", lo=1))
+            except IsoemuError as e:
+                raise DebugError(str(e)) from None
+        for n in nums:
+            self.dbg.delete(n)
 
     # -- running -----------------------------------------------------------------------------
     def do_continue(self, arg: str) -> None:
@@ -185,7 +261,7 @@ class DebugShell(cmd.Cmd):
         self._show(self.dbg.cont())
 
     def do_stepi(self, arg: str) -> None:
-        self._show(self.dbg.stepi(self._count(arg, "instruction count") if arg else 1))
+        self._show(self.dbg.stepi(_count(arg, "instruction count") if arg else 1))
 
     def _show(self, stop: Stop) -> None:
         console = self.dbg.m.console
@@ -196,6 +272,8 @@ class DebugShell(cmd.Cmd):
             self._console_seen = len(console)
         if stop.reason != "step":
             self.out(str(stop))
+        if stop.reason == "interrupted" and not self.interactive:
+            self.interrupted = True
         if self.dbg.alive:
             try:
                 self._disas(self.dbg.disas(None, 1))
@@ -205,69 +283,45 @@ class DebugShell(cmd.Cmd):
     # -- inspection ----------------------------------------------------------------------------
     def do_info(self, arg: str) -> None:
         args = arg.split()
-        what = args[0] if args else ""
-        if what and "breakpoints".startswith(what):
-            self._info_breakpoints()
-        elif what and "registers".startswith(what):
-            self._info_registers(args[1:])
-        elif what and "spaces".startswith(what):
-            current = self.dbg.space
-            for name, root in self.dbg.spaces().items():
-                mark = "*" if name == current else " "
-                self.out(f"{mark} {name:<12} {root:#018x}")
-        else:
-            raise DebugError("usage: info breakpoints | info registers [REG...] | info spaces")
+        usage = "usage: " + " | ".join(s.usage for s in INFO.values())
+        sub = _pick(INFO, args[0] if args else "", usage)
+        if len(args) - 1 > sub.max_args:
+            raise DebugError(f"usage: {sub.usage}")
+        sub.run(self, args[1:])
 
-    def _info_breakpoints(self) -> None:
+    def info_spaces(self) -> None:
+        current = self.dbg.space
+        for name, root in self.dbg.spaces().items():
+            mark = "*" if name == current else " "
+            self.out(f"{mark} {name:<12} {root:#018x}")
+
+    def info_breakpoints(self) -> None:
         bps = self.dbg.breakpoints
         if not bps:
             self.out("No breakpoints.")
             return
         self.out(f"{'Num':<5}{'Type':<16}{'Hits':<6}What")
         for b in bps:
-            kind = "breakpoint" if b.kind == "address" else ("cr3" if b.kind == "cr3" else f"catch {b.kind}")
-            self.out(f"{b.num:<5}{kind:<16}{b.hits:<6}{b.what()}")
+            self.out(f"{b.num:<5}{KINDS[b.kind].listing:<16}{b.hits:<6}{b.what()}")
 
-    def _info_registers(self, names: list[str]) -> None:
+    def info_registers(self, names: list[str]) -> None:
         regs = self.dbg.regs
         for name in names or REGISTER_NAMES:
-            try:
-                v = regs[name.lstrip("$")]
-            except KeyError:
-                raise DebugError(f"unknown register {name!r}") from None
-            self.out(f"{name.lstrip('$'):<15}{v:<#20x}{self._reg_note(name.lstrip('$').lower(), v)}".rstrip())
-
-    def _reg_note(self, name: str, v: int) -> str:
-        if name in ("rip", "pc"):
-            return f"<{self.dbg.symbolize(v)}>"
-        if name in ("rflags", "eflags"):
-            return _bits(v, _RFLAGS)
-        if name == "cr3":
-            notes = [self.dbg.space_of(v)]
-            if self.dbg.regs["cr4"] >> 17 & 1:
-                notes.append(f"pcid {v & 0xFFF:#x}")
-            return "[ " + ", ".join(notes) + " ]"
-        if name == "cr0":
-            return _bits(v, _CR0)
-        if name == "cr4":
-            return _bits(v, _CR4)
-        if name == "efer":
-            return _bits(v, _EFER)
-        if name in ("cs", "ss", "ds", "es", "fs", "gs"):
-            return f"(RPL {v & 3})"
-        return str(v if v < 1 << 63 else v - (1 << 64))
+            shown = name.lstrip("$")
+            if canonical_name(shown) is None:
+                raise DebugError(f"unknown register {name!r}")
+            v = regs[shown]
+            self.out(f"{shown:<15}{v:<#20x}{self.dbg.register_note(shown, v)}".rstrip())
 
     def do_x(self, arg: str) -> None:
-        m = re.fullmatch(r"/(\d*)([a-z]*)\s*(.*)", arg)
-        if not m:
-            raise DebugError("usage: x/NFU ADDR [SPACE], e.g. x/4gx $rsp")
-        count = int(m.group(1)) if m.group(1) else 1
-        letters = m.group(2)
-        bad = set(letters) - set("xdui") - set(_UNITS)
-        if bad or count < 1:
-            raise DebugError(f"bad format /{m.group(1)}{letters}: N a count, F one of x d u i, "
+        fmt_word, rest = (arg.split(None, 1) + [""])[:2] if arg.startswith("/") else ("/", arg)
+        m = re.fullmatch(r"/(\d*)([a-z]*)", fmt_word)
+        letters = m.group(2) if m else ""
+        if not m or set(letters) - set("xdui") - set(_UNITS):
+            raise DebugError(f"bad format {fmt_word}: x/NFU with N a decimal count, F one of x d u i, "
                              f"U one of b h w g")
-        args, space = self._space_arg(m.group(3).split())
+        count = _count(m.group(1), "count", hi=MAX_EXAMINE) if m.group(1) else 1
+        args, space = self._space_arg(rest.split())
         va = self._address(" ".join(args))
         fmt = next((c for c in letters if c in "xdui"), "x")
         if fmt == "i":
@@ -277,7 +331,7 @@ class DebugShell(cmd.Cmd):
         data = self.dbg.read_virt(va, count * size, space)
         per = _PER_LINE[size]
         for i in range(0, count, per):
-            a = va + i * size
+            a = (va + i * size) & ((1 << 64) - 1)
             sym = self.dbg.symbolize(a)
             head = f"{a:#x}" + ("" if sym.startswith("0x") else f" <{sym}>") + ":"
             cells = []
@@ -320,8 +374,10 @@ class DebugShell(cmd.Cmd):
     def do_disas(self, arg: str) -> None:
         args, space = self._space_arg(arg.split())
         n = 8
-        if len(args) >= 2 and re.fullmatch(r"\d+", args[-1]):
-            n = self._count(args.pop(), "instruction count")
+        # a trailing decimal word is the count, unless it ends an expression (disas _start + 10)
+        if len(args) >= 2 and args[-1].isdigit() and args[-2] not in ("+", "-") \
+                and not args[-2].endswith(("+", "-")):
+            n = _count(args.pop(), "instruction count", hi=MAX_DISAS)
         va = self._address(" ".join(args)) if args else None
         self._disas(self.dbg.disas(va, n, space))
 
@@ -334,15 +390,17 @@ class DebugShell(cmd.Cmd):
 
     # -- the rest ------------------------------------------------------------------------------
     def do_help(self, arg: str) -> None:
-        name = _ALIASES.get(arg.strip(), arg.strip())
-        rows = [(c, h) for c, h in HELP if not name or c.split()[0] == name]
-        if not rows:
+        name = ALIASES.get(arg.strip(), arg.strip())
+        if name and name not in COMMANDS:
             raise DebugError(f"no command {arg.strip()!r}: try 'help'")
+        rows = COMMANDS[name].rows if name else HELP
         width = max(len(c) for c, _ in rows)
         for c, h in rows:
             self.out(f"{c:<{width}}  {h}")
         if not name or name in ("break", "x", "walk", "disas"):
             self.out(ADDRESS_HELP)
+        if not name or name in ("stepi", "x", "disas", "delete"):
+            self.out(NUMBER_HELP)
 
     def do_quit(self, arg: str) -> bool:
         return True
@@ -362,22 +420,34 @@ class _Script(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 text file (a byte-order mark dropped); anything else is one line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"cannot read {path}: not UTF-8 text (byte {data[e.start]:#04x} at line {line})"
+                          ) from None
+
+
 def build_machine(args):
-    """The machine to debug: PROGRAM.S as one process, or the default machine."""
+    """The machine to debug: PROGRAM.S as one process (A, or --name), or the default machine."""
     from emu.linux.machine import Machine
     from emu.tools.matrix import MatrixMachine
     from emu.tools.spaces import config_from_args
 
+    if args.name is not None and not args.program:
+        raise ConfigError("--name names the process of PROGRAM.S: give a program")
     cfg = config_from_args(args)
     if not args.program:
         return MatrixMachine(cfg).m, "the default machine (matrix_probe.S as A and B)"
-    try:
-        with open(args.program) as f:
-            src = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {args.program}: {e.strerror}") from None
-    stem = os.path.splitext(os.path.basename(args.program))[0]
-    name = "".join(c if c.isalnum() else "_" for c in stem) or "P"
+    src = read_text(args.program)
+    name = args.name if args.name is not None else DEFAULT_PROCESS
     m = Machine(cfg, record_events=False)
     m.add_process(name, src, filename=args.program)
     return m, f"{args.program} as process {name}"
@@ -386,38 +456,31 @@ def build_machine(args):
 def _script_lines(items) -> list[str]:
     lines = []
     for kind, value in items:
-        if kind == "ex":
-            lines.append(value)
-            continue
-        try:
-            with open(value) as f:
-                lines.extend(f.read().splitlines())
-        except OSError as e:
-            raise ConfigError(f"cannot read {value}: {e.strerror}") from None
+        lines.extend([value] if kind == "ex" else read_text(value).splitlines())
     return lines
 
 
 def cmd_debug(args) -> int:
-    if args.budget < 1:
-        raise ConfigError("--budget must be at least 1")
+    budget = parse_count(args.budget, "--budget")
     script = _script_lines(args.script or [])
     machine, what = build_machine(args)
-    dbg = Debugger(machine, budget=args.budget)
+    dbg = Debugger(machine, budget=budget)
     interactive = not script and sys.stdin.isatty()
     shell = DebugShell(dbg, interactive)
-    if script:
-        for line in script:
-            if shell.onecmd(line):
-                break
-        return 1 if shell.errors else 0
-    if not interactive:
-        for line in sys.stdin:
-            if shell.onecmd(line):
-                break
-        return 1 if shell.errors else 0
-    _repl(shell, f"isoemu debug: {what}; stopped at {dbg.rip:#x} <{dbg.symbolize(dbg.rip)}>. "
-                 f"Type 'help' for commands.")
-    return 0
+    if interactive:
+        _repl(shell, f"isoemu debug: {what}; stopped at {dbg.rip:#x} <{dbg.symbolize(dbg.rip)}>. "
+                     f"Type 'help' for commands.")
+        return 0
+    left = len(script)
+    for line in script or sys.stdin:
+        left -= 1
+        if shell.onecmd(line):
+            break
+    if shell.interrupted:
+        more = f"; {left} more command{'s' * (left != 1)} not run" if script and left > 0 else ""
+        print(f"isoemu: interrupted{more}", file=sys.stderr)
+        return 130
+    return 1 if shell.errors else 0
 
 
 def _repl(shell: DebugShell, intro: str) -> None:
@@ -437,7 +500,7 @@ def _repl(shell: DebugShell, intro: str) -> None:
             try:
                 shell.cmdloop(intro)
                 break
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:     # Ctrl-C at the prompt (a running command stops itself)
                 shell.out("^C")
                 intro = None
     finally:
@@ -453,18 +516,22 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser(
         "debug", help="step through CR3 switches: breakpoints, stepping, memory and page tables",
-        description="Debug a program (or, without one, the default machine: matrix_probe.S as "
-                    "processes A and B) in gdb's idiom: break cr3 [SPACE], break *ADDR, catch "
-                    "fault/syscall/asi-exit, continue, stepi, x/4gx, walk, ptdump, info "
+        description="Debug a program (as process A, or --name) or, without one, the default machine "
+                    "(matrix_probe.S as processes A and B) in gdb's idiom: break cr3 [SPACE], break "
+                    "*ADDR, catch fault/syscall/asi-exit, continue, stepi, x/4gx, walk, ptdump, info "
                     "registers/spaces, disas. Commands come from the terminal, standard input, "
-                    "--batch FILE or -ex CMD.",
+                    "--batch FILE or -ex CMD. Addresses are hexadecimal (600000 is 0x600000), counts "
+                    "decimal; Ctrl-C stops a running command.",
         epilog="example: isoemu debug -ex 'break cr3' -ex c -ex 'info registers cr3'")
     p.add_argument("program", metavar="PROGRAM.S", nargs="?", help="user program (entry _start)")
+    p.add_argument("--name", metavar="NAME",
+                   help=f"the process name of PROGRAM.S (default {DEFAULT_PROCESS}): break *{DEFAULT_PROCESS}:label")
     p.add_argument("--batch", metavar="FILE", dest="script", action=_Script,
                    help="run the commands in FILE, then exit")
     p.add_argument("-ex", metavar="CMD", dest="script", action=_Script,
                    help="run CMD (repeatable; with --batch, in command-line order), then exit")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, metavar="N",
-                   help=f"instructions per 'continue' at most (default {DEFAULT_BUDGET:,})")
+    p.add_argument("--budget", default=str(DEFAULT_BUDGET), metavar="N",
+                   help=f"instructions per 'continue' at most, decimal with k/M/G (default "
+                        f"{DEFAULT_BUDGET:,}, i.e. 10M)")
     add_machine_args(p.add_argument_group("machine"))
     p.set_defaults(func=cmd_debug)

@@ -11,7 +11,7 @@ import pytest
 from emu.cli.render import walk_json, walk_text
 from emu.hw.paging import NX, P, PS, RW, US, ControlState, PageTable, translate
 from emu.hw.phys import PhysMem
-from emu.tools.explain import RULES, explain
+from emu.tools.explain import RULES, explain, explain_at
 
 UVA = 0x400000                  # user half
 KVA = 0xFFFFFFFF81000000        # kernel half
@@ -103,6 +103,11 @@ def test_explain(name, va, flags, size, poke, access, cpl, overrides, ec, rule, 
         got_rule, text = explain(res, ctl, acc, cpl)
         assert got_rule == rule and got_rule in RULES
         assert words in text
+        # the level a rule names is the one its text names
+        level = explain_at(res, ctl, acc, cpl)[2]
+        assert (level is None) == (rule in ("smep", "smap", "protection_key"))
+        if level is not None:
+            assert f"at {level} (" in text
     finally:
         mem.close()
 
@@ -166,7 +171,7 @@ def test_rendered_in_text_and_json():
     assert lines[-1] == "     SMEP: supervisor fetch from a user page (CR4.SMEP on)"
     assert not any(ln.startswith("  control") for ln in lines)
     doc = walk_json(res, UVA, 2, 0, "mine", pt.root, ctl)
-    assert doc["fault"] == {"vector": 14, "error_code": 0x11, "level": "pte", "rule": "smep",
+    assert doc["fault"] == {"vector": 14, "error_code": 0x11, "level": None, "rule": "smep",
                             "reason": "SMEP: supervisor fetch from a user page (CR4.SMEP on)"}
     assert doc["control"] == {"wp": True, "smep": True, "smap": True, "nxe": True, "pke": False, "ac": False,
                               "pkru": "0x0", "la57": False}

@@ -9,7 +9,7 @@ from emu.hw.paging import error_code_words, fmt_size
 from emu.hw.x86 import vector_name
 from emu.linux import abi
 from emu.linux.config import nearest
-from emu.tools.explain import control_dict, control_words, explain
+from emu.tools.explain import control_dict, control_words, explain, explain_at
 from emu.tools.faults import describe_exception
 
 ACCESS_WORDS = {0: "read", 1: "write", 2: "fetch"}
@@ -71,14 +71,13 @@ def walk_json(res, va: int, access: int, cpl: int, space_name: str, cr3: int, ct
               cpl_default: bool = False) -> dict:
     """``isoemu walk --json``: va, space, cr3, access, cpl, control, levels, and
     ``result`` {pa, size, user, writable, nx} or ``fault`` {vector, error_code,
-    level, rule, reason}."""
+    rule, level (the entry the rule names, or null), reason}."""
     doc = {"va": f"{va:#x}", "space": space_name, "cr3": f"{cr3:#x}", "access": "rwx"[access], "cpl": cpl,
            "cpl_default": cpl_default, "control": control_dict(ctl), "levels": walk_levels(res, ctl.levels)}
     if res.fault:
-        rule, why = explain(res, ctl, access, cpl)
-        steps = res.steps
-        doc["fault"] = {"vector": res.vector, "error_code": res.error_code,
-                        "level": steps[-1].level if steps else None, "rule": rule, "reason": why}
+        rule, why, level = explain_at(res, ctl, access, cpl)
+        doc["fault"] = {"vector": res.vector, "error_code": res.error_code, "rule": rule, "level": level,
+                        "reason": why}
     else:
         doc["result"] = {"pa": f"{res.pa:#x}", "size": res.size, "user": res.user, "writable": res.writable,
                          "nx": res.nx}

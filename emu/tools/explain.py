@@ -80,10 +80,18 @@ def reserved_bits(entry: int, shift: int, ctl: ControlState | None) -> list[str]
 
 def explain(fault, ctl: ControlState | None, access: int, cpl: int) -> tuple[str, str]:
     """``(rule, text)`` for a :class:`~emu.hw.paging.Fault` (see the table above)."""
+    rule, text, _ = explain_at(fault, ctl, access, cpl)
+    return rule, text
+
+
+def explain_at(fault, ctl: ControlState | None, access: int, cpl: int) -> tuple[str, str, str | None]:
+    """``(rule, text, level)``: :func:`explain` and the level whose entry the rule
+    names (the top-most one with U/S or R/W clear, or XD set; the last one
+    walked for P and reserved bits; None for #GP, SMEP, SMAP and keys)."""
     if fault.vector == VEC_GP:
         top = "56" if fault.levels == 5 else "47"
         return "non_canonical", (f"{fault.va:#x} is not canonical: bits 63..{top} must all equal "
-                                 f"bit {top} (#GP(0), no walk)")
+                                 f"bit {top} (#GP(0), no walk)"), None
     steps = fault.steps
     levels = fault.levels
     ec = fault.error_code
@@ -91,31 +99,33 @@ def explain(fault, ctl: ControlState | None, access: int, cpl: int) -> tuple[str
     last = steps[-1]
     last_shift = _shift_of(len(steps) - 1, levels)
     if not ec & PF_P:
-        return "not_present", f"not present at {_where(last, last_shift)}: entry {last.entry:#x} has P clear"
+        return "not_present", f"not present at {_where(last, last_shift)}: entry {last.entry:#x} has P clear", \
+            last.level
     if ec & PF_RSVD:
         why = reserved_bits(last.entry, last_shift, ctl)
         text = "; ".join(why) if why else "a reserved bit"
-        return "reserved_bit", f"reserved bit at {_where(last, last_shift)}: {text}"
+        return "reserved_bit", f"reserved bit at {_where(last, last_shift)}: {text}", last.level
     user_page = all(st.entry & US for st in steps)
     if cpl == 3 and not user_page:
         st, sh = _first(steps, levels, lambda e: not e & US)
-        return "user_supervisor", f"U/S: CPL3 {what} of a supervisor page; U/S clear at {_where(st, sh)}"
+        return "user_supervisor", f"U/S: CPL3 {what} of a supervisor page; U/S clear at {_where(st, sh)}", \
+            st.level
     if ec & PF_PK:
         key = (last.entry >> PKEY_SHIFT) & 0xF
         if ctl is None:
-            return "protection_key", f"protection key {key}: PKRU forbids the {what}"
+            return "protection_key", f"protection key {key}: PKRU forbids the {what}", None
         bits = ctl.pkru >> (2 * key) & 3
         if bits & 1:
-            return "protection_key", f"protection key {key}: PKRU.AD{key} is set (no data access)"
+            return "protection_key", f"protection key {key}: PKRU.AD{key} is set (no data access)", None
         why = "at CPL3" if cpl == 3 else "with CR0.WP on"
-        return "protection_key", f"protection key {key}: PKRU.WD{key} is set (no write {why})"
+        return "protection_key", f"protection key {key}: PKRU.WD{key} is set (no write {why})", None
     if access == 2:
         st, sh = _first(steps, levels, lambda e: e & NX)
         if st is not None and (ctl is None or ctl.nxe):
-            return "execute_disable", f"XD: fetch from a no-execute page; XD set at {_where(st, sh)}"
+            return "execute_disable", f"XD: fetch from a no-execute page; XD set at {_where(st, sh)}", st.level
         if user_page and cpl < 3 and (ctl is None or ctl.smep):
-            return "smep", "SMEP: supervisor fetch from a user page (CR4.SMEP on)"
-        return "unexplained", "the walk faulted but no rule matches the control state given"
+            return "smep", "SMEP: supervisor fetch from a user page (CR4.SMEP on)", None
+        return "unexplained", "the walk faulted but no rule matches the control state given", None
     read_only = not all(st.entry & RW for st in steps)
     rw_text = ""
     if access == 1 and read_only:
@@ -125,13 +135,14 @@ def explain(fault, ctl: ControlState | None, access: int, cpl: int) -> tuple[str
     if user_page and cpl < 3:
         if ctl is None and rw_text:
             return "smap_or_read_write", (f"SMAP or R/W (the control state was not given): a supervisor "
-                                          f"write to a read-only user page; R/W clear at {_where(st, sh)}")
+                                          f"write to a read-only user page; R/W clear at {_where(st, sh)}"), \
+                st.level
         if ctl is None or (ctl.smap and not ctl.ac):
             also = "; the page is also read-only" if rw_text and (ctl is None or ctl.wp) else ""
-            return "smap", f"SMAP: supervisor {what} of a user page with RFLAGS.AC clear (CR4.SMAP on){also}"
+            return "smap", f"SMAP: supervisor {what} of a user page with RFLAGS.AC clear (CR4.SMAP on){also}", None
     if rw_text and (cpl == 3 or ctl is None or ctl.wp):
-        return "read_write", rw_text
-    return "unexplained", "the walk faulted but no rule matches the control state given"
+        return "read_write", rw_text, st.level
+    return "unexplained", "the walk faulted but no rule matches the control state given", None
 
 
 def control_words(ctl: ControlState) -> str:

@@ -30,7 +30,7 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(_prefixed(self.prog, self._suggest(message)))
 
     def _suggest(self, message: str) -> str:
-        m = re.match(r"argument (\S+): invalid choice: '([^']*)'", message)
+        m = re.match(r"argument (\S+): invalid choice: '?([^' ]*)'? \(", message)
         if m:
             choices = self._choices_of(m.group(1))
             close = difflib.get_close_matches(m.group(2), choices, n=1)

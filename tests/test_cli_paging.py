@@ -1,7 +1,6 @@
 """walk / ptdump / check from the command line, on the built-in layout and on images."""
 
 import json
-import re
 import subprocess
 import sys
 

@@ -1,7 +1,8 @@
 """README's examples stay true: every fenced block whose first line is a
 ``$ isoemu`` command (or a ``$ cat FILE`` that defines a program a later
 ``$ isoemu`` line uses, as the hello.S example does) is run in a scratch
-directory, and its output compared with the block.
+directory holding every file README defines that way, and its output
+compared with the block.
 
 Normalised: trailing blanks, timings (``in 0.27 s``).  A line ``...`` in a
 block stands for any number of lines.  Commands run through bash, stderr
@@ -79,6 +80,17 @@ def matches(want: list[str], got: list[str]) -> bool:
 BLOCKS = blocks(README.read_text())
 
 
+def files(all_blocks) -> dict[str, str]:
+    """Every file a ``$ cat FILE`` defines in README: later blocks may use it."""
+    out = {}
+    for b in all_blocks:
+        for cmd, want in steps(b):
+            cat = re.fullmatch(r"cat (\S+)", cmd)
+            if cat:
+                out[cat.group(1)] = "\n".join(want) + "\n"
+    return out
+
+
 def _id(block):
     return block[0][2:]
 
@@ -86,15 +98,16 @@ def _id(block):
 @pytest.mark.parametrize("block", [
     pytest.param(b, id=_id(b), marks=[pytest.mark.xfail(reason=STALE[_id(b)], strict=True)] if _id(b) in STALE
                  else []) for b in BLOCKS])
-def test_readme_block(tmp_path, block):
+def test_readme_block(tmp_path, block, defined=None):
+    for name, text in (files(BLOCKS) if defined is None else defined).items():
+        (tmp_path / name).write_text(text)
     (tmp_path / "asm").symlink_to(ROOT / "asm")
     (tmp_path / "scripts").symlink_to(ROOT / "scripts")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "NO_COLOR": "1", "COLUMNS": "120"}
     for cmd, want in steps(block):
         cat = re.fullmatch(r"cat (\S+)", cmd)
-        if cat:                        # a file the following commands use: the block defines it
-            (tmp_path / cat.group(1)).write_text("\n".join(want) + "\n")
+        if cat:                        # a file README defines (written above): nothing to run
             continue
         p = subprocess.run(["bash", "-c", f"exec 2>&1; {cmd}"], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)

@@ -1,7 +1,6 @@
 """walk / ptdump / check from the command line, on the built-in layout and on images."""
 
 import json
-import re
 import subprocess
 import sys
 
@@ -20,65 +19,139 @@ def run(capsys, *argv):
 
 def test_walk_text(capsys):
     rc, out, err = run(capsys, "walk", "ffffffff81000000", "--access", "w")
-    assert rc == 1
-    lines = out.splitlines()
-    assert lines[0].startswith("0xffffffff81000000  write at CPL0 in A.kernel (cr3 0x")
-    levels = [re.match(r"\s+(\w+)\[\s*(\d+)\]", ln).groups() for ln in lines[1:4]]
-    assert levels == [("pgd", "511"), ("pud", "510"), ("pmd", "8")]       # a 2M page of kernel text
-    assert lines[3].endswith("xd pat g PS D A pcd pwt u w P")
-    assert lines[4] == "  -> #PF error code 0x3 (protection, write, supervisor)"
+    assert rc == 1 and err == ""
+    assert out.splitlines() == [
+        "0xffffffff81000000  write at CPL0 in A.kernel (cr3 0x3e000)",
+        "  control  WP SMEP SMAP NXE pke ac PKRU=0x0 la57  CPL0 (the default in A.kernel; --cpl to choose)",
+        "  pgd[511]  0x0000000000005067  xd g ps D A pcd pwt U W P",
+        "  pud[510]  0x0000000000006067  xd g ps D A pcd pwt U W P",
+        "  pmd[  8]  0x00000000010000e1  xd pat g PS D A pcd pwt u w P",          # a 2M page of kernel text
+        "  -> #PF error code 0x3 (protection, write, supervisor)",
+        "     R/W: write to a read-only page with CR0.WP on; R/W clear at pmd (PDE)",
+    ]
+
+
+@pytest.mark.parametrize("argv,cpl,note", [
+    (["400000", "--space", "A.user"], 3, " (the default in A.user; --cpl to choose)"),
+    (["400000", "--space", "B.user", "--cpl", "3"], 3, ""),
+    (["400000", "--space", "A.user", "--cpl", "0"], 0, ""),
+    (["400000", "--space", "A.asi"], 0, " (the default in A.asi; --cpl to choose)"),
+    (["400000", "--space", "kernel.user"], 3, " (the default in kernel.user; --cpl to choose)"),
+])
+def test_walk_default_cpl_follows_the_space(capsys, argv, cpl, note):
+    rc, out, _ = run(capsys, "walk", *argv)
+    assert out.splitlines()[1].endswith(f"la57  CPL{cpl}{note}")
+    rc, out, _ = run(capsys, "walk", *argv, "--json")
+    doc = json.loads(out)
+    assert doc["cpl"] == cpl and doc["cpl_default"] is bool(note)
+
+
+@pytest.mark.parametrize("flags,control", [
+    ([], "WP SMEP SMAP NXE pke ac PKRU=0x0 la57"),
+    (["--no-wp", "--ac", "--no-smep"], "wp smep SMAP NXE pke AC PKRU=0x0 la57"),
+    (["--pkru", "0x55555554"], "WP SMEP SMAP NXE PKE ac PKRU=0x55555554 la57"),
+    (["--pkru", "12"], "WP SMEP SMAP NXE PKE ac PKRU=0xc la57"),           # decimal without 0x
+    (["--set", "smap=off,nx=off"], "WP SMEP smap nxe pke ac PKRU=0x0 la57"),
+    (["--la57"], "WP SMEP SMAP NXE pke ac PKRU=0x0 LA57"),
+])
+def test_walk_prints_the_control_state(capsys, flags, control):
+    rc, out, _ = run(capsys, "walk", "ffffffff81000000", *flags)
+    assert out.splitlines()[1].startswith(f"  control  {control}  CPL0")
 
 
 def test_walk_json_translation(capsys):
     rc, out, _ = run(capsys, "walk", "0xffffffff81000123", "--json")
     doc = json.loads(out)
     assert rc == 0
-    assert doc["va"] == "0xffffffff81000123"
-    assert doc["result"] == {"pa": "0x1000123", "size": 2 << 20}
+    assert set(doc) == {"va", "space", "cr3", "access", "cpl", "cpl_default", "control", "levels", "result"}
+    assert (doc["va"], doc["space"], doc["cr3"], doc["access"], doc["cpl"]) == \
+        ("0xffffffff81000123", "A.kernel", "0x3e000", "r", 0)
+    assert doc["result"] == {"pa": "0x1000123", "size": 2 << 20, "user": False, "writable": False, "nx": False}
     assert [lv["level"] for lv in doc["levels"]] == ["pgd", "pud", "pmd"]
     assert [lv["index"] for lv in doc["levels"]] == [511, 510, 8]
-    assert "fault" not in doc
+    assert "\n" not in out.strip()                                   # compact: one line
+
+
+def test_walk_json_pretty_is_the_same_document(capsys):
+    _, compact, _ = run(capsys, "walk", "400000", "--space", "A.user", "--json")
+    _, pretty, _ = run(capsys, "walk", "400000", "--space", "A.user", "--json", "--pretty")
+    assert pretty.count("\n") > 10 and json.loads(pretty) == json.loads(compact)
 
 
 def test_walk_symbol(capsys):
-    rc, out, _ = run(capsys, "walk", "entry_SYSCALL_64+0x10", "--space", "A.user", "--access", "x", "--cpl", "3",
+    rc, out, _ = run(capsys, "walk", "entry_SYSCALL_64+10", "--space", "A.user", "--access", "x", "--cpl", "3",
                      "--json")
     doc = json.loads(out)
-    assert doc["va"] == "0xffffffff81200010"
-    assert doc["fault"] == {"vector": 14, "error_code": 0x15}     # mapped in the user PGD, supervisor
+    assert doc["va"] == "0xffffffff81200010"                      # +10 is hexadecimal
+    # the user PGD maps the entry text, but its top-level entry is the kernel's: supervisor
+    assert doc["fault"] == {"vector": 14, "error_code": 0x15, "level": "pgd", "rule": "user_supervisor",
+                            "reason": "U/S: CPL3 fetch of a supervisor page; U/S clear at pgd (PML4E)"}
 
 
 @pytest.mark.parametrize("expr,va", [
     ("USER_DATA", 0x600000),                          # the names user programs see
     ("DIRECT_MAP_BASE+0x1600000", 0xffff888001600000),
+    ("DIRECT_MAP_BASE + 1600000", 0xffff888001600000),  # every number in an expression is hex
+    ("USER_DATA + 8", 0x600008),
+    ("USER_DATA - 10", 0x5ffff0),
     ("A:_start", 0x400000),                           # a label of process A's program
+    ("400000", 0x400000),                             # hexadecimal without 0x
+    ("0x400000", 0x400000),
+    ("ffff_8880_0000_0000", 0xffff888000000000),
 ])
 def test_walk_names(capsys, expr, va):
-    rc, out, _ = run(capsys, "walk", expr, "--space", "A.kernel", "--json")
-    assert json.loads(out)["va"] == hex(va)
+    rc, out, err = run(capsys, "walk", expr, "--space", "A.kernel", "--json")
+    assert json.loads(out)["va"] == hex(va) and err == ""
 
 
-@pytest.mark.parametrize("argv,vector,ec", [
-    (["0x400000", "--space", "A.user", "--cpl", "3", "--access", "w"], 14, 0x7),
-    (["0x400000", "--space", "A.user", "--cpl", "3", "--access", "x"], None, None),
-    (["0x400000", "--space", "A.user", "--access", "r"], 14, 0x1),           # SMAP
-    (["0x400000", "--space", "A.user", "--access", "r", "--ac"], None, None),
-    (["0x400000", "--space", "A.user", "--access", "x"], 14, 0x11),          # SMEP
-    (["0x400000", "--space", "A.user", "--access", "x", "--no-smep"], None, None),
+def test_walk_name_that_is_also_hex_gets_a_note(capsys, monkeypatch):
+    """A word that is both a symbol and a hex number is the symbol, and a note on stderr says so."""
+    from emu.cli import paging
+
+    real = paging.space_from_args
+
+    def with_label_bad(args):
+        space = real(args)
+        names = space.symbols
+        space.symbols = lambda n: 0x600000 if n == "bad" else names(n)
+        return space
+
+    monkeypatch.setattr(paging, "space_from_args", with_label_bad)
+    rc, out, err = run(capsys, "walk", "bad", "--space", "A.user", "--json")
+    assert json.loads(out)["va"] == "0x600000"
+    assert err == "isoemu: note: 'bad' is read as the name bad (0x600000); write 0xbad for the number\n"
+    rc, out, err = run(capsys, "walk", "0xbad", "--space", "A.user", "--json")
+    assert json.loads(out)["va"] == "0xbad" and err == ""
+
+
+@pytest.mark.parametrize("argv,vector,ec,rule", [
+    (["0x400000", "--space", "A.user", "--cpl", "3", "--access", "w"], 14, 0x7, "read_write"),
+    (["0x400000", "--space", "A.user", "--access", "w"], 14, 0x7, "read_write"),      # CPL3: the default
+    (["0x400000", "--space", "A.user", "--cpl", "3", "--access", "x"], None, None, None),
+    (["0x400000", "--space", "A.user", "--cpl", "0", "--access", "r"], 14, 0x1, "smap"),
+    (["0x400000", "--space", "A.user", "--cpl", "0", "--access", "r", "--ac"], None, None, None),
+    (["0x400000", "--space", "A.user", "--cpl", "0", "--access", "x"], 14, 0x11, "smep"),
+    (["0x400000", "--space", "A.user", "--cpl", "0", "--access", "x", "--no-smep"], None, None, None),
+    (["0x400000", "--space", "A.user", "--cpl", "0", "--access", "x", "--set", "smep=off"], None, None, None),
     # the kernel PGD's user half carries NX (PTI): no SMEP needed to refuse
-    (["0x400000", "--space", "A.kernel", "--access", "x", "--no-smep"], 14, 0x11),
-    (["0x500000", "--space", "A.user", "--cpl", "3"], 14, 0x4),
-    (["0xffff888000000000", "--space", "A.user", "--cpl", "3"], 14, 0x4),     # PTI: no direct map
-    (["0xffff888000000000", "--space", "A.user", "--cpl", "3", "--no-pti"], 14, 0x5),
-    (["0x8000000000000000"], 13, 0),
+    (["0x400000", "--space", "A.kernel", "--access", "x", "--no-smep"], 14, 0x11, "execute_disable"),
+    (["0x500000", "--space", "A.user", "--cpl", "3"], 14, 0x4, "not_present"),
+    (["0xffff888000000000", "--space", "A.user", "--cpl", "3"], 14, 0x4, "not_present"),  # PTI: no direct map
+    (["0xffff888000000000", "--space", "A.user", "--cpl", "3", "--no-pti"], 14, 0x5, "user_supervisor"),
+    (["0xffff888000000000", "--space", "A.user", "--set", "pti=off"], 14, 0x5, "user_supervisor"),
+    (["0x400000", "--space", "A.user", "--pkru", "0x1"], 14, 0x25, None),       # user text has key 0: AD0
+    (["0x400000", "--space", "A.user", "--pkru", "4"], None, None, None),       # AD1: not key 0
+    (["0x8000000000000000"], 13, 0, "non_canonical"),
 ])
-def test_walk_json_faults(capsys, argv, vector, ec):
+def test_walk_json_faults(capsys, argv, vector, ec, rule):
     rc, out, _ = run(capsys, "walk", *argv, "--json")
     doc = json.loads(out)
     if vector is None:
-        assert rc == 0 and "result" in doc
+        assert rc == 0 and "result" in doc and "fault" not in doc
     else:
-        assert rc == 1 and doc["fault"] == {"vector": vector, "error_code": ec}
+        assert rc == 1 and (doc["fault"]["vector"], doc["fault"]["error_code"]) == (vector, ec)
+        assert doc["fault"]["rule"] == (rule or "protection_key")
+        assert doc["fault"]["reason"]
 
 
 def test_ptdump_kernel(capsys):
@@ -148,10 +221,20 @@ def test_image_walk_ptdump_check(tmp_path, capsys):
     ("loop", ["ptdump", "--image", "IMG", "--cr3", "ROOT"], "loop in page tables"),
     ("loop", ["check", "--image", "IMG", "--cr3", "ROOT"], "loop in page tables"),
     ("ok", ["walk", "zz9", "--image", "IMG", "--cr3", "ROOT"], "bad virtual address 'zz9'"),
+    ("ok", ["walk", "USER_DATA", "--image", "IMG", "--cr3", "ROOT"], "bad virtual address 'USER_DATA'"),
     ("ok", ["check", "--lint", "nope"], "unknown lint 'nope'"),
+    ("ok", ["check", "--lint", "wxx"], "unknown lint 'wxx' (did you mean 'wx'?)"),
     ("ok", ["ptdump", "--space", "nope"], "unknown space 'nope'"),
-    ("ok", ["walk", "no_such_symbol"], "unknown symbol 'no_such_symbol'"),
-    ("ok", ["ptdump", "--ram", "3M"], "not a multiple of 2 MiB"),
+    ("ok", ["walk", "no_such_symbol"], "unknown name 'no_such_symbol'"),
+    ("ok", ["ptdump", "--ram", "33M"], "not a multiple of 2 MiB"),
+    # options that mean nothing for the chosen tables
+    ("ok", ["ptdump", "--cr3", "ROOT"], "--cr3 needs --image FILE"),
+    ("ok", ["walk", "400000", "--cr3", "1000"], "--cr3 needs --image FILE"),
+    ("ok", ["ptdump", "--image", "IMG", "--cr3", "ROOT", "--space", "A.user"], "--space: not with --image"),
+    ("ok", ["ptdump", "--image", "IMG", "--cr3", "ROOT", "--no-pti"], "--no-pti: not with --image"),
+    ("ok", ["check", "--image", "IMG", "--cr3", "ROOT", "--set", "pti=off"], "--set: not with --image"),
+    ("ok", ["walk", "0", "--image", "IMG", "--cr3", "ROOT", "--ram", "1G"], "--ram: not with --image"),
+    ("ok", ["ptdump", "--image", "IMG", "--cr3", "xyz"], "bad --cr3 value 'xyz'"),
 ])
 def test_image_errors_are_one_line(tmp_path, capsys, setup, argv, message):
     path, root = make_image(tmp_path, loop=setup == "loop")
@@ -164,11 +247,51 @@ def test_image_errors_are_one_line(tmp_path, capsys, setup, argv, message):
     assert err.count("\n") == 1 and err.startswith("isoemu: ") and message in err
 
 
+def test_image_cr3_is_hexadecimal(tmp_path, capsys):
+    """--cr3 1000 is 0x1000, as every CR3 value: the same root with or without 0x."""
+    path, root = make_image(tmp_path)
+    assert root < 0x10000
+    rc, with_0x, _ = run(capsys, "ptdump", "--image", str(path), "--cr3", hex(root))
+    rc2, without, _ = run(capsys, "ptdump", "--image", str(path), "--cr3", f"{root:x}")
+    assert rc == rc2 == 0 and with_0x == without and "0xffffffff81000000" in without
+
+
+def test_image_la57_is_allowed(tmp_path, capsys):
+    path, root = make_image(tmp_path)
+    rc, out, err = run(capsys, "walk", "0", "--image", str(path), "--cr3", hex(root), "--la57", "--json")
+    assert rc == 1 and json.loads(out)["control"]["la57"] is True and err == ""
+
+
+def test_ptdump_json(capsys):
+    rc, out, _ = run(capsys, "ptdump", "--space", "A.user", "--json")
+    doc = json.loads(out)
+    assert rc == 0 and set(doc) == {"space", "cr3", "lines"}
+    assert doc["space"] == "A.user" and doc["cr3"] == "0x3f000" and doc["lines"][0] == "---[ User Space ]---"
+    rc, text, _ = run(capsys, "ptdump", "--space", "A.user")
+    assert text.splitlines() == doc["lines"]
+
+
+def test_spaces_with_set(capsys):
+    rc, out, _ = run(capsys, "spaces", "--set", "pti=off", "--json")
+    rows = {s["name"]: s for s in json.loads(out)}
+    assert rows["A.user"]["cr3"] == rows["A.kernel"]["cr3"]          # no PTI: one table per process
+    assert rows["A.user"]["description"].endswith("(no PTI: its only table)")
+    rc, out, _ = run(capsys, "spaces", "--json")
+    rows = {s["name"]: s for s in json.loads(out)}
+    assert rows["A.user"]["cr3"] != rows["A.kernel"]["cr3"]
+
+
+@pytest.mark.parametrize("opt", ["--space", "--image", "--cr3"])
+def test_spaces_takes_no_space_options(capsys, opt):
+    rc, _, err = run(capsys, "spaces", opt, "x")
+    assert rc == 2 and err.startswith("isoemu: spaces: unrecognized argument") and err.count("\n") == 1
+
+
 def test_no_traceback_from_the_console_script(tmp_path):
     p = subprocess.run([sys.executable, "-m", "emu.cli", "walk", "nonsense!"],
                        capture_output=True, text=True)
     assert p.returncode == 2
-    assert p.stderr == "isoemu: bad virtual address 'nonsense!': expected a number like 0xffffffff81000000\n"
+    assert p.stderr == "isoemu: bad virtual address 'nonsense!': unknown name 'nonsense'\n"
 
 
 def test_help_lists_commands(capsys):

@@ -1,37 +1,174 @@
-"""Arguments shared by the commands: the machine switches, the address space, the control state."""
+"""What the commands share: the machine switches (``--set`` and the flags),
+the address space (``--space`` or ``--image``/``--cr3``), the control state,
+JSON output, notes, and reading a program's source.
+
+Numbers follow one rule (README: "Numbers", emu/parse.py): addresses and CR3
+values are hexadecimal with or without ``0x``; counts are decimal with the SI
+suffixes k/M/G; sizes take the binary K/M/G/T; other values are decimal or
+``0x``-hexadecimal.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import unicodedata
 
+from emu.errors import AsmError, ConfigError
 from emu.hw.paging import ControlState
-from emu.tools.spaces import parse_address
+from emu.linux.config import MAX_RAM, MIN_RAM, SWITCHES, MachineConfig, parse_assignments, parse_switch
+from emu.parse import parse_hex, parse_int, parse_size
+
+NUMBERS = ("Numbers: addresses and CR3 values are hexadecimal, 0x optional (400000 is 0x400000; in an "
+           "expression such as USER_DATA + 10 every number is hex); counts are decimal with k/M/G "
+           "(10M = 10,000,000); sizes take K/M/G/T (4G); other values are decimal or 0x-hex.")
 
 
-def add_space_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("address space")
-    g.add_argument("--space", metavar="NAME", help="address space to use (see 'isoemu spaces')")
-    g.add_argument("--image", metavar="FILE", help="raw physical-memory image (e.g. QEMU pmemsave)")
-    g.add_argument("--cr3", metavar="ADDR", help="page-table root in the image (with --image)")
-    add_machine_args(g)
+# --- JSON ---------------------------------------------------------------------------------
+def add_json_args(p, what: str = "print JSON") -> None:
+    """``--json`` and ``--pretty``: every command's JSON comes through :func:`print_json`."""
+    p.add_argument("--json", action="store_true", help=what)
+    p.add_argument("--pretty", action="store_true", help="indent the JSON (with --json)")
+
+
+def json_text(doc, pretty: bool = False) -> str:
+    """One style for every command: compact on one line, or indented with --pretty."""
+    if pretty:
+        return json.dumps(doc, indent=2)
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def print_json(doc, args=None, file=None) -> None:
+    print(json_text(doc, bool(getattr(args, "pretty", False))), file=file or sys.stdout)
+
+
+def print_notes(notes: list[str]) -> None:
+    """Notes of the number reader (a name that is also a hex number...), on stderr."""
+    for n in notes:
+        print(f"isoemu: note: {n}", file=sys.stderr)
+
+
+# --- the machine --------------------------------------------------------------------------
+_FLAGS = (("no_pti", "--no-pti", "pti", "off"), ("no_pcid", "--no-pcid", "pcid", "off"),
+          ("no_asi", "--no-asi", "asi", "off"), ("la57", "--la57", "la57", "on"))
 
 
 def add_machine_args(g) -> None:
-    """Switches of the built-in machine (shared by every command that boots it)."""
-    g.add_argument("--no-pti", action="store_true", help="page-table isolation off")
-    g.add_argument("--no-pcid", action="store_true", help="PCIDs off (every CR3 write flushes)")
-    g.add_argument("--no-asi", action="store_true", help="address-space isolation off")
-    g.add_argument("--la57", action="store_true", help="5-level paging")
-    g.add_argument("--ram", metavar="SIZE", help="guest RAM (default 256M, e.g. 4G)")
+    """Switches of the built-in machine (every command that boots it; ``trace``
+    and ``debug`` call this too).  The CLI turns them into
+    ``args.machine_config`` before a command runs (:func:`config_from_args`)."""
+    names = ", ".join(SWITCHES)
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=f"a machine switch (repeatable, or comma-separated: pti=off,ram=4G); "
+                        f"switches: {names}; on/off, ram a size")
+    g.add_argument("--no-pti", action="store_true", help="page-table isolation off (--set pti=off)")
+    g.add_argument("--no-pcid", action="store_true", help="PCIDs off: every CR3 write flushes (--set pcid=off)")
+    g.add_argument("--no-asi", action="store_true", help="address-space isolation off (--set asi=off)")
+    g.add_argument("--la57", action="store_true", help="5-level paging (--set la57=on)")
+    g.add_argument("--ram", metavar="SIZE",
+                   help=f"guest RAM, {MIN_RAM >> 20}M .. {MAX_RAM >> 40}T in 2 MiB steps (default 256M; "
+                        f"binary suffixes: 4G)")
 
 
+def parse_ram(text: str) -> int:
+    rng = f"{MIN_RAM >> 20}M .. {MAX_RAM >> 40}T"
+    try:
+        v = parse_size(text, "--ram", lo=MIN_RAM, hi=MAX_RAM)
+    except ConfigError as e:
+        if "out of range" in str(e):
+            raise
+        raise ConfigError(f"bad --ram {text!r}: expected a size in {rng} such as 256M or 4G") from None
+    if v % (2 << 20):
+        raise ConfigError(f"--ram {text!r} is not a multiple of 2 MiB")
+    return v
+
+
+def has_machine_args(args) -> bool:
+    return hasattr(args, "set") and hasattr(args, "no_pti")
+
+
+def machine_settings(args) -> dict[str, str]:
+    """``{switch: text}`` from ``--set`` and the flags; a flag that
+    contradicts a ``--set`` is refused."""
+    settings = parse_assignments(getattr(args, "set", None) or [])
+    for attr, flag, key, value in _FLAGS:
+        if getattr(args, attr, False):
+            if key in settings and parse_switch(key, settings[key])[1] != parse_switch(key, value)[1]:
+                raise ConfigError(f"{flag} contradicts --set {key}={settings[key]}")
+            settings[key] = value
+    if getattr(args, "ram", None):
+        ram = parse_ram(args.ram)
+        if "ram" in settings and parse_switch("ram", settings["ram"])[1] != ram:
+            raise ConfigError(f"--ram {args.ram} contradicts --set ram={settings['ram']}")
+        settings["ram"] = str(ram)
+    return settings
+
+
+def config_from_args(args) -> MachineConfig:
+    """The machine of this command line (cached in ``args.machine_config``)."""
+    cfg = getattr(args, "machine_config", None)
+    if cfg is None:
+        cfg = MachineConfig().with_switches(machine_settings(args))
+        args.machine_config = cfg
+    return cfg
+
+
+# --- the address space ----------------------------------------------------------------------
+def add_space_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("address space (the built-in machine, or a memory image)")
+    g.add_argument("--space", metavar="NAME", help="address space of the built-in machine (default A.kernel; "
+                                                   "see 'isoemu spaces')")
+    g.add_argument("--image", metavar="FILE", help="raw physical-memory image (e.g. QEMU pmemsave) instead "
+                                                   "of the built-in machine; needs --cr3; --la57 applies")
+    g.add_argument("--cr3", metavar="ADDR", help="page-table root in the image, hexadecimal (1c0a000 is "
+                                                 "0x1c0a000); only with --image")
+    add_machine_args(g)
+
+
+def check_space_args(args) -> None:
+    """Refuse options that mean nothing for the chosen source of tables."""
+    image = getattr(args, "image", None)
+    if not image:
+        if getattr(args, "cr3", None):
+            raise ConfigError("--cr3 needs --image FILE (the built-in machine's roots are named by --space)")
+        return
+    given = [flag for attr, flag, _, _ in _FLAGS if attr != "la57" and getattr(args, attr, False)]
+    if getattr(args, "space", None):
+        given.insert(0, "--space")
+    if getattr(args, "ram", None):
+        given.append("--ram")
+    if getattr(args, "set", None):
+        given.append("--set")
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not with --image (an image has its own tables; "
+                          f"only --cr3 and --la57 apply)")
+    if not getattr(args, "cr3", None):
+        raise ConfigError("--image needs --cr3 ADDR (the physical address of the top-level table)")
+    cr3 = parse_hex(args.cr3, "--cr3 value")
+    args.cr3 = f"{cr3:#x}"         # hexadecimal from here on, whatever the reader below assumes
+
+
+def space_from_args(args):
+    """The address space a page-table command works on."""
+    from emu.tools.spaces import resolve_space
+
+    check_space_args(args)
+    if not getattr(args, "image", None):
+        config_from_args(args)
+    return resolve_space(args)
+
+
+# --- the control state ---------------------------------------------------------------------
 def add_ctl_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("control state (defaults: the space's own)")
     for name, what in (("wp", "CR0.WP"), ("smep", "CR4.SMEP"), ("smap", "CR4.SMAP"),
                        ("nxe", "EFER.NXE"), ("pke", "CR4.PKE"), ("ac", "RFLAGS.AC")):
         g.add_argument(f"--{name}", dest=name, action="store_true", default=None, help=f"set {what}")
         g.add_argument(f"--no-{name}", dest=name, action="store_false", help=f"clear {what}")
-    g.add_argument("--pkru", metavar="VALUE", help="PKRU value (implies --pke)")
+    g.add_argument("--pkru", metavar="VALUE",
+                   help="PKRU value, 0 .. 0xffffffff, decimal or 0x-hex (implies --pke)")
 
 
 def ctl_from_args(args, base: ControlState) -> ControlState:
@@ -41,6 +178,49 @@ def ctl_from_args(args, base: ControlState) -> ControlState:
         if v is not None:
             kw[name] = v
     if getattr(args, "pkru", None) is not None:
-        kw["pkru"] = parse_address(args.pkru, "PKRU value")
+        kw["pkru"] = parse_int(args.pkru, "--pkru value", lo=0, hi=0xFFFFFFFF)
         kw.setdefault("pke", True)
     return base.replace(**kw) if kw else base
+
+
+# --- program sources ------------------------------------------------------------------------
+def read_source(path) -> str:
+    """The text of an assembly source: UTF-8 (a byte-order mark is dropped),
+    ASCII outside string literals and comments.  A no-break space or a
+    typographic quote pasted into an instruction is refused and named rather
+    than left for keystone to misread.  (The same rule as
+    emu.linux.program.read_source, which replaces this once it is in main.)"""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AsmError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at line {line})") from None
+    text = text.removeprefix("\ufeff")
+    if text.isascii():
+        return text
+    for lineno, line in enumerate(text.split("\n"), 1):
+        quote = None
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if quote:
+                if c == "\\":
+                    i += 1
+                elif c == quote:
+                    quote = None
+            elif c in "\"'":
+                quote = c
+            elif c in ";#" or line.startswith("//", i):
+                break
+            elif not c.isascii():
+                name = unicodedata.name(c, None)            # control characters have none
+                what = f"U+{ord(c):04X}" + (f" ({name})" if name else "")
+                raise AsmError(f"{path}:{lineno}: non-ASCII character {what} outside a string")
+            i += 1
+    return text

@@ -1,27 +1,96 @@
 """The ``isoemu`` command line: a thin layer over the Python API.
 
 Every user error ends in one line on stderr (``isoemu: ...``) and a non-zero
-exit status, never a traceback.
+exit status, never a traceback: argparse's own errors too (one line, with
+the nearest option or command for a mistyped one, exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 
 from emu.version import VERSION
 from emu.cli import bench, debug, machine, paging, test, trace
+from emu.cli.common import config_from_args, has_machine_args
 from emu.errors import IsoemuError
 
 
+class UsageError(Exception):
+    """An argparse error, as one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``isoemu: matrix: unrecognized argument:
+    --jsno (did you mean --json?)``.  Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        raise UsageError(_prefixed(self.prog, self._suggest(message)))
+
+    def _suggest(self, message: str) -> str:
+        m = re.match(r"argument (\S+): invalid choice: '?([^' ]*)'? \(", message)
+        if m:
+            choices = self._choices_of(m.group(1))
+            close = difflib.get_close_matches(m.group(2), choices, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            if m.group(1) == "COMMAND":
+                return f"unknown command {m.group(2)!r}{hint}; commands: {', '.join(choices)}"
+            return (f"{m.group(1).lower()}: invalid choice {m.group(2)!r}{hint}; choose from "
+                    f"{', '.join(choices)}")
+        return message
+
+    def _choices_of(self, dest: str) -> list[str]:
+        for a in self._actions:
+            if a.choices and (a.metavar == dest or dest in a.option_strings
+                              or dest == "/".join(a.option_strings)):
+                return [str(c) for c in a.choices]
+        return []
+
+
+def unrecognized(parser: Parser, command: str | None, extras: list[str]) -> str:
+    """``matrix: unrecognized argument: --jsno (did you mean --json?)``."""
+    sub = _subparser(parser, command)
+    target = sub or parser
+    options = [o for a in target._actions for o in a.option_strings]
+    words = []
+    for x in extras:
+        word = x
+        if x.startswith("-"):
+            close = difflib.get_close_matches(x.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if close:
+                word += f" (did you mean {close[0]}?)"
+        words.append(word)
+    what = "argument" if len(extras) == 1 else "arguments"
+    return _prefixed(target.prog, f"unrecognized {what}: {', '.join(words)}")
+
+
+def _prefixed(prog: str, message: str) -> str:
+    """``matrix: message`` for a command's parser, ``message`` for the top level."""
+    cmd = prog.removeprefix("isoemu").strip()
+    return f"{cmd}: {message}" if cmd else message
+
+
+def _subparser(parser: Parser, command: str | None):
+    if not command:
+        return None
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return a.choices.get(command)
+    return None
+
+
 # --- entry point ----------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    p = Parser(
         prog="isoemu",
         description="x86-64 paging emulator: Linux PTI, ASI and memfd_secret in a kernel stub run "
-                    "by Unicorn, with a reference page walker.")
+                    "by Unicorn, with a reference page walker.",
+        epilog="Numbers: addresses and CR3 values are hexadecimal, 0x optional (400000 is 0x400000); "
+               "counts are decimal with k/M/G (--budget 10M); sizes take K/M/G/T (--ram 4G).")
     p.add_argument("--version", action="version", version=f"isoemu {VERSION}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     for mod in COMMAND_MODULES:
         mod.add_commands(sub)
@@ -34,11 +103,19 @@ COMMAND_MODULES = (machine, paging, trace, debug, test, bench)
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            raise UsageError(unrecognized(parser, getattr(args, "command", None), extras))
+    except UsageError as e:
+        print(f"isoemu: {e}", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        if has_machine_args(args) and not getattr(args, "image", None):
+            config_from_args(args)       # --set and the flags, checked once for every command
         return args.func(args)
     except IsoemuError as e:
         print(f"isoemu: {e}", file=sys.stderr)

@@ -78,6 +78,9 @@ def config_from_args(args):
     """The machine switches common to every command that boots a machine."""
     from emu.linux.config import MachineConfig
 
+    cfg = getattr(args, "machine_config", None)
+    if cfg is not None:         # made by the CLI from --set and the flags (emu.cli.common.config_from_args)
+        return cfg
     ram = parse_size(args.ram) if getattr(args, "ram", None) else DEFAULT_RAM
     return MachineConfig(ram=ram, la57=bool(getattr(args, "la57", False)),
                         pti=not getattr(args, "no_pti", False), pcid=not getattr(args, "no_pcid", False),

@@ -1,0 +1,137 @@
+"""README's examples stay true: every fenced block whose first line is a
+``$ isoemu`` command (or a ``$ cat FILE`` that defines a program a later
+``$ isoemu`` line uses, as the hello.S example does) is run in a scratch
+directory holding every file README defines that way, and its output
+compared with the block.
+
+Normalised: trailing blanks, timings (``in 0.27 s``).  A line ``...`` in a
+block stands for any number of lines.  Commands run through bash, stderr
+merged into stdout as a terminal shows them.
+
+Blocks known to differ from README today are listed in STALE, by their first
+command, and marked xfail (strict: once README is updated the entry must go).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+#: first command of each block that differs today, and why (README is the lead's to update)
+STALE = {
+    "isoemu matrix": "the block shows a selection of rows without '...' between them",
+    "isoemu test asm/pti/read_kernel_text.S broken.S": "broken.S is not in the README; the block cannot run",
+    "isoemu trace prog.S --space A.user": "prog.S is not in the README; the block cannot run",
+    "isoemu walk 0xffffffff81000000 --access w": "walk now prints the control state and why it faulted",
+}
+
+
+def blocks(text: str) -> list[list[str]]:
+    """The fenced blocks whose first line starts with ``$ isoemu`` or ``$ cat``."""
+    out = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("```"):
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith("```"):
+                j += 1
+            body = lines[i + 1:j]
+            if body and (body[0].startswith("$ isoemu") or body[0].startswith("$ cat ")):
+                out.append(body)
+            i = j + 1
+        else:
+            i += 1
+    return out
+
+
+def steps(block: list[str]) -> list[tuple[str, list[str]]]:
+    """``[(command, expected output lines)]`` of one block."""
+    out: list[tuple[str, list[str]]] = []
+    for line in block:
+        if line.startswith("$ "):
+            out.append((line[2:], []))
+        else:
+            out[-1][1].append(line)
+    return out
+
+
+def normalise(lines: list[str]) -> list[str]:
+    return [re.sub(r"\bin \d+(\.\d+)? s\b", "in N s", ln.rstrip()) for ln in lines]
+
+
+def matches(want: list[str], got: list[str]) -> bool:
+    """``want`` against ``got``, a ``...`` line matching any run of lines."""
+    if not want:
+        return not got
+    if want[0] == "...":
+        return any(matches(want[1:], got[k:]) for k in range(len(got) + 1))
+    return bool(got) and want[0] == got[0] and matches(want[1:], got[1:])
+
+
+BLOCKS = blocks(README.read_text())
+
+
+def files(all_blocks) -> dict[str, str]:
+    """Every file a ``$ cat FILE`` defines in README: later blocks may use it."""
+    out = {}
+    for b in all_blocks:
+        for cmd, want in steps(b):
+            cat = re.fullmatch(r"cat (\S+)", cmd)
+            if cat:
+                out[cat.group(1)] = "\n".join(want) + "\n"
+    return out
+
+
+def _id(block):
+    return block[0][2:]
+
+
+@pytest.mark.parametrize("block", [
+    pytest.param(b, id=_id(b), marks=[pytest.mark.xfail(reason=STALE[_id(b)], strict=True)] if _id(b) in STALE
+                 else []) for b in BLOCKS])
+def test_readme_block(tmp_path, block, defined=None):
+    for name, text in (files(BLOCKS) if defined is None else defined).items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "asm").symlink_to(ROOT / "asm")
+    (tmp_path / "scripts").symlink_to(ROOT / "scripts")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "NO_COLOR": "1", "COLUMNS": "120"}
+    for cmd, want in steps(block):
+        cat = re.fullmatch(r"cat (\S+)", cmd)
+        if cat:                        # a file README defines (written above): nothing to run
+            continue
+        p = subprocess.run(["bash", "-c", f"exec 2>&1; {cmd}"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+        got = normalise(p.stdout.splitlines())
+        assert matches(normalise(want), got), f"$ {cmd}\n--- README\n" + "\n".join(want) + \
+            "\n--- got\n" + "\n".join(got)
+
+
+def test_readme_has_the_examples():
+    """The parser finds the command examples (a README rewrite that breaks the fences would
+    otherwise pass silently)."""
+    firsts = [_id(b) for b in BLOCKS]
+    assert any(f.startswith("isoemu matrix") for f in firsts)
+    assert any(f.startswith("cat ") for f in firsts)
+    assert set(STALE) <= set(firsts), "a STALE entry names no README block: remove it"
+
+
+@pytest.mark.parametrize("want,got,ok", [
+    (["a", "...", "z"], ["a", "b", "c", "z"], True),
+    (["a", "...", "z"], ["a", "z"], True),
+    (["a", "...", "z"], ["a", "b"], False),
+    (["a", "b"], ["a", "b", "c"], False),
+    (["a", "b"], ["a", "c"], False),
+    (["x in 0.27 s"], ["x in 1.5 s"], True),
+])
+def test_matcher(want, got, ok):
+    assert matches(normalise(want), normalise(got)) is ok

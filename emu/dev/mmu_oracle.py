@@ -54,7 +54,9 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.hw.cpu import Cpu, CpuConfig, RegBatch
-from emu.hw.x86 import (CR0_WP, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER, MSR_STAR, RFLAGS_AC, RFLAGS_RESERVED, error_code_offset)
+from emu.hw.cpu import error_code_offset
+from emu.hw.x86 import CR0_WP, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER, MSR_STAR, RFLAGS_RESERVED
+from emu.hw.x86 import RF_AC as RFLAGS_AC
 from emu.errors import GuestError
 from emu.hw.paging import (A, ACCESS_NAMES, mode_for, D, FETCH, MAXPHYADDR, READ, RW, US, VEC_GP, VEC_PF, WRITE,
                      ControlState, Fault, P, Translation, parse_access, translate)

@@ -131,7 +131,7 @@ asi_map_page:
     mov rcx, rbx
     or rcx, __PAGE_KERNEL_NOGLOBAL     # PAGE_KERNEL without Global (ASI), and NX:
     bts rcx, _PAGE_BIT_NX
-    mov qword ptr [rax], rcx
+    SET_ENTRY rax, rcx
 .Lam_done:
     pop rbx
     ret
@@ -150,9 +150,10 @@ asi_unmap_page:
     call walk_to
     test rax, rax
     jz .Lau_done
-    mov qword ptr [rax], 0
+    SET_ENTRY rax, 0
     mov rdi, rbx
     mov esi, PAGE_SIZE
+    .alternative !INJECT_ASI_UNMAP_NOFLUSH, .Lau_done
     call flush_tlb_kernel_range
 .Lau_done:
     pop rbx

@@ -51,6 +51,7 @@ entry_SYSCALL_64_after_call:
     jne swapgs_restore_regs_and_return_to_usermode
     cmp qword ptr [rsp + PT_CS], USER_CS
     jne swapgs_restore_regs_and_return_to_usermode
+    .hook return_to_user_sysret
 syscall_return_via_sysret:
     POP_REGS_NO_RDI
     # switch to the trampoline (entry) stack, which the user tables map
@@ -120,6 +121,7 @@ error_return:
     jz restore_regs_and_return_to_kernel
 
 # IRET to user mode, via the trampoline stack
+    .hook return_to_user_iret
 swapgs_restore_regs_and_return_to_usermode:
     call prepare_exit_to_usermode
     POP_REGS_NO_RDI

@@ -76,6 +76,7 @@
     .alternative PCID, .Lwrcr3_\@
     mov \scratch2, \scratch
     and \scratch, KERNEL_PCID_MASK
+    .alternative !INJECT_PTI_USER_NOFLUSH, .Lnoflush_\@
     bt qword ptr gs:[tlbstate_user_pcid_flush_mask], \scratch
     jnc .Lnoflush_\@
     btr qword ptr gs:[tlbstate_user_pcid_flush_mask], \scratch
@@ -114,6 +115,22 @@
     .cr3_write noflush
     mov cr3, \scratch
 .Ldone_\@:
+.endm
+
+# --- paging-structure entries ----------------------------------------------------
+# SET_ENTRY ptr, val: write one entry of a live table through set_entry
+# (pgtable.S), which the TLB model observes.  Any registers or an immediate;
+# every register but the entry is preserved.
+.macro SET_ENTRY ptr, val
+    push rdi
+    push rsi
+    push \val
+    push \ptr
+    pop rdi
+    pop rsi
+    call set_entry
+    pop rsi
+    pop rdi
 .endm
 
 # --- small helpers ------------------------------------------------------------------

@@ -30,7 +30,7 @@ map_user_page:
     je .Lmup_set
     bts rcx, _PAGE_BIT_NX
 .Lmup_set:
-    mov qword ptr [rax], rcx
+    SET_ENTRY rax, rcx
     xor eax, eax
     jmp .Lmup_done
 .Lmup_nomem:
@@ -129,11 +129,13 @@ unmap_vma:
     test rax, rax
     jz .Luv_next
     mov r14, qword ptr [rax]
-    test r14, _PAGE_PRESENT
+    test r14, _PAGE_PRESENT + _PAGE_PROTNONE      # a PROT_NONE page still holds its frame
     jz .Luv_next
-    mov qword ptr [rax], 0
+    SET_ENTRY rax, 0
     mov rdi, r13
+    .alternative !INJECT_MUNMAP_NOFLUSH, .Luv_flushed
     call flush_tlb_one_user
+.Luv_flushed:
     test qword ptr [r12 + VMA_flags], VM_SECRET
     jnz .Luv_next
     movabs rax, PTE_PFN_MASK
@@ -152,45 +154,70 @@ unmap_vma:
 .Luv_done:
     RESTORE_CALLEE
     ret
-# free_pgtables(mm): at exit, free the page-table pages of the user half
-# (exit_mmap -> free_pgtables) and clear the top-level entries in the kernel
-# PGD, the PTI user PGD and the ASI PGD.  Table pages are non-sensitive, so
-# with ASI each one leaves the restricted direct map (asi_unmap + flush).
+# free_pgtables(mm): at exit, unlink the user half's page tables from the
+# kernel PGD, the PTI user PGD and the ASI PGD, flush, then free the tables
+# (exit_mmap -> free_pgtables, then tlb_finish_mmu: a table goes back to the
+# allocator only after no TLB or paging-structure cache can lead to it).
+# Table pages are non-sensitive, so with ASI each one leaves the restricted
+# direct map as it is freed (asi_unmap + flush).  The unlinked entries wait on
+# the stack (USER_PTRS_PER_PGD slots).
 free_pgtables:
     push rbx
     push r12
     push r13
+    push rbp
+    mov rbp, rsp
+    sub rsp, 8 * USER_PTRS_PER_PGD
     mov rbx, rdi
     mov r12, qword ptr [rbx + MM_pgd_va]
     xor r13, r13
 .Lfpt_slot:
     cmp r13, USER_PTRS_PER_PGD
-    jae .Lfpt_done
+    jae .Lfpt_flush
     mov rax, qword ptr [r12 + r13 * 8]
+    mov qword ptr [rsp + r13 * 8], rax
     test al, _PAGE_PRESENT
     jz .Lfpt_next
+    lea rax, [r12 + r13 * 8]
+    SET_ENTRY rax, 0
+    cmp qword ptr [feature_pti], 0
+    je .Lfpt_asi
+    add rax, PAGE_SIZE
+    SET_ENTRY rax, 0
+.Lfpt_asi:
+    mov rax, qword ptr [rbx + MM_asi_pgd_va]
+    test rax, rax
+    jz .Lfpt_next
+    lea rax, [rax + r13 * 8]
+    SET_ENTRY rax, 0
+.Lfpt_next:
+    inc r13
+    jmp .Lfpt_slot
+.Lfpt_flush:
+    call flush_tlb_mm_local
+    xor r13, r13
+.Lfpt_free:
+    cmp r13, USER_PTRS_PER_PGD
+    jae .Lfpt_done
+    mov rax, qword ptr [rsp + r13 * 8]
+    test al, _PAGE_PRESENT
+    jz .Lfpt_free_next
     movabs rcx, PTE_PFN_MASK
     and rax, rcx
     mov rdi, rax
     mov esi, PGDIR_SHIFT - (PMD_SHIFT - PAGE_SHIFT)
     call free_table
-    mov qword ptr [r12 + r13 * 8], 0
-    cmp qword ptr [feature_pti], 0
-    je .Lfpt_asi
-    mov qword ptr [r12 + r13 * 8 + PAGE_SIZE], 0
-.Lfpt_asi:
-    mov rax, qword ptr [rbx + MM_asi_pgd_va]
-    test rax, rax
-    jz .Lfpt_next
-    mov qword ptr [rax + r13 * 8], 0
-.Lfpt_next:
+.Lfpt_free_next:
     inc r13
-    jmp .Lfpt_slot
+    jmp .Lfpt_free
 .Lfpt_done:
+    mov rsp, rbp
+    pop rbp
     pop r13
     pop r12
     pop rbx
     ret
+
 # free_table(table pa, shift of its entries): the tables below first
 free_table:
     push rbx

@@ -136,6 +136,135 @@ sys_mmap:
 .Lmm_out:
     RESTORE_CALLEE
     ret
+# sys_mprotect(addr, len, prot): the VMAs lying entirely inside the range take
+# the new protection, their present PTEs the matching rights, and each page
+# changed is flushed (mprotect_fixup -> change_protection -> the mmu_gather's
+# flush, mm/mprotect.c).  A range that cuts a VMA is EINVAL (Linux would split
+# it); PROT_EXEC on secret memory is EACCES (its mount is noexec).
+sys_mprotect:
+    SAVE_CALLEE
+    test rdi, PAGE_SIZE - 1
+    jnz .Lmp_inval
+    test rsi, rsi
+    jz .Lmp_inval
+    test rdx, PROT_UNKNOWN_BITS
+    jnz .Lmp_inval
+    mov r12, rdi
+    lea r13, [rdi + rsi + PAGE_SIZE - 1]
+    and r13, -PAGE_SIZE
+    mov r14, rdx
+    GET_CURRENT rbx
+    mov rbx, qword ptr [rbx + TASK_mm]
+    xor r15, r15
+.Lmp_check:
+    cmp r15, qword ptr [rbx + MM_nr_vmas]
+    jae .Lmp_apply
+    imul rax, r15, VMA_SIZE
+    lea rax, [rbx + rax + MM_vmas]
+    mov rcx, qword ptr [rax + VMA_start]
+    mov rdx, qword ptr [rax + VMA_end]
+    cmp rdx, r12
+    jbe .Lmp_next_check
+    cmp rcx, r13
+    jae .Lmp_next_check
+    cmp rcx, r12
+    jb .Lmp_inval
+    cmp rdx, r13
+    ja .Lmp_inval
+    test qword ptr [rax + VMA_flags], VM_SECRET
+    jz .Lmp_next_check
+    test r14, PROT_EXEC
+    jnz .Lmp_acces
+.Lmp_next_check:
+    inc r15
+    jmp .Lmp_check
+.Lmp_apply:
+    xor r15, r15
+.Lmp_vma:
+    cmp r15, qword ptr [rbx + MM_nr_vmas]
+    jae .Lmp_ok
+    imul rax, r15, VMA_SIZE
+    lea rbp, [rbx + rax + MM_vmas]
+    mov rcx, qword ptr [rbp + VMA_start]
+    cmp rcx, r12
+    jb .Lmp_next_vma
+    cmp rcx, r13
+    jae .Lmp_next_vma
+    mov qword ptr [rbp + VMA_prot], r14
+    mov rdi, rbx
+    mov rsi, rbp
+    call change_protection
+.Lmp_next_vma:
+    inc r15
+    jmp .Lmp_vma
+.Lmp_ok:
+    xor eax, eax
+    jmp .Lmp_out
+.Lmp_acces:
+    mov rax, -EACCES
+    jmp .Lmp_out
+.Lmp_inval:
+    mov rax, -EINVAL
+.Lmp_out:
+    RESTORE_CALLEE
+    ret
+
+# change_protection(mm, vma): every PTE of the VMA that maps a page (present,
+# or PROT_NONE: _PAGE_PROTNONE with P clear) gets the VMA's protection; each
+# page changed is flushed
+change_protection:
+    SAVE_CALLEE
+    mov rbx, rdi
+    mov r12, rsi
+    mov r13, qword ptr [r12 + VMA_start]
+.Lcp_loop:
+    cmp r13, qword ptr [r12 + VMA_end]
+    jae .Lcp_done
+    mov rdi, qword ptr [rbx + MM_pgd_va]
+    mov rsi, r13
+    mov edx, PAGE_SHIFT
+    xor ecx, ecx
+    mov r8, rbx
+    call walk_to
+    test rax, rax
+    jz .Lcp_next
+    mov r14, rax
+    mov rcx, qword ptr [r14]
+    test rcx, _PAGE_PRESENT + _PAGE_PROTNONE
+    jz .Lcp_next
+    mov rdx, qword ptr [r12 + VMA_prot]
+    # the rights bits are recomputed; the frame, A, D and the rest are kept
+    and rcx, NOT_PAGE_RIGHTS
+    btr rcx, _PAGE_BIT_NX
+    test rdx, PROT_READ + PROT_WRITE + PROT_EXEC
+    jnz .Lcp_access
+    or rcx, _PAGE_PROTNONE
+    jmp .Lcp_set
+.Lcp_access:
+    or rcx, _PAGE_PRESENT
+    test rdx, PROT_WRITE
+    jz .Lcp_nowrite
+    or rcx, _PAGE_RW
+.Lcp_nowrite:
+    test rdx, PROT_EXEC
+    jnz .Lcp_set
+    cmp qword ptr [feature_nx], 0
+    je .Lcp_set
+    bts rcx, _PAGE_BIT_NX
+.Lcp_set:
+    cmp rcx, qword ptr [r14]
+    je .Lcp_next
+    SET_ENTRY r14, rcx
+    mov rdi, r13
+    .alternative !INJECT_MUNMAP_NOFLUSH, .Lcp_next
+    call flush_tlb_one_user
+.Lcp_next:
+    add r13, PAGE_SIZE
+    jmp .Lcp_loop
+.Lcp_done:
+    RESTORE_CALLEE
+    ret
+
 # sys_munmap(addr, len): removes the VMAs lying entirely inside the range; a
 # range that cuts a VMA is refused with EINVAL (Linux would split it)
 sys_munmap:

@@ -4,6 +4,16 @@
 
 .text
 
+# set_entry(entryp, value): write one entry of a live paging structure, as
+# Linux's set_pte/set_pmd/set_pud/set_p4d/set_pgd do: every change of a
+# table the CPU can walk goes through here (SET_ENTRY in macros.S), so the
+# TLB model sees it with its old value (docs/tlb.md).  Filling a new table
+# before it is linked needs no set_entry.
+    .hook pgtable_write
+set_entry:
+    mov qword ptr [rdi], rsi
+    ret
+
 # walk_to(pgd_va, va, shift, create, mm) -> address of the entry for va at the
 # level of 'shift' (12 pte, 21 pmd, 30 pud), or 0.  create: 0 = never,
 # 1 = allocate missing tables (non-sensitive), 2 = allocate them sensitive
@@ -67,7 +77,7 @@ walk_to:
     pop rax
     jmp .Lwt_descend
 .Lwt_set:
-    mov qword ptr [rdi], rax
+    SET_ENTRY rdi, rax
     jmp .Lwt_descend
 .Lwt_found:
     mov rax, rdi
@@ -87,7 +97,8 @@ walk_to:
 set_pgd_user:
     cmp qword ptr [feature_pti], 0
     je .Lspu_kernel
-    mov qword ptr [rdi + 4096], rsi
+    lea rax, [rdi + PAGE_SIZE]
+    SET_ENTRY rax, rsi
     cmp qword ptr [feature_nx], 0
     je .Lspu_kernel
     mov rax, rsi
@@ -96,7 +107,7 @@ set_pgd_user:
     jne .Lspu_kernel
     bts rsi, _PAGE_BIT_NX
 .Lspu_kernel:
-    mov qword ptr [rdi], rsi
+    SET_ENTRY rdi, rsi
     test rdx, rdx
     jz .Lspu_done
     mov rax, qword ptr [rdx + MM_asi_pgd_va]
@@ -104,7 +115,8 @@ set_pgd_user:
     jz .Lspu_done
     mov rcx, rdi
     and ecx, PAGE_SIZE - 1
-    mov qword ptr [rax + rcx], rsi
+    add rax, rcx
+    SET_ENTRY rax, rsi
 .Lspu_done:
     ret
 

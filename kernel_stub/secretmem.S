@@ -83,6 +83,26 @@ secret_pool_free:
 .Lspf_done:
     ret
 
+# secret_page_alloc() -> pa of a zeroed 4 KiB page, or 0: one page from the
+# allocator (mainline, secretmem=page), or from the pool of 2 MiB blocks
+# (secretmem=pmd-cache, the v6 series' cache)
+secret_page_alloc:
+    .alternative SECRETMEM_PMD_CACHE, .Lspa_page
+    jmp secret_pool_alloc
+.Lspa_page:
+    xor edi, edi
+    mov esi, FRAME_SECRET
+    mov edx, HC_SENSITIVE
+    jmp alloc_page
+
+# secret_page_free(pa): back to where secret_page_alloc took it from
+secret_page_free:
+    .alternative SECRETMEM_PMD_CACHE, .Lspf_page
+    jmp secret_pool_free
+.Lspf_page:
+    mov esi, HC_SENSITIVE
+    jmp free_page
+
 # secretmem_fault(vma, addr) -> pa of the page (allocated on first touch), or
 # 0 beyond the file size (SIGBUS) or when out of memory.  Order as
 # secretmem_fault: zeroed page, set_direct_map_invalid_noflush, add to the
@@ -104,7 +124,7 @@ secretmem_fault:
     mov rax, qword ptr [r12 + FILE_pages + r13 * 8]
     test rax, rax
     jnz .Lsf_done
-    call secret_pool_alloc
+    call secret_page_alloc
     test rax, rax
     jz .Lsf_none
     mov r14, rax
@@ -120,12 +140,14 @@ secretmem_fault:
     mov rdi, r14
     PA_TO_VA rdi
     mov esi, PAGE_SIZE
+    .alternative !INJECT_SECRETMEM_NOFLUSH, .Lsf_flushed
     call flush_tlb_kernel_range
+.Lsf_flushed:
     mov rax, r14
     jmp .Lsf_done
 .Lsf_undo:
     mov rdi, r14
-    call secret_pool_free
+    call secret_page_free
 .Lsf_none:
     xor eax, eax
 .Lsf_done:
@@ -133,16 +155,25 @@ secretmem_fault:
     ret
 
 # secret_release_page(pa): secretmem_free_folio: back into the direct map,
-# then zeroed through it
+# then zeroed through it, then freed (the order 6f86d0534fdd restored:
+# a page never goes back to the allocator while out of the direct map)
 secret_release_page:
     push rbx
     mov rbx, rdi
+    .alternative !INJECT_SECRETMEM_FREE_BEFORE_RESTORE, .Lsrp_free_first
     call set_direct_map_default_noflush
     mov rdi, rbx
     PA_TO_VA rdi
     call clear_page
     mov rdi, rbx
-    call secret_pool_free
+    call secret_page_free
+    jmp .Lsrp_done
+.Lsrp_free_first:
+    mov rdi, rbx
+    call secret_page_free
+    mov rdi, rbx
+    call set_direct_map_default_noflush
+.Lsrp_done:
     dec qword ptr [nr_secret_pages]
     pop rbx
     ret

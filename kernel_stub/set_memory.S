@@ -66,7 +66,7 @@ split_large_page:
     jnz .Lslp_loop
     mov rax, r13
     or rax, _KERNPG_TABLE
-    mov qword ptr [rbx], rax
+    SET_ENTRY rbx, rax
     cmp r12d, PMD_SHIFT
     jne .Lslp_count_1g
     dec qword ptr [direct_pages_count_2m]
@@ -130,7 +130,7 @@ set_direct_map_invalid_noflush:
     movabs rsi, PTE_PFN_MASK
     and rdx, rsi
     or rcx, rdx
-    mov qword ptr [rax], rcx
+    SET_ENTRY rax, rcx
     xor eax, eax
     pop rbx
     ret
@@ -155,7 +155,7 @@ set_direct_map_default_noflush:
     movabs rsi, PTE_PFN_MASK
     and rdx, rsi
     or rcx, rdx
-    mov qword ptr [rax], rcx
+    SET_ENTRY rax, rcx
     xor eax, eax
     pop rbx
     ret

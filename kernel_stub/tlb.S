@@ -72,6 +72,20 @@ flush_tlb_one_kernel:
 .Lftk_done:
     ret
 
+# flush_tlb_mm_local(): the current mm's TLB entries and paging-structure
+# caches, on this CPU (flush_tlb_local): the user PCID lazily, the kernel PCID
+# by reloading CR3 without NOFLUSH, and, with ASI, every ASI PCID of this ASID
+# lazily (they are entered only with a flushing CR3 write)
+flush_tlb_mm_local:
+    call asi_exit                       # a TLB flush leaves ASI (the ASI RFC's exit reasons)
+    mov rdi, qword ptr gs:[tlbstate_loaded_mm_asid]
+    call invalidate_user_asid
+    mov rax, cr3
+    btr rax, X86_CR3_PCID_NOFLUSH_BIT
+    .cr3_write
+    mov cr3, rax
+    ret
+
 # flush_tlb_kernel_range(va, size): page by page up to 33 pages
 # (tlb_single_page_flush_ceiling), else everything
 flush_tlb_kernel_range:

@@ -94,11 +94,12 @@ def test_every_cr3_write_of_the_stub_is_declared():
     for levels in (4, 5):
         img = link_kernel(layout_for(levels))
         cr3 = img.sites_of("cr3_write")
-        # 3 in switch_mm, 2 in ASI, 5 expansions of the PTI macros (all NOFLUSH-capable, as
-        # is switch_mm's reuse of an ASID without a flush)
-        assert len(cr3) == 10 and sum(s.noflush for s in cr3) == 6
-        assert {s.name for s in img.sites_of("hook")} == {"exit", "asi_fault_exit", "asi_abort",
-                                                          "syscall_return"}
+        # 3 in switch_mm, 2 in ASI, 1 in flush_tlb_mm_local, 5 expansions of the PTI
+        # macros (all NOFLUSH-capable, as is switch_mm's reuse of an ASID without a flush)
+        assert len(cr3) == 11 and sum(s.noflush for s in cr3) == 6
+        assert {s.name for s in img.sites_of("hook")} == {
+            "exit", "asi_fault_exit", "asi_abort", "syscall_return", "pgtable_write",
+            "return_to_user_sysret", "return_to_user_iret"}
         assert all(ends_translation_block(s.after) for s in img.sites_of("hook"))
 
 

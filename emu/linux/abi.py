@@ -18,7 +18,7 @@ from emu.hw.phys import FrameKind
 
 # --- syscalls -------------------------------------------------------------------
 SYSCALLS = {
-    "read": 0, "write": 1, "close": 3, "mmap": 9, "munmap": 11, "rt_sigaction": 13,
+    "read": 0, "write": 1, "close": 3, "mmap": 9, "mprotect": 10, "munmap": 11, "rt_sigaction": 13,
     "rt_sigreturn": 15, "sched_yield": 24, "getpid": 39, "exit": 60, "ftruncate": 77,
     "exit_group": 231, "memfd_secret": 447,
     # project calls (numbers above Linux's range)
@@ -27,7 +27,7 @@ SYSCALLS = {
 NR_SYSCALLS_TABLE = 1002          # size of the dispatch table in the stub
 
 # errno (positive; syscalls return -errno)
-ERRNO = {"EPERM": 1, "ENOENT": 2, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12, "EFAULT": 14,
+ERRNO = {"EPERM": 1, "ENOENT": 2, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12, "EACCES": 13, "EFAULT": 14,
          "EBUSY": 16, "ENODEV": 19, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24, "ENOSYS": 38}
 ERRNO_NAMES = {v: k for k, v in ERRNO.items()}
 
@@ -167,6 +167,10 @@ def paging_symbols(levels: int) -> dict[str, int]:
     bits = {"PRESENT": pg.P, "RW": pg.RW, "USER": pg.US, "PWT": pg.PWT, "PCD": pg.PCD, "ACCESSED": pg.A,
             "DIRTY": pg.D, "PSE": pg.PS, "PAT": pg.PAT, "GLOBAL": pg.G, "PAT_LARGE": pg.PAT_LARGE, "NX": pg.NX}
     s = {f"_PAGE_{k}": v for k, v in bits.items() if k != "NX"}
+    # a PROT_NONE user page: P clear, the Global bit's place marks it (pgtable_types.h)
+    s["_PAGE_PROTNONE"] = pg.G
+    # mprotect's change_protection: the bits it recomputes, negated for 'and'
+    s["NOT_PAGE_RIGHTS"] = ~(pg.P | pg.RW | pg.G)
     s.update({f"_PAGE_BIT_{k}": v.bit_length() - 1 for k, v in bits.items()})
     s.update({
         "PTE_PFN_MASK": pg.ADDR_MASK,                 # PTE_PFN_MASK: address bits 51:12
@@ -217,6 +221,7 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
     s.update(ERRNO)
     s.update(SIGNALS)
     s.update(PROT)
+    s["PROT_UNKNOWN_BITS"] = ~(PROT["PROT_READ"] | PROT["PROT_WRITE"] | PROT["PROT_EXEC"])
     s.update(MAP)
     s.update({"O_CLOEXEC": O_CLOEXEC, "NR_SYSCALLS_TABLE": NR_SYSCALLS_TABLE,
               "KERNEL_CS": KERNEL_CS, "KERNEL_DS": KERNEL_DS, "USER_CS": USER_CS, "USER_DS": USER_DS,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass
 
 from emu.errors import ConfigError
@@ -24,9 +25,21 @@ MAX_RAM = 1 << 40
 @dataclass(frozen=True)
 class Switch:
     name: str
-    kind: str          # "bool" | "size"
+    kind: str          # "bool" | "size" | "choice" | "names"
     help: str
+    choices: tuple[str, ...] = ()
 
+
+#: what each injection leaves out (docs/tlb.md): the flush or ordering Linux gets right
+INJECTIONS = {
+    "secretmem_noflush": "secretmem's fault path removes the page from the direct map without "
+                         "flush_tlb_kernel_range",
+    "munmap_noflush": "munmap and mprotect change user PTEs without flushing the range",
+    "pti_user_noflush": "SWITCH_TO_USER_CR3 always sets NOFLUSH: the user PCID's pending flush is never honoured",
+    "secretmem_free_before_restore": "releasing a secret page frees it before its direct-map entry is "
+                                     "restored (the order 6f86d0534fdd fixed)",
+    "asi_unmap_noflush": "ASI's unmap of a non-sensitive page skips its flush",
+}
 
 SWITCHES: dict[str, Switch] = {s.name: s for s in (
     Switch("pti", "bool", "page-table isolation (arch/x86/mm/pti.c)"),
@@ -39,7 +52,14 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
     Switch("invpcid", "bool", "the INVPCID instruction (off: flushes through CR4.PGE and CR3)"),
     Switch("la57", "bool", "5-level paging"),
     Switch("ram", "size", f"guest RAM, {MIN_RAM >> 20}M .. {MAX_RAM >> 40}T in 2 MiB steps (e.g. 4G)"),
+    Switch("tlb", "choice", "the TLB model: off, check (findings; the CPU uses the tables) or lazy (an "
+           "access the tables refuse goes through a stale translation)", ("off", "check", "lazy")),
+    Switch("inject", "names", "omissions injected in the stub, comma-separated, or none: "
+           + ", ".join(INJECTIONS), tuple(INJECTIONS)),
+    Switch("secretmem", "choice", "where secret pages come from: page (mainline mm/secretmem.c: one page "
+           "per fault) or pmd-cache (the v6 series' per-file cache of 2 MiB blocks)", ("page", "pmd-cache")),
 )}
+
 _ON = {"on": True, "off": False}
 
 
@@ -57,8 +77,19 @@ class MachineConfig:
     pke: bool = False
     nx: bool = True
     invpcid: bool = True
+    tlb: str = "check"
+    inject: frozenset = frozenset()
+    secretmem: str = "page"
 
     def __post_init__(self):
+        object.__setattr__(self, "inject", frozenset(self.inject))
+        for name in self.inject:
+            if name not in INJECTIONS:
+                raise ConfigError(f"unknown injection {name!r}{nearest(name, INJECTIONS)}; "
+                                  f"known: {', '.join(INJECTIONS)}")
+        for key in ("tlb", "secretmem"):
+            if getattr(self, key) not in SWITCHES[key].choices:
+                raise ConfigError(f"{key}={getattr(self, key)}: use one of {', '.join(SWITCHES[key].choices)}")
         if self.ram % (2 << 20):
             raise ConfigError(f"RAM size {_fmt_size(self.ram)} is not a multiple of 2 MiB")
         if not MIN_RAM <= self.ram <= MAX_RAM:
@@ -75,8 +106,12 @@ class MachineConfig:
         return not self.pti and not self.asi
 
     def features(self) -> dict[str, bool]:
-        """The stub's patchable features (``.alternative FEATURE``)."""
-        return {"PTI": self.pti, "PCID": self.pcid, "ASI": self.asi, "LA57": self.la57}
+        """The stub's patchable features (``.alternative FEATURE``): the
+        hardware and configuration ones, and one INJECT_NAME per injection."""
+        feats = {"PTI": self.pti, "PCID": self.pcid, "ASI": self.asi, "LA57": self.la57,
+                 "SECRETMEM_PMD_CACHE": self.secretmem == "pmd-cache"}
+        feats.update({f"INJECT_{n.upper()}": n in self.inject for n in INJECTIONS})
+        return feats
 
     def replace(self, **changes) -> "MachineConfig":
         return dataclasses.replace(self, **changes)
@@ -90,7 +125,14 @@ class MachineConfig:
         out = {}
         for name, sw in SWITCHES.items():
             v = getattr(self, name)
-            out[name] = ("on" if v else "off") if sw.kind == "bool" else _fmt_size(v)
+            if sw.kind == "bool":
+                out[name] = "on" if v else "off"
+            elif sw.kind == "size":
+                out[name] = _fmt_size(v)
+            elif sw.kind == "names":
+                out[name] = ",".join(sorted(v)) or "none"
+            else:
+                out[name] = v
         return out
 
     def describe(self) -> str:
@@ -124,6 +166,19 @@ def parse_switch(name: str, text: str) -> tuple[str, object]:
         if t.lower() not in _ON:
             raise ConfigError(f"{key}={text}: use {key}=on or {key}=off")
         return key, _ON[t.lower()]
+    if sw.kind == "choice":
+        if t.lower() not in sw.choices:
+            raise ConfigError(f"{key}={text}: use one of {', '.join(sw.choices)}{nearest(t.lower(), sw.choices)}")
+        return key, t.lower()
+    if sw.kind == "names":
+        names = [n.strip().lower() for n in t.split(",") if n.strip()]
+        if names == ["none"]:
+            return key, frozenset()
+        for n in names:
+            if n not in sw.choices:
+                raise ConfigError(f"{key}={text}: unknown name {n!r}{nearest(n, sw.choices)}; "
+                                  f"known: {', '.join(sw.choices)}")
+        return key, frozenset(names)
     return key, parse_size(t, f"{key} size", lo=MIN_RAM, hi=MAX_RAM)
 
 
@@ -132,7 +187,8 @@ def parse_assignments(items, what: str = "--set") -> dict[str, str]:
     ``{name: text}``; each checked, a name given twice refused."""
     out: dict[str, str] = {}
     for item in items:
-        for tok in str(item).split(","):
+        # a comma starts another KEY=VALUE only before a 'KEY=': 'inject=a,b' is one list
+        for tok in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", str(item)):
             tok = tok.strip()
             if not tok:
                 continue

@@ -209,9 +209,12 @@ class KernelBuilder:
     def _patch_alternatives(self) -> None:
         feats = self.cfg.features()
         for addr, feature in self.image.alternatives:
-            if feature not in feats:
-                raise ConfigError(f"stub alternative names unknown feature {feature!r}")
-            if feats[feature]:
+            # '.alternative FEATURE, T': the jmp is a NOP when FEATURE is on;
+            # '.alternative !FEATURE, T': when it is off (the jmp runs only with it)
+            name, negated = feature.lstrip("!"), feature.startswith("!")
+            if name not in feats:
+                raise ConfigError(f"stub alternative names unknown feature {name!r}")
+            if feats[name] != negated:
                 self.mem.write(addr - self.lay.kernel_map, NOP5)
 
     def _map_direct(self, pt: PageTable) -> None:

@@ -20,7 +20,7 @@ from emu.hw.paging.modes import FIVE_LEVEL, FOUR_LEVEL, Level, PagingMode, level
 from emu.hw.paging.table import FrameRefs, PageTable, Policy, PtiMirror, alloc_pgd_pair
 from emu.hw.paging.visit import Leaf, TableVisitor, iter_leaves
 from emu.hw.paging.walker import (DEFAULT_CTL, ControlState, Fault, Step, Translation, WalkCache,
-                                  control_state_of, read_virt, translate, write_virt)
+                                  control_state_of, permits, read_virt, translate, write_virt)
 from emu.hw.x86 import CR0_WP, CR4_LA57, CR4_PKE, CR4_SMAP, CR4_SMEP
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
     'PKEY_SHIFT', 'PS', 'PWT', 'PageTable', 'PagingMode', 'Policy', 'PtiMirror', 'READ', 'RW',
     'Step', 'TableVisitor', 'Translation', 'US', 'VEC_GP', 'VEC_PF', 'WRITE', 'WalkCache',
     'alloc_pgd_pair', 'control_state_of', 'error_code_words', 'fmt_size', 'fourk_to_large',
-    'iter_leaves', 'large_to_4k', 'level_names', 'mode_for', 'parse_access', 'read_virt',
+    'iter_leaves', 'large_to_4k', 'level_names', 'mode_for', 'parse_access', 'permits', 'read_virt',
     'rsvd_hi_mask', 'sign_extend', 'translate', 'write_virt',
 ]
 

@@ -67,6 +67,27 @@ class TableVisitor:
                 continue
             self._table(self.root, 0, 0, lo & mask, ((hi - 1) & mask) + 1, US | RW, 0, (self.root,))
 
+    def walk_entry(self, depth: int, va: int, entry: int, entry_pa: int, eff: int = US | RW, nx: bool = False) -> None:
+        """Visit one entry as if reached at ``depth`` (0 = top) for ``va``
+        with the permissions ``eff``/``nx`` of the levels above: what a
+        sub-tree maps, without walking from a root."""
+        mode = self.mode
+        level = mode.levels[depth]
+        strip = mode.strip(va)
+        if not entry:
+            if self.holes:
+                self.hole(va, level)
+            return
+        e_eff = eff & entry
+        e_nx = (NX if nx else 0) | (entry & NX)
+        if not entry & P:
+            self.nonpresent(va, level, entry, entry_pa, e_eff, bool(e_nx))
+        elif mode.is_leaf(level, entry):
+            self.leaf(va, level, entry, entry_pa, e_eff, bool(e_nx))
+        elif self.table(va, level, entry, entry_pa, e_eff, bool(e_nx)):
+            child = entry & ADDR_MASK
+            self._table(child, depth + 1, strip, strip, strip + level.size, e_eff, e_nx, (child,))
+
     def _entries(self, t: int, depth: int, base: int):
         mem = self.mem
         if not mem.contains(t, PAGE_SIZE):

@@ -253,6 +253,26 @@ def translate(mem: PhysView, cr3: int, va: int, access=READ, cpl: int = 0,
     return Fault(va, VEC_PF, ec, levels, raw)
 
 
+def permits(user: bool, writable: bool, nx: bool, pkey: int, access: int, cpl: int, ctl: ControlState) -> bool:
+    """Would a translation granting these effective rights allow the access
+    under ``ctl`` (SDM Vol. 3A 4.6)?  The leaf checks of :func:`translate`,
+    for translations that come from somewhere else than the tables (a TLB)."""
+    is_user = cpl == 3
+    if is_user and not user:
+        return False
+    if access == 0:
+        ok = is_user or not user or not ctl.smap or ctl.ac
+    elif access == 1:
+        ok = (is_user or not user or not ctl.smap or ctl.ac) and (writable or (not is_user and not ctl.wp))
+    else:
+        ok = not nx and (is_user or not (user and ctl.smep))
+    if ok and user and access != 2 and ctl.pke and ctl.pkru:
+        bits = ctl.pkru >> (2 * pkey)
+        if bits & 1 or (access == 1 and bits & 2 and (is_user or ctl.wp)):
+            return False
+    return ok
+
+
 class WalkCache:
     """Reuse a walk while the entries it read are unchanged.
 

@@ -1,0 +1,164 @@
+"""Which roots reach a paging-structure entry, and what an entry maps.
+
+The TLB model must know, for an entry that changes, every address space
+(root) and linear address through which the processor could have used it:
+the table graph keeps each table's parents (the entries that point at it) so
+the paths from the roots can be found upward.  It also turns an entry into
+the translations it provides (its leaves, with effective permissions), using
+the tree visitor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from emu.hw.paging import ADDR_MASK, NX, P, PAGE_SIZE, RW, US, G, PagingMode, TableVisitor
+from emu.hw.phys import PhysView
+
+
+class Path(NamedTuple):
+    """One way from a root to a table: the table's linear-address base (index
+    space), its depth (0 = the root itself) and the rights of the levels above."""
+
+    root: int
+    base: int
+    depth: int
+    eff: int            # US|RW ANDed down to the table
+    nx: bool            # XD ORed down to the table
+
+
+@dataclass(frozen=True)
+class Leafish:
+    """A translation an entry provides: [va, va+size) -> pa with these rights."""
+
+    va: int
+    size: int
+    pa: int
+    level: str
+    user: bool
+    writable: bool
+    nx: bool
+    glob: bool
+    pkey: int
+
+    def covers(self, va: int) -> bool:
+        return self.va <= va < self.va + self.size
+
+    def grants_no_more_than(self, other: "Leafish") -> bool:
+        """Does ``other`` map the same frames with at least these rights?"""
+        return (self.pa - self.va == other.pa - other.va and (not self.user or other.user)
+                and (not self.writable or other.writable) and (self.nx or not other.nx)
+                and self.pkey == other.pkey)
+
+
+class _Collect(TableVisitor):
+    def __init__(self, mem, mode):
+        super().__init__(mem, 0, mode)
+        self.out: list[Leafish] = []
+
+    def leaf(self, va, level, e, epa, eff, nx):
+        size = level.size
+        self.out.append(Leafish(va, size, e & ADDR_MASK & ~(size - 1), level.name, bool(eff & US),
+                                bool(eff & RW), nx, bool(e & G), (e >> 59) & 0xF))
+
+    def broken(self, error):
+        return                       # a malformed sub-tree provides nothing
+
+
+def translations(mem: PhysView, mode: PagingMode, depth: int, va: int, entry: int, eff: int, nx: bool) -> list[Leafish]:
+    """The translations entry ``entry`` at ``depth`` for ``va`` provides,
+    with the rights of the levels above (``eff``, ``nx``)."""
+    v = _Collect(mem, mode)
+    v.walk_entry(depth, va, entry, 0, eff, nx)
+    return v.out
+
+
+class TableGraph:
+    """Parents of every table reachable from the known roots."""
+
+    def __init__(self, mem: PhysView, mode: PagingMode):
+        self.mem = mem
+        self.mode = mode
+        self.roots: set[int] = set()
+        self.parents: dict[int, set[int]] = {}       # table -> addresses of the entries pointing at it
+        self._paths: dict[int, list[Path]] = {}
+
+    def add_root(self, root: int) -> None:
+        root &= ADDR_MASK
+        if root in self.roots:
+            return
+        self.roots.add(root)
+        self._paths.clear()
+        self._scan(root, 0, set())
+
+    def _scan(self, table: int, depth: int, seen: set) -> None:
+        """Record the pointers below ``table`` (a new root or a newly linked table)."""
+        if table in seen or depth >= self.mode.depth - 1 or not self.mem.contains(table, PAGE_SIZE):
+            return
+        seen.add(table)
+        level = self.mode.levels[depth]
+        buf = self.mem.buf
+        for i in range(512):
+            e = int.from_bytes(buf[table + 8 * i:table + 8 * i + 8], "little")
+            if e & P and not self.mode.is_leaf(level, e):
+                child = e & ADDR_MASK
+                self.parents.setdefault(child, set()).add(table + 8 * i)
+                self._scan(child, depth + 1, seen)
+
+    def entry_changed(self, epa: int, old: int, new: int, depth: int | None) -> None:
+        """Keep the parent links right when the entry at ``epa`` (at
+        ``depth``, if known) changes from ``old`` to ``new``."""
+        changed = False
+        if depth is None or depth >= self.mode.depth - 1:
+            return
+        level = self.mode.levels[depth]
+        if old & P and not self.mode.is_leaf(level, old):
+            ps = self.parents.get(old & ADDR_MASK)
+            if ps is not None:
+                ps.discard(epa)
+                changed = True
+        if new & P and not self.mode.is_leaf(level, new):
+            child = new & ADDR_MASK
+            self.parents.setdefault(child, set()).add(epa)
+            self._scan(child, depth + 1, set())
+            changed = True
+        if changed:
+            self._paths.clear()
+
+    def table_freed(self, table: int) -> None:
+        """A table frame went back to the allocator: its entries point nowhere."""
+        end = table + PAGE_SIZE
+        for ps in self.parents.values():
+            for epa in [e for e in ps if table <= e < end]:
+                ps.discard(epa)
+        self._paths.clear()
+
+    def paths(self, table: int) -> list[Path]:
+        """Every way from a root to ``table`` (empty for an unlinked table)."""
+        got = self._paths.get(table)
+        if got is None:
+            self._paths[table] = []            # a loop back here contributes nothing
+            got = self._paths[table] = self._find(table)
+        return got
+
+    def _find(self, table: int) -> list[Path]:
+        out = []
+        if table in self.roots:
+            out.append(Path(table, 0, 0, US | RW, False))
+        buf = self.mem.buf
+        for epa in sorted(self.parents.get(table, ())):
+            e = int.from_bytes(buf[epa:epa + 8], "little")
+            if not e & P or e & ADDR_MASK != table:
+                continue
+            for pp in self.paths(epa & ~0xFFF):
+                if pp.depth >= self.mode.depth - 1:
+                    continue
+                level = self.mode.levels[pp.depth]
+                base = pp.base + (((epa & 0xFFF) >> 3) << level.shift)
+                out.append(Path(pp.root, base, pp.depth + 1, pp.eff & e, pp.nx or bool(e & NX)))
+        return out
+
+    def depth_of(self, table: int) -> int | None:
+        ps = self.paths(table)
+        return ps[0].depth if ps else None

@@ -32,7 +32,8 @@ SITE_EXACT = 0          # the fault is at the labelled instruction: resume after
 SITE_CALL_TARGET = 1    # a fetch fault at the target of a labelled call: pop, resume after the call
 SITE_TRAP = 2           # #BP/#OF reported after a labelled int3/into: resume there
 HANDLED_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP")
-SA_SIGINFO, SA_RESTORER = 0x4, 0x04000000        # include/uapi/asm-generic/signal-defs.h, asm/signal.h
+# include/uapi/asm-generic/signal-defs.h, arch/x86/include/uapi/asm/signal.h
+SA_SIGINFO, SA_RESTORER = 0x4, 0x04000000
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A value is terms joined by ``+`` and ``-``, with an optional leading ``-``:
 ``14``, ``0x600000``, ``-EFAULT``, ``USER_DATA+8``, ``128+SIGSEGV``.  A
-number follows the number rule of emu/parse.py (README "Numbers"): decimal,
+number follows the number rule of emu/parse.py: decimal,
 or hexadecimal with ``0x`` (``010`` is ten); ``_`` may group digits.  A name
 is a predefined symbol of the program (emu.linux.program.user_symbols) or a
 label of its own process.  Blanks are not allowed inside a value (a header

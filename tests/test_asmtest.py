@@ -106,6 +106,7 @@ HEADER_ERRORS = [
     ("; isoemu pti=off", "malformed header: write 'isoemu: ...'"),
     ("; process B", "malformed header: write 'process: ...'"),
     ("; expect[pti=off probe ok", "expect[ has no closing ]"),
+    ("; expect [pti=off]: probe ok", "malformed header: write 'expect[CONDITIONS]: ...' with no blank before ["),
 ]
 
 
@@ -1439,20 +1440,24 @@ def test_plugin_runs(asm_tree, args, status, counts, passed, failed):
 
 SUMMARY_CASES = [
     # a failing file -> its line in the -ra short summary: the first failure's headline
-    (FAILING, "FAILED asm/t.S::t - asm/t.S:1: expected exit 1"),
-    ("_start:\n    movv rax, 1\n", "FAILED asm/t.S::t - error: asm/t.S:2: Invalid mnemonic: movv rax, 1"),
-    ("; expects: exit 1\n" + PROGRAM, "FAILED asm/t.S::t - error: asm/t.S:1: unknown header 'expects' (did you "
-                                      "mean 'expect'?): ; expects: exit 1"),
-    ("_start:\n    nop\n", "FAILED asm/t.S::t - process A ran past the end of its code (no SYS_exit)"),
-    (MATRIX_FILE, "FAILED asm/t.S::t[pti=off] - asm/t.S:2: expected probe fault 14 0x4"),
+    ("exit", FAILING, "FAILED asm/exit.S::exit - asm/exit.S:1: expected exit 1"),
+    ("asm_error", "_start:\n    movv rax, 1\n",
+     "FAILED asm/asm_error.S::asm_error - error: asm/asm_error.S:2: Invalid mnemonic: movv rax, 1"),
+    ("header", "; expects: exit 1\n" + PROGRAM,
+     "FAILED asm/header.S::header - error: asm/header.S:1: unknown header 'expects' (did you mean 'expect'?): "
+     "; expects: exit 1"),
+    ("no_exit", "_start:\n    nop\n", "FAILED asm/no_exit.S::no_exit - process A ran past the end of its code "
+                                       "(no SYS_exit)"),
+    ("matrix", MATRIX_FILE, "FAILED asm/matrix.S::matrix[pti=off] - asm/matrix.S:2: expected probe fault 14 0x4"),
 ]
 
 
-@pytest.mark.parametrize("text,line", SUMMARY_CASES)
-def test_plugin_short_summary_is_the_headline(tmp_path, text, line):
-    write(tmp_path / "asm" / "t.S", text)
+def test_plugin_short_summary_is_the_headline(tmp_path):
+    for name, text, _ in SUMMARY_CASES:
+        write(tmp_path / "asm" / f"{name}.S", text)
     code, out = pytest_run(tmp_path, "-ra", "asm")
-    assert (code, [ln for ln in out.splitlines() if ln.startswith("FAILED")]) == (1, [line]), out
+    got = sorted(ln for ln in out.splitlines() if ln.startswith("FAILED"))
+    assert (code, got) == (1, sorted(line for _, _, line in SUMMARY_CASES)), out
 
 
 def test_plugin_matrix_items_and_overrides(tmp_path):

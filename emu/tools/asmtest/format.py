@@ -128,21 +128,14 @@ def parse_test(text: str, path: str) -> AsmTest:
     settings: dict[str, Setting] = {}
     budget: tuple[int, int] | None = None          # (value, line)
     procs = [ProcessSpec("A", 0, "")]
-    owner = [0] * len(lines)                      # the process each line belongs to
-    starts = {h.line: h for h in headers if h.key == "process"}
-    cur = 0
-    for i in range(len(lines)):
-        h = starts.get(i + 1)
-        if h is not None:
-            procs.append(_process(h, procs, err))
-            cur = len(procs) - 1
-        owner[i] = cur
-    for h in headers:
+    for h in headers:                              # in line order: the first error is reported
         if h.cond is not None and h.key != "expect":
             raise err(h.line, f"{h.key} takes no [conditions]: only expect does")
-        if h.key == "isoemu":
+        if h.key == "process":
+            procs.append(_process(h, procs, err))
+        elif h.key == "isoemu":
             budget = _isoemu(h, settings, budget, err)
-        elif h.key == "expect":
+        else:
             e = Expectation(path, h.line, h.text, "")
             try:
                 if h.cond is not None:
@@ -150,15 +143,17 @@ def parse_test(text: str, path: str) -> AsmTest:
                 parse_expectation(e, h.body)
             except (BadExpectation, ConfigError) as x:
                 raise err(h.line, str(x)) from None
-            procs[owner[h.line - 1]].expectations.append(e)
+            procs[-1].expectations.append(e)
+    owner = []                                     # the process each line belongs to
+    for i in range(len(lines)):
+        owner.append(max(k for k, p in enumerate(procs) if p.line <= i + 1))
     for k, p in enumerate(procs):
         p.source = "\n".join(ln if owner[i] == k else "" for i, ln in enumerate(lines)) + "\n"
     t = AsmTest(path, settings, DEFAULT_BUDGET if budget is None else budget[0], procs, lines)
     try:
         variants = t.variants()
-    except ConfigError as x:
-        first = min(s.line for s in settings.values())
-        raise err(first, str(x)) from None
+    except ConfigError as x:              # a combination no single setting refused
+        raise err(min(s.line for s in settings.values()), str(x)) from None
     _check_conditions(t, variants, err)
     _check_conflicts(t, variants, err)
     return t

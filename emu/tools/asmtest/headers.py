@@ -105,6 +105,9 @@ def header_of(raw: str, lineno: int) -> Header | None:
         if tail.startswith(":"):
             return Header(lineno, key, cond, strip_trailing_comment(tail[1:]), raw.strip())
         if word == key:
+            if tail.startswith("["):
+                raise HeaderError(lineno, f"malformed header: write '{key}[CONDITIONS]: ...' with no blank "
+                                          f"before [")
             raise HeaderError(lineno, f"malformed header: write '{key}: ...'")
         return None                          # '; Process B runs second': prose
     if _LOWER_WORD.fullmatch(word) and not _HEX.fullmatch(word) and after.startswith(":") \

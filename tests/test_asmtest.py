@@ -1281,6 +1281,12 @@ CLI_CASES = [
      ["PASS a.S", "FAIL m.S", "  m.S:2: expected probe fault 14 0x4",
       "    got #PF error code 0x5 (protection, read, user), CR2 0xffffffff81000000, RIP 0x400007 (A:probe), "
       "space A.kernel", "    at m.S:6: mov bl, byte ptr [rax]", "1 passed, 1 failed"], ""),
+    ({"m.S": MATRIX_FILE}, ["--no-pti", "m.S"], 1,
+     ["FAIL m.S", "  m.S:2: expected probe fault 14 0x4",
+      "    got #PF error code 0x5 (protection, read, user), CR2 0xffffffff81000000, RIP 0x400007 (A:probe), "
+      "space A.kernel", "    at m.S:6: mov bl, byte ptr [rax]", "0 passed, 1 failed"], ""),
+    ({"m.S": MATRIX_FILE}, ["--no-pti", "--set", "pti=on", "m.S"], 2, [],
+     "isoemu: --no-pti contradicts --set pti=on\n"),
     ({"s.S": SPIN}, ["--budget", "20k", "s.S"], 1,
      ["FAIL s.S", "  runaway: the instruction budget of 20,000 ran out",
       "    stopped at RIP 0x400000 (A:_start), CPL 3, space A.user", "    at s.S:2: _start: jmp _start",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import sys
 
+from emu.cli.common import add_machine_args, machine_settings
+
 
 def cmd_test(args) -> int:
-    from emu.linux.config import parse_assignments
     from emu.parse import parse_count
     from emu.tools.asmtest import run_paths
 
-    overrides = parse_assignments(args.set or [])
     budget = parse_count(args.budget, "--budget") if args.budget is not None else None
-    return run_paths(args.paths, sys.stdout, exitfirst=args.exitfirst, overrides=overrides, budget=budget)
+    return run_paths(args.paths, sys.stdout, exitfirst=args.exitfirst, overrides=machine_settings(args),
+                     budget=budget)
 
 
 def add_commands(sub) -> None:
@@ -25,10 +26,9 @@ def add_commands(sub) -> None:
                     "interrupted (Ctrl-C).  Reference: docs/asm-tests.md.")
     t.add_argument("paths", nargs="+", metavar="PATH", help="a test file, or a directory searched for *.S")
     t.add_argument("-x", "--exitfirst", action="store_true", help="stop after the first failing test")
-    t.add_argument("--set", action="append", metavar="SWITCH=VALUE",
-                   help="set a machine switch in every test, over its headers (e.g. pti=off; "
-                        "repeatable, or comma-separated); a switch set here no longer multiplies "
-                        "a test's configurations")
     t.add_argument("--budget", metavar="COUNT",
                    help="instruction budget of every test, over its headers (e.g. 10M)")
+    add_machine_args(t.add_argument_group(
+        "machine switches, over every test's headers (a switch set here no longer multiplies a "
+        "test's configurations)"))
     t.set_defaults(func=cmd_test)

@@ -46,16 +46,23 @@ def pytest_configure(config) -> None:
         config.stash[_OVERRIDES] = parse_assignments(config.getoption("isoemu_set") or [], "--isoemu-set")
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
+    for pattern in config.getini("isoemu_paths"):
+        if pattern.startswith("/"):
+            raise pytest.UsageError(f"isoemu_paths: {pattern!r} is absolute; write a pattern relative to "
+                                    f"{_base(config)}")
+
+
+def _base(config):
+    """Where ``isoemu_paths`` patterns start: the configuration file's directory, else the rootdir."""
+    return config.inipath.parent if config.inipath else config.rootpath
 
 
 def _globbed(config) -> set:
     """The files the ``isoemu_paths`` patterns match (computed once)."""
     if _GLOBBED not in config.stash:
-        base = config.inipath.parent if config.inipath else config.rootpath
+        base = _base(config)
         found = set()
         for pattern in config.getini("isoemu_paths"):
-            if pattern.startswith("/"):
-                raise pytest.UsageError(f"isoemu_paths: {pattern!r}: use a pattern relative to {base}")
             found.update(p.resolve() for p in base.glob(pattern) if p.suffix == ".S")
         config.stash[_GLOBBED] = found
     return config.stash[_GLOBBED]

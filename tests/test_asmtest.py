@@ -1496,6 +1496,10 @@ def test_plugin_isoemu_paths(tmp_path):
     code, out = pytest_run(tmp_path, "--collect-only", ".")
     assert (code, sorted(ln for ln in out.splitlines() if "::" in ln)) == \
         (0, ["asm/c.S::c", "cases/b.S::b", "cases/deep/x/a.S::a", "extra/one.S::one"]), out
+    write(tmp_path / "pytest.ini", "[pytest]\nisoemu_paths = /abs/*.S\n")
+    code, out = pytest_run(tmp_path, "--collect-only", ".")
+    assert (code, [ln for ln in out.splitlines() if "ERROR" in ln]) == \
+        (4, [f"ERROR: isoemu_paths: '/abs/*.S' is absolute; write a pattern relative to {tmp_path}"]), out
 
 
 def test_plugin_failure_reports_name_files_as_the_command_line_does(asm_tree):

@@ -1,18 +1,12 @@
 ; Secret memory is never executable: secretmem's mount is MNT_NOEXEC, so
 ; do_mmap refuses PROT_EXEC with -EPERM (path_noexec) before secretmem_mmap
 ; runs.
-; expect: exec_shared rax=-1
-; expect: rx_shared rax=-1
+; expect: exec_shared rax=-EPERM
+; expect: rx_shared rax=-EPERM
+.include "isoemu.inc"
 .text
 _start:
-    mov eax, SYS_memfd_secret
-    xor edi, edi
-    syscall
-    mov r12, rax
-    mov eax, SYS_ftruncate
-    mov rdi, r12
-    mov esi, 4096
-    syscall
+    secret_fd r12, 4096         # memfd_secret, ftruncate 4 KiB: r12 = the fd
     mov eax, SYS_mmap
     xor edi, edi
     mov esi, 4096
@@ -31,6 +25,4 @@ exec_shared:
     xor r9d, r9d
 rx_shared:
     syscall
-    mov eax, SYS_exit
-    xor edi, edi
-    syscall
+    sys_exit 0

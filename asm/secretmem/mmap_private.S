@@ -1,17 +1,11 @@
 ; secretmem_mmap refuses private mappings: (vm_flags & (VM_SHARED |
 ; VM_MAYSHARE)) == 0 -> -EINVAL.  The shared mapping that follows works.
-; expect: private rax=-22
+; expect: private rax=-EINVAL
 ; expect: shared rax=0x7f0000000000
+.include "isoemu.inc"
 .text
 _start:
-    mov eax, SYS_memfd_secret
-    xor edi, edi
-    syscall
-    mov r12, rax
-    mov eax, SYS_ftruncate
-    mov rdi, r12
-    mov esi, 4096
-    syscall
+    secret_fd r12, 4096         # memfd_secret, ftruncate 4 KiB: r12 = the fd
     mov eax, SYS_mmap
     xor edi, edi
     mov esi, 4096
@@ -30,6 +24,4 @@ private:
     xor r9d, r9d
 shared:
     syscall
-    mov eax, SYS_exit
-    xor edi, edi
-    syscall
+    sys_exit 0

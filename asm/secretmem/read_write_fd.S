@@ -1,19 +1,13 @@
 ; A secretmem file has no read or write: vfs_read/vfs_write return -EINVAL
 ; without FMODE_CAN_READ / FMODE_CAN_WRITE.  The console fds work.
-; expect: rd rax=-22
-; expect: wr rax=-22
+; expect: rd rax=-EINVAL
+; expect: wr rax=-EINVAL
 ; expect: console rax=3
 ; expect: output ok
+.include "isoemu.inc"
 .text
 _start:
-    mov eax, SYS_memfd_secret
-    xor edi, edi
-    syscall
-    mov r12, rax
-    mov eax, SYS_ftruncate
-    mov rdi, r12
-    mov esi, 4096
-    syscall
+    secret_fd r12, 4096         # memfd_secret, ftruncate 4 KiB: r12 = the fd
     mov eax, SYS_read
     mov rdi, r12
     mov esi, USER_DATA
@@ -32,8 +26,6 @@ wr:
     mov edx, 3
 console:
     syscall
-    mov eax, SYS_exit
-    xor edi, edi
-    syscall
+    sys_exit 0
 .rodata
 msg: .ascii "ok\n"

@@ -5,25 +5,10 @@
 ; expect: touch ok
 ; expect: yield rax=0
 ; expect: check rbx=0x5ec2e7
+.include "isoemu.inc"
 .text
 _start:
-    mov eax, SYS_memfd_secret
-    xor edi, edi
-    syscall
-    mov r12, rax
-    mov eax, SYS_ftruncate
-    mov rdi, r12
-    mov esi, 4096
-    syscall
-    mov eax, SYS_mmap
-    xor edi, edi
-    mov esi, 4096
-    mov edx, PROT_READ | PROT_WRITE
-    mov r10d, MAP_SHARED
-    mov r8, r12
-    xor r9d, r9d
-    syscall
-    mov r13, rax
+    secret_map r13              # memfd_secret, ftruncate 4 KiB, mmap shared: r13 (untouched)
 touch:
     mov qword ptr [r13], 0x5ec2e7
     mov eax, SYS_sched_yield
@@ -31,9 +16,7 @@ yield:
     syscall                     # B runs until it exits
 check:
     mov rbx, qword ptr [r13]    # still A's secret
-    mov eax, SYS_exit
-    xor edi, edi
-    syscall
+    sys_exit 0
 
 ; process: B
 ; expect: steal_read fault 14 0x4

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 
+from emu.cli.common import add_machine_args, machine_settings
+
 
 def cmd_test(args) -> int:
+    from emu.parse import parse_count
     from emu.tools.asmtest import run_paths
 
-    return run_paths(args.paths, sys.stdout, exitfirst=args.exitfirst)
+    budget = parse_count(args.budget, "--budget") if args.budget is not None else None
+    return run_paths(args.paths, sys.stdout, exitfirst=args.exitfirst, overrides=machine_settings(args),
+                     budget=budget)
 
 
 def add_commands(sub) -> None:
@@ -16,8 +21,14 @@ def add_commands(sub) -> None:
         "test", help="run assembly isolation tests (.S files with '; expect:' lines)",
         description="Run assembly isolation tests: each .S file is a user program with its "
                     "expectations in comment lines ('; isoemu: ...', '; expect: ...', "
-                    "'; process: NAME').  Prints one line per test and a report for each failure; "
-                    "exit status 1 if any test failed, 2 for bad arguments.")
+                    "'; process: NAME').  Prints one line per test configuration and a report for "
+                    "each failure; exit status 1 if any failed, 2 for bad arguments, 130 when "
+                    "interrupted (Ctrl-C).  Reference: docs/asm-tests.md.")
     t.add_argument("paths", nargs="+", metavar="PATH", help="a test file, or a directory searched for *.S")
     t.add_argument("-x", "--exitfirst", action="store_true", help="stop after the first failing test")
+    t.add_argument("--budget", metavar="COUNT",
+                   help="instruction budget of every test, over its headers (e.g. 10M)")
+    add_machine_args(t.add_argument_group(
+        "machine switches, over every test's headers (a switch set here no longer multiplies a "
+        "test's configurations)"))
     t.set_defaults(func=cmd_test)

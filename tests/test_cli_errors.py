@@ -49,7 +49,7 @@ CASES = [
     # --set, and flags that contradict it
     (["stats", "--set", "pti=maybe"], "pti=maybe: use pti=on or pti=off"),
     (["matrix", "--set", "ptii=off"], "unknown machine switch 'ptii' (did you mean 'pti'?); known: pti, pcid, "
-                                      "asi, smep, smap, pke, nx, invpcid, la57, ram"),
+                                      "asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, secretmem"),
     (["stats", "--set", "pti"], "--set 'pti': write KEY=VALUE (e.g. pti=off)"),
     (["stats", "--set", "pti=off,pti=on"], "--set: pti is given twice (off and on)"),
     (["stats", "--set", "pti=off", "--set", "pti=on"], "--set: pti is given twice (off and on)"),

@@ -840,7 +840,7 @@ BAD_COMMANDS = [
     ("catch asi-exit now", "usage: catch asi-exit [fault]"),
     ("catch fault 999", "vector '999' is out of range (0 .. 255)"),
     ("catch syscall nosuch", "unknown syscall 'nosuch': give a number or one of read, write, close, "
-                             "mmap, munmap, rt_sigaction, rt_sigreturn, sched_yield, getpid, exit, "
+                             "mmap, mprotect, munmap, rt_sigaction, rt_sigreturn, sched_yield, getpid, exit, "
                              "ftruncate, exit_group, memfd_secret, probe, direct_map_alias"),
     ("x/4qx 0", "bad format /4qx: x/NFU with N a decimal count, F one of x d u i, U one of b h w g"),
     ("x/4gx", ADDRESS_NEEDED),

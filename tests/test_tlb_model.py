@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from emu.hw.paging import (FOUR_LEVEL, NX, P, PAGE_KERNEL, PAGE_SHARED, RW, US, ControlState, G,
+from emu.hw.paging import (FOUR_LEVEL, NX, PAGE_KERNEL, PAGE_SHARED, RW, US, ControlState, G,
                            PageTable)
 from emu.hw.phys import FrameKind, PhysMem
 from emu.hw.tlb import GLOBAL, Tlb

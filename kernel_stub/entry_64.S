@@ -121,9 +121,9 @@ error_return:
     jz restore_regs_and_return_to_kernel
 
 # IRET to user mode, via the trampoline stack
-    .hook return_to_user_iret
 swapgs_restore_regs_and_return_to_usermode:
     call prepare_exit_to_usermode
+    .hook return_to_user_iret
     POP_REGS_NO_RDI
     mov rdi, rsp
     mov rsp, qword ptr gs:[cpu_tss_rw + TSS_sp0]

@@ -75,7 +75,7 @@ CASES = [
     (["run"], "run: PROGRAM.S is required"),
     (["run", "PROG", "--events", "faults"],
      "unknown event kind 'faults' (did you mean 'fault'?); kinds: cr3, syscall, fault, interrupt, asi, alloc, "
-     "exit, frame, invpcid, port, mmu, triple-fault"),
+     "exit, frame, invpcid, port, mmu, triple-fault, stale"),
     (["run", "PROG", "--json", "--jsonl"], "--json and --jsonl: choose one"),
     (["run", "PROG", "--name", "x-y"], "process name 'x-y': use letters, digits and _"),
     (["run", "NOSUCH"], "cannot read NOSUCH: No such file or directory"),

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from emu.linux.tlbcheck import STAT_KEYS
 from emu.cli.main import main
 from emu.cli.render import EVENT_KINDS, HEX_FIELDS, event_line
 from emu.linux.config import MachineConfig
@@ -153,7 +154,8 @@ def test_stats_text_and_json(capsys):
     assert rc == 0 and set(doc) == {"boot", "secret_mapped", "secret_released"}
     names = list(doc["boot"])
     assert names == ["DirectMap4k", "DirectMap2M", "DirectMap1G", "direct_map_level2_splits",
-                     "direct_map_level3_splits", "secret_pages", "asi_exits", "asi_fault_exits"]
+                     "direct_map_level3_splits", "secret_pages", "asi_exits", "asi_fault_exits"] + \
+        [f"tlb_{k}" for k in STAT_KEYS]
     assert all(list(doc[p]) == names for p in doc)
     assert [doc[p]["secret_pages"] for p in ("boot", "secret_mapped", "secret_released")] == [0, 1, 0]
     rc, out, _ = run(capsys, "stats")

@@ -41,10 +41,11 @@ def cmd_stats(args) -> int:
     if args.json:
         print_json(phases, args)
         return 0
-    print(f"{'counter':<26} {'boot':>12} {'secret mapped':>14} {'released':>12}")
+    w = max(26, *(len(n) for n in boot))
+    print(f"{'counter':<{w}} {'boot':>12} {'secret mapped':>14} {'released':>12}")
     for n in boot:
         unit = " kB" if n.startswith("DirectMap") else ""
-        print(f"{n:<26} {boot[n]:>9}{unit:3} {live[n]:>11}{unit:3} {released[n]:>9}{unit:3}".rstrip())
+        print(f"{n:<{w}} {boot[n]:>9}{unit:3} {live[n]:>11}{unit:3} {released[n]:>9}{unit:3}".rstrip())
     return 0
 
 

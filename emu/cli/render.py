@@ -99,6 +99,7 @@ EVENT_KINDS = {
     "port": ("port_out",),
     "mmu": ("mmu_disagreement",),
     "triple-fault": ("triple_fault",),
+    "stale": ("stale",),
 }
 
 
@@ -160,7 +161,7 @@ _FORMATS = {
     "asi_abort": lambda d: f"asi-abort at {d['symbol']}",
     "alloc": lambda d: (f"alloc {d['pa']:#x} order {d['order']} {d['frame_kind']}"
                         + (" sensitive" if d.get("sensitive") else "")),
-    "alloc_failed": lambda d: f"alloc-failed order {d['order']} kind {d['kind']}: {d['reason']}",
+    "alloc_failed": lambda d: f"alloc-failed order {d['order']} kind {d['frame_kind']}: {d['reason']}",
     "free": lambda d: f"free {d['pa']:#x}",
     "bad_free": lambda d: f"bad-free {d['pa']:#x}: {d['reason']}",
     "bad_hypercall": lambda d: f"bad-hypercall op {d['op']}",
@@ -171,9 +172,25 @@ _FORMATS = {
     "port_out": lambda d: f"port-out {d['port']:#x} <- {d['value']:#x} ({d['size']} bytes)",
     "mmu_disagreement": lambda d: (f"mmu-disagreement at {d['va']:#x}: the CPU raised #PF "
                                    f"{d['cpu_error_code']:#x}, the walker {d['walker']}"),
+    "stale": lambda d: stale_line(d),
     "triple_fault": lambda d: "triple-fault: " + " -> ".join(
         vector_name(c[0]) + (f"({c[1]:#x})" if c[1] is not None else "") for c in d["chain"]),
 }
+
+
+def stale_line(d) -> str:
+    """A TLB-model finding: the kind, the PCID, the address, where, what the
+    TLB may hold, what the tables say, the write that made it stale and the
+    invalidations since (docs/tlb.md)."""
+    pcid = "global" if d.get("pcid") is None and d.get("cached") else \
+        ("-" if d.get("pcid") is None else f"pcid {d['pcid']:#05x}")
+    head = f"stale {d['finding']} {pcid} va {d['address']:#x} at {d['symbol']}"
+    if not d.get("cached"):
+        return f"{head}: {d['now']}"
+    since = ", ".join(d.get("invalidations") or ()) or "none"
+    served = " (served: the access went through it)" if d.get("served") else ""
+    return (f"{head}: cached {d['cached']}{served}; tables: {d['now'] or 'refuse it'}; made stale by "
+            f"{d['write']}; invalidations since: {since}")
 
 
 def event_line(ev) -> str:

@@ -25,6 +25,7 @@ from emu.asm import Image
 from emu.errors import AllocError, ConfigError, GuestError
 from emu.linux.config import MachineConfig
 from emu.linux.kernel import KernelBuilder, Process
+from emu.linux.tlbcheck import TlbCheck
 from emu.hw.cpu import CpuConfig
 from emu.hw.microcode import System
 from emu.hw.x86 import vector_name
@@ -99,6 +100,7 @@ class Machine:
         self.exits: dict[int, dict] = {}
         self.cpu: System | None = None
         self.exit_hooks: list[Callable[["Machine", Process], None]] = []
+        self.tlb: TlbCheck | None = None           # the TLB model's checks (config.tlb != "off")
         self._listeners: list[Callable[[Event], None]] = []
         self._roots: dict[int, str] = {}
         for name, prog in programs:
@@ -147,9 +149,12 @@ class Machine:
                        rip=k.sym("ret_from_fork"), rsp=first.stack_top - abi.PT_SIZE)
         cpu.ports[abi.PORT_HYPERCALL] = self._hypercall
         cpu.ports[abi.PORT_CONSOLE] = self._console
+        self._name_roots()
+        if cfg.tlb != "off":
+            # before the CR3 sites: every one of them then feeds the model
+            self.tlb = TlbCheck(self)
         self._install_cr3_sites()
         self._install_probes()
-        self._name_roots()
 
     def _install_cr3_sites(self) -> None:
         """Every CR3 write the stub declares (``.cr3_write [noflush]``)."""
@@ -157,6 +162,8 @@ class Machine:
         self._cr3_insns = {s.addr: s.name for s in img.sites_of("cr3_write")}
         for s in img.sites_of("cr3_write"):
             self.cpu.add_cr3_site(s.addr, s.operand, s.size, may_set_noflush=s.noflush)
+        for s in img.sites_of("cr4_write"):
+            self.cpu.add_cr_site(s.addr, s.size, 4)
         self.cpu.hlt_sites = {ins.addr + ins.size for ins in img.insns if ins.mnemonic == "hlt"}
 
     # the stub's declared hooks (``.hook NAME``) and what observes them:
@@ -171,6 +178,14 @@ class Machine:
         self._event_probe_hooks: list = []
         if self.cpu.want_events:
             self._install_event_probes()
+
+    def hook_site(self, name: str, fn):
+        """Call fn(addr) at the stub's declared ``.hook NAME``; a handle for
+        :meth:`unhook_site`."""
+        return self._hook(name, fn)
+
+    def unhook_site(self, handle) -> None:
+        self.cpu.del_site_hook(handle)
 
     def _hook(self, name: str, fn):
         site = self.kernel.image.site("hook", name)
@@ -252,6 +267,10 @@ class Machine:
             self.cpu.want_events = False
             self._remove_event_probes()
 
+    def emit(self, kind: str, **fields) -> None:
+        """Record an event (``rip``, ``cr3`` and ``pid`` are named for you)."""
+        self._sink(kind, **fields)
+
     def _sink(self, kind: str, **f) -> None:
         if not self.record_events and not self._listeners:
             return
@@ -303,10 +322,16 @@ class Machine:
                 except AllocError as e:           # out of guest memory: the guest gets 0
                     self._sink("alloc_failed", order=rdi, frame_kind=FrameKind(rsi).name.lower(), reason=str(e))
                     return 0
+                if self.tlb is not None:
+                    self.tlb.frame_allocated(pa, kind, frames.ORDERS[rdi])
                 self._sink("alloc", pa=pa, order=rdi, frame_kind=kind.name.lower(), sensitive=bool(rdx & 1))
                 return pa
             if op == abi.HC_FREE:
                 try:
+                    info = frames.info(rdi)
+                    if self.tlb is not None and info.kind != FrameKind.FREE:
+                        # before the allocator zeroes it: the audit sees the frame as it was
+                        self.tlb.frame_freed(info.pa, info.kind, info.size)
                     frames.free(rdi)
                 except AllocError as e:
                     raise self._device_error(f"free: {e}") from None
@@ -380,6 +405,8 @@ class Machine:
         start = len(self.events)
         with self.sigint_stops():
             reason = self.cpu.run(budget)
+        if self.tlb is not None:
+            self.tlb.audit()
         if reason == "budget":
             raise BudgetExhausted(f"instruction budget of {budget:,} exhausted at {self.where()}")
         if reason == "interrupted":
@@ -449,7 +476,17 @@ class Machine:
         return self.cpu.inject_interrupt(vector)
 
     def stats(self) -> dict[str, int]:
-        return self.kernel.stats()
+        """Linux's counters (DirectMap*, splits, secret pages, ASI exits) and,
+        with the TLB model, its flushes, dropped entries and findings."""
+        s = self.kernel.stats()
+        if self.tlb is not None:
+            s.update({f"tlb_{k}": v for k, v in self.tlb.stats().items()})
+        return s
+
+    @property
+    def findings(self) -> list:
+        """The TLB model's findings so far (empty with tlb=off)."""
+        return list(self.tlb.findings) if self.tlb is not None else []
 
     # -- guest memory access --------------------------------------------------------------------
     def read_virt(self, va: int, n: int, space: str | None = None) -> bytes:

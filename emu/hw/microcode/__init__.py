@@ -11,6 +11,7 @@ Modules: :mod:`~emu.hw.microcode.loop` (the event loop and its hooks),
 :mod:`~emu.hw.microcode.syscall` (SYSCALL, entering CPL 0),
 :mod:`~emu.hw.microcode.delivery` (exceptions and interrupts),
 :mod:`~emu.hw.microcode.cr3` (CR3-write sites),
+:mod:`~emu.hw.microcode.tlbsites` (what feeds the TLB model),
 :mod:`~emu.hw.microcode.invalid` (INVPCID, #UD, port I/O).
 """
 
@@ -22,11 +23,12 @@ from emu.hw.microcode.invalid import InvalidOpcode
 from emu.hw.microcode.loop import SLICE, UC_ERRORS, EventLoop
 from emu.hw.microcode.regs import STATE_NAMES, RegFile
 from emu.hw.microcode.syscall import SyscallStep
+from emu.hw.microcode.tlbsites import TlbSites
 
 __all__ = ["SLICE", "STATE_NAMES", "UC_ERRORS", "RegFile", "System", "TripleFault"]
 
 
-class System(SyscallStep, Delivery, Cr3Sites, InvalidOpcode, EventLoop):
+class System(SyscallStep, Delivery, Cr3Sites, TlbSites, InvalidOpcode, EventLoop):
     """A Unicorn CPU plus the microcode: a machine that can run an OS kernel.
 
     ``boot_state`` must be called once, at CPL 0, with the architectural

@@ -27,12 +27,15 @@ class Cr3Sites:
         """
         self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, may_set_noflush)
         if may_set_noflush and self.config.la57:
-            # the 5-level walk does not mask bit 63 (fact 6): strip it from the
-            # register before the write, give it back after
+            # the 5-level walk does not mask bit 63 (docs/architecture.md,
+            # Unicorn fact 6): strip it from the register before the write,
+            # give it back after
             self.add_code_hook(addr, self._noflush_before)
             self.add_block_start_hook(addr + size, self._noflush_after)
         elif may_set_noflush:
             self.add_block_start_hook(addr + size, self._strip_noflush)
+        elif self.tlb is not None or self.cr3_observers:
+            self.add_block_start_hook(addr + size, self._cr3_written)
         self._informational_cr3.append(addr)
         if self.want_events:
             self._hook_informational()
@@ -67,9 +70,20 @@ class Cr3Sites:
         self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
                   pcid=(val & 0xFFF) if pcide else None)
 
+    def _cr3_written(self, addr: int) -> None:
+        """After a 'mov cr3' whose value never carries NOFLUSH."""
+        self._tell_cr3(self._reg(X.UC_X86_REG_CR3).read())
+
+    def _tell_cr3(self, value: int) -> None:
+        if self.tlb is not None:
+            self.tlb.cr3_written(value)
+        for fn in self.cr3_observers:
+            fn(value)
+
     def _noflush_before(self, addr: int) -> None:
         reg = self._reg(self.cr3_sites[addr][0])
         val = reg.read()
+        self._tell_cr3(val)
         if val >> 63:
             reg.write(val & ~(1 << 63))
             self._pending_restore = (reg, val)
@@ -83,6 +97,7 @@ class Cr3Sites:
     def _strip_noflush(self, addr: int) -> None:
         """After a 'mov cr3': CR3 as hardware holds it, without bit 63."""
         val = self._reg(X.UC_X86_REG_CR3).read()
+        self._tell_cr3(val)
         if val >> 63:
             # the guest's write flushed Unicorn's TLB already (with or
             # without NOFLUSH): do not flush a second time

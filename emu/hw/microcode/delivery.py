@@ -43,6 +43,8 @@ class Delivery:
             if intno == VEC_PF:
                 cr2 = r["cr2"]
                 self._cross_check(cr2, ec, r)
+                if self.tlb is not None and self._stale_fault(cr2, ec):
+                    return                      # lazy mode: the access goes through the stale translation
         self.deliver(intno, ec, cr2=cr2, software=software, reported=True, soft_len=soft_len)
 
     def _software_len(self, vector: int, rip: int, cpl: int) -> int:

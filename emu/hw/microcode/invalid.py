@@ -86,6 +86,7 @@ class InvalidOpcode:
         del CX
         self.sink("invpcid", rip=r["rip"], type=type_, pcid=pcid & 0xFFF, addr=addr)
         self.flush_tlb()
+        self._after_invpcid(type_, pcid & 0xFFF, addr)
         self._write_reg(X.UC_X86_REG_RIP, r["rip"] + ins.size)
         return True
 

@@ -64,14 +64,17 @@ class EventLoop(Cpu):
         self._rerun: tuple | None = None
         self.walks = WalkCache(mem)
         self._nxe = False
+        # the TLB model (emu.hw.tlb) and what feeds it; see tlbsites.py
+        self.tlb = None
+        self.tlb_lazy = False                         # serve refused accesses through stale translations
+        self.serve_scratch: list[int] = []            # frames for the lazy mode's private tables
+        self.invalidation_observers: list[Callable[[str], None]] = []
+        self.cr3_observers: list[Callable[[int], None]] = []
+        self._actions: list[Callable[[], None]] = []  # work a hook left for the run loop
+        self._user_snapshot = None                    # a clean CPL-3 context (lazy mode)
+        self._cr_shadow: dict[int, int] = {}          # last value of CR0 and CR4 seen at a site
 
     # -- hooks ------------------------------------------------------------------------
-    def _install_hooks(self) -> None:
-        self.add_hook("intr", self._guard(self._on_intr))
-        self.add_hook("syscall", self._guard(self._on_syscall))
-        self.add_hook("out", self._guard(self._on_out))
-        self.add_hook("invalid", self._guard(self._on_invalid, True))
-
     def _guard(self, fn, retval=None):
         """Python exceptions cannot cross a ctypes callback: keep the first one
         and stop the CPU; run() re-raises it."""
@@ -243,6 +246,13 @@ class EventLoop(Cpu):
                 raise e
             if err:
                 raise GuestError(f"CPU stopped: {UC_ERRORS.get(err, err)} at RIP {self.reg('rip'):#x}")
+            if self._actions:
+                # work a hook could not do inside emu_start (a #GP after a CR
+                # write, a lazy-mode access): done here, then the run goes on
+                actions, self._actions = self._actions, []
+                for act in actions:
+                    left -= act()
+                continue
             if self._rerun is not None:
                 executed, prepare = self._rerun
                 self._rerun = None
@@ -261,6 +271,12 @@ class EventLoop(Cpu):
         if self._halted():
             return "halt"
         return "budget"
+
+    def later(self, action: Callable[[], int]) -> None:
+        """From a hook: stop, and have the run loop call ``action()`` (which
+        returns the instructions it executed) before it goes on."""
+        self._actions.append(action)
+        C.emu_stop(self.hv)
 
     def rerun(self, executed: int, prepare: Callable[[], None]) -> None:
         """From a block hook: stop before the block's first instruction, call

@@ -53,8 +53,17 @@ class SyscallStep:
             ctypes.c_uint64.from_address(self._snapshot_ctx.value + off)
         self.set_reg("rip", rip)
 
+    def _cr3_slot_of(self, ctx) -> ctypes.c_uint64:
+        """CR3 inside a saved context (``ctx`` its address as a c_void_p)."""
+        return ctypes.c_uint64.from_address(ctx.value + context_offset(X.UC_X86_REG_CR3))
+
     # -- SYSCALL (SDM: SYSCALL—Fast System Call) ------------------------------------------------
     def _on_syscall(self, uch, ud):
+        if self.tlb_lazy and self._user_snapshot is None:
+            # a clean CPL-3 context, for the lazy mode's user accesses (tlbsites.py)
+            self._user_snapshot = self.uc.context_save()
+            self._user_snapshot_ctx = ctypes.c_void_p(ctypes.cast(self._user_snapshot.context,
+                                                                  ctypes.c_void_p).value)
         r = self.regs
         r.read()
         rip, flags = r["rip"], r["rflags"]

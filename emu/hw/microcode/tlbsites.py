@@ -1,0 +1,141 @@
+"""What feeds the TLB model (emu.hw.tlb): the instructions that invalidate,
+the control-register rules the CPU enforces around them, and the lazy
+mode's accesses through stale translations (docs/tlb.md).
+
+* CR3 writes (cr3.py) hand the model the value as written, NOFLUSH included.
+* ``mov cr4`` and ``mov cr0`` at declared sites: QEMU's TCG does not
+  enforce the PCID rules (setting CR4.PCIDE with CR3[11:0] != 0, clearing
+  CR0.PG with CR4.PCIDE = 1: #GP(0), Intel SDM Vol. 3A 4.10.1, 2.5): the
+  write is checked after it ran (a translated block ends at every CR write),
+  undone and turned into the #GP the instruction raises on hardware.
+* INVLPG at declared sites: its operand is read once it ran.
+* INVPCID is emulated (invalid.py), which tells the model.
+* A #PF the tables give is checked against the model; in lazy mode an access
+  a stale translation allows runs through it instead (emu/hw/tlb/serve.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+from unicorn import x86_const as X
+
+from emu.errors import GuestError
+from emu.hw.cpu import C
+from emu.hw.paging import error_code_words
+from emu.hw.tlb.serve import scratch_tables
+from emu.hw.x86 import CR0_PG, CR4_PCIDE, VEC_GP
+
+_MEM = re.compile(r"\[(\w+)(?:\s*([+-])\s*(0x[0-9a-f]+|\d+))?\]")
+
+
+def _reg_id(name: str) -> int:
+    return getattr(X, f"UC_X86_REG_{name.upper()}")
+
+
+class TlbSites:
+    """Mixed into :class:`emu.hw.microcode.System`."""
+
+    def attach_tlb(self, model, lazy: bool = False, scratch: list[int] | None = None) -> None:
+        """Feed ``model`` from now on; ``lazy``: serve accesses the tables
+        refuse through a stale translation it holds (``scratch``: one frame
+        per paging level for the private tables)."""
+        if lazy and (not scratch or len(scratch) < (5 if self.config.la57 else 4)):
+            raise GuestError("the TLB model's lazy mode needs a scratch frame per paging level")
+        self.tlb = model
+        self.tlb_lazy = lazy
+        self.serve_scratch = list(scratch or [])
+
+    # -- CR0 / CR4 ----------------------------------------------------------------------------------
+    def add_cr_site(self, addr: int, size: int, crn: int) -> None:
+        """A declared 'mov crN, reg' (N = 0 or 4)."""
+        reg = _reg_id(f"cr{crn}")
+        self._cr_shadow.setdefault(crn, self._reg(reg).read())
+        self.add_block_start_hook(addr + size, lambda a, site=addr, n=crn: self._after_cr_write(site, n))
+
+    def _after_cr_write(self, site: int, crn: int) -> None:
+        new = self._reg(_reg_id(f"cr{crn}")).read()
+        old = self._cr_shadow.get(crn, new)
+        if crn == 4:
+            cr3 = self._reg(X.UC_X86_REG_CR3).read()
+            bad = new & CR4_PCIDE and not old & CR4_PCIDE and cr3 & 0xFFF
+        else:
+            cr4 = self._reg(X.UC_X86_REG_CR4).read()
+            bad = old & CR0_PG and not new & CR0_PG and cr4 & CR4_PCIDE
+        if bad:
+            self.later(lambda: self._cr_gp(site, crn, old))
+            return
+        self._cr_shadow[crn] = new
+        if self.tlb is not None:
+            (self.tlb.cr4_written if crn == 4 else self.tlb.cr0_written)(old, new)
+            for fn in self.invalidation_observers:
+                fn(f"cr{crn}")
+
+    def _cr_gp(self, site: int, crn: int, old: int) -> int:
+        """Undo the write and raise the #GP(0) the instruction raises."""
+        self.set_reg(f"cr{crn}", old)
+        self.regs.read()
+        self.regs["rip"] = site
+        self.deliver(VEC_GP, 0, reported=True)
+        return 0
+
+    # -- INVLPG ---------------------------------------------------------------------------------------
+    def add_invlpg_site(self, addr: int, size: int, operand: str) -> None:
+        """A declared 'invlpg [reg]' / 'invlpg [reg +- disp]'."""
+        m = _MEM.search(operand)
+        if m is None:
+            raise GuestError(f"invlpg at {addr:#x}: cannot read the operand {operand!r} (use [reg] or [reg + disp])")
+        reg = _reg_id(m.group(1))
+        disp = int(m.group(3), 0) if m.group(3) else 0
+        if m.group(2) == "-":
+            disp = -disp
+        self.add_block_start_hook(addr + size, lambda a: self._after_invlpg(reg, disp))
+
+    def _after_invlpg(self, reg: int, disp: int) -> None:
+        if self.tlb is not None:
+            self.tlb.invlpg((self._reg(reg).read() + disp) & 0xFFFFFFFFFFFFFFFF)
+            for fn in self.invalidation_observers:
+                fn("invlpg")
+
+    def _after_invpcid(self, kind: int, pcid: int, addr: int) -> None:
+        if self.tlb is not None:
+            self.tlb.invpcid(kind, pcid, addr)
+            for fn in self.invalidation_observers:
+                fn("invpcid")
+
+    # -- page faults against the model ---------------------------------------------------------------
+    def _stale_fault(self, cr2: int, ec: int) -> bool:
+        """A #PF the tables gave: a stale translation that would have
+        allowed the access is a finding; in lazy mode the access goes
+        through it.  True if the fault is not delivered (lazy mode)."""
+        access = 2 if ec & 16 else (1 if ec & 2 else 0)
+        cpl = 3 if ec & 4 else 0
+        rec = self.tlb.stale_for(cr2, access, cpl, self.ctl())
+        if rec is None:
+            return False
+        served = self.tlb_lazy and (cpl == 0 or self._user_snapshot is not None)
+        self.tlb.note_stale_access(rec, cr2, f"#PF {ec:#x} ({error_code_words(ec)})", served)
+        if not served:
+            return False
+        state = bytes(self.regs.buf)
+        self.later(lambda: self._serve(rec, cr2, cpl, state))
+        return True
+
+    def _serve(self, rec, va: int, cpl: int, state: bytes) -> int:
+        """Run the faulting instruction once through private tables that map
+        ``va`` as the stale translation does, then go back to the real ones."""
+        regs = self.regs
+        regs.buf[:] = state
+        cr3 = regs["cr3"] & ~(1 << 63)
+        mode = self.tlb.mode
+        copy = scratch_tables(self.mem, mode, cr3, va, rec, self.serve_scratch)
+        snap = self._snapshot_ctx if cpl == 0 else self._user_snapshot_ctx
+        self._cr3_slot_of(snap).value = copy | (cr3 & 0xFFF)
+        C.context_restore(self.hv, snap)
+        regs.write_except_cr3()
+        self.flush_tlb()
+        err = self.emu_start(regs["rip"], 1)
+        self.set_reg("cr3", cr3)            # the real tables again (the write flushes the TLB)
+        if err:
+            raise GuestError(f"CPU stopped in a lazy-mode access at {va:#x}: error {err}")
+        return 1

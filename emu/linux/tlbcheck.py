@@ -1,0 +1,175 @@
+"""The machine's side of the TLB model (docs/tlb.md).
+
+The model (emu.hw.tlb) knows the architecture; this module knows the stub:
+where it writes paging-structure entries (``set_entry``, the declared
+``pgtable_write`` hook), where it returns to user mode, which frames are page
+tables, and the direct map.  It turns the model's findings into ``stale``
+events, and adds what only Linux's rules can say:
+
+* an audit: a shadow copy of every page-table frame, compared with memory at
+  every INVLPG, INVPCID, CR4 write and frame free (and at the end of a run):
+  an entry that changed without going through ``set_entry`` is reported as an
+  ``unobserved-write`` and handed to the model;
+* ``freed-out-of-direct-map``: a frame going back to the allocator while its
+  direct-map entry is not present (Linux's buddy pages are always in the
+  direct map; the order 6f86d0534fdd restored in mm/secretmem.c).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from emu.hw.paging import ADDR_MASK, PAGE_SIZE, ControlState, P, A, D, mode_for, translate
+from emu.hw.phys import FrameKind
+from emu.hw.tlb import FINDINGS, Finding, Tlb
+
+#: findings beyond the model's own
+LINUX_FINDINGS = ("unobserved-write", "freed-out-of-direct-map")
+ALL_FINDINGS = FINDINGS + LINUX_FINDINGS
+#: the TLB counters of Machine.stats() (prefixed tlb_), in order
+STAT_KEYS = ("flush_cr3", "cr3_noflush", "flush_invlpg", "flush_invpcid0", "flush_invpcid1", "flush_invpcid2",
+             "flush_invpcid3", "flush_cr4", "flush_cr0", "entries_dropped", "stale_records",
+             *(f"finding_{k}" for k in ALL_FINDINGS))
+_AD = A | D
+_QS = struct.Struct("<512Q")
+
+
+class TlbCheck:
+    """Attach a TLB model to a booted machine (``tlb=check`` or ``lazy``)."""
+
+    def __init__(self, machine):
+        self.m = m = machine
+        cfg = m.config
+        cpu = m.cpu
+        self.mode = mode_for(cfg.levels)
+        self.model = Tlb(m.mem, self.mode, self._report)
+        scratch = [m.mem.frames.alloc(FrameKind.RESERVED, 0, "tlb-model") for _ in range(self.mode.depth)] \
+            if cfg.tlb == "lazy" else []
+        cpu.attach_tlb(self.model, lazy=cfg.tlb == "lazy", scratch=scratch)
+        self.model.start(cpu.reg("cr3"), cpu.reg("cr4"))
+        for root in m.spaces().values():
+            self.model.add_root(root)
+        self.findings: list[Finding] = []
+        self.extra: dict[str, int] = {}
+        self._returning = False
+        frames = m.mem.frames
+        self.shadow: dict[int, bytes] = {pfn << 12: m.mem.read(pfn << 12, PAGE_SIZE)
+                                         for pfn, k in enumerate(frames.kind) if k == FrameKind.PGTABLE}
+        img = m.kernel.image
+        for site in img.sites_of("invlpg"):
+            cpu.add_invlpg_site(site.addr, site.size, site.operand)
+        m.hook_site("pgtable_write", self._on_entry_write)
+        m.hook_site("return_to_user_sysret", self._on_return_to_user)
+        m.hook_site("return_to_user_iret", self._on_return_to_user)
+        cpu.invalidation_observers.append(self.audit)
+        cpu.cr3_observers.append(self._on_cr3)
+
+    # -- entry writes ----------------------------------------------------------------------------
+    def _on_entry_write(self, addr: int) -> None:
+        """At set_entry(entryp, value): the entry still holds its old value."""
+        m, cpu = self.m, self.m.cpu
+        kva, new = cpu.reg("rdi"), cpu.reg("rsi")
+        epa = self._kva_to_pa(kva)
+        old = m.mem.read_u64(epa)
+        caller = m.mem.read_u64(self._kva_to_pa(cpu.reg("rsp")))
+        self.model.entry_written(epa, old, new, caller)
+        table = epa & ~0xFFF
+        sh = self.shadow.get(table)
+        if sh is not None:
+            off = epa - table
+            self.shadow[table] = sh[:off] + new.to_bytes(8, "little") + sh[off + 8:]
+        if new & P and (new & ADDR_MASK) in self.shadow:
+            # a table filled before it was linked: what it holds now is its start
+            child = new & ADDR_MASK
+            self.shadow[child] = m.mem.read(child, PAGE_SIZE)
+        # the CPU runs on the tables as they are: Unicorn's own TLB must not keep the old entry
+        cpu.flush_tlb()
+
+    def _kva_to_pa(self, kva: int) -> int:
+        lay = self.m.layout
+        if lay.page_offset <= kva < lay.page_offset + self.m.mem.size:
+            return kva - lay.page_offset
+        return self.m.pa_of(kva)
+
+    # -- frames ---------------------------------------------------------------------------------------
+    def frame_allocated(self, pa: int, kind: FrameKind, size: int) -> None:
+        if kind == FrameKind.PGTABLE:
+            self.shadow[pa] = bytes(PAGE_SIZE)
+
+    def frame_freed(self, pa: int, kind: FrameKind, size: int) -> None:
+        """A frame about to go back to the allocator (still holding what it held)."""
+        is_table = kind == FrameKind.PGTABLE
+        if is_table:
+            self.shadow.pop(pa, None)
+        self.audit("free")
+        self.model.frame_freed(pa, size, is_table)
+        self._check_direct_map(pa, size)
+
+    def _check_direct_map(self, pa: int, size: int) -> None:
+        """Linux's allocator hands out pages through the direct map: a page
+        must be back in it before it is freed."""
+        k = self.m.kernel
+        ctl = ControlState(la57=self.m.config.la57, smap=False)
+        for page in range(pa, pa + size, PAGE_SIZE):
+            t = translate(self.m.mem, k.init_pgd.root, self.m.layout.page_offset + page, 0, 0, ctl)
+            if t.fault:
+                self._linux_finding("freed-out-of-direct-map", self.m.layout.page_offset + page,
+                                    f"frame {page:#x} freed while its direct-map entry is not present "
+                                    f"({t.describe()})")
+                return
+
+    # -- returns to user mode --------------------------------------------------------------------------
+    def _on_return_to_user(self, addr: int) -> None:
+        if self.m.config.pti:
+            self._returning = True          # the user PCID is entered by the CR3 write to come
+        else:
+            self.model.user_return()
+
+    def _on_cr3(self, value: int) -> None:
+        if self._returning and value & PAGE_SIZE:          # PTI's user PGD: CR3 bit 12
+            self._returning = False
+            self.model.user_return()
+
+    # -- the audit ------------------------------------------------------------------------------------
+    def audit(self, why: str = "") -> None:
+        """Every page-table frame against its shadow (the accessed and dirty
+        bits the CPU sets excepted)."""
+        buf = self.m.mem.buf
+        for table, sh in list(self.shadow.items()):
+            now = buf[table:table + PAGE_SIZE]
+            if now == sh:
+                continue
+            new_e = _QS.unpack(now)
+            old_e = _QS.unpack(sh)
+            for i in range(512):
+                o, n = old_e[i], new_e[i]
+                if o != n and (o ^ n) & ~_AD:
+                    self.model.entry_written(table + 8 * i, o, n, 0, observed=False)
+                    self._linux_finding("unobserved-write", 0,
+                                        f"entry at {table + 8 * i:#x} changed {o:#018x} -> {n:#018x} "
+                                        f"without set_entry (found at {why or 'the end of the run'})")
+            self.shadow[table] = bytes(now)
+
+    # -- findings -----------------------------------------------------------------------------------------
+    def _report(self, f: Finding) -> None:
+        self.findings.append(f)
+        m = self.m
+        sym = m.symbolize
+        m.emit("stale", rip=m.cpu.reg("rip"), cr3=m.cpu.reg("cr3"), finding=f.kind,
+               pcid=None if f.pcid < 0 else f.pcid, address=f.va, cached=f.cached.describe(), now=f.now,
+               write=f.cached.write.describe(sym), invalidations=list(f.invalidations), served=f.served)
+
+    def _linux_finding(self, kind: str, va: int, text: str) -> None:
+        self.extra[kind] = self.extra.get(kind, 0) + 1
+        m = self.m
+        m.emit("stale", rip=m.cpu.reg("rip"), cr3=m.cpu.reg("cr3"), finding=kind, pcid=None, address=va,
+               cached="", now=text, write="", invalidations=[], served=False)
+
+    def stats(self) -> dict[str, int]:
+        """Flushes by kind, entries dropped, stale records made, findings by
+        kind: every key always present."""
+        s = {k: 0 for k in STAT_KEYS}
+        s.update(self.model.stats)
+        for k, v in self.extra.items():
+            s[f"finding_{k}"] = s.get(f"finding_{k}", 0) + v
+        return s

@@ -123,6 +123,46 @@ def test_decoder_plans(text, expected):
     assert list(st.ops) == expected
 
 
+# register effects (emu/tools/trace/effects.py): what the data-flow analysis follows
+M64 = (1 << 64) - 1
+EFFECT_CASES = [
+    ("push rax", (("add", "rsp", -8),)),
+    ("pop rbx", (("add", "rsp", 8), ("load", "rbx", 0, 8))),
+    ("pop fs", (("add", "rsp", 8), ("opaque", "fs_base"))),
+    ("popfq", (("add", "rsp", 8), ("opaque", "df"))),
+    ("ret 0x10", (("add", "rsp", 0x18),)),
+    ("leave", (("copy", "rsp", "rbp"), ("add", "rsp", 8), ("load", "rbp", 0, 8))),
+    ("enter 0x20, 0", (("add", "rsp", -8), ("copy", "rbp", "rsp"), ("add", "rsp", -0x20))),
+    ("std", (("df", 1),)),
+    ("lodsq", (("strstep", "rsi", 8), ("opaque", "rax"))),
+    ("movsb", (("strstep", "rsi", 1), ("strstep", "rdi", 1))),
+    ("rep movsb", (("opaque", "rcx"), ("opaque", "rdi"), ("opaque", "rsi"))),    # QEMU: one iteration a block
+    ("mov eax, 0xffffffff", (("set", "rax", 0xFFFFFFFF),)),
+    ("mov ax, 5", (("opaque", "rax"),)),                                          # a 16-bit write merges
+    ("mov eax, ebx", (("copy", "rax", "rbx"), ("zx32", "rax"))),
+    ("mov rax, cr3", (("entry", "rax", "cr3"),)),
+    ("movzx eax, byte ptr [rsi]", (("load", "rax", 0, 1),)),
+    ("lea rax, [rbx + rcx*8 + 0x10]", (("lea", "rax", ((), None, "rbx", "rcx", 8, 0x10, False)),)),
+    ("sub rax, rbx", (("sum", "rax", "rbx", -1),)),
+    ("sub rax, rax", (("set", "rax", 0),)),
+    ("xor eax, eax", (("set", "rax", 0),)),
+    ("and rax, 0xfff", (("alu", "rax", "and", ("imm", 0xFFF), 8),)),
+    ("shl rax, 3", (("mul", "rax", 8),)),
+    ("shl eax, 3", (("alu", "rax", "shl", ("imm", 3), 4), ("zx32", "rax"))),
+    ("imul rdx, rcx, 0x10", (("copy", "rdx", "rcx"), ("mul", "rdx", 0x10))),
+    ("neg rax", (("mul", "rax", M64),)),
+    ("dec ecx", (("add", "rcx", -1), ("zx32", "rcx"))),
+    ("add rax, qword ptr [rbx]", (("opaque", "rax"),)),
+    ("cpuid", (("opaque", "rax"), ("opaque", "rbx"), ("opaque", "rcx"), ("opaque", "rdx"))),
+    ("syscall", (("opaque", "df"), ("opaque", "r11"), ("opaque", "rcx"))),     # the microcode's SYSCALL
+]
+
+
+@pytest.mark.parametrize("text,expected", EFFECT_CASES, ids=[c[0] for c in EFFECT_CASES])
+def test_decoder_effects(text, expected):
+    assert plan(text)[0].eff == expected
+
+
 def test_decoder_rip_relative_is_absolute():
     st, size = plan("mov dword ptr [rip + 0x100], eax", 0x401000)
     assert st.ops == (((("w", 4),), None, None, None, 1, 0x401000 + size + 0x100, False),)

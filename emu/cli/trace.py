@@ -36,10 +36,10 @@ def parse_budget(text: str) -> int:
 
 
 def cmd_trace(args) -> int:
+    from emu.cli.common import config_from_args, print_notes
     from emu.linux.machine import Interrupted
     from emu.parse import parse_range
     from emu.tools.faults import fatal_report
-    from emu.tools.spaces import config_from_args
     from emu.tools.trace import KINDS, Tracer, load_machine, name_resolver, parse_kinds
 
     kinds = parse_kinds(args.kind) if args.kind else KINDS
@@ -49,8 +49,7 @@ def cmd_trace(args) -> int:
     if args.range is not None:
         notes: list[str] = []
         va_range = parse_range(args.range, "range", name_resolver(m), notes)
-        for note in notes:
-            print(f"isoemu: note: {note}", file=sys.stderr)
+        print_notes(notes)
     tracer = Tracer(m, kinds=kinds, space=args.space, va_range=va_range)
     out = sys.stdout
     try:

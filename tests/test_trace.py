@@ -7,7 +7,6 @@ against the reference walker through A's user page table, taken while the
 process still exists (an exit hook).
 """
 
-import json
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -18,12 +17,11 @@ from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE
 
 from emu.linux import abi
 from emu.tools.asmtest import build_machine
-from emu.cli.main import main
 from emu.hw.cpu import MSR_KERNEL_GS_BASE
 from emu.errors import AddressError, ConfigError
 from emu.linux.machine import BudgetExhausted, Machine, MachineConfig
 from emu.hw.paging import ADDR_MASK, ControlState, translate
-from emu.tools.trace import FIELDS, Record, Tracer, analyse, decode, iter_trace, parse_range, trace_program
+from emu.tools.trace import FIELDS, Record, StringPlan, Tracer, analyse, decode, iter_trace, trace_program
 
 ROOT = Path(__file__).resolve().parent.parent
 D = 0x600000            # USER_DATA
@@ -112,10 +110,10 @@ DECODER_CASES = [
     ("iretq", [((("r", 40),), None, "rsp", None, 1, 0, False)]),
     ("syscall", []),
     ("sysret", []),
-    ("rep movsb", [("str", "r", 1, "rsi", None, True, False), ("str", "w", 1, "rdi", None, True, False)]),
-    ("rep stosq", [("str", "w", 8, "rdi", None, True, False)]),
-    ("lodsw", [("str", "r", 2, "rsi", None, False, False)]),
-    ("repe cmpsd", [("str", "r", 4, "rsi", None, True, False), ("str", "r", 4, "rdi", None, True, False)]),
+    ("rep movsb", [StringPlan("r", 1, "rsi", None, True, False), StringPlan("w", 1, "rdi", None, True, False)]),
+    ("rep stosq", [StringPlan("w", 8, "rdi", None, True, False)]),
+    ("lodsw", [StringPlan("r", 2, "rsi", None, False, False)]),
+    ("repe cmpsd", [StringPlan("r", 4, "rsi", None, True, False), StringPlan("r", 4, "rdi", None, True, False)]),
 ]
 
 
@@ -123,6 +121,46 @@ DECODER_CASES = [
 def test_decoder_plans(text, expected):
     st, _ = plan(text)
     assert list(st.ops) == expected
+
+
+# register effects (emu/tools/trace/effects.py): what the data-flow analysis follows
+M64 = (1 << 64) - 1
+EFFECT_CASES = [
+    ("push rax", (("add", "rsp", -8),)),
+    ("pop rbx", (("add", "rsp", 8), ("load", "rbx", 0, 8))),
+    ("pop fs", (("add", "rsp", 8), ("opaque", "fs_base"))),
+    ("popfq", (("add", "rsp", 8), ("opaque", "df"))),
+    ("ret 0x10", (("add", "rsp", 0x18),)),
+    ("leave", (("copy", "rsp", "rbp"), ("add", "rsp", 8), ("load", "rbp", 0, 8))),
+    ("enter 0x20, 0", (("add", "rsp", -8), ("copy", "rbp", "rsp"), ("add", "rsp", -0x20))),
+    ("std", (("df", 1),)),
+    ("lodsq", (("strstep", "rsi", 8), ("opaque", "rax"))),
+    ("movsb", (("strstep", "rsi", 1), ("strstep", "rdi", 1))),
+    ("rep movsb", (("opaque", "rcx"), ("opaque", "rdi"), ("opaque", "rsi"))),    # QEMU: one iteration a block
+    ("mov eax, 0xffffffff", (("set", "rax", 0xFFFFFFFF),)),
+    ("mov ax, 5", (("opaque", "rax"),)),                                          # a 16-bit write merges
+    ("mov eax, ebx", (("copy", "rax", "rbx"), ("zx32", "rax"))),
+    ("mov rax, cr3", (("entry", "rax", "cr3"),)),
+    ("movzx eax, byte ptr [rsi]", (("load", "rax", 0, 1),)),
+    ("lea rax, [rbx + rcx*8 + 0x10]", (("lea", "rax", ((), None, "rbx", "rcx", 8, 0x10, False)),)),
+    ("sub rax, rbx", (("sum", "rax", "rbx", -1),)),
+    ("sub rax, rax", (("set", "rax", 0),)),
+    ("xor eax, eax", (("set", "rax", 0),)),
+    ("and rax, 0xfff", (("alu", "rax", "and", ("imm", 0xFFF), 8),)),
+    ("shl rax, 3", (("mul", "rax", 8),)),
+    ("shl eax, 3", (("alu", "rax", "shl", ("imm", 3), 4), ("zx32", "rax"))),
+    ("imul rdx, rcx, 0x10", (("copy", "rdx", "rcx"), ("mul", "rdx", 0x10))),
+    ("neg rax", (("mul", "rax", M64),)),
+    ("dec ecx", (("add", "rcx", -1), ("zx32", "rcx"))),
+    ("add rax, qword ptr [rbx]", (("opaque", "rax"),)),
+    ("cpuid", (("opaque", "rax"), ("opaque", "rbx"), ("opaque", "rcx"), ("opaque", "rdx"))),
+    ("syscall", (("opaque", "df"), ("opaque", "r11"), ("opaque", "rcx"))),     # the microcode's SYSCALL
+]
+
+
+@pytest.mark.parametrize("text,expected", EFFECT_CASES, ids=[c[0] for c in EFFECT_CASES])
+def test_decoder_effects(text, expected):
+    assert plan(text)[0].eff == expected
 
 
 def test_decoder_rip_relative_is_absolute():
@@ -435,7 +473,7 @@ def test_detach_removes_every_hook():
 def test_runaway_program_stops_at_the_budget():
     it = iter_trace("_start:\n    jmp _start\n", kinds="x", budget=20_000, chunk=5000)
     got = []
-    with pytest.raises(BudgetExhausted, match="instruction budget of 20000 exhausted"):
+    with pytest.raises(BudgetExhausted, match="instruction budget of 20,000 exhausted"):
         for r in it:
             got.append(r)
     assert got and all(r.kind == "x" for r in got)
@@ -455,13 +493,6 @@ def test_unknown_space_is_refused_at_attach():
         Tracer(m, space="B.user").attach()
 
 
-@pytest.mark.parametrize("text,expected", [("0x600000-0x601000", (0x600000, 0x601000)),
-                                           ("ffffc90000000000-ffffc90000001000",
-                                            (0xffffc90000000000, 0xffffc90000001000))])
-def test_parse_range(text, expected):
-    assert parse_range(text) == expected
-
-
 def test_record_as_dict():
     r = Record((3, 0x400000, "A:_start", 3, 0x1000, 0x801, "A.user", "r", 0x600ffc, 4, None,
                 {"vector": 14, "error_code": 4}))
@@ -470,7 +501,7 @@ def test_record_as_dict():
     assert r.as_dict(hex_addresses=True)["va"] == "0x600ffc"
 
 
-# --- the CLI ------------------------------------------------------------------------------
+# --- a small program (also run by tests/test_trace_cli.py) ------------------------------
 PROGRAM = """
 _start:
     mov rbx, USER_DATA
@@ -480,76 +511,6 @@ _start:
     xor edi, edi
     syscall
 """
-
-
-@pytest.fixture
-def program(tmp_path):
-    p = tmp_path / "prog.S"
-    p.write_text(PROGRAM)
-    return str(p)
-
-
-def cli(capsys, *argv):
-    rc = main(["trace", *argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def test_cli_jsonl_keys_and_values(capsys, program):
-    rc, out, err = cli(capsys, program, "--jsonl", "--range", "0x600000-0x601000")
-    assert rc == 0 and err == ""
-    rows = [json.loads(line) for line in out.splitlines()]
-    assert all(list(r) == list(FIELDS) for r in rows)
-    assert [(r["kind"], r["va"], r["size"], r["cpl"], r["space"], r["symbol"], r["pcid"], r["fault"])
-            for r in rows] == [("w", "0x600008", 8, 3, "A.user", "A:_start+0x7", 0x801, None),
-                               ("r", "0x600008", 8, 3, "A.user", "A:_start+0xf", 0x801, None)]
-    assert rows[0]["pa"] == rows[1]["pa"] and rows[0]["pa"].endswith("008")
-
-
-@pytest.mark.parametrize("args,check", [
-    (["--kind", "w"], lambda r: r["kind"] == "w"),
-    (["--kind", "x"], lambda r: r["kind"] == "x"),
-    (["--space", "A.user"], lambda r: r["space"] == "A.user"),
-    (["--range", "0xfffffe0000000000-0xfffffe8000000000"],
-     lambda r: 0xfffffe0000000000 <= int(r["va"], 16) < 0xfffffe8000000000),
-])
-def test_cli_filters(capsys, program, args, check):
-    rc, out, _ = cli(capsys, program, "--jsonl", *args)
-    rows = [json.loads(line) for line in out.splitlines()]
-    assert rc == 0 and len(rows) > 3 and all(check(r) for r in rows)
-
-
-def test_cli_table_is_aligned(capsys, program):
-    rc, out, _ = cli(capsys, program, "--space", "A.user")
-    lines = out.splitlines()
-    assert rc == 0 and lines[0].split()[:4] == ["SEQ", "CPL", "SPACE", "PCID"]
-    kcol = lines[0].index(" K ") + 1
-    vacol = lines[0].index("VA")
-    assert all(line[kcol] in "rwx" and line[vacol:vacol + 2] == "0x" for line in lines[1:])
-    assert any("A:_start+0x7" in line and " w " in line for line in lines)
-
-
-@pytest.mark.parametrize("args,source,message,status", [
-    (["--range", "0x10-0x5"], PROGRAM, "bad range '0x10-0x5'", 2),
-    (["--range", "zz"], PROGRAM, "bad range 'zz'", 2),
-    (["--space", "Q.user"], PROGRAM, "unknown space 'Q.user'", 2),
-    (["--kind", "rq"], PROGRAM, "bad access kind 'rq'", 2),
-    (["--budget", "0"], PROGRAM, "--budget must be a positive", 2),
-    ([], "_start:\n    mov rax, [[rbx]\n", "prog.S:2", 2),
-    ([], "_start:\n    jmp _start\n", "instruction budget of 3000 exhausted", 3),
-])
-def test_cli_errors_are_one_line(capsys, tmp_path, args, source, message, status):
-    p = tmp_path / "prog.S"
-    p.write_text(source)
-    extra = ["--budget", "3000"] if "budget" in message else []
-    rc, _, err = cli(capsys, str(p), "--jsonl", *extra, *args)
-    assert rc == status
-    assert err.startswith("isoemu: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_cli_missing_file(capsys, tmp_path):
-    rc, _, err = cli(capsys, str(tmp_path / "nope.S"))
-    assert rc == 2 and err.startswith("isoemu: cannot read") and err.count("\n") == 1
 
 
 # --- code that changes, blocks across pages, restarts ----------------------------------------
@@ -692,6 +653,12 @@ anchored:                               # overwritten, and a store follows the l
     mov qword ptr [rbx + 0x20], rax
 a1: mov rdx, qword ptr [rax + 8]
     xor eax, eax
+    mov ecx, 3
+    jmp scaled
+scaled:                                 # an index scaled from the entry RCX, then overwritten
+    imul rdx, rcx, 0x10
+i1: mov rax, qword ptr [rbx + rdx]
+    xor edx, edx
     jmp stack
 stack:                                  # a stack pointer loaded, then pushes and pops
     mov rsp, qword ptr [rbx + 0x10]
@@ -707,6 +674,7 @@ IN_BLOCK_CASES = [
     ("h1", [("r", D + 0x108, 8)]), ("h2", [("w", D + 0x110, 8)]),
     ("r1", [("r", D + 0x108, 8)]), ("r2", [("r", D + 0x200, 8)]),
     ("a1", [("r", D + 0x108, 8)]),
+    ("i1", [("r", D + 0x30, 8)]),
     ("s1", [("w", D + 0x2F8, 8)]), ("s2", [("w", D + 0x2F0, 8)]), ("s3", [("r", D + 0x2F0, 8)]),
 ]
 
@@ -730,7 +698,7 @@ def test_only_the_unrecoverable_load_gets_an_anchor():
     t = Tracer(m, kinds="rw")
     list(t.run(2_000_000))
     user = {a for a in t._anchors if a < m.layout.kernel_half}
-    assert user == {sym(m, "a1")} and t._unresolved == 0
+    assert user == {sym(m, "a1")} and t.unresolved == 0
 
 
 @pytest.mark.parametrize("program", ["OPERANDS", "IN_BLOCK"])
@@ -762,8 +730,8 @@ def test_tracing_changes_nothing_the_machine_runs(budget):
 
 # --- differential: the tracer against Unicorn's own memory hooks ----------------------------
 # Every program runs once with a tracer (kinds r and w) and with UC_HOOK_MEM_READ/WRITE
-# hooks, which see what the CPU really accessed, by physical address (ARCHITECTURE.md
-# fact 7).  Both sides become multisets of (kind, pa, size) at Unicorn's granularity:
+# hooks, which see what the CPU really accessed, by physical address (docs/tracing.md,
+# "How it works").  Both sides become multisets of (kind, pa, size) at Unicorn's granularity:
 #   * a page-crossing access is one Unicorn report (pa of its first byte, whole size):
 #     the tracer's two pieces are merged back (OPERANDS' 'cross' has one);
 #   * QEMU makes a string instruction's range one access per element, IRETQ's 40 bytes
@@ -842,7 +810,7 @@ def trace_against_unicorn(m, budget=5_000_000):
     gdt = translate(m.mem, m.kernel.init_pgd.root, m.kernel.cea["gdt"], 0, 0, ctl).pa
     unicorn = Counter(a for a in seen if not (a[0] == "r" and gdt <= a[1] < gdt + 8 * abi.GDT_ENTRIES))
     unicorn.update(frames)
-    assert tracer._unresolved == 0
+    assert tracer.unresolved == 0
     return unicorn, _unicorn_granularity(recs, _string_elements(m), frame_pieces)
 
 

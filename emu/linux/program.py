@@ -10,9 +10,12 @@ one still gets a writable page there.
 
 from __future__ import annotations
 
+import os
+import unicodedata
+
 from emu.linux import abi
 from emu.asm import Image, link
-from emu.errors import AsmError
+from emu.errors import AsmError, ConfigError
 from emu.linux.layout import Layout
 
 USER_LAYOUT = {".text": abi.USER_TEXT, ".rodata": abi.USER_RODATA, ".data": abi.USER_DATA,
@@ -46,6 +49,50 @@ def user_symbols(layout: Layout) -> dict[str, int]:
         "PAGE_SIZE": 4096,
     })
     return s
+
+
+def read_source(path) -> str:
+    """The text of the assembly source file ``path``, for every command that
+    reads one.  The file must be UTF-8 (a byte-order mark is accepted and
+    dropped), and ASCII outside string literals and comments: a no-break
+    space or a typographic quote pasted into an instruction is refused,
+    named, rather than left for keystone to misread.  String literals and
+    comments are as the assembler sees them (``emu.asm.strip_comment``):
+    ``"..."`` and ``'...'`` with backslash escapes; ``;``, ``#``, ``//``."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AsmError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at line {line})") from None
+    text = text.removeprefix("\ufeff")
+    if text.isascii():
+        return text
+    for lineno, line in enumerate(text.split("\n"), 1):
+        quote = None
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if quote:
+                if c == "\\":
+                    i += 1
+                elif c == quote:
+                    quote = None
+            elif c in "\"'":
+                quote = c
+            elif c in ";#" or line.startswith("//", i):
+                break
+            elif not c.isascii():
+                name = unicodedata.name(c, None)            # (control characters have none)
+                what = f"U+{ord(c):04X}" + (f" ({name})" if name else "")
+                raise AsmError(f"{path}:{lineno}: non-ASCII character {what} outside a string")
+            i += 1
+    return text
 
 
 def assemble_program(source: str, name: str, layout: Layout, extra_symbols: dict[str, int] | None = None,

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import unicodedata
 
-from emu.errors import AsmError, ConfigError
+from emu.errors import ConfigError
 from emu.hw.paging import ControlState
 from emu.linux.config import MAX_RAM, MIN_RAM, SWITCHES, MachineConfig, parse_assignments, parse_switch
 from emu.parse import parse_hex, parse_int, parse_size
@@ -185,42 +183,8 @@ def ctl_from_args(args, base: ControlState) -> ControlState:
 
 # --- program sources ------------------------------------------------------------------------
 def read_source(path) -> str:
-    """The text of an assembly source: UTF-8 (a byte-order mark is dropped),
-    ASCII outside string literals and comments.  A no-break space or a
-    typographic quote pasted into an instruction is refused and named rather
-    than left for keystone to misread.  (The same rule as
-    emu.linux.program.read_source, which replaces this once it is in main.)"""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise AsmError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at line {line})") from None
-    text = text.removeprefix("\ufeff")
-    if text.isascii():
-        return text
-    for lineno, line in enumerate(text.split("\n"), 1):
-        quote = None
-        i = 0
-        while i < len(line):
-            c = line[i]
-            if quote:
-                if c == "\\":
-                    i += 1
-                elif c == quote:
-                    quote = None
-            elif c in "\"'":
-                quote = c
-            elif c in ";#" or line.startswith("//", i):
-                break
-            elif not c.isascii():
-                name = unicodedata.name(c, None)            # control characters have none
-                what = f"U+{ord(c):04X}" + (f" ({name})" if name else "")
-                raise AsmError(f"{path}:{lineno}: non-ASCII character {what} outside a string")
-            i += 1
-    return text
+    """emu.linux.program.read_source, imported when a command reads a program
+    (the assembler stays out of the CLI's start-up)."""
+    from emu.linux.program import read_source as read
+
+    return read(path)

@@ -5,7 +5,11 @@ page_offset_base:       .quad 0     # boot: PAGE_OFFSET (__va = pa + page_offset
 pgtable_levels:         .quad 4     # boot: 4 or 5 (the image is linked for one: PGDIR_SHIFT)
 feature_pti:            .quad 0     # boot: X86_FEATURE_PTI
 feature_pcid:           .quad 0     # boot: X86_FEATURE_PCID (CR4.PCIDE on)
-feature_asi:            .quad 0     # boot: address-space isolation on
+feature_asi:            .quad 0     # boot: address-space isolation on (any design)
+asi_design:             .quad 0     # boot: ASI_DESIGN_OFF, _ON, _RFC2019 or _RFC2025 (docs/asi.md)
+feature_asi_global:     .quad 0     # boot: non-sensitive pages live in asi.global (on, rfc2025)
+asi_maps_user:          .quad 0     # boot: the restricted PGD mirrors the user half (asi_maps_user_addr)
+feature_kernel_nonglobal: .quad 0   # boot: kernel PTEs lack _PAGE_GLOBAL (PTI, or the 2025 ASI)
 feature_invpcid:        .quad 0     # boot: INVPCID usable
 feature_nx:             .quad 0     # boot: EFER.NXE
 feature_smap:           .quad 0     # boot: CR4.SMAP
@@ -24,7 +28,17 @@ direct_map_level2_splits: .quad 0
 direct_map_level3_splits: .quad 0
 nr_secret_pages:        .quad 0
 asi_exits:              .quad 0     # every asi_exit() that switched CR3
-asi_fault_exits:        .quad 0     # asi_exit() taken on a kernel #PF
+# the same exits by reason (enum asi_exit_reason order: ASI_EXIT_*)
+asi_exit_reasons:
+asi_fault_exits:        .quad 0     # a kernel #PF in the restricted table
+asi_user_return_exits:  .quad 0     # on the way back to user mode (today's model)
+asi_context_switch_exits: .quad 0   # in context_switch()
+asi_tlb_flush_exits:    .quad 0     # before a full flush of the loaded mm (flush_tlb_mm_local)
+asi_other_exits:        .quad 0     # any other: SYS_probe's full-table probes, the 2019 RFC's
+                                    # interrupts and the end of its sessions
+asi_flush_counts:       .zero 8 * 3 # ASI_FLUSH_IBPB, _RSB, _L1D issued by the taint policy
+asi_critical_findings:  .quad 0     # sensitive accesses from a critical section (the RFC's VM_WARN)
+asi_taint_policy:       .zero 24 * 2 # boot: {prevent_control, protect_data, set} per class
 
 # secretmem's pool of 2 MiB blocks (the PMD-size cache of the memfd_secret
 # series, v2..v16): pages are handed out 4 KiB at a time; each page leaves
@@ -66,6 +80,12 @@ tlbstate_next_asid:     .quad 1
 tlbstate_invalidate_other: .quad 0
 tlbstate_ctxs:          .zero 16 * 6         # TLB_NR_DYN_ASIDS x {ctx_id, tlb_gen}
 asi_curr:               .quad 0              # the mm whose restricted PGD is loaded
+asi_taints:             .quad 0              # the 2025 RFC's asi_taints (ASI_TAINT_*)
+asi2019_state:          .quad 0              # the 2019 RFC's cpu_asi_session: state,
+asi2019_mm:             .quad 0              #   the mm whose restricted table the session uses,
+asi2019_original_cr3:   .quad 0              #   the CR3 to restore,
+asi2019_abort_depth:    .quad 0              #   nested handlers that aborted it,
+asi2019_cr3:            .quad 0              #   and the restricted CR3 it loaded
 irq_count:              .quad 0
 last_irq_cr3:           .quad 0
 irq_touch_addr:         .quad 0              # tests: an address the timer handler reads

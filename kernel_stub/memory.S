@@ -185,6 +185,8 @@ free_pgtables:
     add rax, PAGE_SIZE
     SET_ENTRY rax, 0
 .Lfpt_asi:
+    cmp qword ptr [asi_maps_user], 0
+    je .Lfpt_next
     mov rax, qword ptr [rbx + MM_asi_pgd_va]
     test rax, rax
     jz .Lfpt_next

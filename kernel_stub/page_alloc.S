@@ -17,7 +17,7 @@ alloc_page:
     jz .Lap_done
     test r12, HC_SENSITIVE
     jnz .Lap_done
-    cmp qword ptr [feature_asi], 0
+    cmp qword ptr [feature_asi_global], 0
     je .Lap_done
     mov rdi, rax
     call asi_map_page
@@ -33,7 +33,7 @@ free_page:
     mov rbx, rdi
     test rsi, HC_SENSITIVE
     jnz .Lfp_free
-    cmp qword ptr [feature_asi], 0
+    cmp qword ptr [feature_asi_global], 0
     je .Lfp_free
     call asi_unmap_page
 .Lfp_free:

@@ -93,7 +93,8 @@ walk_to:
 # set_pgd_user(pgdp, value, mm): a new user-half top-level entry.
 # PTI (__pti_set_user_pgtbl): the user PGD (pgdp + 4 KiB) gets the value as
 # is; the kernel copy gets NX when the entry is present and user.
-# ASI (asi_clone_user_pgtbl): the mm's restricted PGD gets the kernel copy.
+# ASI (asi_clone_user_pgtbl): the mm's restricted PGD gets the kernel copy when
+# the class maps user addresses (asi_maps_user_addr: the userspace class).
 set_pgd_user:
     cmp qword ptr [feature_pti], 0
     je .Lspu_kernel
@@ -110,6 +111,8 @@ set_pgd_user:
     SET_ENTRY rdi, rsi
     test rdx, rdx
     jz .Lspu_done
+    cmp qword ptr [asi_maps_user], 0
+    je .Lspu_done
     mov rax, qword ptr [rdx + MM_asi_pgd_va]
     test rax, rax
     jz .Lspu_done

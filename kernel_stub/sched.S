@@ -46,14 +46,23 @@ schedule:
     je .Lsch_done
     jmp machine_halt
 
-# context_switch(prev, next): leave ASI (RFCv2), switch the mm, then the
-# kernel stack.  A new task's stack returns into ret_from_fork.
+# context_switch(prev, next): leave ASI (RFC v2: "we can't handle context
+# switching in the restricted address space yet"; the 2019 RFC aborts its
+# session), switch the mm (the 2025 RFC's taints of the old domain become
+# "other MM" taints), then the kernel stack.  A new task's stack returns into
+# ret_from_fork.
 context_switch:
     push rbx
     push r12
     mov rbx, rdi
     mov r12, rsi
+    mov edi, ASI_EXIT_CONTEXT_SWITCH
     call asi_exit
+    mov rax, qword ptr [rbx + TASK_mm]
+    cmp rax, qword ptr [r12 + TASK_mm]
+    je .Lcs_same_mm
+    call asi_handle_switch_mm
+.Lcs_same_mm:
     mov rdi, qword ptr [rbx + TASK_mm]
     mov rsi, qword ptr [r12 + TASK_mm]
     call switch_mm_irqs_off

@@ -3,22 +3,20 @@
 
 .text
 
-# do_syscall_64(regs, nr).  With ASI on, a syscall runs in the process's
-# restricted address space (asi_enter, then asi_relax: the kernel stays on the
-# restricted tables until it touches sensitive data, which exits ASI), and
-# leaves ASI before returning.  IRQs are on while the call runs.
+# do_syscall_64(regs, nr).  A syscall runs in the process's restricted address
+# space with today's model (asi_enter, then asi_relax: the kernel stays on the
+# restricted tables until it touches sensitive data, which exits ASI) and
+# leaves ASI before returning; with the 2025 RFC it starts on the restricted
+# table the user ran on (asi_relax ends the user's critical section) and
+# enters it again on the way out (asi.S: asi_syscall_enter/exit).  IRQs are on
+# while the call runs.
 do_syscall_64:
     SAVE_CALLEE
     mov rbx, rdi
     mov r12, rsi
     mov qword ptr [cur_syscall_regs], rbx
     sti
-    cmp qword ptr [feature_asi], 0
-    je .Lds_dispatch
-    GET_CURRENT rdi
-    mov rdi, qword ptr [rdi + TASK_mm]
-    call asi_enter
-    call asi_relax
+    call asi_syscall_enter
 .Lds_dispatch:
     cmp r12, NR_SYSCALLS_TABLE
     jae .Lds_enosys
@@ -39,7 +37,7 @@ do_syscall_64:
 .Lds_store:
     mov qword ptr [rbx + PT_RAX], rax
     cli
-    call asi_exit
+    call asi_syscall_exit
     RESTORE_CALLEE
     ret
 
@@ -340,8 +338,12 @@ sys_rt_sigaction:
 # faulted; r8 = 1 if an ASI exit happened; r9 = the vector (14, or 13 for a
 # non-canonical address).  access: 0 read, 1 write, 2 execute (a call to va,
 # which should hold a 'ret').  space: 0 the full kernel page table, 1 the
-# process's ASI restricted one.  User addresses are touched with STAC/CLAC,
-# as copy_from_user does.  A write first reads the byte and writes the same
+# process's ASI restricted one (relaxed: asi_enter then asi_relax; with the
+# 2019 RFC a session of the KVM class, ended by asi_exit), 2 the restricted one
+# inside the critical section (asi_enter, the access, then asi_relax: what a
+# class's untrusted-code path may not do; not with the 2019 RFC, which has no
+# critical section).  User addresses are touched with STAC/CLAC, as
+# copy_from_user does.  A write first reads the byte and writes the same
 # value back, so memory never changes; a page that cannot be read cannot be
 # written either, so the write still reports its own error code.
 sys_probe:
@@ -358,17 +360,27 @@ sys_probe:
     ja .Lpr_inval
     test r13, r13
     jz .Lpr_full
-    cmp r13, 1
-    jne .Lpr_inval
+    cmp r13, 2
+    ja .Lpr_inval
     cmp qword ptr [feature_asi], 0
     je .Lpr_inval
+    cmp r13, 1
+    je .Lpr_enter
+    cmp qword ptr [asi_design], ASI_DESIGN_RFC2019
+    je .Lpr_inval
+.Lpr_enter:
     GET_CURRENT rdi
     mov rdi, qword ptr [rdi + TASK_mm]
     call asi_enter
 probe_asi_critical:
+    cmp r13, 2
+    je .Lpr_go
+    cmp qword ptr [asi_design], ASI_DESIGN_RFC2019
+    je .Lpr_go
     call asi_relax
     jmp .Lpr_go
 .Lpr_full:
+    mov edi, ASI_EXIT_MISC
     call asi_exit
 .Lpr_go:
     mov r14, asi_exits
@@ -405,8 +417,23 @@ probe_fixup:
     mov rax, -EFAULT
 .Lpr_report:
     cmp r14, qword ptr [asi_exits]
-    je .Lpr_out
+    je .Lpr_end_section
     mov qword ptr [r15 + PT_R8], 1
+.Lpr_end_section:
+    push rax
+    cmp r13, 1
+    jb .Lpr_ended
+    ja .Lpr_relax
+    # the 2019 RFC's session ends here (KVM leaves its space before returning)
+    cmp qword ptr [asi_design], ASI_DESIGN_RFC2019
+    jne .Lpr_ended
+    mov edi, ASI_EXIT_MISC
+    call asi_exit
+    jmp .Lpr_ended
+.Lpr_relax:
+    call asi_relax
+.Lpr_ended:
+    pop rax
     jmp .Lpr_out
 .Lpr_inval:
     mov rax, -EINVAL

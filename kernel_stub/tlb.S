@@ -62,11 +62,12 @@ flush_tlb_one_user:
 .Lftu_done:
     ret
 
-# flush_tlb_one_kernel(va): with PTI kernel mappings are not global, so every
-# other ASID must be flushed too (invalidate_other)
+# flush_tlb_one_kernel(va): with PTI, or the 2025 RFC's ASI, kernel mappings
+# are not global, so every other ASID must be flushed too (invalidate_other;
+# RFC v2 20/29 adds the ASI case)
 flush_tlb_one_kernel:
     call flush_tlb_one_user
-    cmp qword ptr [feature_pti], 0
+    cmp qword ptr [feature_kernel_nonglobal], 0
     je .Lftk_done
     mov qword ptr gs:[tlbstate_invalidate_other], 1
 .Lftk_done:
@@ -77,7 +78,8 @@ flush_tlb_one_kernel:
 # by reloading CR3 without NOFLUSH, and, with ASI, every ASI PCID of this ASID
 # lazily (they are entered only with a flushing CR3 write)
 flush_tlb_mm_local:
-    call asi_exit                       # a TLB flush leaves ASI (the ASI RFC's exit reasons)
+    mov edi, ASI_EXIT_TLB_FLUSH         # the restricted CR3 is unstable: leave ASI first (RFC v2 20/29)
+    call asi_exit
     mov rdi, qword ptr gs:[tlbstate_loaded_mm_asid]
     call invalidate_user_asid
     mov rax, cr3

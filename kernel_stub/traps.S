@@ -118,21 +118,42 @@ exc_page_fault:
     mov r13, cr2
     test byte ptr [rbx + PT_CS], 3
     jnz .Lpf_user
-    # kernel mode.  While an ASI restricted page table is loaded, first leave
-    # it; if the access succeeds on the full tables, retry the instruction
-    # (2025 RFCv2: "asi_exit() on PF, skip handling if address is accessible").
+    # kernel mode.  The 2019 RFC: the entry already aborted the session (asi.S);
+    # a fault it caused is reported handled and retried on the full tables.
+    cmp qword ptr [asi_design], ASI_DESIGN_RFC2019
+    jne .Lpf_asi_v2
+    call asi2019_fault
+    test eax, eax
+    jz .Lpf_no_asi
+    .hook asi2019_fault_exit
+asi2019_fault_handled:
+    jmp .Lpf_done
+.Lpf_asi_v2:
+    # RFC v2 mechanics: while an ASI restricted page table is loaded, first
+    # leave it; if the access succeeds on the full tables, retry the
+    # instruction ("asi_exit() on PF, skip handling if address is accessible").
+    # A fault that interrupted a critical section ends it; if the access was
+    # to memory the full tables map, it is a finding (fault.c's VM_WARN_ONCE
+    # "ASI-sensitive data access from critical section").
     cmp qword ptr gs:[asi_curr], 0
     je .Lpf_no_asi
     .hook asi_fault_exit
 asi_exit_on_fault:
+    mov edi, ASI_EXIT_PAGE_FAULT
     call asi_exit
-    inc qword ptr [asi_fault_exits]
-    call asi_abort_critical_section
+    call asi_critical_fault
+    mov r14, rax
     mov rdi, r13
     mov rsi, r12
     call kernel_access_ok
     test eax, eax
-    jnz .Lpf_done
+    jz .Lpf_no_asi
+    test r14, r14
+    jz .Lpf_done
+    .hook asi_critical_access
+asi_critical_access_found:
+    inc qword ptr [asi_critical_findings]
+    jmp .Lpf_done
 .Lpf_no_asi:
     # a user address touched by the kernel (copy_to_user...): demand paging as
     # do_user_addr_fault does, unless SMAP forbids the access (AC clear)

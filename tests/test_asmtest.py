@@ -188,9 +188,11 @@ EXPECT_CASES = [
     ('; expect: output ""', "output ", dict(kind="output", output="")),
     ("; expect[pti=off]: probe ok", "probe ok", dict(kind="ok", label="probe", when={"pti": (False,)})),
     ("; expect[pti=off,asi=on|off]: probe ok", "probe ok",
-     dict(kind="ok", label="probe", when={"pti": (False,), "asi": (True, False)})),
+     dict(kind="ok", label="probe", when={"pti": (False,), "asi": ("on", "off")})),
     ("; expect[pti=off asi=on]: probe ok", "probe ok",
-     dict(kind="ok", label="probe", when={"pti": (False,), "asi": (True,)})),
+     dict(kind="ok", label="probe", when={"pti": (False,), "asi": ("on",)})),
+    ("; expect[asi=RFC2019|rfc2025]: probe ok", "probe ok",
+     dict(kind="ok", label="probe", when={"asi": ("rfc2019", "rfc2025")})),
 ]
 UNSET = dict(label=None, vector=None, error_code=None, regs={}, output=None, space=None, when={})
 
@@ -199,6 +201,8 @@ UNSET = dict(label=None, vector=None, error_code=None, regs={}, output=None, spa
 def test_parse_expectation(header, canonical, fields):
     if "[pti=off" in header:          # a condition must be able to hold
         header = "; isoemu: pti=on|off\n" + header
+    if "[asi=RFC" in header:
+        header = "; isoemu: asi=rfc2019|rfc2025\n" + header
     t = parse_one(header)
     [e] = t.processes[0].expectations
     got = {k: getattr(e, k) for k in ["kind", *UNSET]}
@@ -212,7 +216,7 @@ VARIANT_CASES = [
     ("; nothing", None, [("", {})], 2_000_000),
     ("; isoemu: pti=off", None, [("", {"pti": False})], 2_000_000),
     ("; isoemu: pti=on pcid=off asi=off smap=off smep=off la57=on", None,
-     [("", {"pcid": False, "asi": False, "smap": False, "smep": False, "la57": True})], 2_000_000),
+     [("", {"pcid": False, "asi": "off", "smap": False, "smep": False, "la57": True})], 2_000_000),
     ("# isoemu: nx=off pke=on invpcid=off ram=1G", None,
      [("", {"nx": False, "pke": True, "invpcid": False, "ram": 1 << 30})], 2_000_000),
     ("; isoemu: PTI=OFF budget=5000", None, [("", {"pti": False})], 5000),
@@ -224,8 +228,16 @@ VARIANT_CASES = [
     ("; isoemu: pti=off ; the Meltdown layout", None, [("", {"pti": False})], 2_000_000),
     ("; isoemu: pti=on|off", None, [("pti=on", {}), ("pti=off", {"pti": False})], 2_000_000),
     ("; isoemu: pti=on|off asi=off|on", None,
-     [("pti=on,asi=off", {"asi": False}), ("pti=on,asi=on", {}),
-      ("pti=off,asi=off", {"pti": False, "asi": False}), ("pti=off,asi=on", {"pti": False})], 2_000_000),
+     [("pti=on,asi=off", {"asi": "off"}), ("pti=on,asi=on", {}),
+      ("pti=off,asi=off", {"pti": False, "asi": "off"}), ("pti=off,asi=on", {"pti": False})], 2_000_000),
+    # the ASI designs: pti left unset follows the design (off with rfc2025)
+    ("; isoemu: asi=off|on|RFC2019|rfc2025", None,
+     [("asi=off", {"asi": "off"}), ("asi=on", {}), ("asi=rfc2019", {"asi": "rfc2019"}),
+      ("asi=rfc2025", {"asi": "rfc2025", "pti": False})], 2_000_000),
+    ("; isoemu: pti=off asi=on|rfc2025", None,
+     [("asi=on", {"pti": False}), ("asi=rfc2025", {"asi": "rfc2025", "pti": False})], 2_000_000),
+    ("; isoemu: asi=rfc2019 pti=on|off", None,
+     [("pti=on", {"asi": "rfc2019"}), ("pti=off", {"asi": "rfc2019", "pti": False})], 2_000_000),
     ("; isoemu: ram=256M|1G la57=on", None, [("ram=256M", {"la57": True}), ("ram=1G", {"la57": True,
                                                                                        "ram": 1 << 30})],
      2_000_000),
@@ -233,7 +245,7 @@ VARIANT_CASES = [
      2_000_000),
     # overrides (isoemu test --set, pytest --isoemu-set): an overridden switch multiplies nothing
     ("; isoemu: pti=on|off asi=on|off", {"pti": "off"},
-     [("asi=on", {"pti": False}), ("asi=off", {"pti": False, "asi": False})], 2_000_000),
+     [("asi=on", {"pti": False}), ("asi=off", {"pti": False, "asi": "off"})], 2_000_000),
     ("; isoemu: pti=on|off asi=on|off", {"pti": "off", "asi": "on"}, [("", {"pti": False})], 2_000_000),
     ("; isoemu: pti=on", {"pti": "off"}, [("", {"pti": False})], 2_000_000),
     ("; nothing", {"la57": "on", "ram": "512M"}, [("", {"la57": True, "ram": 512 << 20})], 2_000_000),
@@ -270,6 +282,13 @@ ERROR_CASES = [
     ("; isoemu: pti=on pti=off", "pti is already set differently at line 1"),
     ("; isoemu: pti=on|on", "pti=on|on: on is given twice"),
     ("; isoemu[pti=off]: asi=off", "isoemu takes no [conditions]: only expect does"),
+    ("; isoemu: asi=rfc2024", "asi=rfc2024: use one of off, on, rfc2019, rfc2025 (did you mean 'rfc2025'?)"),
+    ("; isoemu: asi=maybe", "asi=maybe: use one of off, on, rfc2019, rfc2025"),
+    # a combination no single setting refuses: the 2025 RFC runs without PTI
+    ("; isoemu: pti=on asi=rfc2025", "asi=rfc2025 runs without PTI (the RFC disables it: 'disabled by ASI'); "
+                                     "drop pti=on, or use asi=on for PTI with ASI"),
+    ("; isoemu: pti=on|off asi=rfc2025", "asi=rfc2025 runs without PTI (the RFC disables it: 'disabled by "
+                                         "ASI'); drop pti=on, or use asi=on for PTI with ASI"),
     ("; process[pti=off]: B", "process takes no [conditions]: only expect does"),
     # conditions
     ("; expect[]: probe ok", "empty [conditions]: write e.g. expect[pti=off]"),

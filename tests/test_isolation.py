@@ -67,19 +67,32 @@ def test_split_counter_stays_after_release(matrix):
     assert before["direct_map_level2_splits"] == after["direct_map_level2_splits"] == 1
 
 
+WITH_ASI = ["A.user", "A.kernel", "A.asi", "B.user"]
+
+
 @pytest.mark.parametrize("cfg,columns", [
-    (MachineConfig(), ["A.user", "A.kernel", "A.asi", "B.user"]),
-    (MachineConfig(pti=False), ["A.user", "A.kernel", "A.asi", "B.user"]),
+    (MachineConfig(), WITH_ASI),
+    (MachineConfig(pti=False), WITH_ASI),
     (MachineConfig(asi=False), ["A.user", "A.kernel", "B.user"]),
-    (MachineConfig(pcid=False), ["A.user", "A.kernel", "A.asi", "B.user"]),
-    (MachineConfig(la57=True), ["A.user", "A.kernel", "A.asi", "B.user"]),
-])
+    (MachineConfig(pti=False, asi=False), ["A.user", "A.kernel", "B.user"]),
+    (MachineConfig(pcid=False), WITH_ASI),
+    (MachineConfig(la57=True), WITH_ASI),
+    # the designs of docs/asi.md
+    (MachineConfig(asi="rfc2019"), WITH_ASI),
+    (MachineConfig(asi="rfc2019", pti=False), WITH_ASI),
+    (MachineConfig(asi="rfc2019", pcid=False), WITH_ASI),
+    (MachineConfig(asi="rfc2019", la57=True), WITH_ASI),
+    (MachineConfig(asi="rfc2025"), WITH_ASI),
+    (MachineConfig(asi="rfc2025", pcid=False), WITH_ASI),
+    (MachineConfig(asi="rfc2025", invpcid=False), WITH_ASI),
+    (MachineConfig(asi="rfc2025", la57=True), WITH_ASI),
+], ids=lambda v: v.describe().replace(" ", ",") if isinstance(v, MachineConfig) else "")
 def test_every_cell_matches_linux(cfg, columns):
     r = run_matrix(cfg)
     assert r.spaces == columns
-    # 11 regions x r/w/x in each of A's spaces; B.user has no released row
-    # (B never owned the secret page)
-    assert len(r.cells) == 33 * (len(columns) - 1) + 30
+    # 12 regions x r/w/x in each of A's spaces, then the released secret's row;
+    # B.user has no released row (B never owned the secret page)
+    assert len(r.cells) == 39 * (len(columns) - 1) + 36
     assert [(c.region, c.space, c.access, c.got.text(), c.want.text()) for c in r.mismatches] == []
 
 
@@ -115,6 +128,13 @@ GETPID = ("_start:\n    mov eax, SYS_getpid\n    syscall\nsecond:\n    mov eax, 
         ("entry_SYSCALL_64", pgd),
         ("syscall_return_via_sysret", pgd | 0x1000)]),
     (MachineConfig(pti=False, asi=False), lambda pgd, asi: []),
+    # the 2019 RFC enters its restricted space only for its class (SYS_probe's
+    # sessions here): a syscall is PTI's two writes
+    (MachineConfig(asi="rfc2019"), lambda pgd, asi: [
+        ("entry_SYSCALL_64", pgd | 0x1 | NOFLUSH),
+        ("syscall_return_via_sysret", pgd | 0x1000 | 0x800 | 0x1 | NOFLUSH)]),
+    # the 2025 RFC: the syscall runs on the restricted table the user ran on
+    (MachineConfig(asi="rfc2025"), lambda pgd, asi: []),
 ])
 def test_cr3_on_syscall_entry_and_exit(cfg, expect):
     """The CR3 writes of one getpid round trip (the second one: the first

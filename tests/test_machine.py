@@ -294,7 +294,8 @@ SYSCALL_CASES = [
     ((abi.SYSCALLS["probe"], "VMALLOC_START + 0x800000", 1, 0, 0, 0, 0), -14),
     ((abi.SYSCALLS["probe"], 0x8000000000000000, 0, 0, 0, 0, 0), -14),
     ((abi.SYSCALLS["probe"], "KERNEL_DATA", 3, 0, 0, 0, 0), -22),
-    ((abi.SYSCALLS["probe"], "KERNEL_DATA", 0, 2, 0, 0, 0), -22),
+    ((abi.SYSCALLS["probe"], "KERNEL_DATA", 0, 3, 0, 0, 0), -22),
+    ((abi.SYSCALLS["probe"], "KERNEL_DATA", 0, 2, 0, 0, 0), 0),      # in the critical section
     ((abi.SYSCALLS["probe"], "KERNEL_DATA", 0, 0, 0, 0, 0), 0),
     ((abi.SYSCALLS["direct_map_alias"], 0x500000, 0, 0, 0, 0, 0), -14),
     ((abi.SYSCALLS["direct_map_alias"], "KERNEL_TEXT", 0, 0, 0, 0, 0), -14),

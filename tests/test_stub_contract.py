@@ -94,12 +94,14 @@ def test_every_cr3_write_of_the_stub_is_declared():
     for levels in (4, 5):
         img = link_kernel(layout_for(levels))
         cr3 = img.sites_of("cr3_write")
-        # 3 in switch_mm, 2 in ASI, 1 in flush_tlb_mm_local, 5 expansions of the PTI
-        # macros (all NOFLUSH-capable, as is switch_mm's reuse of an ASID without a flush)
-        assert len(cr3) == 11 and sum(s.noflush for s in cr3) == 6
+        # 3 in switch_mm, 6 in ASI (__asi_enter; asi_exit and its injected NOFLUSH twin;
+        # the 2019 RFC's enter, its injected twin, and its restore), 1 in
+        # flush_tlb_mm_local, 5 expansions of the PTI macros (all NOFLUSH-capable, as is
+        # switch_mm's reuse of an ASID without a flush, and the two injected twins)
+        assert len(cr3) == 15 and sum(s.noflush for s in cr3) == 8
         assert {s.name for s in img.sites_of("hook")} == {
-            "exit", "asi_fault_exit", "asi_abort", "syscall_return", "pgtable_write",
-            "return_to_user_sysret", "return_to_user_iret"}
+            "exit", "asi_fault_exit", "asi2019_fault_exit", "asi_abort", "asi_critical_access", "asi_flush",
+            "syscall_return", "pgtable_write", "return_to_user_sysret", "return_to_user_iret"}
         assert all(ends_translation_block(s.after) for s in img.sites_of("hook"))
 
 

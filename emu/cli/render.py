@@ -91,7 +91,7 @@ EVENT_KINDS = {
     "syscall": ("syscall", "syscall_return"),
     "fault": ("exception",),
     "interrupt": ("interrupt",),
-    "asi": ("asi_exit", "asi_abort"),
+    "asi": ("asi_exit", "asi_abort", "asi_flush", "asi_finding"),
     "alloc": ("alloc", "alloc_failed", "free", "bad_free", "bad_hypercall"),
     "exit": ("exit",),
     "frame": ("frame_write",),
@@ -159,6 +159,10 @@ _FORMATS = {
     "asi_exit": lambda d: "asi-exit forced by " + describe_exception(14, d["error_code"], d["address"], d["rip"],
                                                                      d["symbol"], d.get("space")),
     "asi_abort": lambda d: f"asi-abort at {d['symbol']}",
+    "asi_flush": lambda d: f"asi-flush {d['flush']} at {d['symbol']} (taints: {', '.join(d['taints']) or 'none'})",
+    "asi_finding": lambda d: (f"asi-finding {d['finding']}: {d['address']:#x} "
+                              f"({error_code_words(d['error_code'])}) at {d['symbol']}, not mapped in "
+                              f"{d['restricted']}"),
     "alloc": lambda d: (f"alloc {d['pa']:#x} order {d['order']} {d['frame_kind']}"
                         + (" sensitive" if d.get("sensitive") else "")),
     "alloc_failed": lambda d: f"alloc-failed order {d['order']} kind {d['frame_kind']}: {d['reason']}",

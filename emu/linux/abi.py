@@ -135,9 +135,47 @@ SECRET_POOL_BLOCKS = 8            # 2 MiB blocks in secretmem's pool
 EX_TYPE_DEFAULT, EX_TYPE_CALL = 0, 1
 EX_TABLE_MAX = 128
 
-# ASI (2025 RFCv2): PCID bits just below PTI's user bit 11
+# ASI (docs/asi.md).  The designs, as the stub's asi_design word holds them
+ASI_DESIGN = {"off": 0, "on": 1, "rfc2019": 2, "rfc2025": 3}
+# 2025 RFC v2: PCID bits just below PTI's user bit 11; classes of include/asm-generic/asi.h
 X86_CR3_ASI_PCID_BITS_SHIFT = 9
-ASI_CLASS_USERSPACE = 1           # class id; asi_pcid = kern_pcid | (class + 1) << 9
+ASI_CLASS_KVM, ASI_CLASS_USERSPACE = 0, 1      # asi_pcid = kern_pcid | (class + 1) << 9
+# why asi_exit() left the restricted table (enum asi_exit_reason of the ASI branch's
+# include/linux/asi_exit.h), and the names Machine.stats() gives their counters
+ASI_EXIT_REASONS = {"ASI_EXIT_PAGE_FAULT": 0, "ASI_EXIT_USER_RET": 1, "ASI_EXIT_CONTEXT_SWITCH": 2,
+                    "ASI_EXIT_TLB_FLUSH": 3, "ASI_EXIT_MISC": 4}
+ASI_EXIT_STATS = ("asi_fault_exits", "asi_user_return_exits", "asi_context_switch_exits",
+                  "asi_tlb_flush_exits", "asi_other_exits")
+# the RFC v2 taints (arch/x86/include/asm/asi.h there): what uarch state a domain may leave
+ASI_TAINTS = {"ASI_TAINT_KERNEL_DATA": 1 << 0, "ASI_TAINT_USER_DATA": 1 << 1, "ASI_TAINT_GUEST_DATA": 1 << 2,
+              "ASI_TAINT_OTHER_MM_DATA": 1 << 3, "ASI_TAINT_USER_CONTROL": 1 << 4,
+              "ASI_TAINT_GUEST_CONTROL": 1 << 5, "ASI_TAINT_OTHER_MM_CONTROL": 1 << 6}
+_T = ASI_TAINTS
+ASI_TAINT_MASKS = {
+    "ASI_TAINTS_CONTROL_MASK": _T["ASI_TAINT_USER_CONTROL"] | _T["ASI_TAINT_GUEST_CONTROL"]
+    | _T["ASI_TAINT_OTHER_MM_CONTROL"],
+    "ASI_TAINTS_DATA_MASK": _T["ASI_TAINT_KERNEL_DATA"] | _T["ASI_TAINT_USER_DATA"] | _T["ASI_TAINT_OTHER_MM_DATA"],
+    "ASI_TAINTS_GUEST_MASK": _T["ASI_TAINT_GUEST_DATA"] | _T["ASI_TAINT_GUEST_CONTROL"],
+    "ASI_TAINTS_USER_MASK": _T["ASI_TAINT_USER_DATA"] | _T["ASI_TAINT_USER_CONTROL"],
+}
+# struct asi_taint_policy per class: (prevent_control, protect_data, set).  Userspace:
+# asi_init_userspace_class(); KVM: kvm_x86_init_asi_class() on a CPU without
+# IBPB_ON_VMEXIT (the patch assigns set = GUEST_CONTROL, replacing GUEST_DATA)
+ASI_TAINT_POLICY = {
+    ASI_CLASS_KVM: (_T["ASI_TAINT_OTHER_MM_CONTROL"],
+                    _T["ASI_TAINT_KERNEL_DATA"] | _T["ASI_TAINT_OTHER_MM_DATA"] | _T["ASI_TAINT_USER_DATA"],
+                    _T["ASI_TAINT_GUEST_CONTROL"]),
+    ASI_CLASS_USERSPACE: (_T["ASI_TAINT_GUEST_CONTROL"] | _T["ASI_TAINT_OTHER_MM_CONTROL"],
+                          _T["ASI_TAINT_KERNEL_DATA"] | _T["ASI_TAINT_OTHER_MM_DATA"],
+                          _T["ASI_TAINT_USER_CONTROL"] | _T["ASI_TAINT_USER_DATA"]),
+}
+# the flushes the taint policy issues (maybe_flush_control: IBPB and the RSB fill;
+# maybe_flush_data: the L1D flush of arch/x86/lib/l1tf.c), as event and counter names
+ASI_FLUSHES = ("ibpb", "rsb", "l1d")
+RSB_CLEAR_LOOPS = 32              # arch/x86/include/asm/nospec-branch.h
+# the 2019 RFC's per-CPU session (enum asi_session_state)
+ASI_SESSION_STATE = {"ASI_SESSION_STATE_INACTIVE": 0, "ASI_SESSION_STATE_ACTIVE": 1,
+                     "ASI_SESSION_STATE_ABORTED": 2}
 
 # user address-space layout for programs
 USER_TEXT = 0x400000
@@ -238,12 +276,24 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
               "UC_MCONTEXT": UC_MCONTEXT, "SI_SIGNO": SI_SIGNO, "SI_CODE": SI_CODE, "SI_ADDR": SI_ADDR,
               "SEGV_MAPERR": SEGV_MAPERR, "SEGV_ACCERR": SEGV_ACCERR,
               "ASI_PCID_SHIFT": X86_CR3_ASI_PCID_BITS_SHIFT, "ASI_CLASS_USERSPACE": ASI_CLASS_USERSPACE,
+              "ASI_CLASS_KVM": ASI_CLASS_KVM, "RSB_CLEAR_LOOPS": RSB_CLEAR_LOOPS,
+              "NR_ASI_EXIT_REASONS": len(ASI_EXIT_REASONS),
               "THREAD_SIZE": THREAD_SIZE, "SECRET_POOL_BLOCKS": SECRET_POOL_BLOCKS,
               "EX_TYPE_DEFAULT": EX_TYPE_DEFAULT, "EX_TYPE_CALL": EX_TYPE_CALL,
               "EX_TABLE_MAX": EX_TABLE_MAX,
               "PAGE_OFFSET": layout.page_offset, "MMAP_BASE": MMAP_BASE,
               "USER_STACK_TOP": USER_STACK_TOP, "USER_HALF_END": layout.user_end,
               "KERNEL_PHYS": KERNEL_PHYS, "KERNEL_TEXT_VA": layout.kernel_text})
+    s.update({f"ASI_DESIGN_{k.upper()}": v for k, v in ASI_DESIGN.items()})
+    s.update(ASI_EXIT_REASONS)
+    s.update(ASI_TAINTS)
+    s.update(ASI_TAINT_MASKS)
+    # negated for 'and' (keystone cannot negate a symbol)
+    s.update({f"NOT_{k}": ~v for k, v in ASI_TAINT_MASKS.items()})
+    s["NOT_ASI_TAINTS_GUEST_USER_MASK"] = ~(ASI_TAINT_MASKS["ASI_TAINTS_GUEST_MASK"]
+                                            | ASI_TAINT_MASKS["ASI_TAINTS_USER_MASK"])
+    s.update({f"ASI_FLUSH_{k.upper()}": i for i, k in enumerate(ASI_FLUSHES)})
+    s.update(ASI_SESSION_STATE)
     s.update({f"FRAME_{k.name}": int(k) for k in FrameKind})
     s.update({f"PT_{k.upper()}": v for k, v in PT.items()})
     s.update({f"TASK_{k}": v for k, v in TASK.items()})

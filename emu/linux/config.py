@@ -1,10 +1,18 @@
 """The machine's switches: one table for the asm test headers, ``--set`` and the API.
 
-Each switch has a name, a kind (on/off, or a size), a default (the default
-machine: PTI, PCID, ASI, SMEP, SMAP and NX on, 4-level paging, 256 MiB) and
-one line of help.  ``; isoemu: pti=off`` in a test, ``isoemu matrix --set
-pti=off`` and ``MachineConfig(pti=False)`` mean the same thing.  An unknown
-switch or value is refused with the nearest known one.
+Each switch has a name, a kind (on/off, a choice, names, or a size), a
+default (the default machine: PTI, PCID, ASI, SMEP, SMAP and NX on, 4-level
+paging, 256 MiB) and one line of help.  ``; isoemu: pti=off`` in a test,
+``isoemu matrix --set pti=off`` and ``MachineConfig(pti=False)`` mean the same
+thing.  An unknown switch or value is refused with the nearest known one.
+
+``asi`` chooses the address-space isolation design (docs/asi.md): ``off``,
+``on`` (today's model: PTI and ASI together), ``rfc2019`` (the 2019 Oracle
+RFC: PTI's two tables plus a restricted space entered for a class) and
+``rfc2025`` (the 2025 Google RFC v2: PTI disabled, user code on the
+restricted table).  ``pti`` left unset follows the design, as the 2025 RFC's
+pti_check_boottime_disable() does: off with ``asi=rfc2025``, on otherwise; an
+explicit ``pti=on`` with ``asi=rfc2025`` is refused.
 """
 
 from __future__ import annotations
@@ -39,12 +47,30 @@ INJECTIONS = {
     "secretmem_free_before_restore": "releasing a secret page frees it before its direct-map entry is "
                                      "restored (the order 6f86d0534fdd fixed)",
     "asi_unmap_noflush": "ASI's unmap of a non-sensitive page skips its flush",
+    "asi_exit_noflush": "asi_exit loads the full kernel CR3 with NOFLUSH: the kernel PCID keeps what it "
+                        "cached before ASI was entered (asi=on, rfc2025; the RFC never sets NOFLUSH on a "
+                        "transition)",
+    "asi_enter_noflush": "the 2019 RFC's asi_enter loads the restricted CR3 with NOFLUSH: PCID 0, shared by "
+                         "every restricted table, keeps another session's translations (asi=rfc2019)",
+}
+
+#: the ASI designs (docs/asi.md), as the ``asi`` switch names them
+ASI_DESIGNS = {
+    "off": "no address-space isolation",
+    "on": "today's model: PTI's user/kernel tables, and a restricted table entered in every syscall "
+          "(RFC v2 mechanics)",
+    "rfc2019": "the 2019 RFC (Chartre): PTI's user/kernel tables, and a restricted kernel space entered "
+               "for a class (KVM): three spaces",
+    "rfc2025": "the 2025 RFC v2 (Jackman): PTI disabled, user code runs on the restricted table (user "
+               "mappings and non-sensitive kernel memory): two spaces",
 }
 
 SWITCHES: dict[str, Switch] = {s.name: s for s in (
     Switch("pti", "bool", "page-table isolation (arch/x86/mm/pti.c)"),
     Switch("pcid", "bool", "process-context identifiers: CR4.PCIDE, tagged CR3 writes"),
-    Switch("asi", "bool", "address-space isolation (the ASI RFC series)"),
+    Switch("asi", "choice", "address-space isolation: off, on (today's model: PTI and ASI together), rfc2019 "
+           "(three spaces: user, restricted kernel, full kernel) or rfc2025 (PTI off, user code on the "
+           "restricted table); docs/asi.md", tuple(ASI_DESIGNS)),
     Switch("smep", "bool", "CR4.SMEP: no supervisor fetch from user pages"),
     Switch("smap", "bool", "CR4.SMAP: no supervisor data access to user pages unless RFLAGS.AC"),
     Switch("pke", "bool", "CR4.PKE: protection keys for user pages"),
@@ -63,15 +89,26 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
 _ON = {"on": True, "off": False}
 
 
+class AsiDesign(str):
+    """The ``asi`` switch's value: a name of ASI_DESIGNS, true when some
+    design is in.  ``if cfg.asi:`` keeps the meaning it had when the switch
+    was on/off; ``cfg.asi == "rfc2025"`` names the design."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return self != "off"
+
+
 @dataclass(frozen=True)
 class MachineConfig:
     """Switches of the built-in machine (defaults: the default machine)."""
 
     ram: int = 256 << 20
     la57: bool = False
-    pti: bool = True
+    pti: bool | None = None      # None: follow the ASI design (off with rfc2025, else on)
     pcid: bool = True
-    asi: bool = True
+    asi: str = "on"              # a name of ASI_DESIGNS; True and False mean "on" and "off"
     smep: bool = True
     smap: bool = True
     pke: bool = False
@@ -83,6 +120,19 @@ class MachineConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "inject", frozenset(self.inject))
+        if isinstance(self.asi, bool):               # MachineConfig(asi=False): the API's on/off
+            object.__setattr__(self, "asi", "on" if self.asi else "off")
+        if self.asi not in ASI_DESIGNS:
+            raise ConfigError(f"asi={self.asi}: use one of {', '.join(ASI_DESIGNS)}"
+                              f"{nearest(str(self.asi), ASI_DESIGNS)}")
+        object.__setattr__(self, "asi", AsiDesign(self.asi))
+        if self.pti is None:
+            object.__setattr__(self, "pti", self.asi != "rfc2025")
+        elif self.pti and self.asi == "rfc2025":
+            # x86/pti: "Disable PTI when ASI is on" (RFC v2 28/29): the RFC boots with PTI off
+            # whatever pti= says; a machine that claims both would be a guess
+            raise ConfigError("asi=rfc2025 runs without PTI (the RFC disables it: 'disabled by ASI'); "
+                              "drop pti=on, or use asi=on for PTI with ASI")
         for name in self.inject:
             if name not in INJECTIONS:
                 raise ConfigError(f"unknown injection {name!r}{nearest(name, INJECTIONS)}; "
@@ -101,19 +151,37 @@ class MachineConfig:
         return 5 if self.la57 else 4
 
     @property
+    def asi_on(self) -> bool:
+        """Some ASI design is in (``asi`` is not ``off``)."""
+        return self.asi != "off"
+
+    @property
+    def asi_nonsensitive(self) -> bool:
+        """The design keeps a global non-sensitive page table (asi.global) whose
+        direct map holds the non-sensitive pages: today's model and rfc2025.
+        The 2019 RFC's restricted table copies chosen kernel ranges instead."""
+        return self.asi in ("on", "rfc2025")
+
+    @property
     def global_pages(self) -> bool:
-        """PTI and ASI both clear _PAGE_GLOBAL from __default_kernel_pte_mask."""
-        return not self.pti and not self.asi
+        """PTI clears _PAGE_GLOBAL from __default_kernel_pte_mask, and so does
+        the 2025 RFC's ASI (today's model follows it); the 2019 RFC's did not."""
+        return not self.pti and not self.asi_nonsensitive
 
     def features(self) -> dict[str, bool]:
         """The stub's patchable features (``.alternative FEATURE``): the
         hardware and configuration ones, and one INJECT_NAME per injection."""
-        feats = {"PTI": self.pti, "PCID": self.pcid, "ASI": self.asi, "LA57": self.la57,
+        feats = {"PTI": self.pti, "PCID": self.pcid, "ASI": self.asi_on, "LA57": self.la57,
+                 "ASI_RFC2019": self.asi == "rfc2019", "ASI_RFC2025": self.asi == "rfc2025",
                  "SECRETMEM_PMD_CACHE": self.secretmem == "pmd-cache"}
         feats.update({f"INJECT_{n.upper()}": n in self.inject for n in INJECTIONS})
         return feats
 
     def replace(self, **changes) -> "MachineConfig":
+        """This config with ``changes``; a new ``asi`` without ``pti`` lets
+        PTI follow the new design again (``replace(asi="rfc2025")`` turns it off)."""
+        if "asi" in changes and "pti" not in changes:
+            changes["pti"] = None
         return dataclasses.replace(self, **changes)
 
     def with_switches(self, settings: dict[str, str]) -> "MachineConfig":

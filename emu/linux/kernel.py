@@ -3,10 +3,10 @@
 What Linux's early boot builds, this module builds into guest RAM before the
 stub runs: the kernel image at __START_KERNEL_map, the direct map, the
 cpu_entry_area, GDT/IDT/TSS, per-CPU data, kernel stacks, the PTI user page
-tables (arch/x86/mm/pti.c), ASI's global non-sensitive page table (2025
-RFCv2) and the processes.  From then on the stub's machine code owns every
-page table: demand paging, direct-map edits, CR3 switches and TLB flushes
-happen in the stub.  Linux policy lives here and in the stub; the CPU layer
+tables (arch/x86/mm/pti.c), the page tables of the ASI design
+(emu/linux/asi.py, docs/asi.md) and the processes.  From then on the stub's
+machine code owns every page table: demand paging, direct-map edits, CR3
+switches and TLB flushes happen in the stub.  Linux policy lives here and in the stub; the CPU layer
 knows none of it.
 """
 
@@ -17,13 +17,14 @@ import struct
 from dataclasses import dataclass, field
 
 from emu.linux import abi
+from emu.linux import asi as asi_tables
 from emu.asm import Image, link
 from emu.errors import ConfigError
 from emu.linux.config import MachineConfig
 from emu.linux.directmap import map_direct
 from emu.linux.layout import Layout, layout_for
 from emu.hw.paging import (ADDR_MASK, ControlState, KERNPG_TABLE, NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX,
-                     PAGE_TABLE, PAT_LARGE, RW, US, A, D, G, PageTable, PtiMirror, large_to_4k)
+                     PAGE_TABLE, RW, US, A, D, G, PageTable, PtiMirror)
 from emu.hw.descriptors import gate_descriptor, tss_descriptor
 from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
@@ -151,8 +152,7 @@ class Kernel:
             "direct_map_level2_splits": self.read_data("direct_map_level2_splits"),
             "direct_map_level3_splits": self.read_data("direct_map_level3_splits"),
             "secret_pages": self.read_data("nr_secret_pages"),
-            "asi_exits": self.read_data("asi_exits"),
-            "asi_fault_exits": self.read_data("asi_fault_exits"),
+            **asi_tables.stats(self),
         }
 
 
@@ -168,21 +168,21 @@ class KernelBuilder:
 
     # -- helpers ----------------------------------------------------------------
     def _kprot(self, flags: int) -> int:
-        """__default_kernel_pte_mask: no Global with PTI or ASI."""
+        """__default_kernel_pte_mask: no Global with PTI or the 2025 ASI."""
         return flags if self.cfg.global_pages else flags & ~G
 
     def _alloc(self, kind: FrameKind, owner: str = "kernel", order: int = 0) -> int:
         return self.mem.frames.alloc(kind, order, owner)
 
-    def _stub_table(self, pti: bool = False, table_flags: int = PAGE_TABLE) -> dict:
+    def stub_table(self, pti: bool = False, table_flags: int = PAGE_TABLE) -> dict:
         """What a table the stub maintains is made with: no frame references
         (the stub frees its own frames and tables), PTI's user-PGD mirror for
         a PGD pair, and __supported_pte_mask (no NX without EFER.NXE)."""
         return {"policies": (PtiMirror(),) if pti else (), "table_flags": table_flags,
                 "pte_mask": ~0 if self.cfg.nx else ~NX}
 
-    def _new_pgd(self, name: str, pair: bool) -> PageTable:
-        return PageTable.create(self.mem, self.cfg.levels, name=name, owner=name, **self._stub_table(pair))
+    def new_pgd(self, name: str, pair: bool) -> PageTable:
+        return PageTable.create(self.mem, self.cfg.levels, name=name, owner=name, **self.stub_table(pair))
 
     # -- the build ----------------------------------------------------------------
     def build(self) -> Kernel:
@@ -191,7 +191,7 @@ class KernelBuilder:
         for name, sec in img.sections.items():
             if sec.data:
                 mem.write(abi.KERNEL_PHYS + abi.KSECTIONS[name], sec.data)
-        init = self._new_pgd("kernel", cfg.pti)
+        init = self.new_pgd("kernel", cfg.pti)
         self.k = k = Kernel(cfg, mem, lay, img, init, None, lay.kernel_text + abi.KSECTIONS[".data..percpu"])
         self._patch_alternatives()
         self._map_direct(init)
@@ -202,8 +202,8 @@ class KernelBuilder:
         self._init_data()
         if cfg.pti:
             self._pti_user_tables(init)
-        if cfg.asi:
-            k.asi_global = self._asi_global(init)
+        if cfg.asi_nonsensitive:
+            k.asi_global = asi_tables.build_global(self, init)
         return k
 
     def _patch_alternatives(self) -> None:
@@ -286,13 +286,12 @@ class KernelBuilder:
         k.write_data("pgtable_levels", cfg.levels)
         k.write_data("feature_pti", int(cfg.pti))
         k.write_data("feature_pcid", int(cfg.pcid))
-        k.write_data("feature_asi", int(cfg.asi))
         k.write_data("feature_invpcid", int(cfg.invpcid))
         k.write_data("feature_nx", int(cfg.nx))
         k.write_data("feature_smap", int(cfg.smap))
         k.write_data("init_pgd_va", lay.page_offset + k.init_pgd.root)
         k.write_data("next_ctx_id", 1)
-        k.write_data("asi_class_id", abi.ASI_CLASS_USERSPACE)
+        asi_tables.init_data(k, cfg)
         counts = {12: 0, 21: 0, 30: 0}
         for leaf in k.init_pgd.leaves(lay.page_offset, lay.page_offset + self.mem.size):
             counts[{4096: 12, SIZE_2M: 21, SIZE_1G: 30}[leaf.size]] += 1
@@ -346,7 +345,7 @@ class KernelBuilder:
         lay, k = self.lay, self.k
         # pti_user_pagetable_walk_*: new tables as _KERNPG_TABLE
         user = PageTable(self.mem, init.user_root, self.cfg.levels, name="kernel.user", owner="kernel",
-                         **self._stub_table(table_flags=KERNPG_TABLE))
+                         **self.stub_table(table_flags=KERNPG_TABLE))
         top = "p4d" if self.cfg.levels == 5 else "pgd"
         # pti_clone_user_shared: the whole cpu_entry_area (pti_clone_p4d)
         user.share(init, lay.cpu_entry_area, 1 << 39, top)
@@ -362,25 +361,6 @@ class KernelBuilder:
         user.share(init, lay.espfix_base, 1 << 39, top)
         # vsyscall=xonly (the default): nothing to clone
 
-    def _asi_global(self, init: PageTable) -> PageTable:
-        """asi_global_nonsensitive_pgd: kernel image and static data, per-CPU data,
-        fixmap (the whole top slot), cpu_entry_area, espfix, vmalloc (kernel
-        stacks), and a direct map holding only non-sensitive pages."""
-        lay, k = self.lay, self.k
-        g = PageTable.create(self.mem, self.cfg.levels, name="asi.global", owner="asi", **self._stub_table())
-        top = "p4d" if self.cfg.levels == 5 else "pgd"
-        for va in (lay.kernel_map & ~((1 << 39) - 1), lay.cpu_entry_area, lay.espfix_base,
-                   lay.vmalloc_start):
-            g.share(init, va, 1 << 39, top)
-        # asi_global_init: pre-allocate the sub-PGD tables of the direct map, so
-        # every domain's copy of the kernel half shares them
-        span = 1 << g.top_shift
-        for va in range(lay.page_offset, lay.page_offset + self.mem.size, span):
-            g._slot(va, g.top_shift - 9, create=True)
-        k.write_data("asi_global_pgd_va", lay.page_offset + g.root)
-        self.asi_global = g
-        return g
-
     # -- processes -------------------------------------------------------------------
     def add_process(self, name: str, image: Image) -> Process:
         k, cfg, lay, mem = self.k, self.cfg, self.lay, self.mem
@@ -390,7 +370,7 @@ class KernelBuilder:
         if "_start" not in image.symbols:
             raise ConfigError(f"program {name!r} has no _start label")
         owner = f"{name}"
-        pgd = self._new_pgd(f"{name}.pgd", cfg.pti)
+        pgd = self.new_pgd(f"{name}.pgd", cfg.pti)
         init = k.init_pgd
         # pgd_ctor: the kernel half (and, with PTI, the user PGD's kernel half)
         half = PAGE_SIZE // 2
@@ -425,13 +405,7 @@ class KernelBuilder:
             pgd.map(abi.USER_DATA, f, PAGE_SIZE, P | RW | US | A | D | (NX if cfg.nx else 0))
             vmas.append((abi.USER_DATA, abi.USER_DATA + PAGE_SIZE, 3, 0))
         vmas.append((abi.USER_STACK_TOP - abi.USER_STACK_SIZE, abi.USER_STACK_TOP, 3, 0))
-        asi_pgd = None
-        if cfg.asi:
-            apgd = self._new_pgd(f"{name}.asi", True)      # order 1, as RFCv2 allocates it
-            g = k.asi_global
-            mem.write(apgd.root + half, mem.read(g.root + half, half))
-            mem.write(apgd.root, mem.read(pgd.root, half))          # asi_clone_user_pgtbl
-            asi_pgd = apgd.root
+        asi_pgd = asi_tables.restricted_pgd(self, name, pgd, i) if cfg.asi_on else None
         # mm_struct
         w = k.write_q
         w(mm + abi.MM["pgd"], pgd.root)
@@ -500,28 +474,5 @@ class KernelBuilder:
         k.write_percpu("tlbstate_next_asid", 1)
         k.write_percpu("tlbstate_ctxs", k.read_q(first.mm + abi.MM["ctx_id"]))
         k.write_q(k.percpu_va("tlbstate_ctxs") + 8, k.read_q(first.mm + abi.MM["tlb_gen"]))
-        if self.cfg.asi:
-            self._asi_boot_direct_map()
-
-    def _asi_boot_direct_map(self) -> None:
-        """Non-sensitive frames allocated so far get their direct-map alias in
-        the global non-sensitive table: the kernel image (2 MiB pages, with the
-        direct map's own rights) and every page-table, kernel-data and
-        kernel-stack frame.  User frames are sensitive (GFP_USER)."""
-        k, lay, g = self.k, self.lay, self.asi_global
-        init = k.init_pgd
-        for off in range(0, abi.KERNEL_IMAGE_SIZE, SIZE_2M):
-            pa = abi.KERNEL_PHYS + off
-            _, _, e = init.lookup(lay.page_offset + pa)
-            g.map(lay.page_offset + pa, pa, SIZE_2M, large_to_4k((e & ~ADDR_MASK) | (e & PAT_LARGE)),
-                  page_size=SIZE_2M)
-        frames = self.mem.frames
-        nonsensitive = {FrameKind.PGTABLE, FrameKind.KERNEL_DATA, FrameKind.KERNEL_STACK}
-        image = range(abi.KERNEL_PHYS >> 12, (abi.KERNEL_PHYS + abi.KERNEL_IMAGE_SIZE) >> 12)
-        # ASI's own tables are sensitive (allocated so in RFCv2, against recursion)
-        pfns = [pfn for pfn in range(frames.nframes)
-                if frames.kind[pfn] in nonsensitive and pfn not in image
-                and not frames.owner.get(pfn, "").endswith("asi")]
-        for pfn in pfns:
-            pa = pfn << 12
-            g.map(lay.page_offset + pa, pa, PAGE_SIZE, PAGE_KERNEL & ~G, page_size=PAGE_SIZE)
+        if self.cfg.asi_nonsensitive:
+            asi_tables.boot_direct_map(self)

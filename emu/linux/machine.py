@@ -25,6 +25,7 @@ from emu.asm import Image
 from emu.errors import AllocError, ConfigError, GuestError
 from emu.linux.config import MachineConfig
 from emu.linux.kernel import KernelBuilder, Process
+from emu.linux.asicheck import AsiCheck
 from emu.linux.tlbcheck import TlbCheck
 from emu.hw.cpu import CpuConfig
 from emu.hw.microcode import System
@@ -101,6 +102,7 @@ class Machine:
         self.cpu: System | None = None
         self.exit_hooks: list[Callable[["Machine", Process], None]] = []
         self.tlb: TlbCheck | None = None           # the TLB model's checks (config.tlb != "off")
+        self.asi: AsiCheck | None = None           # ASI findings and flush events (config.asi != "off")
         self._listeners: list[Callable[[Event], None]] = []
         self._roots: dict[int, str] = {}
         for name, prog in programs:
@@ -155,6 +157,8 @@ class Machine:
             self.tlb = TlbCheck(self)
         self._install_cr3_sites()
         self._install_probes()
+        if cfg.asi_on:
+            self.asi = AsiCheck(self)
 
     def _install_cr3_sites(self) -> None:
         """Every CR3 write the stub declares (``.cr3_write [noflush]``)."""
@@ -168,7 +172,8 @@ class Machine:
 
     # the stub's declared hooks (``.hook NAME``) and what observes them:
     # always, and only while someone records events
-    HOOKS = {"exit": "_on_exit", "asi_fault_exit": "_on_asi_fault", "asi_abort": "_on_asi_abort"}
+    HOOKS = {"exit": "_on_exit", "asi_fault_exit": "_on_asi_fault", "asi2019_fault_exit": "_on_asi2019_fault",
+             "asi_abort": "_on_asi_abort"}
     EVENT_HOOKS = {"syscall_return": "_on_syscall_return"}
 
     def _install_probes(self) -> None:
@@ -224,13 +229,14 @@ class Machine:
         return self._roots.get(cr3 & ADDR_MASK, f"cr3@{cr3 & ADDR_MASK:#x}")
 
     def spaces(self) -> dict[str, int]:
-        """name -> page-table root.  Without PTI, P.user is P.kernel."""
+        """name -> page-table root.  Without PTI, P.user is the table user code
+        runs on: P.kernel, or P.asi with the 2025 RFC (docs/asi.md)."""
         out = {}
         for root, name in self._roots.items():
             out[name] = root
         if not self.config.pti:
             for p in self.kernel.processes:
-                out[f"{p.name}.user"] = p.pgd
+                out[f"{p.name}.user"] = p.asi_pgd if self.config.asi == "rfc2025" else p.pgd
         if not self._roots:
             self._name_roots()
             return self.spaces()
@@ -258,6 +264,8 @@ class Machine:
         if self.cpu is not None:
             self.cpu.want_events = True
             self._install_event_probes()
+            if self.asi is not None:
+                self.asi.events_wanted(True)
 
     def off_event(self, fn: Callable[[Event], None]) -> None:
         """Remove a listener added with :meth:`on_event` (a detaching tracer)."""
@@ -266,6 +274,8 @@ class Machine:
         if self.cpu is not None and not self.record_events and not self._listeners:
             self.cpu.want_events = False
             self._remove_event_probes()
+            if self.asi is not None:
+                self.asi.events_wanted(False)
 
     def emit(self, kind: str, **fields) -> None:
         """Record an event (``rip``, ``cr3`` and ``pid`` are named for you)."""
@@ -376,12 +386,19 @@ class Machine:
                 fn(self, p)
         self._sink("exit", rip=addr, process=info["name"], status=status, signal=info["signal"])
 
-    def _on_asi_fault(self, addr: int) -> None:
+    def _on_asi_fault(self, addr: int, cr3: int | None = None) -> None:
+        """exc_page_fault leaving ASI: rbx = pt_regs, r12 = error code, r13 = CR2;
+        ``cr3`` the restricted CR3 it faulted on (default: the one loaded)."""
         cpu = self.cpu
         regs = cpu.reg("rbx")
         rip = self.kernel.read_q(regs + abi.PT["rip"])
         self._sink("asi_exit", rip=rip, address=cpu.reg("r13"), error_code=cpu.reg("r12"),
-                   cr3=cpu.reg("cr3"))
+                   cr3=cpu.reg("cr3") if cr3 is None else cr3)
+
+    def _on_asi2019_fault(self, addr: int) -> None:
+        """The 2019 RFC's asi_fault(): the entry already restored CR3; the
+        session kept the restricted CR3 it had loaded."""
+        self._on_asi_fault(addr, self.kernel.read_percpu("asi2019_cr3"))
 
     def _on_asi_abort(self, addr: int) -> None:
         self._sink("asi_abort", rip=addr)
@@ -487,6 +504,12 @@ class Machine:
     def findings(self) -> list:
         """The TLB model's findings so far (empty with tlb=off)."""
         return list(self.tlb.findings) if self.tlb is not None else []
+
+    @property
+    def asi_findings(self) -> list:
+        """ASI's findings so far: sensitive accesses from a critical section
+        (emu.linux.asicheck.AsiFinding; empty with asi=off)."""
+        return list(self.asi.findings) if self.asi is not None else []
 
     # -- guest memory access --------------------------------------------------------------------
     def read_virt(self, va: int, n: int, space: str | None = None) -> bytes:

@@ -10,7 +10,8 @@ A and as process B, and probes standard regions in four spaces:
 
 Every probe is machine code executed by the CPU (emu/programs/
 matrix_probe.S).  Each cell is compared with an expectation written out from
-Linux's semantics (:func:`expected`), not derived from the machine.
+Linux's semantics as tables, one per page table and design
+(emu/tools/matrix_expected.py), not derived from the machine.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from emu.linux import abi
 from emu.linux.config import MachineConfig
 from emu.linux.machine import Machine
 from emu.hw.paging import error_code_words
+from emu.tools.matrix_expected import expected_text
 
 PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs", "matrix_probe.S")
 
@@ -50,6 +52,8 @@ REGIONS = [
     Region("kernel_data", "kernel .data"),
     Region("entry_text", "a 'ret' in the entry text (PTI-cloned)"),
     Region("cpu_entry_area", "the cpu_entry_area (read-only IDT page)"),
+    Region("kernel_stack", "A's kernel stack (vmalloc space, VMAP_STACK): the current stack"),
+    Region("vmalloc", "B's kernel stack (vmalloc space): another task's"),
     Region("secret_direct_map_released", "the secret's direct-map alias after munmap and close"),
 ]
 REGION_NAMES = [r.name for r in REGIONS]
@@ -90,62 +94,19 @@ def pf(ec: int, asi_exit: bool = False) -> Outcome:
 
 # --- the expectation model (Linux semantics) ----------------------------------------
 def expected(region: str, space: str, access: str, cfg: MachineConfig) -> Outcome:
-    """What Linux does.  Error codes per SDM 4.7: bit 0 present, 1 write,
-    2 user, 4 instruction fetch."""
-    w = access == "w"
-    x = access == "x"
-    if space in ("A.user", "B.user"):
-        # CPL3: U/S must allow, W for writes, no NX for fetches
-        user = 4
-        acc = (2 if w else 0) | (16 if x else 0)
-        if region == "secret_user" and space == "B.user":
-            return pf(user | acc)                         # not mapped in B
-        if region in ("user_text",):
-            return pf(1 | user | acc) if w else ok()      # read-only, executable
-        if region in ("user_data", "secret_user"):
-            return pf(1 | user | acc) if x else ok()      # RW, NX
-        if region == "secret_direct_map":
-            return pf(user | acc)                         # the secret's direct-map PTE is not present
-        if region in ("entry_text", "cpu_entry_area"):
-            return pf(1 | user | acc)                     # mapped in the user PGD, supervisor
-        # direct map, kernel image: PTI keeps them out of the user PGD (not present);
-        # without PTI they are present but supervisor (the Meltdown-exposed layout)
-        return pf((1 if not cfg.pti else 0) | user | acc)
-    # CPL0 (kernel or ASI): SMAP allowed by STAC, SMEP forbids user fetches, WP
-    acc = (2 if w else 0) | (16 if x else 0)
-    asi = space == "A.asi"
-    if asi and region in _ABSENT_FROM_ASI:
-        # not mapped in the restricted tables: the access faults there (not
-        # present), ASI exits, and kernel_access_ok() decides: retry (then ok)
-        # or carry on with the original, not-present error code
-        full = expected(region, "A.kernel", access, cfg)
-        return Outcome("asi_exit_ok") if full.outcome == "ok" else pf(acc, asi_exit=True)
-    if region == "secret_direct_map":
-        return pf(acc)                                    # the direct-map PTE is cleared
-    if region == "user_text":
-        if w:
-            return pf(1 | acc, asi_exit=asi)              # read-only (WP)
-        return pf(1 | acc, asi_exit=asi) if x else ok()   # SMEP
-    if region in ("user_data", "secret_user"):
-        return pf(1 | acc, asi_exit=asi) if x else ok()   # SMEP (and NX); the user half is mapped in ASI
-    if region in ("kernel_text", "entry_text"):
-        return pf(1 | acc, asi_exit=asi) if w else ok()   # read-only, executable
-    if region in ("kernel_data", "direct_map"):
-        return pf(1 | acc, asi_exit=asi) if x else ok()   # RW, NX; non-sensitive: in ASI
-    if region == "cpu_entry_area":
-        return pf(1 | acc, asi_exit=asi) if (w or x) else ok()   # read-only, NX
-    if region in ("direct_map_sensitive", "secret_direct_map_released"):
-        return pf(1 | acc) if x else ok()                 # RW NX in the full direct map
-    raise KeyError(region)
+    """What Linux does, from the tables of emu/tools/matrix_expected.py."""
+    return parse_outcome(expected_text(region, space, access, cfg))
 
 
-# Sensitive memory: never mapped in ASI's restricted tables
-_ABSENT_FROM_ASI = {"secret_direct_map", "direct_map_sensitive", "secret_direct_map_released"}
-
-
-def expected_released_user(space: str, access: str, cfg: MachineConfig) -> Outcome:
-    acc = (2 if access == "w" else 0) | (16 if access == "x" else 0)
-    return pf((1 if not cfg.pti else 0) | 4 | acc)
+def parse_outcome(text: str) -> Outcome:
+    """``ok``, ``#PF 0x4``, ``asi-exit→ok``, ``asi-exit→#PF 0x3`` as an Outcome."""
+    asi_exit = text.startswith("asi-exit→")
+    rest = text.removeprefix("asi-exit→")
+    if rest == "ok":
+        return Outcome("asi_exit_ok" if asi_exit else "ok")
+    if rest.startswith("#PF "):
+        return pf(int(rest[4:], 16), asi_exit)
+    raise ValueError(f"matrix cell {text!r}: want ok, #PF 0xEC, or either after asi-exit→")
 
 
 # --- running --------------------------------------------------------------------------------
@@ -218,6 +179,10 @@ def _region_va(name: str, m: Machine) -> tuple[int, int | str]:
         return K_ABS, k.sym("entry_probe_ret")
     if name == "cpu_entry_area":
         return K_ABS, lay.cpu_entry_area
+    if name in ("kernel_stack", "vmalloc"):
+        # the lowest page of the task's THREAD_SIZE stack (its kernel.py slot)
+        task = 0 if name == "kernel_stack" else 1
+        return K_ABS, lay.vmalloc_start + task * abi.VMAP_STACK_STRIDE
     raise KeyError(name)
 
 
@@ -234,7 +199,7 @@ class MatrixMachine:
 
     def __init__(self, cfg: MachineConfig | None = None):
         self.cfg = cfg = cfg or MachineConfig()
-        self.spaces = ["A.user", "A.kernel"] + (["A.asi"] if cfg.asi else []) + ["B.user"]
+        self.spaces = ["A.user", "A.kernel"] + (["A.asi"] if cfg.asi_on else []) + ["B.user"]
         with open(PROGRAM) as f:
             base_src = f.read() + "\n.text\nuser_ret:\n    ret\n"
         self.m = m = Machine(cfg, record_events=False)
@@ -314,8 +279,6 @@ class MatrixMachine:
                 va, kind, access, sp, vector, ec, asi, resolved = row
                 got = _outcome(vector, ec, asi)
                 want = expected(region, space, acc, self.cfg)
-                if region == "secret_direct_map_released" and space == "A.user":
-                    want = expected_released_user(space, acc, self.cfg)
                 cells.append(Cell(region, resolved, space, 3 if space.endswith(".user") else 0, acc,
                                   got, want))
         order = {s: i for i, s in enumerate(self.spaces)}
@@ -354,7 +317,7 @@ def render(result: MatrixResult, color: bool = False) -> str:
     reset = "\x1b[0m" if color else ""
     cfg = result.config
     lines = [f"fault matrix: pti={'on' if cfg.pti else 'off'} pcid={'on' if cfg.pcid else 'off'} "
-             f"asi={'on' if cfg.asi else 'off'} smep={'on' if cfg.smep else 'off'} "
+             f"asi={cfg.asi} smep={'on' if cfg.smep else 'off'} "
              f"smap={'on' if cfg.smap else 'off'} la57={'on' if cfg.la57 else 'off'} "
              f"ram={cfg.ram >> 20}M"]
     header = f"{'region':<28} {'':2} " + " ".join(f"{s:<{width}}" for s in spaces)

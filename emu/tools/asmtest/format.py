@@ -203,7 +203,7 @@ def _isoemu(h, settings: dict[str, Setting], budget, err):
                 hint = f" (several values are separated by '|': {key}=on|off)" \
                     if "," in text and SWITCHES[key].kind == "bool" else ""
                 raise err(h.line, f"{x}{hint}") from None
-            canon = ("on" if v else "off") if isinstance(v, bool) else text
+            canon = ("on" if v else "off") if isinstance(v, bool) else v if isinstance(v, str) else text
             if any(c == canon for c, _ in values):
                 raise err(h.line, f"{key}={val}: {canon} is given twice")
             values.append((canon, v))

@@ -45,6 +45,7 @@ __asi_enter:
 .Lae_write:
     .cr3_write
     mov cr3, rax
+    nop                         # not a jump target: the write is seen where the next block starts
 .Lae_done:
     ret
 

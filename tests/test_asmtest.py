@@ -24,7 +24,7 @@ from emu.tools.faults import describe_exception
 PROGRAM = "_start:\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
 KNOWN_SWITCHES = "pti, pcid, asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, secretmem"
 USAGE = ("expect needs 'LABEL ok', 'LABEL fault VECTOR [ERRORCODE]', 'LABEL REG=VALUE', 'LABEL space SPACE', "
-         "'exit STATUS' or 'output TEXT'")
+         "'LABEL stale [FINDING]', 'exit STATUS' or 'output TEXT'")
 
 
 def parse_one(header: str):
@@ -314,6 +314,11 @@ ERROR_CASES = [
     ("; expect: probe space", "space needs one address-space name, e.g. 'space A.user'"),
     ("; expect: probe space A.user B.user", "space needs one address-space name, e.g. 'space A.user'"),
     ("; expect: probe space A..user", "space needs one address-space name, e.g. 'space A.user'"),
+    ("; expect: probe stale stale-acess", "unknown TLB finding 'stale-acess' (did you mean 'stale-access'?); "
+     "known: stale-access, freed-while-cached, table-freed-while-cached, stale-at-user-return, "
+     "unobserved-write, freed-out-of-direct-map"),
+    ("; expect: probe stale stale-access freed-while-cached",
+     "stale takes at most one finding kind, e.g. 'stale stale-access'"),
     ("; expect: exit", "exit needs a STATUS from 0 to 255"),
     ("; expect: exit 256", "exit needs a STATUS from 0 to 255"),
     ("; expect: exit -1", "exit needs a STATUS from 0 to 255"),

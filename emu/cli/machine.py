@@ -25,7 +25,7 @@ def cmd_matrix(args) -> int:
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
                                            and not os.environ.get("NO_COLOR"))
         print(render(result, color=color))
-    return 1 if result.mismatches else 0
+    return 1 if result.failed else 0
 
 
 def cmd_stats(args) -> int:

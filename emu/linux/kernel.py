@@ -56,7 +56,7 @@ def kernel_layout(lay: Layout) -> dict[str, int]:
 
 def link_kernel(lay: Layout) -> Image:
     return link(stub_sources(), kernel_layout(lay), abi.asm_symbols(lay), include_dirs=[STUB_DIR],
-                required_sites=("cr3_write", "cr4_write", "invlpg"))
+                required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
 
 
 @dataclass

@@ -158,6 +158,7 @@ class Cell:
     access: str
     got: Outcome
     want: Outcome
+    stale: bool = False          # the TLB model found a stale translation for this access
 
     @property
     def ok(self) -> bool:
@@ -166,7 +167,8 @@ class Cell:
     def as_dict(self) -> dict:
         return {"region": self.region, "va": f"{self.va:#x}", "space": self.space, "cpl": self.cpl,
                 "access": self.access, "outcome": self.got.outcome, "vector": self.got.vector,
-                "error_code": self.got.error_code, "expected": self.want.text(), "pass": self.ok}
+                "error_code": self.got.error_code, "expected": self.want.text(), "pass": self.ok,
+                "stale": self.stale}
 
 
 @dataclass
@@ -176,10 +178,16 @@ class MatrixResult:
     cells: list[Cell]
     stats: dict[str, int] = field(default_factory=dict)
     stats_before_release: dict[str, int] = field(default_factory=dict)
+    findings: list = field(default_factory=list)     # the TLB model's (emu.linux.tlbcheck.TlbFinding)
 
     @property
     def mismatches(self) -> list[Cell]:
         return [c for c in self.cells if not c.ok]
+
+    @property
+    def failed(self) -> bool:
+        """A mismatch or a TLB finding: either is a bug in the machine."""
+        return bool(self.mismatches or self.findings)
 
     def as_dict(self) -> dict:
         cfg = self.config
@@ -190,7 +198,9 @@ class MatrixResult:
             "regions": [{"name": r.name, "description": r.description} for r in REGIONS],
             "cells": [c.as_dict() for c in self.cells],
             "stats": self.stats,
-            "summary": {"cells": len(self.cells), "mismatches": len(self.mismatches)},
+            "findings": [f.as_dict() for f in self.findings],
+            "summary": {"cells": len(self.cells), "mismatches": len(self.mismatches),
+                        "findings": len(self.findings)},
         }
 
 
@@ -255,6 +265,7 @@ class MatrixMachine:
             self.plans[name] = plan
         self.results: dict[str, list] = {}
         self.stats_at_yield: dict[str, int] = {}
+        self.findings_at_yield = 0
         m.exit_hooks.append(self._on_exit)
         self.a, self.b = m.process("A"), m.process("B")
         m.boot()
@@ -295,6 +306,7 @@ class MatrixMachine:
         for i, v in enumerate(vals):
             m.mem.write_u64(m.pa_of(b_slots + 8 * i, f"{self.b.name}.kernel"), v)
         self.stats_at_yield = m.stats()
+        self.findings_at_yield = len(m.findings)
         if self._pause:
             self._pause = False
             m.stop("paused")
@@ -318,9 +330,14 @@ class MatrixMachine:
                     want = expected_released_user(space, acc, self.cfg)
                 cells.append(Cell(region, resolved, space, 3 if space.endswith(".user") else 0, acc,
                                   got, want))
+        findings = self.m.findings
+        stale = {(f.address >> 12, f.space, _probe_access(f), i >= self.findings_at_yield)
+                 for i, f in enumerate(findings) if f.finding == "stale-access"}
+        for c in cells:
+            c.stale = (c.va >> 12, c.space, c.access, c.region == "secret_direct_map_released") in stale
         order = {s: i for i, s in enumerate(self.spaces)}
         cells.sort(key=lambda c: (REGION_NAMES.index(c.region), ACCESSES.index(c.access), order[c.space]))
-        return MatrixResult(self.cfg, self.spaces, cells, self.m.stats(), self.stats_at_yield)
+        return MatrixResult(self.cfg, self.spaces, cells, self.m.stats(), self.stats_at_yield, findings)
 
 
 def run_matrix(cfg: MachineConfig | None = None) -> MatrixResult:
@@ -336,6 +353,16 @@ def default_machine(cfg: MachineConfig | None = None) -> Machine:
 def _assemble(m: Machine, src: str, count: int, name: str):
     from emu.linux.program import assemble_program
     return assemble_program(src, f"matrix_probe.S ({name})", m.layout, {"PROBE_COUNT": count})
+
+
+def _probe_access(f) -> str:
+    """The access a stale-access finding was made at: the probe's load or
+    store (kernel_stub/syscalls.S, SYS_probe), else a fetch."""
+    if f.symbol.startswith("probe_read"):
+        return "r"
+    if f.symbol.startswith("probe_write"):
+        return "w"
+    return "x"
 
 
 def _outcome(vector: int, ec: int, asi: int) -> Outcome:
@@ -370,7 +397,7 @@ def render(result: MatrixResult, color: bool = False) -> str:
                     row.append(f"{'':<{width}}")
                     continue
                 present = True
-                txt = c.got.text()
+                txt = c.got.text() + (" stale" if c.stale else "")
                 if c.ok:
                     row.append(f"{green}{txt:<{width}}{reset}" if color else f"{txt:<{width}}")
                 else:
@@ -384,6 +411,10 @@ def render(result: MatrixResult, color: bool = False) -> str:
     for c in result.mismatches:
         lines.append(f"  MISMATCH {c.region} {c.access} in {c.space} at {c.va:#x}: got {c.got.text()}"
                      f"{_words(c.got)}, expected {c.want.text()}")
+    if result.findings:
+        k = len(result.findings)
+        lines.append(f"{k} TLB finding{'s' if k != 1 else ''} (docs/tlb.md):")
+        lines.extend(f"  {f.line()}" for f in result.findings)
     return "\n".join(lines)
 
 

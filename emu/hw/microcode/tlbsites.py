@@ -47,22 +47,33 @@ class TlbSites:
         self.serve_scratch = list(scratch or [])
 
     # -- CR0 / CR4 ----------------------------------------------------------------------------------
-    def add_cr_site(self, addr: int, size: int, crn: int) -> None:
-        """A declared 'mov crN, reg' (N = 0 or 4)."""
+    def add_cr_site(self, addr: int, size: int, crn: int, operand: str = "") -> None:
+        """A declared 'mov crN, reg' (N = 0 or 4).
+
+        The #GP rules of MOV to CR4 are checked after the write (Unicorn
+        carries on, and the write is undone); clearing CR0.PG has to be
+        refused before it, since Unicorn would fetch the next instruction
+        without paging: a code hook, which costs nothing where the stub
+        never writes CR0 (SDM Vol. 2A, MOV—Move to/from Control Registers)."""
         reg = _reg_id(f"cr{crn}")
         self._cr_shadow.setdefault(crn, self._reg(reg).read())
+        if crn == 0:
+            if not operand:
+                raise GuestError(f"mov cr0 at {addr:#x}: the register written is needed")
+            src = _reg_id(operand)
+            self.add_code_hook(addr, lambda a, site=addr: self._before_cr0_write(site, src))
         self.add_block_start_hook(addr + size, lambda a, site=addr, n=crn: self._after_cr_write(site, n))
+
+    def _before_cr0_write(self, site: int, src: int) -> None:
+        new = self._reg(src).read()
+        old = self._reg(X.UC_X86_REG_CR0).read()
+        if old & CR0_PG and not new & CR0_PG and self._reg(X.UC_X86_REG_CR4).read() & CR4_PCIDE:
+            self.later(lambda: self._cr_gp(site, 0, old))
 
     def _after_cr_write(self, site: int, crn: int) -> None:
         new = self._reg(_reg_id(f"cr{crn}")).read()
         old = self._cr_shadow.get(crn, new)
-        if crn == 4:
-            cr3 = self._reg(X.UC_X86_REG_CR3).read()
-            bad = new & CR4_PCIDE and not old & CR4_PCIDE and cr3 & 0xFFF
-        else:
-            cr4 = self._reg(X.UC_X86_REG_CR4).read()
-            bad = old & CR0_PG and not new & CR0_PG and cr4 & CR4_PCIDE
-        if bad:
+        if crn == 4 and new & CR4_PCIDE and not old & CR4_PCIDE and self._reg(X.UC_X86_REG_CR3).read() & 0xFFF:
             self.later(lambda: self._cr_gp(site, crn, old))
             return
         self._cr_shadow[crn] = new

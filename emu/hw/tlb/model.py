@@ -214,8 +214,7 @@ class Tlb:
             self._count("flush_cr3")
             self.log.append((self.time, f"cr3 write pcid {pcid:#05x} (flush)"))
         else:
-            self._count("cr3_noflush")
-            self.log.append((self.time, f"cr3 write pcid {pcid:#05x} noflush"))
+            self._count("cr3_noflush")          # invalidates nothing: not in the log
         self.cur_pcid, self.cur_root = pcid, root
         self.graph.add_root(root)
         self._deferred(pcid)
@@ -426,6 +425,8 @@ class Tlb:
             return None
         r.reported.add(kind)
         since = [text for t, text in self.log if t > r.write.time]
+        if len(self.log) == self.log.maxlen and self.log[0][0] > r.write.time:
+            since.insert(0, f"(earlier ones: only the last {self.log.maxlen} are kept)")
         f = Finding(kind, r.pcid, va, r, now, since, self.time, served)
         self.findings.append(f)
         self._count(f"finding_{kind}")

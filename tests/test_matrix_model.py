@@ -252,7 +252,7 @@ def test_every_execute_target_holds_a_ret():
     for region, space, acc in mm.plans["A"]:
         if acc != "x" or region in ("secret_direct_map", "secret_direct_map_released"):
             continue
-        kind, va = matrix._region_addresses(m)[region]
+        kind, va = matrix.region_addresses(m)[region]
         if kind != matrix.K_ABS:
             va = m.read_u64(mm.a.image.symbols["va_secret"] + 8 * (kind - 1), "A.kernel")
         elif isinstance(va, str):

@@ -8,7 +8,7 @@ A and as process B, and probes standard regions in four spaces:
 ``A.asi``     A's ASI restricted page table, at CPL0 (SYS_probe, space 1);
 ``B.user``    B's user page table, at CPL3.
 
-Every probe is machine code executed by the CPU (emu/programs/
+Every probe is machine code executed by the CPU (emu/tools/programs/
 matrix_probe.S).  Each cell is compared with an expectation written out from
 Linux's semantics and the SDM (:mod:`emu.tools.matrix_model`), not derived
 from the machine.  The expectations follow every machine switch; they can be
@@ -119,7 +119,7 @@ class MatrixResult:
         }
 
 
-def _region_addresses(m: Machine) -> dict[str, tuple[int, int | str]]:
+def region_addresses(m: Machine) -> dict[str, tuple[int, int | str]]:
     """Region -> (va_kind, address or symbol) for process A."""
     k, lay = m.kernel, m.layout
     data_ret = k.sym("probe_data_ret")
@@ -158,7 +158,7 @@ class MatrixMachine:
             base_src = f.read() + "\n.text\nuser_ret:\n    ret\n"
         self.m = m = Machine(cfg, record_events=False)
         self.plans: dict[str, list[tuple[str, str, str]]] = {}
-        addresses = _region_addresses(m)
+        addresses = region_addresses(m)
         for role, name in ((0, "A"), (1, "B")):
             round_end, plan = self._plan(role)
             lines = [".data", ".align 64", "probe_table:"]

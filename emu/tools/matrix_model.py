@@ -1,7 +1,7 @@
 """The fault matrix's expectations: what Linux maps, and what the CPU allows.
 
 Written out from Linux's sources and the Intel SDM, never derived from the
-machine.  Three tables and the rule that combines them:
+machine.  Four tables and the rule that combines them:
 
 :data:`MAPPINGS`      where each probed region is mapped in each address
                       space, with which rights, under which machine switches
@@ -18,11 +18,12 @@ machine.  Three tables and the rule that combines them:
                       ``kernel_access_ok``: present, R/W for a write, no NX in
                       the leaf for a fetch).
 
-:func:`expected` gives one cell.  Every switch of the machine is a column of
-:data:`MAPPINGS` (``pti``, ``pcid``, ``asi``) or an input of a rule
-(``smep``, ``smap``, ``nx``, ``pke``); ``invpcid`` and ``la57`` change how
-the kernel gets there (flushes, addresses), not what a probe sees, and the
-matrix checks that too.
+:func:`expected` gives one cell.  Every switch of the machine is read:
+``pti`` and ``pcid`` are conditions of :data:`MAPPINGS` rows, ``asi`` decides
+whether the ``A.asi`` space exists, ``smep``, ``smap``, ``nx`` and ``pke``
+are inputs of the rules; ``invpcid``, ``la57`` and ``ram`` change how the
+kernel gets there (flushes, addresses), not what a probe sees, and the
+matrix runs with them flipped to check that too.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def test_matrix_json_schema(matrix_json):
     assert set(doc) == {"config", "spaces", "regions", "cells", "stats", "summary"}
     # every machine switch, as a test header or --set writes it
     assert doc["config"] == {"pti": "auto", "pcid": "on", "asi": "on", "smep": "on", "smap": "on", "pke": "off",
-                             "nx": "on", "invpcid": "on", "la57": "off", "ram": "256M"}
+                             "nx": "on", "invpcid": "on", "la57": "off", "ram": "256M", "tlb": "check",
+                             "inject": "none", "secretmem": "page"}
     assert doc["spaces"] == ["A.user", "A.kernel", "A.asi", "B.user"]
     regions = [r["name"] for r in doc["regions"]]
     assert regions == ["user_text", "user_data", "secret_user", "secret_direct_map", "direct_map",

@@ -239,16 +239,17 @@ def test_pti_clones_kernel_text_exactly_when_linux_does(pti, pcid, cloned, la57)
     assert tss[0] == 12 and not tss[2] & G
 
 
-def test_the_pti_auto_asm_test_runs_pti_auto():
-    """asm/pti/no_pcid_auto.S leaves pti at its default: it must be auto."""
+def test_the_no_pcid_asm_test_runs_pti_on_and_auto():
+    """asm/pti/no_pcid.S states both modes, each a configuration of its own."""
     import pathlib
 
     from emu.linux.config import PtiMode
     from emu.tools.asmtest import parse_file
 
     root = pathlib.Path(__file__).resolve().parent.parent
-    assert parse_file(str(root / "asm/pti/no_pcid_auto.S")).config.pti is PtiMode.AUTO
-    assert parse_file(str(root / "asm/pti/no_pcid.S")).config.pti is PtiMode.ON
+    variants = parse_file(str(root / "asm/pti/no_pcid.S")).variants()
+    assert [(v.id, v.config.pti, v.config.pcid) for v in variants] == \
+        [("pti=on", PtiMode.ON, False), ("pti=auto", PtiMode.AUTO, False)]
 
 
 # --- ASI --------------------------------------------------------------------------------

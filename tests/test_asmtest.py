@@ -186,11 +186,11 @@ EXPECT_CASES = [
     ('; expect: output "say \\"hi\\" \\\\o/"', 'output say "hi" \\o/', dict(kind="output",
                                                                             output='say "hi" \\o/')),
     ('; expect: output ""', "output ", dict(kind="output", output="")),
-    ("; expect[pti=off]: probe ok", "probe ok", dict(kind="ok", label="probe", when={"pti": (False,)})),
+    ("; expect[pti=off]: probe ok", "probe ok", dict(kind="ok", label="probe", when={"pti": ("off",)})),
     ("; expect[pti=off,asi=on|off]: probe ok", "probe ok",
-     dict(kind="ok", label="probe", when={"pti": (False,), "asi": (True, False)})),
+     dict(kind="ok", label="probe", when={"pti": ("off",), "asi": (True, False)})),
     ("; expect[pti=off asi=on]: probe ok", "probe ok",
-     dict(kind="ok", label="probe", when={"pti": (False,), "asi": (True,)})),
+     dict(kind="ok", label="probe", when={"pti": ("off",), "asi": (True,)})),
 ]
 UNSET = dict(label=None, vector=None, error_code=None, regs={}, output=None, space=None, when={})
 
@@ -210,32 +210,34 @@ def test_parse_expectation(header, canonical, fields):
 VARIANT_CASES = [
     # headers, overrides -> [(configuration id, switches that differ from the default machine)], budget
     ("; nothing", None, [("", {})], 2_000_000),
-    ("; isoemu: pti=off", None, [("", {"pti": False})], 2_000_000),
-    ("; isoemu: pti=on pcid=off asi=off smap=off smep=off la57=on", None,
-     [("", {"pcid": False, "asi": False, "smap": False, "smep": False, "la57": True})], 2_000_000),
+    ("; isoemu: pti=off", None, [("", {"pti": "off"})], 2_000_000),
+    ("; isoemu: pti=on pcid=off asi=off smap=off smep=off la57=on", None,        # pti's default is auto
+     [("", {"pti": "on", "pcid": False, "asi": False, "smap": False, "smep": False, "la57": True})], 2_000_000),
     ("# isoemu: nx=off pke=on invpcid=off ram=1G", None,
      [("", {"nx": False, "pke": True, "invpcid": False, "ram": 1 << 30})], 2_000_000),
-    ("; isoemu: PTI=OFF budget=5000", None, [("", {"pti": False})], 5000),
+    ("; isoemu: PTI=OFF budget=5000", None, [("", {"pti": "off"})], 5000),
     ("; isoemu: budget=10M", None, [("", {})], 10_000_000),
     ("; isoemu: budget=300G", None, [("", {})], 300_000_000_000),
     ("; isoemu: budget=2_500k", None, [("", {})], 2_500_000),
     ("; isoemu: pti=off\n; isoemu: pti=off budget=1M\n; isoemu: budget=1000000", None,
-     [("", {"pti": False})], 1_000_000),
-    ("; isoemu: pti=off ; the Meltdown layout", None, [("", {"pti": False})], 2_000_000),
-    ("; isoemu: pti=on|off", None, [("pti=on", {}), ("pti=off", {"pti": False})], 2_000_000),
+     [("", {"pti": "off"})], 1_000_000),
+    ("; isoemu: pti=off ; the Meltdown layout", None, [("", {"pti": "off"})], 2_000_000),
+    ("; isoemu: pti=on|off", None, [("pti=on", {"pti": "on"}), ("pti=off", {"pti": "off"})], 2_000_000),
+    ("; isoemu: pti=on|auto pcid=off", None,
+     [("pti=on", {"pti": "on", "pcid": False}), ("pti=auto", {"pcid": False})], 2_000_000),
     ("; isoemu: pti=on|off asi=off|on", None,
-     [("pti=on,asi=off", {"asi": False}), ("pti=on,asi=on", {}),
-      ("pti=off,asi=off", {"pti": False, "asi": False}), ("pti=off,asi=on", {"pti": False})], 2_000_000),
+     [("pti=on,asi=off", {"pti": "on", "asi": False}), ("pti=on,asi=on", {"pti": "on"}),
+      ("pti=off,asi=off", {"pti": "off", "asi": False}), ("pti=off,asi=on", {"pti": "off"})], 2_000_000),
     ("; isoemu: ram=256M|1G la57=on", None, [("ram=256M", {"la57": True}), ("ram=1G", {"la57": True,
                                                                                        "ram": 1 << 30})],
      2_000_000),
-    ("; isoemu: PTI=On|OFF\n; isoemu: pti=on|off", None, [("pti=on", {}), ("pti=off", {"pti": False})],
+    ("; isoemu: PTI=On|OFF\n; isoemu: pti=on|off", None, [("pti=on", {"pti": "on"}), ("pti=off", {"pti": "off"})],
      2_000_000),
     # overrides (isoemu test --set, pytest --isoemu-set): an overridden switch multiplies nothing
     ("; isoemu: pti=on|off asi=on|off", {"pti": "off"},
-     [("asi=on", {"pti": False}), ("asi=off", {"pti": False, "asi": False})], 2_000_000),
-    ("; isoemu: pti=on|off asi=on|off", {"pti": "off", "asi": "on"}, [("", {"pti": False})], 2_000_000),
-    ("; isoemu: pti=on", {"pti": "off"}, [("", {"pti": False})], 2_000_000),
+     [("asi=on", {"pti": "off"}), ("asi=off", {"pti": "off", "asi": False})], 2_000_000),
+    ("; isoemu: pti=on|off asi=on|off", {"pti": "off", "asi": "on"}, [("", {"pti": "off"})], 2_000_000),
+    ("; isoemu: pti=on", {"pti": "off"}, [("", {"pti": "off"})], 2_000_000),
     ("; nothing", {"la57": "on", "ram": "512M"}, [("", {"la57": True, "ram": 512 << 20})], 2_000_000),
 ]
 
@@ -253,10 +255,12 @@ ERROR_CASES = [
     ("; isoemu: foo=on", f"unknown switch 'foo'; known: {KNOWN_SWITCHES}, budget"),
     ("; isoemu: ptj=on", f"unknown switch 'ptj' (did you mean 'pti'?); known: {KNOWN_SWITCHES}, budget"),
     ("; isoemu: budgte=1M", f"unknown switch 'budgte' (did you mean 'budget'?); known: {KNOWN_SWITCHES}, budget"),
-    ("; isoemu: pti=maybe", "pti=maybe: use pti=on or pti=off"),
-    ("; isoemu: pti=on,off", "pti=on,off: use pti=on or pti=off (several values are separated by '|': "
-                             "pti=on|off)"),
-    ("; isoemu: pti=on|", "pti=: use pti=on or pti=off"),
+    ("; isoemu: pti=maybe", "pti=maybe: use one of on, off, auto"),
+    ("; isoemu: pti=on,off", "pti=on,off: use one of on, off, auto (did you mean 'off'?) (several values are "
+                             "separated by '|': pti=on|off)"),
+    ("; isoemu: tlb=off,check", "tlb=off,check: use one of off, check, lazy (did you mean 'check'?) (several "
+                                "values are separated by '|': tlb=off|check)"),
+    ("; isoemu: pti=on|", "pti=: use one of on, off, auto"),
     ("; isoemu: pti", "setting 'pti': write SWITCH=VALUE (e.g. pti=off)"),
     ("; isoemu: pti=", "setting 'pti=': write SWITCH=VALUE (e.g. pti=off)"),
     ("; isoemu:", f"isoemu needs SWITCH=VALUE settings ({KNOWN_SWITCHES}, budget)"),
@@ -274,11 +278,11 @@ ERROR_CASES = [
     # conditions
     ("; expect[]: probe ok", "empty [conditions]: write e.g. expect[pti=off]"),
     ("; expect[ptj=off]: probe ok", f"unknown machine switch 'ptj' (did you mean 'pti'?); known: {KNOWN_SWITCHES}"),
-    ("; expect[pti=maybe]: probe ok", "pti=maybe: use pti=on or pti=off"),
+    ("; expect[pti=maybe]: probe ok", "pti=maybe: use one of on, off, auto"),
     ("; expect[pti]: probe ok", "condition 'pti': write SWITCH=VALUE (e.g. pti=off)"),
     ("; expect[budget=1]: probe ok", "budget cannot be a condition (only machine switches)"),
     ("; expect[pti=off,pti=on]: probe ok", "pti appears twice in the conditions"),
-    ("; expect[pti=off]: probe ok", "never applies: pti is on in every configuration of this test"),
+    ("; expect[pti=off]: probe ok", "never applies: pti is auto in every configuration of this test"),
     ("; expect[la57=on,ram=1G]: probe ok", "never applies: la57 is off in every configuration of this test"),
     # expectations
     ("; expect:", USAGE),

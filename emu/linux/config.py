@@ -1,16 +1,18 @@
 """The machine's switches: one table for the asm test headers, ``--set`` and the API.
 
-Each switch has a name, a kind (on/off, or a size), a default (the default
-machine: PTI, PCID, ASI, SMEP, SMAP and NX on, 4-level paging, 256 MiB) and
-one line of help.  ``; isoemu: pti=off`` in a test, ``isoemu matrix --set
-pti=off`` and ``MachineConfig(pti=False)`` mean the same thing.  An unknown
-switch or value is refused with the nearest known one.
+Each switch has a name, a kind (on/off, one of a few words, a list of
+names, or a size), a default (the default machine: pti=auto on a
+Meltdown-affected CPU, so PTI is on; PCID, ASI, SMEP, SMAP and NX on, 4-level
+paging, 256 MiB) and one line of help.  ``; isoemu: pti=off`` in a test,
+``isoemu matrix --set pti=off`` and ``MachineConfig(pti=False)`` mean the
+same thing.  An unknown switch or value is refused with the nearest known one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import re
 from dataclasses import dataclass
 
@@ -20,6 +22,26 @@ from emu.parse import parse_size
 MIN_RAM = 32 << 20
 #: the CPU models in use have a 40-bit physical address width (1 TiB)
 MAX_RAM = 1 << 40
+
+
+class PtiMode(enum.StrEnum):
+    """Linux's ``pti=`` boot option (arch/x86/mm/pti.c: ``pti_mode``).
+
+    The machine's CPU is Meltdown-affected (X86_BUG_CPU_MELTDOWN), so both
+    ``on`` and ``auto`` enable PTI (X86_FEATURE_PTI): a mode is true exactly
+    when PTI is enabled, and ``if cfg.pti`` asks that.  They differ in
+    ``pti_kernel_image_global_ok()``: with ``auto`` and no PCID, Linux maps
+    kernel text and rodata into the user page tables, Global
+    (``pti_clone_kernel_text``); see :attr:`MachineConfig.pti_global_text`.
+    A mode equals its word (``PtiMode.AUTO == "auto"``).
+    """
+
+    ON = "on"
+    OFF = "off"
+    AUTO = "auto"
+
+    def __bool__(self) -> bool:
+        return self is not PtiMode.OFF
 
 
 @dataclass(frozen=True)
@@ -42,7 +64,8 @@ INJECTIONS = {
 }
 
 SWITCHES: dict[str, Switch] = {s.name: s for s in (
-    Switch("pti", "bool", "page-table isolation (arch/x86/mm/pti.c)"),
+    Switch("pti", "choice", "page-table isolation (arch/x86/mm/pti.c); auto: as on, and without PCID "
+           "kernel text is mapped in the user tables (pti_clone_kernel_text)", tuple(m.value for m in PtiMode)),
     Switch("pcid", "bool", "process-context identifiers: CR4.PCIDE, tagged CR3 writes"),
     Switch("asi", "bool", "address-space isolation (the ASI RFC series)"),
     Switch("smep", "bool", "CR4.SMEP: no supervisor fetch from user pages"),
@@ -69,7 +92,7 @@ class MachineConfig:
 
     ram: int = 256 << 20
     la57: bool = False
-    pti: bool = True
+    pti: PtiMode = PtiMode.AUTO       # True/False and "on"/"off"/"auto" are accepted too
     pcid: bool = True
     asi: bool = True
     smep: bool = True
@@ -82,6 +105,7 @@ class MachineConfig:
     secretmem: str = "page"
 
     def __post_init__(self):
+        object.__setattr__(self, "pti", _pti_mode(self.pti))
         object.__setattr__(self, "inject", frozenset(self.inject))
         for name in self.inject:
             if name not in INJECTIONS:
@@ -101,6 +125,14 @@ class MachineConfig:
         return 5 if self.la57 else 4
 
     @property
+    def pti_global_text(self) -> bool:
+        """``pti_kernel_image_global_ok()`` (arch/x86/mm/pti.c): pti=auto and
+        no PCID (the CPU is not a K8 and RANDSTRUCT is off).  Then
+        ``pti_clone_kernel_text()`` clones the PMDs of kernel text and rodata
+        into the user page tables and sets Global on them."""
+        return self.pti is PtiMode.AUTO and not self.pcid
+
+    @property
     def global_pages(self) -> bool:
         """PTI and ASI both clear _PAGE_GLOBAL from __default_kernel_pte_mask."""
         return not self.pti and not self.asi
@@ -108,7 +140,7 @@ class MachineConfig:
     def features(self) -> dict[str, bool]:
         """The stub's patchable features (``.alternative FEATURE``): the
         hardware and configuration ones, and one INJECT_NAME per injection."""
-        feats = {"PTI": self.pti, "PCID": self.pcid, "ASI": self.asi, "LA57": self.la57,
+        feats = {"PTI": bool(self.pti), "PCID": self.pcid, "ASI": self.asi, "LA57": self.la57,
                  "SECRETMEM_PMD_CACHE": self.secretmem == "pmd-cache"}
         feats.update({f"INJECT_{n.upper()}": n in self.inject for n in INJECTIONS})
         return feats
@@ -132,12 +164,24 @@ class MachineConfig:
             elif sw.kind == "names":
                 out[name] = ",".join(sorted(v)) or "none"
             else:
-                out[name] = v
+                out[name] = str(v)
         return out
 
     def describe(self) -> str:
         """``pti=on pcid=on asi=on ... ram=256M``."""
         return " ".join(f"{k}={v}" for k, v in self.switches().items())
+
+
+def _pti_mode(v) -> PtiMode:
+    """True/False (on/off) or a word, as a :class:`PtiMode`."""
+    if isinstance(v, PtiMode):
+        return v
+    if isinstance(v, bool):
+        return PtiMode.ON if v else PtiMode.OFF
+    try:
+        return PtiMode(str(v).strip().lower())
+    except ValueError:
+        raise ConfigError(f"pti={v}: use one of {', '.join(m.value for m in PtiMode)}") from None
 
 
 def _fmt_size(v: int) -> str:
@@ -169,7 +213,7 @@ def parse_switch(name: str, text: str) -> tuple[str, object]:
     if sw.kind == "choice":
         if t.lower() not in sw.choices:
             raise ConfigError(f"{key}={text}: use one of {', '.join(sw.choices)}{nearest(t.lower(), sw.choices)}")
-        return key, t.lower()
+        return key, _pti_mode(t) if key == "pti" else t.lower()
     if sw.kind == "names":
         names = [n.strip().lower() for n in t.split(",") if n.strip()]
         if names == ["none"]:

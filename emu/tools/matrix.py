@@ -8,9 +8,13 @@ A and as process B, and probes standard regions in four spaces:
 ``A.asi``     A's ASI restricted page table, at CPL0 (SYS_probe, space 1);
 ``B.user``    B's user page table, at CPL3.
 
-Every probe is machine code executed by the CPU (emu/programs/
+Every probe is machine code executed by the CPU (emu/tools/programs/
 matrix_probe.S).  Each cell is compared with an expectation written out from
-Linux's semantics (:func:`expected`), not derived from the machine.
+Linux's semantics and the SDM (:mod:`emu.tools.matrix_model`), not derived
+from the machine.  The expectations follow every machine switch; they can be
+computed for another configuration than the machine's (``run_matrix(cfg,
+expect=...)``), which is how a test injects a regression (a machine without
+SMEP against expectations with it) and watches the matrix catch it.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from emu.linux import abi
 from emu.linux.config import MachineConfig
 from emu.linux.machine import Machine
 from emu.hw.paging import error_code_words
+from emu.tools.matrix_model import ACCESSES, Outcome, expected
+
+__all__ = ["ACCESSES", "Outcome", "expected", "REGIONS", "REGION_NAMES", "Cell", "MatrixResult",
+           "MatrixMachine", "run_matrix", "default_machine", "render"]
 
 PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs", "matrix_probe.S")
 
-ACCESSES = ("r", "w", "x")
 SPACE_CODES = {"A.user": 0, "A.kernel": 1, "A.asi": 2, "B.user": 0}
 
 # va_kind codes of the probe program
@@ -39,113 +46,28 @@ class Region:
     description: str
 
 
+# Every execute probe lands on a 'ret' (0xc3), so that a fetch the page
+# tables allow is seen to run and return rather than to run whatever bytes
+# are there: the program's own 'ret' and kernel text's (probe_target_ret,
+# entry_probe_ret); the probe program writes one at USER_DATA and in the
+# secret page (so the direct-map alias of each holds one too); the stub's
+# .data holds probe_data_ret, and its GDT page, past the GDT's limit,
+# probe_cea_ret (kernel_stub/data.S); secretmem zeroes a released page, so
+# the matrix writes a 'ret' into the freed frame before the second round.
 REGIONS = [
     Region("user_text", "a 'ret' in the program's text"),
-    Region("user_data", "USER_DATA, the program's data page"),
-    Region("secret_user", "A's mapping of its memfd_secret page"),
+    Region("user_data", "USER_DATA, the program's data page (a 'ret' written there)"),
+    Region("secret_user", "A's mapping of its memfd_secret page (a 'ret' written there)"),
     Region("secret_direct_map", "the direct-map alias of the secret page"),
-    Region("direct_map", "the direct map of kernel data (non-sensitive)"),
+    Region("direct_map", "the direct map of kernel data (non-sensitive): probe_data_ret's alias"),
     Region("direct_map_sensitive", "the direct-map alias of A's user data frame"),
     Region("kernel_text", "a 'ret' in kernel text"),
-    Region("kernel_data", "kernel .data"),
+    Region("kernel_data", "kernel .data: probe_data_ret"),
     Region("entry_text", "a 'ret' in the entry text (PTI-cloned)"),
-    Region("cpu_entry_area", "the cpu_entry_area (read-only IDT page)"),
+    Region("cpu_entry_area", "the cpu_entry_area's read-only GDT page: probe_cea_ret"),
     Region("secret_direct_map_released", "the secret's direct-map alias after munmap and close"),
 ]
 REGION_NAMES = [r.name for r in REGIONS]
-
-
-@dataclass
-class Outcome:
-    """ok | fault | asi_exit_ok | asi_exit_fault, with vector/error code."""
-
-    outcome: str
-    vector: int | None = None
-    error_code: int | None = None
-
-    def text(self) -> str:
-        if self.outcome == "ok":
-            return "ok"
-        if self.outcome == "asi_exit_ok":
-            return "asi-exit→ok"
-        if self.vector == 14:
-            f = f"#PF {self.error_code:#x}"
-        elif self.vector == 13:
-            f = f"#GP({self.error_code:#x})"
-        else:
-            f = f"vector {self.vector}"
-        return ("asi-exit→" if self.outcome == "asi_exit_fault" else "") + f
-
-    def key(self):
-        return (self.outcome, self.vector, self.error_code)
-
-
-def ok() -> Outcome:
-    return Outcome("ok")
-
-
-def pf(ec: int, asi_exit: bool = False) -> Outcome:
-    return Outcome("asi_exit_fault" if asi_exit else "fault", 14, ec)
-
-
-# --- the expectation model (Linux semantics) ----------------------------------------
-def expected(region: str, space: str, access: str, cfg: MachineConfig) -> Outcome:
-    """What Linux does.  Error codes per SDM 4.7: bit 0 present, 1 write,
-    2 user, 4 instruction fetch."""
-    w = access == "w"
-    x = access == "x"
-    if space in ("A.user", "B.user"):
-        # CPL3: U/S must allow, W for writes, no NX for fetches
-        user = 4
-        acc = (2 if w else 0) | (16 if x else 0)
-        if region == "secret_user" and space == "B.user":
-            return pf(user | acc)                         # not mapped in B
-        if region in ("user_text",):
-            return pf(1 | user | acc) if w else ok()      # read-only, executable
-        if region in ("user_data", "secret_user"):
-            return pf(1 | user | acc) if x else ok()      # RW, NX
-        if region == "secret_direct_map":
-            return pf(user | acc)                         # the secret's direct-map PTE is not present
-        if region in ("entry_text", "cpu_entry_area"):
-            return pf(1 | user | acc)                     # mapped in the user PGD, supervisor
-        # direct map, kernel image: PTI keeps them out of the user PGD (not present);
-        # without PTI they are present but supervisor (the Meltdown-exposed layout)
-        return pf((1 if not cfg.pti else 0) | user | acc)
-    # CPL0 (kernel or ASI): SMAP allowed by STAC, SMEP forbids user fetches, WP
-    acc = (2 if w else 0) | (16 if x else 0)
-    asi = space == "A.asi"
-    if asi and region in _ABSENT_FROM_ASI:
-        # not mapped in the restricted tables: the access faults there (not
-        # present), ASI exits, and kernel_access_ok() decides: retry (then ok)
-        # or carry on with the original, not-present error code
-        full = expected(region, "A.kernel", access, cfg)
-        return Outcome("asi_exit_ok") if full.outcome == "ok" else pf(acc, asi_exit=True)
-    if region == "secret_direct_map":
-        return pf(acc)                                    # the direct-map PTE is cleared
-    if region == "user_text":
-        if w:
-            return pf(1 | acc, asi_exit=asi)              # read-only (WP)
-        return pf(1 | acc, asi_exit=asi) if x else ok()   # SMEP
-    if region in ("user_data", "secret_user"):
-        return pf(1 | acc, asi_exit=asi) if x else ok()   # SMEP (and NX); the user half is mapped in ASI
-    if region in ("kernel_text", "entry_text"):
-        return pf(1 | acc, asi_exit=asi) if w else ok()   # read-only, executable
-    if region in ("kernel_data", "direct_map"):
-        return pf(1 | acc, asi_exit=asi) if x else ok()   # RW, NX; non-sensitive: in ASI
-    if region == "cpu_entry_area":
-        return pf(1 | acc, asi_exit=asi) if (w or x) else ok()   # read-only, NX
-    if region in ("direct_map_sensitive", "secret_direct_map_released"):
-        return pf(1 | acc) if x else ok()                 # RW NX in the full direct map
-    raise KeyError(region)
-
-
-# Sensitive memory: never mapped in ASI's restricted tables
-_ABSENT_FROM_ASI = {"secret_direct_map", "direct_map_sensitive", "secret_direct_map_released"}
-
-
-def expected_released_user(space: str, access: str, cfg: MachineConfig) -> Outcome:
-    acc = (2 if access == "w" else 0) | (16 if access == "x" else 0)
-    return pf((1 if not cfg.pti else 0) | 4 | acc)
 
 
 # --- running --------------------------------------------------------------------------------
@@ -167,8 +89,8 @@ class Cell:
     def as_dict(self) -> dict:
         return {"region": self.region, "va": f"{self.va:#x}", "space": self.space, "cpl": self.cpl,
                 "access": self.access, "outcome": self.got.outcome, "vector": self.got.vector,
-                "error_code": self.got.error_code, "expected": self.want.text(), "pass": self.ok,
-                "stale": self.stale}
+                "error_code": self.got.error_code, "expected": self.want.text(),
+                "expected_reason": self.want.reason, "pass": self.ok, "stale": self.stale}
 
 
 @dataclass
@@ -178,6 +100,7 @@ class MatrixResult:
     cells: list[Cell]
     stats: dict[str, int] = field(default_factory=dict)
     stats_before_release: dict[str, int] = field(default_factory=dict)
+    expected_config: MachineConfig | None = None     # None: the machine's own
     findings: list = field(default_factory=list)     # the TLB model's (emu.linux.tlbcheck.TlbFinding)
 
     @property
@@ -190,10 +113,11 @@ class MatrixResult:
         return bool(self.mismatches or self.findings)
 
     def as_dict(self) -> dict:
-        cfg = self.config
+        out = {"config": self.config.switches()}
+        if self.expected_config is not None and self.expected_config != self.config:
+            out["expected_config"] = self.expected_config.switches()
         return {
-            "config": {"pti": cfg.pti, "pcid": cfg.pcid, "asi": cfg.asi, "smep": cfg.smep,
-                       "smap": cfg.smap, "la57": cfg.la57, "ram": cfg.ram},
+            **out,
             "spaces": self.spaces,
             "regions": [{"name": r.name, "description": r.description} for r in REGIONS],
             "cells": [c.as_dict() for c in self.cells],
@@ -204,31 +128,25 @@ class MatrixResult:
         }
 
 
-def _region_va(name: str, m: Machine) -> tuple[int, int | str]:
-    """(va_kind, address or symbol) of a region for process A."""
-    k = m.kernel
-    lay = m.layout
-    if name == "user_text":
-        return K_ABS, "user_ret"
-    if name == "user_data":
-        return K_ABS, abi.USER_DATA
-    if name == "secret_user":
-        return K_SECRET, 0
-    if name in ("secret_direct_map", "secret_direct_map_released"):
-        return K_SECRET_DM, 0
-    if name == "direct_map":
-        return K_ABS, lay.page_offset + abi.KERNEL_PHYS + abi.KSECTIONS[".data"]
-    if name == "direct_map_sensitive":
-        return K_DATA_DM, 0
-    if name == "kernel_text":
-        return K_ABS, k.sym("probe_target_ret")
-    if name == "kernel_data":
-        return K_ABS, k.sym("page_offset_base")
-    if name == "entry_text":
-        return K_ABS, k.sym("entry_probe_ret")
-    if name == "cpu_entry_area":
-        return K_ABS, lay.cpu_entry_area
-    raise KeyError(name)
+def region_addresses(m: Machine) -> dict[str, tuple[int, int | str]]:
+    """Region -> (va_kind, address or symbol) for process A."""
+    k, lay = m.kernel, m.layout
+    data_ret = k.sym("probe_data_ret")
+    return {
+        "user_text": (K_ABS, "user_ret"),
+        "user_data": (K_ABS, abi.USER_DATA),
+        "secret_user": (K_SECRET, 0),
+        "secret_direct_map": (K_SECRET_DM, 0),
+        "direct_map": (K_ABS, lay.page_offset + k.kva_to_pa(data_ret)),
+        "direct_map_sensitive": (K_DATA_DM, 0),
+        "kernel_text": (K_ABS, k.sym("probe_target_ret")),
+        "kernel_data": (K_ABS, data_ret),
+        "entry_text": (K_ABS, k.sym("entry_probe_ret")),
+        # the GDT's read-only alias in the cpu_entry_area; per-CPU symbols
+        # are offsets in the per-CPU area
+        "cpu_entry_area": (K_ABS, k.cea["gdt"] + k.sym("probe_cea_ret") - k.sym("gdt_page")),
+        "secret_direct_map_released": (K_SECRET_DM, 0),
+    }
 
 
 def _for_b(kind: int) -> int:
@@ -249,11 +167,12 @@ class MatrixMachine:
             base_src = f.read() + "\n.text\nuser_ret:\n    ret\n"
         self.m = m = Machine(cfg, record_events=False)
         self.plans: dict[str, list[tuple[str, str, str]]] = {}
+        addresses = region_addresses(m)
         for role, name in ((0, "A"), (1, "B")):
             round_end, plan = self._plan(role)
             lines = [".data", ".align 64", "probe_table:"]
             for region, space, acc in plan:
-                kind, va = _region_va(region, m)
+                kind, va = addresses[region]
                 if role == 1:
                     kind = _for_b(kind)
                 lines.append(f"    .quad {va}, {kind}, {ACCESSES.index(acc)}, {SPACE_CODES[space]}, "
@@ -271,6 +190,7 @@ class MatrixMachine:
         m.boot()
         self._pause = False
         m.cpu.add_code_hook(self.a.image.symbols["matrix_yield"], self._at_yield)
+        m.cpu.add_code_hook(self.a.image.symbols["matrix_released"], self._plant_released_ret)
         for p in (self.a, self.b):
             m.cpu.add_code_hook(p.image.symbols["record_error_code"], self._hardware_error_code)
 
@@ -311,6 +231,13 @@ class MatrixMachine:
             self._pause = False
             m.stop("paused")
 
+    def _plant_released_ret(self, addr: int) -> None:
+        # secretmem zeroed the released page (secretmem_free_folio); the
+        # execute probe of its direct-map alias needs a 'ret' there
+        m = self.m
+        alias = m.read_u64(self.a.image.symbols["va_secret_dm"], "A.kernel")
+        m.mem.write(alias - m.layout.page_offset, b"\xc3")
+
     def pause_at_yield(self) -> Machine:
         self._pause = True
         reason = self.m.step(20_000_000)
@@ -318,16 +245,17 @@ class MatrixMachine:
             raise AssertionError(f"the default machine stopped early: {reason}")
         return self.m
 
-    def finish(self) -> MatrixResult:
+    def finish(self, expect: MachineConfig | None = None) -> MatrixResult:
+        """Run to the end; each cell's expectation is computed for ``expect``
+        (default: the machine's own configuration)."""
+        want_cfg = expect or self.cfg
         self.m.run(budget=20_000_000)
         cells = []
         for name, plan in self.plans.items():
             for (region, space, acc), row in zip(plan, self.results[name]):
                 va, kind, access, sp, vector, ec, asi, resolved = row
                 got = _outcome(vector, ec, asi)
-                want = expected(region, space, acc, self.cfg)
-                if region == "secret_direct_map_released" and space == "A.user":
-                    want = expected_released_user(space, acc, self.cfg)
+                want = expected(region, space, acc, want_cfg)
                 cells.append(Cell(region, resolved, space, 3 if space.endswith(".user") else 0, acc,
                                   got, want))
         findings = self.m.findings
@@ -337,12 +265,14 @@ class MatrixMachine:
             c.stale = (c.va >> 12, c.space, c.access, c.region == "secret_direct_map_released") in stale
         order = {s: i for i, s in enumerate(self.spaces)}
         cells.sort(key=lambda c: (REGION_NAMES.index(c.region), ACCESSES.index(c.access), order[c.space]))
-        return MatrixResult(self.cfg, self.spaces, cells, self.m.stats(), self.stats_at_yield, findings)
+        return MatrixResult(self.cfg, self.spaces, cells, self.m.stats(), self.stats_at_yield,
+                            want_cfg if want_cfg != self.cfg else None, findings)
 
 
-def run_matrix(cfg: MachineConfig | None = None) -> MatrixResult:
-    """Run every probe; the result compares each cell with :func:`expected`."""
-    return MatrixMachine(cfg).finish()
+def run_matrix(cfg: MachineConfig | None = None, expect: MachineConfig | None = None) -> MatrixResult:
+    """Run every probe; the result compares each cell with :func:`expected`
+    for ``expect`` (default: ``cfg``, the machine's configuration)."""
+    return MatrixMachine(cfg).finish(expect)
 
 
 def default_machine(cfg: MachineConfig | None = None) -> Machine:
@@ -379,11 +309,11 @@ def render(result: MatrixResult, color: bool = False) -> str:
     red = "\x1b[31m" if color else ""
     green = "\x1b[32m" if color else ""
     reset = "\x1b[0m" if color else ""
-    cfg = result.config
-    lines = [f"fault matrix: pti={'on' if cfg.pti else 'off'} pcid={'on' if cfg.pcid else 'off'} "
-             f"asi={'on' if cfg.asi else 'off'} smep={'on' if cfg.smep else 'off'} "
-             f"smap={'on' if cfg.smap else 'off'} la57={'on' if cfg.la57 else 'off'} "
-             f"ram={cfg.ram >> 20}M"]
+    lines = [f"fault matrix: {result.config.describe()}"]
+    if result.expected_config is not None:
+        have, want = result.config.switches(), result.expected_config.switches()
+        diff = " ".join(f"{k}={v}" for k, v in want.items() if have[k] != v)
+        lines.append(f"expectations for: {diff} (not the machine's)")
     header = f"{'region':<28} {'':2} " + " ".join(f"{s:<{width}}" for s in spaces)
     lines.append(header)
     lines.append("-" * len(header))
@@ -410,7 +340,7 @@ def render(result: MatrixResult, color: bool = False) -> str:
     lines.append(f"{n} cells, {bad} mismatch{'es' if bad != 1 else ''}")
     for c in result.mismatches:
         lines.append(f"  MISMATCH {c.region} {c.access} in {c.space} at {c.va:#x}: got {c.got.text()}"
-                     f"{_words(c.got)}, expected {c.want.text()}")
+                     f"{_words(c.got)}, expected {c.want.text()} ({c.want.reason or 'allowed'})")
     if result.findings:
         k = len(result.findings)
         lines.append(f"{k} TLB finding{'s' if k != 1 else ''} (docs/tlb.md):")

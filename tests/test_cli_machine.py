@@ -76,7 +76,7 @@ def test_matrix_json_schema(matrix_json):
     rc, out = matrix_json
     assert out.count("\n") == 1                                   # compact by default
     doc = json.loads(out)
-    assert set(doc) == {"config", "spaces", "regions", "cells", "stats", "summary"}
+    assert set(doc) == {"config", "spaces", "regions", "cells", "stats", "findings", "summary"}
     # every machine switch, as a test header or --set writes it
     assert doc["config"] == {"pti": "auto", "pcid": "on", "asi": "on", "smep": "on", "smap": "on", "pke": "off",
                              "nx": "on", "invpcid": "on", "la57": "off", "ram": "256M", "tlb": "check",
@@ -90,7 +90,7 @@ def test_matrix_json_schema(matrix_json):
     cpl = {"A.user": 3, "B.user": 3, "A.kernel": 0, "A.asi": 0}
     for c in doc["cells"]:
         assert set(c) == {"region", "va", "space", "cpl", "access", "outcome", "vector", "error_code",
-                          "expected", "expected_reason", "pass"}
+                          "expected", "expected_reason", "pass", "stale"}
         assert c["region"] in regions and c["space"] in doc["spaces"] and c["cpl"] == cpl[c["space"]]
         assert re.fullmatch(r"0x[0-9a-f]+", c["va"]) and c["access"] in ("r", "w", "x")
         assert c["outcome"] in ("ok", "fault", "asi_exit_ok", "asi_exit_fault")
@@ -98,8 +98,9 @@ def test_matrix_json_schema(matrix_json):
         assert (c["error_code"] is None) == (c["vector"] is None)
         assert c["pass"] == (_cell_text(c) == c["expected"])
     assert doc["summary"] == {"cells": len(doc["cells"]),
-                              "mismatches": sum(1 for c in doc["cells"] if not c["pass"])}
-    assert rc == (1 if doc["summary"]["mismatches"] else 0)
+                              "mismatches": sum(1 for c in doc["cells"] if not c["pass"]),
+                              "findings": len(doc["findings"])}
+    assert rc == (1 if doc["summary"]["mismatches"] or doc["findings"] else 0)
     assert set(doc["stats"]) >= {"DirectMap4k", "DirectMap2M", "secret_pages", "asi_exits"}
 
 

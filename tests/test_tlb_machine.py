@@ -175,3 +175,80 @@ def test_cli_tlb_flag_is_the_switch(capsys):
     assert not any(k.startswith("tlb_") for k in json.loads(by_flag)["boot"])
     _, default, _ = _cli(capsys, "stats", "--json")
     assert "tlb_flush_cr3" in json.loads(default)["secret_released"]
+
+
+# --- the debugger ----------------------------------------------------------------------------------
+def _leak_debugger(tlb="check"):
+    from emu.linux.machine import Machine
+    from emu.linux.program import assemble_program
+    from emu.tools.debug import Debugger
+
+    src = LEAK.split("\n", 1)[1]                       # without the header line
+    m = Machine(MachineConfig(asi=False, tlb=tlb, inject=frozenset({"secretmem_noflush"})))
+    m.add_process("A", assemble_program(src, "leak.S", m.layout))
+    m.boot()
+    return Debugger(m)
+
+
+@pytest.mark.parametrize("kind,stops", [
+    (None, ["stale-access", "freed-while-cached"]),
+    ("freed-while-cached", ["freed-while-cached"]),
+    ("table-freed-while-cached", []),
+])
+def test_debugger_catch_stale(kind, stops):
+    d = _leak_debugger()
+    d.catch_stale(kind)
+    seen = []
+    while True:
+        stop = d.cont()
+        if stop.reason != "breakpoint":
+            assert stop.reason == "halt"
+            break
+        seen.append(stop.event.finding)
+        assert str(stop).startswith(f"Catchpoint 1: {stop.event.finding} pcid 0x001 va 0xffff888")
+    assert seen == stops
+
+
+def test_debugger_info_tlb():
+    d = _leak_debugger()
+    d.catch_stale("stale-access")
+    d.cont()
+    held = d.tlb()
+    assert [h["pcid"] for h in held] == [0x001, 0x801, None]
+    assert held[0]["current"] and held[0]["spaces"] == ["A.kernel"]
+    assert held[1]["spaces"] == ["A.user"] and held[1]["stale"] == []
+    (line,) = held[0]["stale"]
+    assert "(supervisor RW, pte) made stale by entry at " in line and "set_direct_map_invalid_noflush+" in line
+    assert d.tlb(0x801) == [held[1]]
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda d: d.catch_stale("stale-acces"), "unknown TLB finding 'stale-acces' (did you mean 'stale-access'?)"),
+    (lambda d: d.tlb(0x123), "pcid 0x123 holds nothing; known: 0x1"),        # before it runs
+])
+def test_debugger_tlb_errors(call, message):
+    from emu.tools.debug import DebugError
+
+    with pytest.raises(DebugError) as e:
+        call(_leak_debugger())
+    assert str(e.value).startswith(message)
+
+
+def test_debugger_tlb_off():
+    from emu.tools.debug import DebugError
+
+    d = _leak_debugger(tlb="off")
+    for call in (lambda: d.catch_stale(), lambda: d.tlb()):
+        with pytest.raises(DebugError, match=r"^the TLB model is off \(tlb=off\)"):
+            call()
+
+
+def test_repl_info_tlb(capsys):
+    rc = main(["debug", "--set", "asi=off", "--inject", "secretmem_noflush", "-ex", "catch stale stale-access",
+               "-ex", "c", "-ex", "info tlb 801", "-ex", "info tlb 1000"])
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0] == "Catchpoint 1: TLB finding stale-access"
+    assert lines[1].startswith("Catchpoint 1: stale-access pcid 0x001 va 0xffff888")
+    assert "  pcid 0x801 may cache: A.user" in lines
+    assert "error: PCID '1000' is out of range (0x0 .. 0xfff)" in err.splitlines()

@@ -445,6 +445,27 @@ class Tlb:
                 if r.kind == "tlb" and r.user:
                     self._find("stale-at-user-return", r, r.va)
 
+    def holdings(self) -> list[tuple[int, list[int], list[Cached]]]:
+        """What each PCID (and the global set, pcid GLOBAL) may hold now:
+        ``(pcid, roots, records)``.  ``roots`` are the page tables whose
+        valid translations it may cache, since they were current after its
+        last invalidation (4.10.2.1: used or not); ``records`` are its stale
+        entries.  Current PCID first."""
+        out = []
+        pcids = {self.cur_pcid, *self.last_active, *(p for p in self.records if p != GLOBAL)}
+        for pcid in sorted(pcids, key=lambda p: (p != self.cur_pcid, p)):
+            floor = max(self.all_flushed, self.flushed.get(pcid, 0))
+            roots = [r for r, t in self.last_active.get(pcid, {}).items()
+                     if t >= floor and not (pcid == self.cur_pcid and r == self.cur_root)]
+            if pcid == self.cur_pcid and self.cur_root is not None:
+                roots.insert(0, self.cur_root)
+            out.append((pcid, roots, list(self.records.get(pcid, ()))))
+        groots = [r for r, t in self.root_last.items() if t >= self.global_flushed and self.pge]
+        if self.pge and self.cur_root is not None and self.cur_root not in groots:
+            groots.insert(0, self.cur_root)
+        out.append((GLOBAL, groots, list(self.records.get(GLOBAL, ()))))
+        return out
+
     def cached(self, pcid: int | None = None) -> list[Cached]:
         """The stale records (of one PCID, or all)."""
         if pcid is not None:

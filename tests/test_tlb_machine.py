@@ -247,8 +247,27 @@ def test_repl_info_tlb(capsys):
     rc = main(["debug", "--set", "asi=off", "--inject", "secretmem_noflush", "-ex", "catch stale stale-access",
                "-ex", "c", "-ex", "info tlb 801", "-ex", "info tlb 1000"])
     out, err = capsys.readouterr()
+    assert rc == 1                                   # a command failed (info tlb 1000)
     lines = out.splitlines()
     assert lines[0] == "Catchpoint 1: TLB finding stale-access"
     assert lines[1].startswith("Catchpoint 1: stale-access pcid 0x001 va 0xffff888")
     assert "  pcid 0x801 may cache: A.user" in lines
     assert "error: PCID '1000' is out of range (0x0 .. 0xfff)" in err.splitlines()
+
+
+# --- the tracer ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tlb,served", [("check", False), ("lazy", True)])
+def test_trace_marks_the_access_a_stale_translation_serves(tmp_path, tlb, served):
+    from emu.tools.trace import trace_program
+
+    path = tmp_path / "leak.S"
+    path.write_text(LEAK.split("\n", 1)[1])
+    cfg = MachineConfig(asi=False, tlb=tlb, inject=frozenset({"secretmem_noflush"}))
+    recs = trace_program(str(path), cfg, kinds="r")
+    marked = [r for r in recs if r.fault is not None and "stale" in r.fault]
+    assert [(r.symbol, r.space, r.cpl, r.fault["vector"], r.fault["error_code"], r.fault["served"])
+            for r in marked] == [("probe_read_insn", "A.kernel", 0, 14, 0, served)]
+    assert marked[0].fault["stale"].startswith("pcid 0x001 0xffff888")
+    # without the injection nothing is marked
+    clean = trace_program(str(path), cfg.replace(inject=frozenset()), kinds="r")
+    assert not any(r.fault is not None and "stale" in r.fault for r in clean)

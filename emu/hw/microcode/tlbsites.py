@@ -36,6 +36,10 @@ def _reg_id(name: str) -> int:
 class TlbSites:
     """Mixed into :class:`emu.hw.microcode.System`."""
 
+    #: while tlb=lazy serves an access: (root of the private tables, the real
+    #: CR3 they stand in for), so that observers (the tracer) name the real one
+    serving: tuple[int, int] | None = None
+
     def attach_tlb(self, model, lazy: bool = False, scratch: list[int] | None = None) -> None:
         """Feed ``model`` from now on; ``lazy``: serve accesses the tables
         refuse through a stale translation it holds (``scratch``: one frame
@@ -124,13 +128,19 @@ class TlbSites:
         rec = self.tlb.stale_for(cr2, access, cpl, self.ctl())
         if rec is None:
             return False
-        served = self.tlb_lazy and (cpl == 0 or self._user_snapshot is not None)
+        served = self.serves(cpl)
         self.tlb.note_stale_access(rec, cr2, f"#PF {ec:#x} ({error_code_words(ec)})", served)
         if not served:
             return False
         state = bytes(self.regs.buf)
         self.later(lambda: self._serve(rec, cr2, cpl, state))
         return True
+
+    def serves(self, cpl: int) -> bool:
+        """Does tlb=lazy serve an access at this CPL through a stale
+        translation?  At CPL 3 only once a clean user context was saved (at
+        the first SYSCALL)."""
+        return self.tlb_lazy and (cpl == 0 or self._user_snapshot is not None)
 
     def _serve(self, rec, va: int, cpl: int, state: bytes) -> int:
         """Run the faulting instruction once through private tables that map
@@ -145,7 +155,11 @@ class TlbSites:
         C.context_restore(self.hv, snap)
         regs.write_except_cr3()
         self.flush_tlb()
-        err = self.emu_start(regs["rip"], 1)
+        self.serving = (copy, cr3)          # for observers: these tables stand in for cr3's
+        try:
+            err = self.emu_start(regs["rip"], 1)
+        finally:
+            self.serving = None
         self.set_reg("cr3", cr3)            # the real tables again (the write flushes the TLB)
         if err:
             raise GuestError(f"CPU stopped in a lazy-mode access at {va:#x}: error {err}")

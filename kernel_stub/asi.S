@@ -81,6 +81,7 @@ asi_exit:
     bts rax, X86_CR3_PCID_NOFLUSH_BIT
     .cr3_write noflush
     mov cr3, rax
+    nop                         # not a jump target: the write is seen where the next block starts
 .Lax_written:
     mov qword ptr gs:[asi_curr], 0
     pop rdi
@@ -209,7 +210,7 @@ __asi_enter:
 .Lae_write:
     .cr3_write
     mov cr3, rax
-    pop rdi
+    pop rdi                     # (not a jump target: the write is seen where the next block starts)
     .alternative ASI_RFC2025, .Lae_done
     mov rdi, qword ptr [asi_class_id]
     call asi_maybe_flush_data
@@ -410,6 +411,7 @@ asi2019_enter:
     bts rax, X86_CR3_PCID_NOFLUSH_BIT
     .cr3_write noflush
     mov cr3, rax
+    nop                         # not a jump target: the write is seen where the next block starts
 .La19e_entered:
     pop rbx
 .La19e_done:

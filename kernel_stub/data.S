@@ -46,6 +46,11 @@ asi_taint_policy:       .zero 24 * 2 # boot: {prevent_control, protect_data, set
 secret_pool_block:      .zero 8 * SECRET_POOL_BLOCKS         # physical base of each 2 MiB block (0 = none)
 secret_pool_used:       .zero 64 * SECRET_POOL_BLOCKS     # 512-bit bitmap per block: page in use
 
+# The fault matrix's execute probe of kernel data and of its direct-map alias
+# (emu/tools/matrix.py): a 'ret', so that a fetch the page tables allow
+# (nx=off) is seen to run and return, whatever the rest of .data holds.
+probe_data_ret:         .byte 0xc3
+
 # the IDT (idt_table); the CPU reads it through its read-only alias in the
 # cpu_entry_area (idt_map_in_cea)
 .align 4096
@@ -91,5 +96,8 @@ last_irq_cr3:           .quad 0
 irq_touch_addr:         .quad 0              # tests: an address the timer handler reads
 pcpu_scratch:           .zero 8
 .align 4096
-gdt_page:               .zero 4096           # page 2: the GDT (read-only alias in the CEA)
+gdt_page:               .zero 4095           # page 2: the GDT (read-only alias in the CEA)
+# past the GDT's limit (GDT_ENTRIES * 8 - 1), a byte the CPU never reads: a
+# 'ret', the fault matrix's execute probe of the cpu_entry_area's GDT page
+probe_cea_ret:          .byte 0xc3
 entry_stack_page:       .zero 4096           # page 3: entry (trampoline) stack

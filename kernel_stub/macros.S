@@ -62,6 +62,7 @@
     and \scratch, NOT_PTI_USER_PGTABLE_AND_PCID_MASK
     .cr3_write noflush
     mov cr3, \scratch
+    nop                         # not a jump target: the write is seen where the next block starts
 .Lend_\@:
 .endm
 
@@ -91,6 +92,7 @@
     or \scratch, PTI_USER_PGTABLE_MASK
     .cr3_write noflush
     mov cr3, \scratch
+    nop                         # not a jump target: the write is seen where the next block starts
 .Lend_\@:
 .endm
 
@@ -114,6 +116,7 @@
     and \scratch, NOT_PTI_USER_PGTABLE_AND_PCID_MASK
     .cr3_write noflush
     mov cr3, \scratch
+    nop                         # not a jump target: the write is seen where the next block starts
 .Ldone_\@:
 .endm
 

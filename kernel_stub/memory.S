@@ -110,12 +110,14 @@ handle_user_fault:
 .Lhuf_done:
     RESTORE_CALLEE
     ret
-# unmap_vma(mm, vma): clear its ptes (flushing each page), free anonymous
-# frames, drop the file
+# unmap_vma(mm, vma, exiting): clear its ptes (flushing each page), free
+# anonymous frames, drop the file.  exiting = 1 from exit (exit_mmap), 0
+# from munmap: the munmap_noflush injection leaves out munmap's flushes only.
 unmap_vma:
     SAVE_CALLEE
     mov rbx, rdi
     mov r12, rsi
+    mov r15, rdx
     mov r13, qword ptr [r12 + VMA_start]
 .Luv_loop:
     cmp r13, qword ptr [r12 + VMA_end]
@@ -133,7 +135,10 @@ unmap_vma:
     jz .Luv_next
     SET_ENTRY rax, 0
     mov rdi, r13
+    test r15, r15
+    jnz .Luv_flush
     .alternative !INJECT_MUNMAP_NOFLUSH, .Luv_flushed
+.Luv_flush:
     call flush_tlb_one_user
 .Luv_flushed:
     test qword ptr [r12 + VMA_flags], VM_SECRET

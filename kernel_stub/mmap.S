@@ -21,7 +21,7 @@ find_vma:
     xor eax, eax
 .Lfv_done:
     ret
-# remove_vma(mm, index): unmap it and close the gap in the array
+# remove_vma(mm, index, exiting): unmap it (unmap_vma) and close the gap in the array
 remove_vma:
     push rbx
     push r12
@@ -311,6 +311,7 @@ sys_munmap:
     jae .Lmu_skip
     mov rdi, rbx
     mov rsi, r14
+    xor edx, edx                # not exiting
     call remove_vma
     jmp .Lmu_loop
 .Lmu_skip:

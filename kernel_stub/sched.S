@@ -159,6 +159,7 @@ switch_mm_irqs_off:
     lea rax, [rax + r12 + 1]
     .cr3_write
     mov cr3, rax
+    nop                         # not a jump target: the write is seen where the next block starts
 .Lsw_loaded:
     mov qword ptr gs:[tlbstate_loaded_mm], rbx
     mov qword ptr gs:[tlbstate_loaded_mm_asid], r12
@@ -193,6 +194,7 @@ do_exit:
     je .Lex_dead
     mov rdi, r13
     xor esi, esi
+    mov edx, 1                  # exiting
     call remove_vma
     jmp .Lex_vma
 .Lex_dead:

@@ -336,7 +336,8 @@ sys_rt_sigaction:
 # --- project calls -----------------------------------------------------------------------------
 # probe(va, access, space) -> rax 0 or -EFAULT; rdx = #PF error code when it
 # faulted; r8 = 1 if an ASI exit happened; r9 = the vector (14, or 13 for a
-# non-canonical address).  access: 0 read, 1 write, 2 execute (a call to va,
+# non-canonical address); r10 = the byte read, for a read or write that did
+# not fault (what a stale TLB entry lets the kernel see: docs/tlb.md).  access: 0 read, 1 write, 2 execute (a call to va,
 # which should hold a 'ret').  space: 0 the full kernel page table, 1 the
 # process's ASI restricted one (relaxed: asi_enter then asi_relax; with the
 # 2019 RFC a session of the KVM class, ended by asi_exit), 2 the restricted one
@@ -356,6 +357,7 @@ sys_probe:
     mov qword ptr [r15 + PT_RDX], 0
     mov qword ptr [r15 + PT_R8], 0
     mov qword ptr [r15 + PT_R9], 0
+    mov qword ptr [r15 + PT_R10], 0
     cmp r12, 2
     ja .Lpr_inval
     test r13, r13
@@ -406,8 +408,11 @@ probe_write_insn:
 .Lpr_exec:
     call rdi
 probe_exec_return:
+    xor eax, eax                # an execute reads nothing: r10 = 0
 probe_ok:
     clac
+    movzx eax, al
+    mov qword ptr [r15 + PT_R10], rax
     xor eax, eax
     jmp .Lpr_report
 probe_fixup:

@@ -24,7 +24,7 @@ from emu.tools.faults import describe_exception
 PROGRAM = "_start:\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
 KNOWN_SWITCHES = "pti, pcid, asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, secretmem"
 USAGE = ("expect needs 'LABEL ok', 'LABEL fault VECTOR [ERRORCODE]', 'LABEL REG=VALUE', 'LABEL space SPACE', "
-         "'exit STATUS' or 'output TEXT'")
+         "'LABEL stale [FINDING]', 'LABEL asi [FINDING]', 'exit STATUS' or 'output TEXT'")
 
 
 def parse_one(header: str):
@@ -186,11 +186,14 @@ EXPECT_CASES = [
     ('; expect: output "say \\"hi\\" \\\\o/"', 'output say "hi" \\o/', dict(kind="output",
                                                                             output='say "hi" \\o/')),
     ('; expect: output ""', "output ", dict(kind="output", output="")),
-    ("; expect[pti=off]: probe ok", "probe ok", dict(kind="ok", label="probe", when={"pti": (False,)})),
+    ("; expect[pti=off]: probe ok", "probe ok", dict(kind="ok", label="probe", when={"pti": ("off",)})),
     ("; expect[pti=off,asi=on|off]: probe ok", "probe ok",
-     dict(kind="ok", label="probe", when={"pti": (False,), "asi": ("on", "off")})),
+     dict(kind="ok", label="probe", when={"pti": ("off",), "asi": ("on", "off")})),
     ("; expect[pti=off asi=on]: probe ok", "probe ok",
-     dict(kind="ok", label="probe", when={"pti": (False,), "asi": ("on",)})),
+     dict(kind="ok", label="probe", when={"pti": ("off",), "asi": ("on",)})),
+    ("; expect: probe asi", "probe asi", dict(kind="asi", label="probe")),
+    ("; expect: probe asi sensitive-access-in-critical-section", "probe asi sensitive-access-in-critical-section",
+     dict(kind="asi", label="probe")),
     ("; expect[asi=RFC2019|rfc2025]: probe ok", "probe ok",
      dict(kind="ok", label="probe", when={"asi": ("rfc2019", "rfc2025")})),
 ]
@@ -214,40 +217,42 @@ def test_parse_expectation(header, canonical, fields):
 VARIANT_CASES = [
     # headers, overrides -> [(configuration id, switches that differ from the default machine)], budget
     ("; nothing", None, [("", {})], 2_000_000),
-    ("; isoemu: pti=off", None, [("", {"pti": False})], 2_000_000),
-    ("; isoemu: pti=on pcid=off asi=off smap=off smep=off la57=on", None,
-     [("", {"pcid": False, "asi": "off", "smap": False, "smep": False, "la57": True})], 2_000_000),
+    ("; isoemu: pti=off", None, [("", {"pti": "off"})], 2_000_000),
+    ("; isoemu: pti=on pcid=off asi=off smap=off smep=off la57=on", None,        # pti's default is auto
+     [("", {"pti": "on", "pcid": False, "asi": "off", "smap": False, "smep": False, "la57": True})], 2_000_000),
     ("# isoemu: nx=off pke=on invpcid=off ram=1G", None,
      [("", {"nx": False, "pke": True, "invpcid": False, "ram": 1 << 30})], 2_000_000),
-    ("; isoemu: PTI=OFF budget=5000", None, [("", {"pti": False})], 5000),
+    ("; isoemu: PTI=OFF budget=5000", None, [("", {"pti": "off"})], 5000),
     ("; isoemu: budget=10M", None, [("", {})], 10_000_000),
     ("; isoemu: budget=300G", None, [("", {})], 300_000_000_000),
     ("; isoemu: budget=2_500k", None, [("", {})], 2_500_000),
     ("; isoemu: pti=off\n; isoemu: pti=off budget=1M\n; isoemu: budget=1000000", None,
-     [("", {"pti": False})], 1_000_000),
-    ("; isoemu: pti=off ; the Meltdown layout", None, [("", {"pti": False})], 2_000_000),
-    ("; isoemu: pti=on|off", None, [("pti=on", {}), ("pti=off", {"pti": False})], 2_000_000),
+     [("", {"pti": "off"})], 1_000_000),
+    ("; isoemu: pti=off ; the Meltdown layout", None, [("", {"pti": "off"})], 2_000_000),
+    ("; isoemu: pti=on|off", None, [("pti=on", {"pti": "on"}), ("pti=off", {"pti": "off"})], 2_000_000),
+    ("; isoemu: pti=on|auto pcid=off", None,
+     [("pti=on", {"pti": "on", "pcid": False}), ("pti=auto", {"pcid": False})], 2_000_000),
     ("; isoemu: pti=on|off asi=off|on", None,
-     [("pti=on,asi=off", {"asi": "off"}), ("pti=on,asi=on", {}),
-      ("pti=off,asi=off", {"pti": False, "asi": "off"}), ("pti=off,asi=on", {"pti": False})], 2_000_000),
-    # the ASI designs: pti left unset follows the design (off with rfc2025)
+     [("pti=on,asi=off", {"pti": "on", "asi": "off"}), ("pti=on,asi=on", {"pti": "on"}),
+      ("pti=off,asi=off", {"pti": "off", "asi": "off"}), ("pti=off,asi=on", {"pti": "off"})], 2_000_000),
+    # the ASI designs: pti=auto (the default) resolves to off with rfc2025
     ("; isoemu: asi=off|on|RFC2019|rfc2025", None,
      [("asi=off", {"asi": "off"}), ("asi=on", {}), ("asi=rfc2019", {"asi": "rfc2019"}),
-      ("asi=rfc2025", {"asi": "rfc2025", "pti": False})], 2_000_000),
+      ("asi=rfc2025", {"asi": "rfc2025", "pti": "off"})], 2_000_000),
     ("; isoemu: pti=off asi=on|rfc2025", None,
-     [("asi=on", {"pti": False}), ("asi=rfc2025", {"asi": "rfc2025", "pti": False})], 2_000_000),
+     [("asi=on", {"pti": "off"}), ("asi=rfc2025", {"asi": "rfc2025", "pti": "off"})], 2_000_000),
     ("; isoemu: asi=rfc2019 pti=on|off", None,
-     [("pti=on", {"asi": "rfc2019"}), ("pti=off", {"asi": "rfc2019", "pti": False})], 2_000_000),
+     [("pti=on", {"asi": "rfc2019", "pti": "on"}), ("pti=off", {"asi": "rfc2019", "pti": "off"})], 2_000_000),
     ("; isoemu: ram=256M|1G la57=on", None, [("ram=256M", {"la57": True}), ("ram=1G", {"la57": True,
                                                                                        "ram": 1 << 30})],
      2_000_000),
-    ("; isoemu: PTI=On|OFF\n; isoemu: pti=on|off", None, [("pti=on", {}), ("pti=off", {"pti": False})],
+    ("; isoemu: PTI=On|OFF\n; isoemu: pti=on|off", None, [("pti=on", {"pti": "on"}), ("pti=off", {"pti": "off"})],
      2_000_000),
     # overrides (isoemu test --set, pytest --isoemu-set): an overridden switch multiplies nothing
     ("; isoemu: pti=on|off asi=on|off", {"pti": "off"},
-     [("asi=on", {"pti": False}), ("asi=off", {"pti": False, "asi": "off"})], 2_000_000),
-    ("; isoemu: pti=on|off asi=on|off", {"pti": "off", "asi": "on"}, [("", {"pti": False})], 2_000_000),
-    ("; isoemu: pti=on", {"pti": "off"}, [("", {"pti": False})], 2_000_000),
+     [("asi=on", {"pti": "off"}), ("asi=off", {"pti": "off", "asi": "off"})], 2_000_000),
+    ("; isoemu: pti=on|off asi=on|off", {"pti": "off", "asi": "on"}, [("", {"pti": "off"})], 2_000_000),
+    ("; isoemu: pti=on", {"pti": "off"}, [("", {"pti": "off"})], 2_000_000),
     ("; nothing", {"la57": "on", "ram": "512M"}, [("", {"la57": True, "ram": 512 << 20})], 2_000_000),
 ]
 
@@ -265,10 +270,12 @@ ERROR_CASES = [
     ("; isoemu: foo=on", f"unknown switch 'foo'; known: {KNOWN_SWITCHES}, budget"),
     ("; isoemu: ptj=on", f"unknown switch 'ptj' (did you mean 'pti'?); known: {KNOWN_SWITCHES}, budget"),
     ("; isoemu: budgte=1M", f"unknown switch 'budgte' (did you mean 'budget'?); known: {KNOWN_SWITCHES}, budget"),
-    ("; isoemu: pti=maybe", "pti=maybe: use pti=on or pti=off"),
-    ("; isoemu: pti=on,off", "pti=on,off: use pti=on or pti=off (several values are separated by '|': "
-                             "pti=on|off)"),
-    ("; isoemu: pti=on|", "pti=: use pti=on or pti=off"),
+    ("; isoemu: pti=maybe", "pti=maybe: use one of on, off, auto"),
+    ("; isoemu: pti=on,off", "pti=on,off: use one of on, off, auto (did you mean 'off'?) (several values are "
+                             "separated by '|': pti=on|off)"),
+    ("; isoemu: tlb=off,check", "tlb=off,check: use one of off, check, lazy (did you mean 'check'?) (several "
+                                "values are separated by '|': tlb=off|check)"),
+    ("; isoemu: pti=on|", "pti=: use one of on, off, auto"),
     ("; isoemu: pti", "setting 'pti': write SWITCH=VALUE (e.g. pti=off)"),
     ("; isoemu: pti=", "setting 'pti=': write SWITCH=VALUE (e.g. pti=off)"),
     ("; isoemu:", f"isoemu needs SWITCH=VALUE settings ({KNOWN_SWITCHES}, budget)"),
@@ -293,11 +300,11 @@ ERROR_CASES = [
     # conditions
     ("; expect[]: probe ok", "empty [conditions]: write e.g. expect[pti=off]"),
     ("; expect[ptj=off]: probe ok", f"unknown machine switch 'ptj' (did you mean 'pti'?); known: {KNOWN_SWITCHES}"),
-    ("; expect[pti=maybe]: probe ok", "pti=maybe: use pti=on or pti=off"),
+    ("; expect[pti=maybe]: probe ok", "pti=maybe: use one of on, off, auto"),
     ("; expect[pti]: probe ok", "condition 'pti': write SWITCH=VALUE (e.g. pti=off)"),
     ("; expect[budget=1]: probe ok", "budget cannot be a condition (only machine switches)"),
     ("; expect[pti=off,pti=on]: probe ok", "pti appears twice in the conditions"),
-    ("; expect[pti=off]: probe ok", "never applies: pti is on in every configuration of this test"),
+    ("; expect[pti=off]: probe ok", "never applies: pti is auto in every configuration of this test"),
     ("; expect[la57=on,ram=1G]: probe ok", "never applies: la57 is off in every configuration of this test"),
     # expectations
     ("; expect:", USAGE),
@@ -333,6 +340,15 @@ ERROR_CASES = [
     ("; expect: probe space", "space needs one address-space name, e.g. 'space A.user'"),
     ("; expect: probe space A.user B.user", "space needs one address-space name, e.g. 'space A.user'"),
     ("; expect: probe space A..user", "space needs one address-space name, e.g. 'space A.user'"),
+    ("; expect: probe stale stale-acess", "unknown TLB finding 'stale-acess' (did you mean 'stale-access'?); "
+     "known: stale-access, freed-while-cached, table-freed-while-cached, stale-at-user-return, "
+     "unobserved-write, freed-out-of-direct-map"),
+    ("; expect: probe stale stale-access freed-while-cached",
+     "stale takes at most one finding kind, e.g. 'stale stale-access'"),
+    ("; expect: probe asi sensitive-access", "unknown ASI finding 'sensitive-access' (did you mean "
+     "'sensitive-access-in-critical-section'?); known: sensitive-access-in-critical-section"),
+    ("; expect: probe asi sensitive-access-in-critical-section again",
+     "asi takes at most one finding kind, e.g. 'asi sensitive-access-in-critical-section'"),
     ("; expect: exit", "exit needs a STATUS from 0 to 255"),
     ("; expect: exit 256", "exit needs a STATUS from 0 to 255"),
     ("; expect: exit -1", "exit needs a STATUS from 0 to 255"),

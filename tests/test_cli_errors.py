@@ -47,7 +47,7 @@ CASES = [
     (["run", "PROG", "--budget", "1.5"], "bad --budget '1.5': not a whole number"),
     (["run", "PROG", "--budget", "0"], "--budget '0' is out of range (1 .. 4,611,686,018,427,387,904)"),
     # --set, and flags that contradict it
-    (["stats", "--set", "pti=maybe"], "pti=maybe: use pti=on or pti=off"),
+    (["stats", "--set", "pti=maybe"], "pti=maybe: use one of on, off, auto"),
     (["matrix", "--set", "ptii=off"], "unknown machine switch 'ptii' (did you mean 'pti'?); known: pti, pcid, "
                                       "asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, secretmem"),
     (["stats", "--set", "pti"], "--set 'pti': write KEY=VALUE (e.g. pti=off)"),

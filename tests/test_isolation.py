@@ -14,7 +14,7 @@ from emu.linux import abi
 from emu.linux.machine import Machine, MachineConfig
 from emu.tools.matrix import run_matrix
 from emu.hw.paging import ControlState, translate
-from emu.hw.phys import FrameKind
+from emu.hw.phys import PAGE_SIZE, SIZE_2M, FrameKind
 
 from .programs import EXIT, MMAP_ANON_PAGE
 
@@ -211,6 +211,65 @@ def test_kernel_pgd_user_half_has_nx_and_user_pgd_maps_only_shared_ranges():
             assert k == u | NOFLUSH                 # NX in the kernel copy (bit 63)
     kernel_half = {i for i in range(256, 512) if m.mem.read_u64(p.user_pgd + 8 * i) & 1}
     assert kernel_half == {508, 510, 511}           # cpu_entry_area, espfix, entry text + TSS page
+
+
+# --- pti=auto vs pti=on: kernel text in the user tables without PCID ----------------------
+IMAGE_SECTIONS = (".text", ".entry.text", ".rodata", ".data", ".data..percpu")
+# (pti, pcid) -> the image's 2 MiB PMDs the user PGD maps (arch/x86/mm/pti.c:
+# pti_clone_entry_text always; pti_clone_kernel_text, [_text,
+# __end_rodata_aligned), when pti_kernel_image_global_ok(): pti=auto and no
+# PCID).  pti_set_kernel_image_nonglobal() leaves the rest of the image
+# without Global; pti_clone_pgtable() sets it on every PMD it clones.
+PTI_CLONES = [
+    ("on", True, {".entry.text"}),
+    ("on", False, {".entry.text"}),
+    ("auto", True, {".entry.text"}),
+    ("auto", False, {".text", ".entry.text", ".rodata"}),
+]
+
+
+@pytest.mark.parametrize("la57", [False, True], ids=["4-level", "5-level"])
+@pytest.mark.parametrize("pti,pcid,cloned", PTI_CLONES, ids=[f"pti={p}-pcid={'on' if c else 'off'}"
+                                                             for p, c, _ in PTI_CLONES])
+def test_pti_clones_kernel_text_exactly_when_linux_does(pti, pcid, cloned, la57):
+    from emu.hw.paging import G, PageTable
+
+    m = Machine(MachineConfig(pti=pti, pcid=pcid, la57=la57), programs=[("A", "_start:\n" + EXIT)])
+    m.boot()
+    p = m.process("A")
+    kernel = PageTable(m.mem, p.pgd, m.config.levels)
+    user = PageTable(m.mem, p.user_pgd, m.config.levels)
+    in_user, global_ = set(), set()
+    for sec in IMAGE_SECTIONS:
+        # the PMD's last page: the first page of .data..percpu is the TSS,
+        # which the user PGD maps alone (below)
+        va = m.layout.kernel_text + abi.KSECTIONS[sec] + SIZE_2M - PAGE_SIZE
+        k_shift, k_epa, k_e = kernel.lookup(va)
+        u = user.lookup(va)
+        if u is not None:
+            in_user.add(sec)
+            # one PMD entry, the same in both tables (they share what is below)
+            assert (u[0], u[2]) == (k_shift, k_e) == (21, k_e) and u[1] != k_epa
+        if k_e & G:
+            global_.add(sec)
+    assert in_user == cloned
+    assert global_ == cloned
+    # pti_clone_user_shared: the per-CPU TSS page, a 4 KiB PTE of PAGE_KERNEL (no Global)
+    tss = user.lookup(m.kernel.percpu_va("cpu_tss_rw"))
+    assert tss[0] == 12 and not tss[2] & G
+
+
+def test_the_no_pcid_asm_test_runs_pti_on_and_auto():
+    """asm/pti/no_pcid.S states both modes, each a configuration of its own."""
+    import pathlib
+
+    from emu.linux.config import PtiMode
+    from emu.tools.asmtest import parse_file
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    variants = parse_file(str(root / "asm/pti/no_pcid.S")).variants()
+    assert [(v.id, v.config.pti, v.config.pcid) for v in variants] == \
+        [("pti=on", PtiMode.ON, False), ("pti=auto", PtiMode.AUTO, False)]
 
 
 # --- ASI --------------------------------------------------------------------------------

@@ -45,13 +45,19 @@ def test_alloc_is_aligned_zeroed_and_labelled(order, align):
     mem.close()
 
 
-def test_free_zeroes_and_reuses(mem):
-    pa = mem.frames.alloc(FrameKind.KERNEL_DATA)
+@pytest.mark.parametrize("order", [0, 9])
+def test_a_freed_frame_keeps_its_contents_until_reallocated_zeroed(mem, order):
+    """As Linux's buddy allocator without init_on_free: what a stale TLB
+    entry would read after the free is what the frame held (docs/tlb.md)."""
+    pa = mem.frames.alloc(FrameKind.KERNEL_DATA, order)
+    last = pa + (4096 << order) - 8
     mem.write(pa, b"secret!!")
+    mem.write(last, b"tail!!!!")
     mem.frames.free(pa)
     assert mem.frames.kind_of(pa) == FrameKind.FREE
-    assert mem.read(pa, 8) == bytes(8)
-    assert mem.frames.alloc(FrameKind.KERNEL_DATA) == pa
+    assert mem.read(pa, 8) == b"secret!!" and mem.read(last, 8) == b"tail!!!!"
+    assert mem.frames.alloc(FrameKind.KERNEL_DATA, order) == pa
+    assert mem.read(pa, 8) == bytes(8) and mem.read(last, 8) == bytes(8)
 
 
 def test_double_free(mem):

@@ -337,7 +337,9 @@ def test_syscall_entry_gs_accesses_and_cr3_switch(pcid):
     first = [r for r in recs if r.rip == entry + 3 and r.kind != "x"][0]   # mov gs:[cpu_tss_rw + TSS_sp2], rsp
     assert (first.kind, first.va, first.size) == ("w", k.percpu_va("cpu_tss_rw") + abi.TSS_sp2, 8)
     assert (first.cpl, first.space, first.cr3, first.pcid) == (0, "A.user", p.user_pgd, 0x801 if pcid else None)
-    after = [r for r in recs if r.rip == entry + 0x28 and r.kind != "x"][0]  # mov rsp, gs:[pcpu_top_of_stack]
+    top = next(i.addr for i in k.image.insns if i.addr > entry and i.mnemonic == "mov"
+               and i.op_str.startswith("rsp, qword ptr gs:"))            # mov rsp, gs:[pcpu_top_of_stack]
+    after = [r for r in recs if r.rip == top and r.kind != "x"][0]
     assert (after.kind, after.va, after.size) == ("r", k.percpu_va("pcpu_top_of_stack"), 8)
     assert (after.space, after.cr3, after.pcid) == ("A.kernel", p.pgd, 0x1 if pcid else None)
     assert first.seq < after.seq

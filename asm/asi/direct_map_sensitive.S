@@ -2,8 +2,10 @@
 ; page table.  Reading the alias of the program's own data page in the
 ; restricted space faults, the #PF handler leaves ASI (asi_exit), finds the
 ; address readable in the full tables and retries: rax = 0 with r8 = 1 (an
-; ASI exit happened).  From the full kernel page table (rdx = 0): no exit.
-; isoemu: asi=on
+; ASI exit happened).  From the full kernel page table (rdx = 0): no exit
+; during the access (the 2025 RFC's probe leaves ASI first, before it counts).
+; The 2019 RFC's table has no direct map: its session aborts the same way.
+; isoemu: asi=on|rfc2019|rfc2025
 ; expect: restricted rax=0 r8=1
 ; expect: full rax=0 r8=0
 ; expect: again rax=0 r8=1

@@ -137,7 +137,8 @@ def _check_branch(ins, st: Stmt, inside) -> None:
 
 
 # what each declaration must precede, and where its operand is
-_SITE_INSNS = {"cr3_write": ("mov", "cr3, "), "cr4_write": ("mov", "cr4, "), "invlpg": ("invlpg", "")}
+_SITE_INSNS = {"cr0_write": ("mov", "cr0, "), "cr3_write": ("mov", "cr3, "), "cr4_write": ("mov", "cr4, "),
+               "invlpg": ("invlpg", "")}
 
 
 def _site_kind_of(ins: Insn) -> str | None:
@@ -175,7 +176,7 @@ def resolve_sites(declared, stmts: list[Stmt], addrs: dict[str, list[int]], insn
             raise AsmError(f"{f}:{ln}: .{kind} must precede '{mnemonic} {prefix}...', not "
                            f"'{ins.mnemonic} {ins.op_str}' ({st.file}:{st.line})")
         prev = insns[i - 1] if i and insns[i - 1].addr + insns[i - 1].size == addr else None
-        operand = ins.op_str.split(", ", 1)[1] if kind in ("cr3_write", "cr4_write") else \
+        operand = ins.op_str.split(", ", 1)[1] if kind in ("cr0_write", "cr3_write", "cr4_write") else \
             (ins.op_str if kind == "invlpg" else "")
         name = args[0] if kind == "hook" else f"{ins.mnemonic} {ins.op_str}"
         out.append(Site(kind, name, addr, ins.size, operand, kind == "cr3_write" and args == ["noflush"],
@@ -193,5 +194,26 @@ def resolve_sites(declared, stmts: list[Stmt], addrs: dict[str, list[int]], insn
                 where = f"{st.file}:{st.line}" if st else f"{ins.addr:#x}"
                 raise AsmError(f"{where}: '{ins.mnemonic} {ins.op_str}' without a .{kind} declaration "
                                f"(docs/architecture.md, the stub contract)")
+    _check_after_sites(out, insns, stmts, addrs)
     out.sort(key=lambda s: s.addr)
     return out
+
+
+def _check_after_sites(sites: list[Site], insns: list[Insn], stmts: list[Stmt], addrs) -> None:
+    """The CPU layer observes a CR3/CR4 write or an INVLPG where the next
+    translated block starts (QEMU ends a block after each of them): the
+    instruction after one must not also be reached by a jump, or the jump
+    would look like the write (docs/architecture.md, the stub contract)."""
+    watched = {s.addr + s.size: s for s in sites if s.kind in _SITE_INSNS}
+    if not watched:
+        return
+    for ins in insns:
+        if (ins.mnemonic.startswith("j") or ins.mnemonic == "call") and ins.op_str.startswith("0x"):
+            s = watched.get(int(ins.op_str, 16))
+            if s is not None:
+                st = next((st for st in stmts
+                           if addrs[st.section][st.index] <= ins.addr < addrs[st.section][st.index + 1]), None)
+                src = f"{st.file}:{st.line}" if st else f"{ins.addr:#x}"
+                raise AsmError(f"{s.where}: the instruction after this .{s.kind} is also the target of "
+                               f"'{ins.mnemonic} {ins.op_str}' at {src}; Python sees the {s.kind.replace('_', ' ')} "
+                               f"where the next block starts, so put a 'nop' after '{s.name}'")

@@ -54,7 +54,7 @@ class Site:
     """A place in the stub that Python observes, declared in the source
     (docs/architecture.md, "The stub contract")."""
 
-    kind: str            # cr3_write | cr4_write | invlpg | hook
+    kind: str            # cr0_write | cr3_write | cr4_write | invlpg | hook
     name: str            # the hook's name; for the others the instruction's text
     addr: int
     size: int            # of the instruction

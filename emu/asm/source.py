@@ -15,7 +15,7 @@ DATA_DIRECTIVES = {".byte", ".word", ".short", ".value", ".long", ".int", ".quad
                     ".asciz", ".string", ".zero", ".space", ".skip", ".fill", ".align", ".balign",
                     ".p2align"}
 #: declarations about the next instruction (docs/architecture.md, "The stub contract")
-SITE_DIRECTIVES = {".cr3_write", ".cr4_write", ".invlpg", ".hook"}
+SITE_DIRECTIVES = {".cr0_write", ".cr3_write", ".cr4_write", ".invlpg", ".hook"}
 IGNORED_DIRECTIVES = {".globl", ".global", ".type", ".size", ".intel_syntax", ".code64", ".file"}
 SECTION_ALIASES = {".text": ".text", ".data": ".data", ".rodata": ".rodata", ".bss": ".bss"}
 KEYWORDS = {"byte", "word", "dword", "qword", "xmmword", "ymmword", "tbyte", "ptr", "offset", "rip",
@@ -207,7 +207,7 @@ class SourceParser:
             self._statement(s, name, lineno, section, depth)
 
     def _site(self, word: str, s: str, name: str, lineno: int) -> None:
-        """``.cr3_write [noflush]``, ``.cr4_write``, ``.invlpg``, ``.hook NAME``:
+        """``.cr3_write [noflush]``, ``.cr0_write``, ``.cr4_write``, ``.invlpg``, ``.hook NAME``:
         a declaration about the next instruction (docs/architecture.md, "The
         stub contract")."""
         if self.pending_site is not None:

@@ -16,7 +16,7 @@ import sys
 
 from emu.errors import ConfigError
 from emu.hw.paging import ControlState
-from emu.linux.config import MAX_RAM, MIN_RAM, SWITCHES, MachineConfig, parse_assignments, parse_switch
+from emu.linux.config import INJECTIONS, MAX_RAM, MIN_RAM, SWITCHES, MachineConfig, parse_assignments, parse_switch
 from emu.parse import parse_hex, parse_int, parse_size
 
 NUMBERS = ("Numbers: addresses and CR3 values are hexadecimal, 0x optional (400000 is 0x400000; in an "
@@ -68,6 +68,10 @@ def add_machine_args(g) -> None:
     g.add_argument("--ram", metavar="SIZE",
                    help=f"guest RAM, {MIN_RAM >> 20}M .. {MAX_RAM >> 40}T in 2 MiB steps (default 256M; "
                         f"binary suffixes: 4G)")
+    g.add_argument("--tlb", metavar="MODE", help="the TLB model (--set tlb=MODE): off, check (the default: "
+                   "findings, the CPU uses the tables) or lazy (a stale translation serves the access)")
+    g.add_argument("--inject", metavar="NAMES", help="omit a flush Linux does, to watch the TLB model catch it "
+                   f"(--set inject=NAMES; comma-separated): {', '.join(INJECTIONS)}")
 
 
 def parse_ram(text: str) -> int:
@@ -96,6 +100,12 @@ def machine_settings(args) -> dict[str, str]:
             if key in settings and parse_switch(key, settings[key])[1] != parse_switch(key, value)[1]:
                 raise ConfigError(f"{flag} contradicts --set {key}={settings[key]}")
             settings[key] = value
+    for key in ("tlb", "inject"):
+        text = getattr(args, key, None)
+        if text is not None:
+            if key in settings and parse_switch(key, settings[key])[1] != parse_switch(key, text)[1]:
+                raise ConfigError(f"--{key} {text} contradicts --set {key}={settings[key]}")
+            settings[key] = text
     if getattr(args, "ram", None):
         ram = parse_ram(args.ram)
         if "ram" in settings and parse_switch("ram", settings["ram"])[1] != ram:
@@ -135,6 +145,7 @@ def check_space_args(args) -> None:
     given = [flag for attr, flag, _, _ in _FLAGS if attr != "la57" and getattr(args, attr, False)]
     if getattr(args, "space", None):
         given.insert(0, "--space")
+    given += [f"--{key}" for key in ("tlb", "inject") if getattr(args, key, None) is not None]
     if getattr(args, "ram", None):
         given.append("--ram")
     if getattr(args, "set", None):

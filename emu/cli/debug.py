@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from emu.errors import ConfigError, IsoemuError
-from emu.parse import parse_count, parse_int
+from emu.parse import parse_count, parse_hex, parse_int
 from emu.tools.debug import DEFAULT_BUDGET, KINDS, REGISTER_NAMES, DebugError, Debugger, Stop
 from emu.tools.debug.registers import canonical_name
 
@@ -74,6 +74,8 @@ CATCH: dict[str, Sub] = {
                    lambda sh, a: sh.dbg.catch_syscall(_optional(a))),
     "asi-exit": Sub("catch asi-exit [fault]", "stop after a CR3 write leaving ASI (only fault-forced ones)",
                     _asi_exit),
+    "stale": Sub("catch stale [FINDING]", "stop when the TLB model makes a finding (stale-access, "
+                 "freed-while-cached...)", lambda sh, a: sh.dbg.catch_stale(_optional(a))),
 }
 INFO: dict[str, Sub] = {
     "breakpoints": Sub("info breakpoints", "list breakpoints and their hit counts (i b)",
@@ -82,6 +84,8 @@ INFO: dict[str, Sub] = {
                      lambda sh, a: sh.info_registers(a), max_args=len(REGISTER_NAMES)),
     "spaces": Sub("info spaces", "address-space names and their page-table roots",
                   lambda sh, a: sh.info_spaces(), max_args=0),
+    "tlb": Sub("info tlb [PCID]", "what the TLB may hold, per PCID: the spaces it may cache and its "
+               "stale entries", lambda sh, a: sh.info_tlb(a)),
 }
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
@@ -294,6 +298,21 @@ class DebugShell(cmd.Cmd):
         for name, root in self.dbg.spaces().items():
             mark = "*" if name == current else " "
             self.out(f"{mark} {name:<12} {root:#018x}")
+
+    def info_tlb(self, args: list[str]) -> None:
+        pcid = None
+        if args:
+            try:
+                pcid = parse_hex(args[0], "PCID", lo=0, hi=0xFFF)      # hexadecimal, as CR3 values
+            except IsoemuError as e:
+                raise DebugError(str(e)) from None
+        for h in self.dbg.tlb(pcid):
+            who = "global    " if h["pcid"] is None else f"pcid {h['pcid']:#05x}"
+            mark = "*" if h["current"] else " "
+            spaces = ", ".join(h["spaces"]) or "nothing valid (flushed since its tables were current)"
+            self.out(f"{mark} {who} may cache: {spaces}")
+            for line in h["stale"]:
+                self.out(f"    stale: {line}")
 
     def info_breakpoints(self) -> None:
         bps = self.dbg.breakpoints
@@ -518,8 +537,8 @@ def add_commands(sub) -> None:
         "debug", help="step through CR3 switches: breakpoints, stepping, memory and page tables",
         description="Debug a program (as process A, or --name) or, without one, the default machine "
                     "(matrix_probe.S as processes A and B) in gdb's idiom: break cr3 [SPACE], break "
-                    "*ADDR, catch fault/syscall/asi-exit, continue, stepi, x/4gx, walk, ptdump, info "
-                    "registers/spaces, disas. Commands come from the terminal, standard input, "
+                    "*ADDR, catch fault/syscall/asi-exit/stale, continue, stepi, x/4gx, walk, ptdump, "
+                    "info registers/spaces/tlb, disas. Commands come from the terminal, standard input, "
                     "--batch FILE or -ex CMD. Addresses are hexadecimal (600000 is 0x600000), counts "
                     "decimal; Ctrl-C stops a running command.",
         epilog="example: isoemu debug -ex 'break cr3' -ex c -ex 'info registers cr3'")

@@ -6,8 +6,8 @@ import json
 import os
 import sys
 
-from emu.cli.common import (NUMBERS, add_json_args, add_machine_args, config_from_args, print_json,
-                            read_source)
+from emu.cli.common import (NUMBERS, add_json_args, add_machine_args, config_from_args, machine_settings,
+                            print_json, read_source)
 from emu.cli.render import EVENT_KINDS, event_json, event_line, parse_event_kinds
 from emu.errors import ConfigError, GuestError
 from emu.parse import parse_count
@@ -18,6 +18,8 @@ DEFAULT_BUDGET = "10M"
 def cmd_matrix(args) -> int:
     from emu.tools.matrix import render, run_matrix
 
+    if args.asi_designs:
+        return _asi_designs(args)
     result = run_matrix(config_from_args(args))
     if args.json:
         print_json(result.as_dict(), args)
@@ -25,7 +27,21 @@ def cmd_matrix(args) -> int:
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty()
                                            and not os.environ.get("NO_COLOR"))
         print(render(result, color=color))
-    return 1 if result.mismatches else 0
+    return 1 if result.failed else 0
+
+
+def _asi_designs(args) -> int:
+    """``isoemu matrix --asi-designs``: every design of asi= side by side."""
+    from emu.tools import asi_designs
+
+    if "asi" in machine_settings(args):
+        raise ConfigError("--asi-designs runs every design of asi=: leave asi unset")
+    c = asi_designs.compare(config_from_args(args))
+    if args.json:
+        print_json(asi_designs.as_dict(c), args)
+    else:
+        print(asi_designs.render(c, only_differing=not args.all_rows))
+    return 1 if c.failed else 0
 
 
 def cmd_stats(args) -> int:
@@ -133,6 +149,13 @@ def add_commands(sub) -> None:
     add_json_args(p, "print {config, spaces, regions, cells, stats, summary}")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="mark mismatches in colour (auto: on a terminal, unless NO_COLOR is set)")
+    p.add_argument("--asi-designs", action="store_true",
+                   help="run the matrix under every ASI design (asi=off, on, rfc2019, rfc2025) and print "
+                        "A.user and A.asi side by side, the rows that differ, then the CR3 writes, ASI exits "
+                        "and taint-policy flushes of getpid, a probe of sensitive memory and sched_yield "
+                        "(docs/asi.md)")
+    p.add_argument("--all-rows", action="store_true", help="with --asi-designs: every row, also those "
+                                                           "where the designs agree")
     add_machine_args(p.add_argument_group("machine"))
     p.set_defaults(func=cmd_matrix)
 

@@ -183,18 +183,10 @@ _FORMATS = {
 
 
 def stale_line(d) -> str:
-    """A TLB-model finding: the kind, the PCID, the address, where, what the
-    TLB may hold, what the tables say, the write that made it stale and the
-    invalidations since (docs/tlb.md)."""
-    pcid = "global" if d.get("pcid") is None and d.get("cached") else \
-        ("-" if d.get("pcid") is None else f"pcid {d['pcid']:#05x}")
-    head = f"stale {d['finding']} {pcid} va {d['address']:#x} at {d['symbol']}"
-    if not d.get("cached"):
-        return f"{head}: {d['now']}"
-    since = ", ".join(d.get("invalidations") or ()) or "none"
-    served = " (served: the access went through it)" if d.get("served") else ""
-    return (f"{head}: cached {d['cached']}{served}; tables: {d['now'] or 'refuse it'}; made stale by "
-            f"{d['write']}; invalidations since: {since}")
+    """A TLB-model finding (the data of a ``stale`` event; docs/tlb.md)."""
+    from emu.linux.tlbcheck import TlbFinding
+
+    return "stale " + TlbFinding(**{k: d[k] for k in TlbFinding.__dataclass_fields__}).line()
 
 
 def event_line(ev) -> str:

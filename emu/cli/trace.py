@@ -19,8 +19,10 @@ def format_record(r) -> str:
     pcid = f"{r.pcid:#x}" if r.pcid is not None else "-"
     pa = f"{r.pa:#x}" if r.pa is not None else "-"
     fault = "-" if r.fault is None else f"{vector_name(r.fault['vector'])}({r.fault['error_code']:#x})"
+    stale = "" if r.fault is None or "stale" not in r.fault else \
+        ("  [stale: served by a cached translation]" if r.fault["served"] else "  [stale: a cached translation would serve it]")
     return (f"{r.seq:>7} {r.cpl:>3} {r.space:<12} {pcid:>5} {r.kind} {r.va:#018x} {r.size:>6} {pa:<12} "
-            f"{fault:<10} {r.rip:#018x} {r.symbol}")
+            f"{fault:<10} {r.rip:#018x} {r.symbol}{stale}")
 
 
 def parse_budget(text: str) -> int:

@@ -191,6 +191,12 @@ class FrameAllocator:
         self.mem = mem
         self.nframes = nframes
         self.kind = bytearray(nframes)
+        # frames freed since they were last zeroed: a freed frame keeps its
+        # contents until it is allocated again, as in Linux's buddy allocator
+        # without init_on_free (a stale translation still reads them:
+        # docs/tlb.md); every allocation is zeroed, as __GFP_ZERO and
+        # clear_user_highpage give Linux's page tables and user pages
+        self.dirty = bytearray(nframes)
         self.kind[0] = FrameKind.RESERVED  # never hand out physical page 0
         self.order: dict[int, int] = {}  # head pfn -> order (2M/1G only)
         self.owner: dict[int, str] = {}
@@ -213,6 +219,12 @@ class FrameAllocator:
         self._claim(pfn, n, kind, owner)
         if n == 1:
             self._hint = pfn + 1
+            if self.dirty[pfn]:
+                self.dirty[pfn] = 0
+                self.mem.zero(pfn << PAGE_SHIFT, PAGE_SIZE)
+        elif self.dirty.find(1, pfn, pfn + n) >= 0:
+            self.dirty[pfn:pfn + n] = bytes(n)
+            self.mem.zero(pfn << PAGE_SHIFT, n << PAGE_SHIFT)
         return pfn << PAGE_SHIFT
 
     def reserve(self, pa: int, size: int, kind: FrameKind, owner: str | None = None) -> None:
@@ -264,7 +276,7 @@ class FrameAllocator:
         n = 1 << order
         self.kind[pfn:pfn + n] = bytes(n)
         self.owner.pop(pfn, None)
-        self.mem.zero(pfn << PAGE_SHIFT, n << PAGE_SHIFT)
+        self.dirty[pfn:pfn + n] = b"\x01" * n
         if n == 1 and pfn < self._hint:
             self._hint = pfn
 

@@ -24,6 +24,8 @@ from emu.hw.paging import error_code_words
 from emu.linux import abi
 
 FINDING_KIND = "sensitive-access-in-critical-section"
+#: every kind of ASI finding (asm tests: ``; expect: LABEL asi [FINDING]``)
+ASI_FINDINGS = (FINDING_KIND,)
 _TAINT_NAMES = {v: k.removeprefix("ASI_TAINT_").lower() for k, v in abi.ASI_TAINTS.items()}
 
 

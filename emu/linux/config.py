@@ -1,24 +1,26 @@
 """The machine's switches: one table for the asm test headers, ``--set`` and the API.
 
-Each switch has a name, a kind (on/off, a choice, names, or a size), a
-default (the default machine: PTI, PCID, ASI, SMEP, SMAP and NX on, 4-level
+Each switch has a name, a kind (on/off, one of a few words, a list of
+names, or a size), a default (the default machine: pti=auto on a
+Meltdown-affected CPU, so PTI is on; PCID, ASI, SMEP, SMAP and NX on, 4-level
 paging, 256 MiB) and one line of help.  ``; isoemu: pti=off`` in a test,
-``isoemu matrix --set pti=off`` and ``MachineConfig(pti=False)`` mean the same
-thing.  An unknown switch or value is refused with the nearest known one.
+``isoemu matrix --set pti=off`` and ``MachineConfig(pti=False)`` mean the
+same thing.  An unknown switch or value is refused with the nearest known one.
 
 ``asi`` chooses the address-space isolation design (docs/asi.md): ``off``,
 ``on`` (today's model: PTI and ASI together), ``rfc2019`` (the 2019 Oracle
 RFC: PTI's two tables plus a restricted space entered for a class) and
 ``rfc2025`` (the 2025 Google RFC v2: PTI disabled, user code on the
-restricted table).  ``pti`` left unset follows the design, as the 2025 RFC's
-pti_check_boottime_disable() does: off with ``asi=rfc2025``, on otherwise; an
-explicit ``pti=on`` with ``asi=rfc2025`` is refused.
+restricted table).  With ``asi=rfc2025``, ``pti=auto`` resolves to ``off``
+as the RFC's pti_check_boottime_disable() does ("disabled by ASI"), and an
+explicit ``pti=on`` is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import re
 from dataclasses import dataclass
 
@@ -28,6 +30,26 @@ from emu.parse import parse_size
 MIN_RAM = 32 << 20
 #: the CPU models in use have a 40-bit physical address width (1 TiB)
 MAX_RAM = 1 << 40
+
+
+class PtiMode(enum.StrEnum):
+    """Linux's ``pti=`` boot option (arch/x86/mm/pti.c: ``pti_mode``).
+
+    The machine's CPU is Meltdown-affected (X86_BUG_CPU_MELTDOWN), so both
+    ``on`` and ``auto`` enable PTI (X86_FEATURE_PTI): a mode is true exactly
+    when PTI is enabled, and ``if cfg.pti`` asks that.  They differ in
+    ``pti_kernel_image_global_ok()``: with ``auto`` and no PCID, Linux maps
+    kernel text and rodata into the user page tables, Global
+    (``pti_clone_kernel_text``); see :attr:`MachineConfig.pti_global_text`.
+    A mode equals its word (``PtiMode.AUTO == "auto"``).
+    """
+
+    ON = "on"
+    OFF = "off"
+    AUTO = "auto"
+
+    def __bool__(self) -> bool:
+        return self is not PtiMode.OFF
 
 
 @dataclass(frozen=True)
@@ -66,7 +88,8 @@ ASI_DESIGNS = {
 }
 
 SWITCHES: dict[str, Switch] = {s.name: s for s in (
-    Switch("pti", "bool", "page-table isolation (arch/x86/mm/pti.c)"),
+    Switch("pti", "choice", "page-table isolation (arch/x86/mm/pti.c); auto: as on, and without PCID "
+           "kernel text is mapped in the user tables (pti_clone_kernel_text)", tuple(m.value for m in PtiMode)),
     Switch("pcid", "bool", "process-context identifiers: CR4.PCIDE, tagged CR3 writes"),
     Switch("asi", "choice", "address-space isolation: off, on (today's model: PTI and ASI together), rfc2019 "
            "(three spaces: user, restricted kernel, full kernel) or rfc2025 (PTI off, user code on the "
@@ -106,7 +129,7 @@ class MachineConfig:
 
     ram: int = 256 << 20
     la57: bool = False
-    pti: bool | None = None      # None: follow the ASI design (off with rfc2025, else on)
+    pti: PtiMode = PtiMode.AUTO       # True/False and "on"/"off"/"auto" are accepted too
     pcid: bool = True
     asi: str = "on"              # a name of ASI_DESIGNS; True and False mean "on" and "off"
     smep: bool = True
@@ -119,6 +142,7 @@ class MachineConfig:
     secretmem: str = "page"
 
     def __post_init__(self):
+        object.__setattr__(self, "pti", _pti_mode(self.pti))
         object.__setattr__(self, "inject", frozenset(self.inject))
         if isinstance(self.asi, bool):               # MachineConfig(asi=False): the API's on/off
             object.__setattr__(self, "asi", "on" if self.asi else "off")
@@ -126,11 +150,12 @@ class MachineConfig:
             raise ConfigError(f"asi={self.asi}: use one of {', '.join(ASI_DESIGNS)}"
                               f"{nearest(str(self.asi), ASI_DESIGNS)}")
         object.__setattr__(self, "asi", AsiDesign(self.asi))
-        if self.pti is None:
-            object.__setattr__(self, "pti", self.asi != "rfc2025")
-        elif self.pti and self.asi == "rfc2025":
-            # x86/pti: "Disable PTI when ASI is on" (RFC v2 28/29): the RFC boots with PTI off
-            # whatever pti= says; a machine that claims both would be a guess
+        if self.asi == "rfc2025" and self.pti is PtiMode.AUTO:
+            # x86/pti: "Disable PTI when ASI is on" (RFC v2 28/29)
+            object.__setattr__(self, "pti", PtiMode.OFF)
+        elif self.asi == "rfc2025" and self.pti:
+            # the RFC boots with PTI off whatever pti= says; a machine that claims
+            # both would be a guess
             raise ConfigError("asi=rfc2025 runs without PTI (the RFC disables it: 'disabled by ASI'); "
                               "drop pti=on, or use asi=on for PTI with ASI")
         for name in self.inject:
@@ -163,6 +188,14 @@ class MachineConfig:
         return self.asi in ("on", "rfc2025")
 
     @property
+    def pti_global_text(self) -> bool:
+        """``pti_kernel_image_global_ok()`` (arch/x86/mm/pti.c): pti=auto and
+        no PCID (the CPU is not a K8 and RANDSTRUCT is off).  Then
+        ``pti_clone_kernel_text()`` clones the PMDs of kernel text and rodata
+        into the user page tables and sets Global on them."""
+        return self.pti is PtiMode.AUTO and not self.pcid
+
+    @property
     def global_pages(self) -> bool:
         """PTI clears _PAGE_GLOBAL from __default_kernel_pte_mask, and so does
         the 2025 RFC's ASI (today's model follows it); the 2019 RFC's did not."""
@@ -171,17 +204,18 @@ class MachineConfig:
     def features(self) -> dict[str, bool]:
         """The stub's patchable features (``.alternative FEATURE``): the
         hardware and configuration ones, and one INJECT_NAME per injection."""
-        feats = {"PTI": self.pti, "PCID": self.pcid, "ASI": self.asi_on, "LA57": self.la57,
+        feats = {"PTI": bool(self.pti), "PCID": self.pcid, "ASI": self.asi_on, "LA57": self.la57,
                  "ASI_RFC2019": self.asi == "rfc2019", "ASI_RFC2025": self.asi == "rfc2025",
                  "SECRETMEM_PMD_CACHE": self.secretmem == "pmd-cache"}
         feats.update({f"INJECT_{n.upper()}": n in self.inject for n in INJECTIONS})
         return feats
 
     def replace(self, **changes) -> "MachineConfig":
-        """This config with ``changes``; a new ``asi`` without ``pti`` lets
-        PTI follow the new design again (``replace(asi="rfc2025")`` turns it off)."""
-        if "asi" in changes and "pti" not in changes:
-            changes["pti"] = None
+        """This config with ``changes``.  Leaving ``asi=rfc2025`` without a
+        ``pti`` change gives PTI back its default mode, ``auto`` (the design had
+        turned it off)."""
+        if "pti" not in changes and self.asi == "rfc2025" and changes.get("asi", "rfc2025") != "rfc2025":
+            changes["pti"] = PtiMode.AUTO
         return dataclasses.replace(self, **changes)
 
     def with_switches(self, settings: dict[str, str]) -> "MachineConfig":
@@ -200,12 +234,24 @@ class MachineConfig:
             elif sw.kind == "names":
                 out[name] = ",".join(sorted(v)) or "none"
             else:
-                out[name] = v
+                out[name] = str(v)
         return out
 
     def describe(self) -> str:
         """``pti=on pcid=on asi=on ... ram=256M``."""
         return " ".join(f"{k}={v}" for k, v in self.switches().items())
+
+
+def _pti_mode(v) -> PtiMode:
+    """True/False (on/off) or a word, as a :class:`PtiMode`."""
+    if isinstance(v, PtiMode):
+        return v
+    if isinstance(v, bool):
+        return PtiMode.ON if v else PtiMode.OFF
+    try:
+        return PtiMode(str(v).strip().lower())
+    except ValueError:
+        raise ConfigError(f"pti={v}: use one of {', '.join(m.value for m in PtiMode)}") from None
 
 
 def _fmt_size(v: int) -> str:
@@ -237,7 +283,7 @@ def parse_switch(name: str, text: str) -> tuple[str, object]:
     if sw.kind == "choice":
         if t.lower() not in sw.choices:
             raise ConfigError(f"{key}={text}: use one of {', '.join(sw.choices)}{nearest(t.lower(), sw.choices)}")
-        return key, t.lower()
+        return key, _pti_mode(t) if key == "pti" else t.lower()
     if sw.kind == "names":
         names = [n.strip().lower() for n in t.split(",") if n.strip()]
         if names == ["none"]:

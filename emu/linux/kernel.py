@@ -57,7 +57,7 @@ def kernel_layout(lay: Layout) -> dict[str, int]:
 
 def link_kernel(lay: Layout) -> Image:
     return link(stub_sources(), kernel_layout(lay), abi.asm_symbols(lay), include_dirs=[STUB_DIR],
-                required_sites=("cr3_write", "cr4_write", "invlpg"))
+                required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
 
 
 @dataclass
@@ -284,7 +284,7 @@ class KernelBuilder:
         cfg, k, lay = self.cfg, self.k, self.lay
         k.write_data("page_offset_base", lay.page_offset)
         k.write_data("pgtable_levels", cfg.levels)
-        k.write_data("feature_pti", int(cfg.pti))
+        k.write_data("feature_pti", int(bool(cfg.pti)))
         k.write_data("feature_pcid", int(cfg.pcid))
         k.write_data("feature_invpcid", int(cfg.invpcid))
         k.write_data("feature_nx", int(cfg.nx))
@@ -337,10 +337,13 @@ class KernelBuilder:
             k.write_q(idt + 16 * vec + 8, hi)
 
     def _pti_user_tables(self, init: PageTable) -> None:
-        """pti_init(): what the user PGD of init_mm maps (arch/x86/mm/pti.c).
+        """pti_init() and pti_finalize(): what the user PGD of init_mm maps
+        (arch/x86/mm/pti.c).
 
         Every mm's user PGD gets a copy of its kernel half (pgd_ctor /
-        clone_pgd_range).
+        clone_pgd_range).  The image was mapped without Global already
+        (pti_set_kernel_image_nonglobal: _kprot); each PMD cloned below gets
+        Global back, in the one entry both tables then share.
         """
         lay, k = self.lay, self.k
         # pti_user_pagetable_walk_*: new tables as _KERNPG_TABLE
@@ -352,14 +355,31 @@ class KernelBuilder:
         # ... and the per-CPU TSS page: SYSCALL entry stores the user RSP in tss.sp2
         tss_va = k.percpu_va("cpu_tss_rw")
         user.map(tss_va, k.kva_to_pa(tss_va), PAGE_SIZE, PAGE_KERNEL & ~G, page_size=PAGE_SIZE)
-        # pti_clone_entry_text: PMD level; the kernel PMD gets Global (PGE)
+        # pti_clone_entry_text
         entry = lay.kernel_text + abi.KSECTIONS[".entry.text"]
-        _, epa, e = init.lookup(entry)
-        self.mem.write_u64(epa, e | G)
-        user.share(init, entry, SIZE_2M, "pmd")
+        self._pti_clone_pmds(init, user, entry, entry + SIZE_2M)
         # pti_setup_espfix64: pti_clone_p4d(ESPFIX_BASE_ADDR)
         user.share(init, lay.espfix_base, 1 << 39, top)
         # vsyscall=xonly (the default): nothing to clone
+        # pti_finalize -> pti_clone_kernel_text: [_text, __end_rodata_aligned)
+        # when pti_kernel_image_global_ok() (pti=auto without PCID).  Its
+        # set_memory_global(_text.._etext) changes nothing here: those PMDs
+        # are Global already.
+        if self.cfg.pti_global_text:
+            text = lay.kernel_text + abi.KSECTIONS[".text"]
+            self._pti_clone_pmds(init, user, text, lay.kernel_text + abi.KSECTIONS[".rodata"] + SIZE_2M)
+
+    def _pti_clone_pmds(self, init: PageTable, user: PageTable, start: int, end: int) -> None:
+        """pti_clone_pgtable(start, end, PTI_CLONE_PMD): each PMD of the kernel
+        table gets Global (X86_FEATURE_PGE: "it is effectively global, so set
+        it as global in both copies") and is copied into the user table, so
+        both share what is below it."""
+        for va in range(start, end, SIZE_2M):
+            shift, epa, e = init.lookup(va)
+            if shift != 21 or not e & P:
+                raise ConfigError(f"PTI clone: {va:#x} is not a present PMD in the kernel image")
+            self.mem.write_u64(epa, e | G)
+            user.share(init, va, SIZE_2M, "pmd")
 
     # -- processes -------------------------------------------------------------------
     def add_process(self, name: str, image: Image) -> Process:

@@ -166,8 +166,9 @@ class Machine:
         self._cr3_insns = {s.addr: s.name for s in img.sites_of("cr3_write")}
         for s in img.sites_of("cr3_write"):
             self.cpu.add_cr3_site(s.addr, s.operand, s.size, may_set_noflush=s.noflush)
-        for s in img.sites_of("cr4_write"):
-            self.cpu.add_cr_site(s.addr, s.size, 4)
+        for n in (0, 4):
+            for s in img.sites_of(f"cr{n}_write"):
+                self.cpu.add_cr_site(s.addr, s.size, n, s.operand)
         self.cpu.hlt_sites = {ins.addr + ins.size for ins in img.insns if ins.mnemonic == "hlt"}
 
     # the stub's declared hooks (``.hook NAME``) and what observes them:

@@ -43,6 +43,8 @@ def user_symbols(layout: Layout) -> dict[str, int]:
         "KERNEL_PHYS": abi.KERNEL_PHYS,
         "KERNEL_DATA_PHYS": abi.KERNEL_PHYS + abi.KSECTIONS[".data"],
         "VMALLOC_START": layout.vmalloc_start,
+        # task i's kernel stack (VMAP_STACK) is THREAD_SIZE at VMALLOC_START + i * VMAP_STACK_STRIDE
+        "VMAP_STACK_STRIDE": abi.VMAP_STACK_STRIDE,
         "USER_TEXT": abi.USER_TEXT,
         "USER_DATA": abi.USER_DATA,
         "USER_STACK_TOP": abi.USER_STACK_TOP,
@@ -95,11 +97,22 @@ def read_source(path) -> str:
     return text
 
 
+#: isoemu.inc, the macro library of Linux's syscall ABI for user programs
+#: (docs/asm-tests.md): on every program's include path
+LIBRARY_INCLUDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
+
+
 def assemble_program(source: str, name: str, layout: Layout, extra_symbols: dict[str, int] | None = None,
                      include_dirs: list[str] | None = None) -> Image:
-    """Assemble a user program; errors name ``name:line``."""
+    """Assemble a user program; errors name ``name:line``.  ``.include``
+    looks in ``include_dirs`` (default: the directory of ``name`` when it is
+    a file) and then in the library (isoemu.inc)."""
     syms = user_symbols(layout)
     syms.update(extra_symbols or {})
+    if include_dirs is None:
+        include_dirs = [os.path.dirname(os.path.abspath(name))] if os.path.isfile(name) else []
+    if LIBRARY_INCLUDE not in include_dirs:
+        include_dirs = [*include_dirs, LIBRARY_INCLUDE]
     img = link([(name, source)], USER_LAYOUT, syms, include_dirs=include_dirs, nobits=(".bss",))
     if "_start" not in img.symbols:
         raise AsmError(f"{name}: no _start label (the entry point)")

@@ -18,6 +18,7 @@ events, and adds what only Linux's rules can say:
 from __future__ import annotations
 
 import struct
+from dataclasses import asdict, dataclass, field
 
 from emu.hw.paging import ADDR_MASK, PAGE_SIZE, ControlState, P, A, D, mode_for, translate
 from emu.hw.phys import FrameKind
@@ -32,6 +33,49 @@ STAT_KEYS = ("flush_cr3", "cr3_noflush", "flush_invlpg", "flush_invpcid0", "flus
              *(f"finding_{k}" for k in ALL_FINDINGS))
 _AD = A | D
 _QS = struct.Struct("<512Q")
+
+
+@dataclass(frozen=True)
+class TlbFinding:
+    """One finding as users see it: in ``Machine.findings``, as the data of a
+    ``stale`` event, in reports.  ``pcid`` is None for a global translation
+    and for the Linux-side findings, which have no ``cached`` entry."""
+
+    finding: str                     # one of ALL_FINDINGS
+    rip: int
+    symbol: str                      # where the CPU was when it was found
+    cr3: int
+    space: str                       # the address space of that CR3
+    pid: int | None                  # the process current then
+    pcid: int | None
+    address: int
+    cached: str = ""                 # what the TLB may still hold
+    now: str = ""                    # what the tables say now (or the Linux rule broken)
+    write: str = ""                  # the entry write that made the cached entry stale
+    invalidations: list = field(default_factory=list)   # invalidations since that write
+    served: bool = False             # tlb=lazy: the access went through the stale translation
+
+    @property
+    def kind(self) -> str:
+        return self.finding
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line: the kind, the PCID, the address, where, what the TLB may
+        hold, what the tables say, the write that made it stale, the
+        invalidations since."""
+        pcid = ("global" if self.cached else "-") if self.pcid is None else f"pcid {self.pcid:#05x}"
+        head = f"{self.finding} {pcid} va {self.address:#x} at {self.symbol} in {self.space}"
+        if not self.cached:
+            return f"{head}: {self.now}"
+        shown = self.invalidations[-6:]
+        more = len(self.invalidations) - len(shown)
+        since = (f"{more} more, then " if more else "") + (", ".join(shown) or "none")
+        served = " (served: the access went through it)" if self.served else ""
+        return (f"{head}: cached {self.cached}{served}; tables: {self.now or 'refuse it'}; made stale by "
+                f"{self.write}; invalidations since: {since}")
 
 
 class TlbCheck:
@@ -49,7 +93,7 @@ class TlbCheck:
         self.model.start(cpu.reg("cr3"), cpu.reg("cr4"))
         for root in m.spaces().values():
             self.model.add_root(root)
-        self.findings: list[Finding] = []
+        self.findings: list[TlbFinding] = []
         self.extra: dict[str, int] = {}
         self._returning = False
         frames = m.mem.frames
@@ -152,18 +196,22 @@ class TlbCheck:
 
     # -- findings -----------------------------------------------------------------------------------------
     def _report(self, f: Finding) -> None:
-        self.findings.append(f)
-        m = self.m
-        sym = m.symbolize
-        m.emit("stale", rip=m.cpu.reg("rip"), cr3=m.cpu.reg("cr3"), finding=f.kind,
-               pcid=None if f.pcid < 0 else f.pcid, address=f.va, cached=f.cached.describe(), now=f.now,
-               write=f.cached.write.describe(sym), invalidations=list(f.invalidations), served=f.served)
+        self._add(f.kind, None if f.pcid < 0 else f.pcid, f.va, cached=f.cached.describe(), now=f.now,
+                  write=f.cached.write.describe(self.m.symbolize), invalidations=list(f.invalidations),
+                  served=f.served)
 
     def _linux_finding(self, kind: str, va: int, text: str) -> None:
         self.extra[kind] = self.extra.get(kind, 0) + 1
+        self._add(kind, None, va, now=text)
+
+    def _add(self, kind: str, pcid: int | None, va: int, **more) -> None:
         m = self.m
-        m.emit("stale", rip=m.cpu.reg("rip"), cr3=m.cpu.reg("cr3"), finding=kind, pcid=None, address=va,
-               cached="", now=text, write="", invalidations=[], served=False)
+        rip = m.cpu.reg("rip")
+        cr3 = m.cpu.reg("cr3")
+        p = m.current_process()
+        f = TlbFinding(kind, rip, m.symbolize(rip), cr3, m.space_of(cr3), p.pid if p else None, pcid, va, **more)
+        self.findings.append(f)
+        m.emit("stale", **f.as_dict())
 
     def stats(self) -> dict[str, int]:
         """Flushes by kind, entries dropped, stale records made, findings by

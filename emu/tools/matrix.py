@@ -3,15 +3,21 @@
 Boots the default machine (or a variant), runs one probe program as process
 A and as process B, and probes standard regions in four spaces:
 
-``A.user``    A's user page table, at CPL3;
+``A.user``    the table A's user code runs on, at CPL3: PTI's user PGD, the
+              kernel table without PTI, the restricted table with asi=rfc2025;
 ``A.kernel``  A's kernel page table, at CPL0 (SYS_probe, space 0);
-``A.asi``     A's ASI restricted page table, at CPL0 (SYS_probe, space 1);
-``B.user``    B's user page table, at CPL3.
+``A.asi``     A's ASI restricted page table, at CPL0 (SYS_probe, space 1):
+              the userspace class (asi=on, rfc2025) or the 2019 RFC's KVM
+              class (asi=rfc2019), docs/asi.md;
+``B.user``    B's, at CPL3.
 
-Every probe is machine code executed by the CPU (emu/programs/
+Every probe is machine code executed by the CPU (emu/tools/programs/
 matrix_probe.S).  Each cell is compared with an expectation written out from
-Linux's semantics as tables, one per page table and design
-(emu/tools/matrix_expected.py), not derived from the machine.
+Linux's semantics and the SDM (:mod:`emu.tools.matrix_model`), not derived
+from the machine.  The expectations follow every machine switch; they can be
+computed for another configuration than the machine's (``run_matrix(cfg,
+expect=...)``), which is how a test injects a regression (a machine without
+SMEP against expectations with it) and watches the matrix catch it.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from emu.linux import abi
 from emu.linux.config import MachineConfig
 from emu.linux.machine import Machine
 from emu.hw.paging import error_code_words
-from emu.tools.matrix_expected import expected_text
+from emu.tools.matrix_model import ACCESSES, Outcome, expected
+
+__all__ = ["ACCESSES", "Outcome", "expected", "REGIONS", "REGION_NAMES", "Cell", "MatrixResult",
+           "MatrixMachine", "run_matrix", "default_machine", "render"]
 
 PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "programs", "matrix_probe.S")
 
-ACCESSES = ("r", "w", "x")
 SPACE_CODES = {"A.user": 0, "A.kernel": 1, "A.asi": 2, "B.user": 0}
 
 # va_kind codes of the probe program
@@ -41,72 +49,32 @@ class Region:
     description: str
 
 
+# Every execute probe lands on a 'ret' (0xc3), so that a fetch the page
+# tables allow is seen to run and return rather than to run whatever bytes
+# are there: the program's own 'ret' and kernel text's (probe_target_ret,
+# entry_probe_ret); the probe program writes one at USER_DATA and in the
+# secret page (so the direct-map alias of each holds one too); the stub's
+# .data holds probe_data_ret, and its GDT page, past the GDT's limit,
+# probe_cea_ret (kernel_stub/data.S); secretmem zeroes a released page, so
+# the matrix writes a 'ret' into the freed frame before the second round; and
+# it writes one at the lowest byte of each kernel stack, which nothing the
+# stack holds reaches (THREAD_SIZE is far more than the stub uses).
 REGIONS = [
     Region("user_text", "a 'ret' in the program's text"),
-    Region("user_data", "USER_DATA, the program's data page"),
-    Region("secret_user", "A's mapping of its memfd_secret page"),
+    Region("user_data", "USER_DATA, the program's data page (a 'ret' written there)"),
+    Region("secret_user", "A's mapping of its memfd_secret page (a 'ret' written there)"),
     Region("secret_direct_map", "the direct-map alias of the secret page"),
-    Region("direct_map", "the direct map of kernel data (non-sensitive)"),
+    Region("direct_map", "the direct map of kernel data (non-sensitive): probe_data_ret's alias"),
     Region("direct_map_sensitive", "the direct-map alias of A's user data frame"),
     Region("kernel_text", "a 'ret' in kernel text"),
-    Region("kernel_data", "kernel .data"),
+    Region("kernel_data", "kernel .data: probe_data_ret"),
     Region("entry_text", "a 'ret' in the entry text (PTI-cloned)"),
-    Region("cpu_entry_area", "the cpu_entry_area (read-only IDT page)"),
+    Region("cpu_entry_area", "the cpu_entry_area's read-only GDT page: probe_cea_ret"),
     Region("kernel_stack", "A's kernel stack (vmalloc space, VMAP_STACK): the current stack"),
     Region("vmalloc", "B's kernel stack (vmalloc space): another task's"),
     Region("secret_direct_map_released", "the secret's direct-map alias after munmap and close"),
 ]
 REGION_NAMES = [r.name for r in REGIONS]
-
-
-@dataclass
-class Outcome:
-    """ok | fault | asi_exit_ok | asi_exit_fault, with vector/error code."""
-
-    outcome: str
-    vector: int | None = None
-    error_code: int | None = None
-
-    def text(self) -> str:
-        if self.outcome == "ok":
-            return "ok"
-        if self.outcome == "asi_exit_ok":
-            return "asi-exit→ok"
-        if self.vector == 14:
-            f = f"#PF {self.error_code:#x}"
-        elif self.vector == 13:
-            f = f"#GP({self.error_code:#x})"
-        else:
-            f = f"vector {self.vector}"
-        return ("asi-exit→" if self.outcome == "asi_exit_fault" else "") + f
-
-    def key(self):
-        return (self.outcome, self.vector, self.error_code)
-
-
-def ok() -> Outcome:
-    return Outcome("ok")
-
-
-def pf(ec: int, asi_exit: bool = False) -> Outcome:
-    return Outcome("asi_exit_fault" if asi_exit else "fault", 14, ec)
-
-
-# --- the expectation model (Linux semantics) ----------------------------------------
-def expected(region: str, space: str, access: str, cfg: MachineConfig) -> Outcome:
-    """What Linux does, from the tables of emu/tools/matrix_expected.py."""
-    return parse_outcome(expected_text(region, space, access, cfg))
-
-
-def parse_outcome(text: str) -> Outcome:
-    """``ok``, ``#PF 0x4``, ``asi-exit→ok``, ``asi-exit→#PF 0x3`` as an Outcome."""
-    asi_exit = text.startswith("asi-exit→")
-    rest = text.removeprefix("asi-exit→")
-    if rest == "ok":
-        return Outcome("asi_exit_ok" if asi_exit else "ok")
-    if rest.startswith("#PF "):
-        return pf(int(rest[4:], 16), asi_exit)
-    raise ValueError(f"matrix cell {text!r}: want ok, #PF 0xEC, or either after asi-exit→")
 
 
 # --- running --------------------------------------------------------------------------------
@@ -119,6 +87,7 @@ class Cell:
     access: str
     got: Outcome
     want: Outcome
+    stale: bool = False          # the TLB model found a stale translation for this access
 
     @property
     def ok(self) -> bool:
@@ -127,7 +96,8 @@ class Cell:
     def as_dict(self) -> dict:
         return {"region": self.region, "va": f"{self.va:#x}", "space": self.space, "cpl": self.cpl,
                 "access": self.access, "outcome": self.got.outcome, "vector": self.got.vector,
-                "error_code": self.got.error_code, "expected": self.want.text(), "pass": self.ok}
+                "error_code": self.got.error_code, "expected": self.want.text(),
+                "expected_reason": self.want.reason, "pass": self.ok, "stale": self.stale}
 
 
 @dataclass
@@ -137,53 +107,62 @@ class MatrixResult:
     cells: list[Cell]
     stats: dict[str, int] = field(default_factory=dict)
     stats_before_release: dict[str, int] = field(default_factory=dict)
+    expected_config: MachineConfig | None = None     # None: the machine's own
+    findings: list = field(default_factory=list)     # the TLB model's (emu.linux.tlbcheck.TlbFinding)
+    asi_findings: list = field(default_factory=list)  # ASI's (emu.linux.asicheck.AsiFinding)
 
     @property
     def mismatches(self) -> list[Cell]:
         return [c for c in self.cells if not c.ok]
 
+    @property
+    def failed(self) -> bool:
+        """A mismatch, a TLB finding or an ASI finding: each is a bug in the machine."""
+        return bool(self.mismatches or self.findings or self.asi_findings)
+
     def as_dict(self) -> dict:
-        cfg = self.config
+        out = {"config": self.config.switches()}
+        if self.expected_config is not None and self.expected_config != self.config:
+            out["expected_config"] = self.expected_config.switches()
         return {
-            "config": {"pti": cfg.pti, "pcid": cfg.pcid, "asi": cfg.asi, "smep": cfg.smep,
-                       "smap": cfg.smap, "la57": cfg.la57, "ram": cfg.ram},
+            **out,
             "spaces": self.spaces,
             "regions": [{"name": r.name, "description": r.description} for r in REGIONS],
             "cells": [c.as_dict() for c in self.cells],
             "stats": self.stats,
-            "summary": {"cells": len(self.cells), "mismatches": len(self.mismatches)},
+            "findings": [f.as_dict() for f in self.findings],
+            "asi_findings": [f.as_dict() for f in self.asi_findings],
+            "summary": {"cells": len(self.cells), "mismatches": len(self.mismatches),
+                        "findings": len(self.findings), "asi_findings": len(self.asi_findings)},
         }
 
 
-def _region_va(name: str, m: Machine) -> tuple[int, int | str]:
-    """(va_kind, address or symbol) of a region for process A."""
-    k = m.kernel
-    lay = m.layout
-    if name == "user_text":
-        return K_ABS, "user_ret"
-    if name == "user_data":
-        return K_ABS, abi.USER_DATA
-    if name == "secret_user":
-        return K_SECRET, 0
-    if name in ("secret_direct_map", "secret_direct_map_released"):
-        return K_SECRET_DM, 0
-    if name == "direct_map":
-        return K_ABS, lay.page_offset + abi.KERNEL_PHYS + abi.KSECTIONS[".data"]
-    if name == "direct_map_sensitive":
-        return K_DATA_DM, 0
-    if name == "kernel_text":
-        return K_ABS, k.sym("probe_target_ret")
-    if name == "kernel_data":
-        return K_ABS, k.sym("page_offset_base")
-    if name == "entry_text":
-        return K_ABS, k.sym("entry_probe_ret")
-    if name == "cpu_entry_area":
-        return K_ABS, lay.cpu_entry_area
-    if name in ("kernel_stack", "vmalloc"):
-        # the lowest page of the task's THREAD_SIZE stack (its kernel.py slot)
-        task = 0 if name == "kernel_stack" else 1
-        return K_ABS, lay.vmalloc_start + task * abi.VMAP_STACK_STRIDE
-    raise KeyError(name)
+def region_addresses(m: Machine) -> dict[str, tuple[int, int | str]]:
+    """Region -> (va_kind, address or symbol) for process A."""
+    k, lay = m.kernel, m.layout
+    data_ret = k.sym("probe_data_ret")
+    return {
+        "user_text": (K_ABS, "user_ret"),
+        "user_data": (K_ABS, abi.USER_DATA),
+        "secret_user": (K_SECRET, 0),
+        "secret_direct_map": (K_SECRET_DM, 0),
+        "direct_map": (K_ABS, lay.page_offset + k.kva_to_pa(data_ret)),
+        "direct_map_sensitive": (K_DATA_DM, 0),
+        "kernel_text": (K_ABS, k.sym("probe_target_ret")),
+        "kernel_data": (K_ABS, data_ret),
+        "entry_text": (K_ABS, k.sym("entry_probe_ret")),
+        # the GDT's read-only alias in the cpu_entry_area; per-CPU symbols
+        # are offsets in the per-CPU area
+        "cpu_entry_area": (K_ABS, k.cea["gdt"] + k.sym("probe_cea_ret") - k.sym("gdt_page")),
+        # the lowest byte of A's and of B's THREAD_SIZE stack (kernel.py's slots)
+        "kernel_stack": (K_ABS, _stack_bottom(lay, 0)),
+        "vmalloc": (K_ABS, _stack_bottom(lay, 1)),
+        "secret_direct_map_released": (K_SECRET_DM, 0),
+    }
+
+
+def _stack_bottom(lay, task: int) -> int:
+    return lay.vmalloc_start + task * abi.VMAP_STACK_STRIDE
 
 
 def _for_b(kind: int) -> int:
@@ -204,11 +183,12 @@ class MatrixMachine:
             base_src = f.read() + "\n.text\nuser_ret:\n    ret\n"
         self.m = m = Machine(cfg, record_events=False)
         self.plans: dict[str, list[tuple[str, str, str]]] = {}
+        addresses = region_addresses(m)
         for role, name in ((0, "A"), (1, "B")):
             round_end, plan = self._plan(role)
             lines = [".data", ".align 64", "probe_table:"]
             for region, space, acc in plan:
-                kind, va = _region_va(region, m)
+                kind, va = addresses[region]
                 if role == 1:
                     kind = _for_b(kind)
                 lines.append(f"    .quad {va}, {kind}, {ACCESSES.index(acc)}, {SPACE_CODES[space]}, "
@@ -218,13 +198,19 @@ class MatrixMachine:
             src += "\n".join(lines) + "\n"
             m.add_process(name, _assemble(m, src, len(plan), name))
             self.plans[name] = plan
+        for task in (0, 1):
+            # the execute probes' 'ret' at the bottom of each kernel stack
+            va = _stack_bottom(m.layout, task)
+            m.mem.write(m.kernel.stack_pages[va >> 12], b"\xc3")
         self.results: dict[str, list] = {}
         self.stats_at_yield: dict[str, int] = {}
+        self.findings_at_yield = 0
         m.exit_hooks.append(self._on_exit)
         self.a, self.b = m.process("A"), m.process("B")
         m.boot()
         self._pause = False
         m.cpu.add_code_hook(self.a.image.symbols["matrix_yield"], self._at_yield)
+        m.cpu.add_code_hook(self.a.image.symbols["matrix_released"], self._plant_released_ret)
         for p in (self.a, self.b):
             m.cpu.add_code_hook(p.image.symbols["record_error_code"], self._hardware_error_code)
 
@@ -260,9 +246,17 @@ class MatrixMachine:
         for i, v in enumerate(vals):
             m.mem.write_u64(m.pa_of(b_slots + 8 * i, f"{self.b.name}.kernel"), v)
         self.stats_at_yield = m.stats()
+        self.findings_at_yield = len(m.findings)
         if self._pause:
             self._pause = False
             m.stop("paused")
+
+    def _plant_released_ret(self, addr: int) -> None:
+        # secretmem zeroed the released page (secretmem_free_folio); the
+        # execute probe of its direct-map alias needs a 'ret' there
+        m = self.m
+        alias = m.read_u64(self.a.image.symbols["va_secret_dm"], "A.kernel")
+        m.mem.write(alias - m.layout.page_offset, b"\xc3")
 
     def pause_at_yield(self) -> Machine:
         self._pause = True
@@ -271,24 +265,34 @@ class MatrixMachine:
             raise AssertionError(f"the default machine stopped early: {reason}")
         return self.m
 
-    def finish(self) -> MatrixResult:
+    def finish(self, expect: MachineConfig | None = None) -> MatrixResult:
+        """Run to the end; each cell's expectation is computed for ``expect``
+        (default: the machine's own configuration)."""
+        want_cfg = expect or self.cfg
         self.m.run(budget=20_000_000)
         cells = []
         for name, plan in self.plans.items():
             for (region, space, acc), row in zip(plan, self.results[name]):
                 va, kind, access, sp, vector, ec, asi, resolved = row
                 got = _outcome(vector, ec, asi)
-                want = expected(region, space, acc, self.cfg)
+                want = expected(region, space, acc, want_cfg)
                 cells.append(Cell(region, resolved, space, 3 if space.endswith(".user") else 0, acc,
                                   got, want))
+        findings = self.m.findings
+        stale = {(f.address >> 12, f.space, _probe_access(f), i >= self.findings_at_yield)
+                 for i, f in enumerate(findings) if f.finding == "stale-access"}
+        for c in cells:
+            c.stale = (c.va >> 12, c.space, c.access, c.region == "secret_direct_map_released") in stale
         order = {s: i for i, s in enumerate(self.spaces)}
         cells.sort(key=lambda c: (REGION_NAMES.index(c.region), ACCESSES.index(c.access), order[c.space]))
-        return MatrixResult(self.cfg, self.spaces, cells, self.m.stats(), self.stats_at_yield)
+        return MatrixResult(self.cfg, self.spaces, cells, self.m.stats(), self.stats_at_yield,
+                            want_cfg if want_cfg != self.cfg else None, findings, self.m.asi_findings)
 
 
-def run_matrix(cfg: MachineConfig | None = None) -> MatrixResult:
-    """Run every probe; the result compares each cell with :func:`expected`."""
-    return MatrixMachine(cfg).finish()
+def run_matrix(cfg: MachineConfig | None = None, expect: MachineConfig | None = None) -> MatrixResult:
+    """Run every probe; the result compares each cell with :func:`expected`
+    for ``expect`` (default: ``cfg``, the machine's configuration)."""
+    return MatrixMachine(cfg).finish(expect)
 
 
 def default_machine(cfg: MachineConfig | None = None) -> Machine:
@@ -299,6 +303,16 @@ def default_machine(cfg: MachineConfig | None = None) -> Machine:
 def _assemble(m: Machine, src: str, count: int, name: str):
     from emu.linux.program import assemble_program
     return assemble_program(src, f"matrix_probe.S ({name})", m.layout, {"PROBE_COUNT": count})
+
+
+def _probe_access(f) -> str:
+    """The access a stale-access finding was made at: the probe's load or
+    store (kernel_stub/syscalls.S, SYS_probe), else a fetch."""
+    if f.symbol.startswith("probe_read"):
+        return "r"
+    if f.symbol.startswith("probe_write"):
+        return "w"
+    return "x"
 
 
 def _outcome(vector: int, ec: int, asi: int) -> Outcome:
@@ -315,11 +329,11 @@ def render(result: MatrixResult, color: bool = False) -> str:
     red = "\x1b[31m" if color else ""
     green = "\x1b[32m" if color else ""
     reset = "\x1b[0m" if color else ""
-    cfg = result.config
-    lines = [f"fault matrix: pti={'on' if cfg.pti else 'off'} pcid={'on' if cfg.pcid else 'off'} "
-             f"asi={cfg.asi} smep={'on' if cfg.smep else 'off'} "
-             f"smap={'on' if cfg.smap else 'off'} la57={'on' if cfg.la57 else 'off'} "
-             f"ram={cfg.ram >> 20}M"]
+    lines = [f"fault matrix: {result.config.describe()}"]
+    if result.expected_config is not None:
+        have, want = result.config.switches(), result.expected_config.switches()
+        diff = " ".join(f"{k}={v}" for k, v in want.items() if have[k] != v)
+        lines.append(f"expectations for: {diff} (not the machine's)")
     header = f"{'region':<28} {'':2} " + " ".join(f"{s:<{width}}" for s in spaces)
     lines.append(header)
     lines.append("-" * len(header))
@@ -333,7 +347,7 @@ def render(result: MatrixResult, color: bool = False) -> str:
                     row.append(f"{'':<{width}}")
                     continue
                 present = True
-                txt = c.got.text()
+                txt = c.got.text() + (" stale" if c.stale else "")
                 if c.ok:
                     row.append(f"{green}{txt:<{width}}{reset}" if color else f"{txt:<{width}}")
                 else:
@@ -346,7 +360,15 @@ def render(result: MatrixResult, color: bool = False) -> str:
     lines.append(f"{n} cells, {bad} mismatch{'es' if bad != 1 else ''}")
     for c in result.mismatches:
         lines.append(f"  MISMATCH {c.region} {c.access} in {c.space} at {c.va:#x}: got {c.got.text()}"
-                     f"{_words(c.got)}, expected {c.want.text()}")
+                     f"{_words(c.got)}, expected {c.want.text()} ({c.want.reason or 'allowed'})")
+    if result.findings:
+        k = len(result.findings)
+        lines.append(f"{k} TLB finding{'s' if k != 1 else ''} (docs/tlb.md):")
+        lines.extend(f"  {f.line()}" for f in result.findings)
+    if result.asi_findings:
+        k = len(result.asi_findings)
+        lines.append(f"{k} ASI finding{'s' if k != 1 else ''} (docs/asi.md):")
+        lines.extend(f"  {f.line()}" for f in result.asi_findings)
     return "\n".join(lines)
 
 

@@ -36,6 +36,10 @@ def _reg_id(name: str) -> int:
 class TlbSites:
     """Mixed into :class:`emu.hw.microcode.System`."""
 
+    #: while tlb=lazy serves an access: (root of the private tables, the real
+    #: CR3 they stand in for), so that observers (the tracer) name the real one
+    serving: tuple[int, int] | None = None
+
     def attach_tlb(self, model, lazy: bool = False, scratch: list[int] | None = None) -> None:
         """Feed ``model`` from now on; ``lazy``: serve accesses the tables
         refuse through a stale translation it holds (``scratch``: one frame
@@ -47,22 +51,33 @@ class TlbSites:
         self.serve_scratch = list(scratch or [])
 
     # -- CR0 / CR4 ----------------------------------------------------------------------------------
-    def add_cr_site(self, addr: int, size: int, crn: int) -> None:
-        """A declared 'mov crN, reg' (N = 0 or 4)."""
+    def add_cr_site(self, addr: int, size: int, crn: int, operand: str = "") -> None:
+        """A declared 'mov crN, reg' (N = 0 or 4).
+
+        The #GP rules of MOV to CR4 are checked after the write (Unicorn
+        carries on, and the write is undone); clearing CR0.PG has to be
+        refused before it, since Unicorn would fetch the next instruction
+        without paging: a code hook, which costs nothing where the stub
+        never writes CR0 (SDM Vol. 2A, MOV—Move to/from Control Registers)."""
         reg = _reg_id(f"cr{crn}")
         self._cr_shadow.setdefault(crn, self._reg(reg).read())
+        if crn == 0:
+            if not operand:
+                raise GuestError(f"mov cr0 at {addr:#x}: the register written is needed")
+            src = _reg_id(operand)
+            self.add_code_hook(addr, lambda a, site=addr: self._before_cr0_write(site, src))
         self.add_block_start_hook(addr + size, lambda a, site=addr, n=crn: self._after_cr_write(site, n))
+
+    def _before_cr0_write(self, site: int, src: int) -> None:
+        new = self._reg(src).read()
+        old = self._reg(X.UC_X86_REG_CR0).read()
+        if old & CR0_PG and not new & CR0_PG and self._reg(X.UC_X86_REG_CR4).read() & CR4_PCIDE:
+            self.later(lambda: self._cr_gp(site, 0, old))
 
     def _after_cr_write(self, site: int, crn: int) -> None:
         new = self._reg(_reg_id(f"cr{crn}")).read()
         old = self._cr_shadow.get(crn, new)
-        if crn == 4:
-            cr3 = self._reg(X.UC_X86_REG_CR3).read()
-            bad = new & CR4_PCIDE and not old & CR4_PCIDE and cr3 & 0xFFF
-        else:
-            cr4 = self._reg(X.UC_X86_REG_CR4).read()
-            bad = old & CR0_PG and not new & CR0_PG and cr4 & CR4_PCIDE
-        if bad:
+        if crn == 4 and new & CR4_PCIDE and not old & CR4_PCIDE and self._reg(X.UC_X86_REG_CR3).read() & 0xFFF:
             self.later(lambda: self._cr_gp(site, crn, old))
             return
         self._cr_shadow[crn] = new
@@ -113,13 +128,19 @@ class TlbSites:
         rec = self.tlb.stale_for(cr2, access, cpl, self.ctl())
         if rec is None:
             return False
-        served = self.tlb_lazy and (cpl == 0 or self._user_snapshot is not None)
+        served = self.serves(cpl)
         self.tlb.note_stale_access(rec, cr2, f"#PF {ec:#x} ({error_code_words(ec)})", served)
         if not served:
             return False
         state = bytes(self.regs.buf)
         self.later(lambda: self._serve(rec, cr2, cpl, state))
         return True
+
+    def serves(self, cpl: int) -> bool:
+        """Does tlb=lazy serve an access at this CPL through a stale
+        translation?  At CPL 3 only once a clean user context was saved (at
+        the first SYSCALL)."""
+        return self.tlb_lazy and (cpl == 0 or self._user_snapshot is not None)
 
     def _serve(self, rec, va: int, cpl: int, state: bytes) -> int:
         """Run the faulting instruction once through private tables that map
@@ -134,7 +155,11 @@ class TlbSites:
         C.context_restore(self.hv, snap)
         regs.write_except_cr3()
         self.flush_tlb()
-        err = self.emu_start(regs["rip"], 1)
+        self.serving = (copy, cr3)          # for observers: these tables stand in for cr3's
+        try:
+            err = self.emu_start(regs["rip"], 1)
+        finally:
+            self.serving = None
         self.set_reg("cr3", cr3)            # the real tables again (the write flushes the TLB)
         if err:
             raise GuestError(f"CPU stopped in a lazy-mode access at {va:#x}: error {err}")

@@ -27,7 +27,9 @@ re-walks, 4.10.4.3) and is never made.  Findings come from the records:
 page-table frame, goes back to the allocator while a record of the current
 PCID or a global one points at it, or a record of another PCID that is
 later made current without an invalidation), ``stale-at-user-return``
-(returning to CPL 3 while the entered PCID holds a stale user translation).
+(returning to CPL 3 while the entered PCID holds a stale user translation),
+``page-size-conflict`` (a translation inside a split larger page changes
+while the larger translation may still be cached: 4.10.2.3).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from emu.hw.tlb.graph import Leafish, Path, TableGraph, translations
 from emu.hw.x86 import CR0_PG, CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
 
 GLOBAL = -1                 # the "PCID" of global translations
-FINDINGS = ("stale-access", "freed-while-cached", "table-freed-while-cached", "stale-at-user-return")
+FINDINGS = ("stale-access", "freed-while-cached", "table-freed-while-cached", "stale-at-user-return",
+            "page-size-conflict")
 
 
 @dataclass
@@ -66,7 +69,8 @@ class EntryWrite:
 class Cached:
     """Something the TLB may still hold that the tables no longer give."""
 
-    kind: str                       # tlb: a translation; psc: a paging-structure-cache entry
+    kind: str                       # tlb: a translation; psc: a paging-structure-cache entry;
+                                    # size: a larger page now split (same frames and rights: not stale)
     pcid: int                       # GLOBAL for a global translation
     va: int
     size: int
@@ -92,6 +96,9 @@ class Cached:
         if self.kind == "psc":
             return (f"{who} {self.level} cache entry for {self.va:#x}+{fmt_size(self.size)} -> table "
                     f"{self.pa:#x} ({self.rights()})")
+        if self.kind == "size":
+            return (f"{who} {self.va:#x}+{fmt_size(self.size)} -> {self.pa:#x} ({self.rights()}, {self.level}, "
+                    f"since split into smaller pages)")
         return f"{who} {self.va:#x}+{fmt_size(self.size)} -> {self.pa:#x} ({self.rights()}, {self.level})"
 
 
@@ -214,8 +221,7 @@ class Tlb:
             self._count("flush_cr3")
             self.log.append((self.time, f"cr3 write pcid {pcid:#05x} (flush)"))
         else:
-            self._count("cr3_noflush")
-            self.log.append((self.time, f"cr3 write pcid {pcid:#05x} noflush"))
+            self._count("cr3_noflush")          # invalidates nothing: not in the log
         self.cur_pcid, self.cur_root = pcid, root
         self.graph.add_root(root)
         self._deferred(pcid)
@@ -296,16 +302,13 @@ class Tlb:
         new_t = translations(self.mem, mode, depth, va, new, path.eff, path.nx)
         for o in old_t:
             if _still_granted(o, new_t):
+                if any(n.size < o.size for n in new_t if n.va < o.va + o.size and o.va < n.va + n.size):
+                    # split into smaller pages, the same frames and rights: the
+                    # larger translation may stay cached beside the new ones
+                    self._remember(path, since, o, write, "size")
                 continue
-            if o.glob and self.pge_last >= since:
-                if self._may_cache_global(path.root, since, o):
-                    self._add(Cached("tlb", GLOBAL, o.va, o.size, o.level, o.pa, o.user, o.writable, o.nx,
-                                     o.pkey, write))
-                continue
-            for pcid in self._pcids_of(path.root):
-                if self._may_cache(pcid, path.root, since, o.va, o.size):
-                    self._add(Cached("tlb", pcid, o.va, o.size, o.level, o.pa, o.user, o.writable, o.nx,
-                                     o.pkey, write))
+            self._size_conflicts(o)
+            self._remember(path, since, o, write, "tlb")
         if not level.is_pte and not mode.is_leaf(level, old) and \
                 (not new & P or mode.is_leaf(level, new) or new & ADDR_MASK != old & ADDR_MASK
                  or (old & ~new & 0x6) or (new & ~old & (1 << 63))):
@@ -314,6 +317,33 @@ class Tlb:
                 if self._may_cache_psc(pcid, path.root, since):
                     self._add(Cached("psc", pcid, va, level.size, level.name, old & ADDR_MASK, bool(eff & 4),
                                      bool(eff & 2), path.nx or bool(old >> 63), 0, write))
+
+    def _remember(self, path: Path, since: int, o: Leafish, write: EntryWrite, kind: str) -> None:
+        """Records of ``o`` for every PCID (or the global set) that may cache it."""
+        if o.glob and self.pge_last >= since:
+            if self._may_cache_global(path.root, since, o):
+                self._add(Cached(kind, GLOBAL, o.va, o.size, o.level, o.pa, o.user, o.writable, o.nx, o.pkey,
+                                 write))
+            return
+        for pcid in self._pcids_of(path.root):
+            if self._may_cache(pcid, path.root, since, o.va, o.size):
+                self._add(Cached(kind, pcid, o.va, o.size, o.level, o.pa, o.user, o.writable, o.nx, o.pkey,
+                                 write))
+
+    def _size_conflicts(self, o: Leafish) -> None:
+        """A translation changes inside a larger page that was split while the
+        larger translation may still be cached: the TLB may now hold two
+        translations of different page sizes that differ, and the processor's
+        behaviour is undefined (SDM Vol. 3A 4.10.2.3; why cpa's
+        __split_large_page flushes before the attributes change).  The
+        larger record becomes an ordinary stale one."""
+        for pcid in (self.cur_pcid, GLOBAL, *[p for p in self.records if p not in (self.cur_pcid, GLOBAL)]):
+            for r in self.records.get(pcid, ()):
+                if r.kind == "size" and r.va < o.va + o.size and o.va < r.va + r.size:
+                    r.kind = "tlb"
+                    if pcid in (self.cur_pcid, GLOBAL):
+                        self._find("page-size-conflict", r, o.va, f"{fmt_size(o.size)} entry at {o.va:#x} "
+                                   f"changed; the {fmt_size(r.size)} page it was split from may still be cached")
 
     def _pcids_of(self, root: int) -> list[int]:
         out = [p for p, roots in self.last_active.items() if root in roots]
@@ -353,7 +383,8 @@ class Tlb:
                     (rec.kind, rec.va, rec.size, rec.pa, rec.user, rec.writable, rec.nx):
                 return
         recs.append(rec)
-        self._count("stale_records")
+        if rec.kind != "size":
+            self._count("stale_records")
 
     # -- frames --------------------------------------------------------------------------------
     def frame_freed(self, pa: int, size: int, is_table: bool = False) -> None:
@@ -364,7 +395,7 @@ class Tlb:
         for pcid, recs in self.records.items():
             for r in recs:
                 hit = (r.pa == pa) if r.kind == "psc" else (r.pa < pa + size and pa < r.pa + r.size)
-                if not hit or (r.kind == "psc" and not is_table):
+                if not hit or (r.kind == "psc" and not is_table) or r.kind == "size":
                     continue
                 kind = "table-freed-while-cached" if r.kind == "psc" else "freed-while-cached"
                 if pcid in (GLOBAL, self.cur_pcid):
@@ -414,6 +445,27 @@ class Tlb:
                 if r.kind == "tlb" and r.user:
                     self._find("stale-at-user-return", r, r.va)
 
+    def holdings(self) -> list[tuple[int, list[int], list[Cached]]]:
+        """What each PCID (and the global set, pcid GLOBAL) may hold now:
+        ``(pcid, roots, records)``.  ``roots`` are the page tables whose
+        valid translations it may cache, since they were current after its
+        last invalidation (4.10.2.1: used or not); ``records`` are its stale
+        entries.  Current PCID first."""
+        out = []
+        pcids = {self.cur_pcid, *self.last_active, *(p for p in self.records if p != GLOBAL)}
+        for pcid in sorted(pcids, key=lambda p: (p != self.cur_pcid, p)):
+            floor = max(self.all_flushed, self.flushed.get(pcid, 0))
+            roots = [r for r, t in self.last_active.get(pcid, {}).items()
+                     if t >= floor and not (pcid == self.cur_pcid and r == self.cur_root)]
+            if pcid == self.cur_pcid and self.cur_root is not None:
+                roots.insert(0, self.cur_root)
+            out.append((pcid, roots, list(self.records.get(pcid, ()))))
+        groots = [r for r, t in self.root_last.items() if t >= self.global_flushed and self.pge]
+        if self.pge and self.cur_root is not None and self.cur_root not in groots:
+            groots.insert(0, self.cur_root)
+        out.append((GLOBAL, groots, list(self.records.get(GLOBAL, ()))))
+        return out
+
     def cached(self, pcid: int | None = None) -> list[Cached]:
         """The stale records (of one PCID, or all)."""
         if pcid is not None:
@@ -426,6 +478,8 @@ class Tlb:
             return None
         r.reported.add(kind)
         since = [text for t, text in self.log if t > r.write.time]
+        if len(self.log) == self.log.maxlen and self.log[0][0] > r.write.time:
+            since.insert(0, f"(earlier ones: only the last {self.log.maxlen} are kept)")
         f = Finding(kind, r.pcid, va, r, now, since, self.time, served)
         self.findings.append(f)
         self._count(f"finding_{kind}")

@@ -12,8 +12,11 @@ emu/tools/asmtest/runner.py learns to record.
 the lines of the report (what happened, then where).  ``obs`` is the
 runner's record of one process in one run (runner.ProcessRun):
 ``reached(label)``, ``faults(label)``, ``fault_words(sig)``, ``at(label)``,
-``captures(label)``, ``roots(label)``, ``space_name(root)``, ``exit``,
-``output`` and ``expectations`` (those that apply to this configuration).
+``captures(label)``, ``roots(label)``, ``space_name(root)``,
+``findings_at(label, kind)`` (the TLB model's findings made while the
+instruction at the label ran, or while the kernel handled the system call or
+exception it raised), ``tlb_mode``, ``exit``, ``output`` and
+``expectations`` (those that apply to this configuration).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Expectation:
     status: Expr | None = None
     output: str | None = None
     space: str | None = None
+    finding: str | None = None    # stale, asi: the finding kind, None for any
 
     @property
     def where(self) -> str:
@@ -218,6 +222,57 @@ def _check_space(e: Expectation, root: int, obs) -> list[str] | None:
     return None
 
 
+# --- stale ----------------------------------------------------------------------------------
+def _parse_stale(e: Expectation, words: list[str], rest: str) -> None:
+    from emu.linux.tlbcheck import ALL_FINDINGS
+
+    if len(words) > 1:
+        raise BadExpectation("stale takes at most one finding kind, e.g. 'stale stale-access'")
+    if words:
+        if words[0] not in ALL_FINDINGS:
+            raise BadExpectation(f"unknown TLB finding {words[0]!r}{nearest(words[0], ALL_FINDINGS)}; "
+                                 f"known: {', '.join(ALL_FINDINGS)}")
+        e.finding = words[0]
+
+
+def _describe_stale(e: Expectation) -> str:
+    return f"{e.label} stale" + (f" {e.finding}" if e.finding else "")
+
+
+def _check_stale(e: Expectation, prepared, obs) -> list[str] | None:
+    if not obs.reached(e.label):
+        return ["not reached"] + obs.at(e.label)
+    if obs.findings_at(e.label, e.finding):
+        return None
+    other = obs.findings_at(e.label, None)
+    if other:
+        return [f"got {f.finding}, not {e.finding}: {f.line()}" for f in other] + obs.at(e.label)
+    how = "the TLB model is off (tlb=off)" if obs.tlb_mode == "off" else "no TLB finding"
+    return [f"got {how}"] + obs.at(e.label)
+
+
+# --- asi --------------------------------------------------------------------------------------
+def _parse_asi(e: Expectation, words: list[str], rest: str) -> None:
+    from emu.linux.asicheck import ASI_FINDINGS
+
+    if len(words) > 1:
+        raise BadExpectation(f"asi takes at most one finding kind, e.g. 'asi {ASI_FINDINGS[0]}'")
+    if words:
+        if words[0] not in ASI_FINDINGS:
+            raise BadExpectation(f"unknown ASI finding {words[0]!r}{nearest(words[0], ASI_FINDINGS)}; "
+                                 f"known: {', '.join(ASI_FINDINGS)}")
+        e.finding = words[0]
+
+
+def _check_asi(e: Expectation, prepared, obs) -> list[str] | None:
+    if not obs.reached(e.label):
+        return ["not reached"] + obs.at(e.label)
+    if obs.asi_findings_at(e.label, e.finding):
+        return None
+    how = "asi=off: no ASI" if obs.asi_mode == "off" else "no ASI finding"
+    return [f"got {how}"] + obs.at(e.label)
+
+
 # --- exit, output ---------------------------------------------------------------------------
 def _parse_exit(e: Expectation, words: list[str], rest: str) -> None:
     if len(words) != 1:
@@ -312,6 +367,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          records=("regs",), headline=_regs_headline),
     Kind("space", "LABEL space SPACE", True, _parse_space, lambda e: f"{e.label} space {e.space}",
          _check_space, _prepare_space, records=("space",), group="space"),
+    Kind("stale", "LABEL stale [FINDING]", True, _parse_stale, _describe_stale, _check_stale),
+    Kind("asi", "LABEL asi [FINDING]", True, _parse_asi,
+         lambda e: f"{e.label} asi" + (f" {e.finding}" if e.finding else ""), _check_asi),
     Kind("exit", "exit STATUS", False, _parse_exit, _describe_exit, _check_exit, _prepare_exit, group="exit",
          headline=_exit_headline),
     Kind("output", "output TEXT", False, _parse_output, lambda e: f"output {e.output}", _check_output,

@@ -200,10 +200,14 @@ def _isoemu(h, settings: dict[str, Setting], budget, err):
                 _, v = parse_switch(key, text)
                 MachineConfig().with_switches({key: text})
             except ConfigError as x:
-                hint = f" (several values are separated by '|': {key}=on|off)" \
-                    if "," in text and SWITCHES[key].kind == "bool" else ""
+                sw = SWITCHES[key]
+                two = "|".join(sw.choices[:2]) if sw.kind == "choice" else "on|off"
+                hint = f" (several values are separated by '|': {key}={two})" \
+                    if "," in text and sw.kind in ("bool", "choice") else ""
                 raise err(h.line, f"{x}{hint}") from None
-            canon = ("on" if v else "off") if isinstance(v, bool) else v if isinstance(v, str) else text
+            # the canonical word: pti=On is pti=on (a choice's value is its word)
+            canon = ("on" if v else "off") if isinstance(v, bool) else \
+                (str(v) if SWITCHES[key].kind == "choice" else text)
             if any(c == canon for c, _ in values):
                 raise err(h.line, f"{key}={val}: {canon} is given twice")
             values.append((canon, v))

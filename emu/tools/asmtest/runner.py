@@ -82,6 +82,9 @@ class ProcessRun:
         self.signals: list[Signal] = []
         self.last_exc = None
         self.setup_failed: str | None = None
+        self.entry_rip: int | None = None            # the user instruction that last entered the kernel
+        self.findings: list[tuple[int | None, object]] = []   # (user RIP it is charged to, TlbFinding)
+        self.asi_findings: list[tuple[int | None, object]] = []   # the same for ASI's (AsiFinding)
 
     # -- what the checks read ------------------------------------------------------------------
     def reached(self, label: str) -> int:
@@ -106,6 +109,22 @@ class ProcessRun:
     def space_name(self, root: int) -> str:
         return self.runner.m.space_of(root)
 
+    def findings_at(self, label: str, kind: str | None) -> list:
+        addr = self.image.symbols[label]
+        return [f for rip, f in self.findings if rip == addr and (kind is None or f.finding == kind)]
+
+    def asi_findings_at(self, label: str, kind: str | None) -> list:
+        addr = self.image.symbols[label]
+        return [f for rip, f in self.asi_findings if rip == addr and (kind is None or f.kind == kind)]
+
+    @property
+    def asi_mode(self) -> str:
+        return self.runner.m.config.asi
+
+    @property
+    def tlb_mode(self) -> str:
+        return self.runner.m.config.tlb
+
     @property
     def exit(self) -> dict | None:
         return self.runner.m.exits.get(self.process.pid)
@@ -123,6 +142,7 @@ class Runner:
         self.budget = budget or variant.budget
         self.procs: list[ProcessRun] = []
         self.m: Machine | None = None
+        self.machine_findings: list = []     # TLB findings made while no test process was current
 
     # -- build ---------------------------------------------------------------------------------
     def _build(self, pr: ProcessRun, layout, dirs: list[str]) -> None:
@@ -195,6 +215,9 @@ class Runner:
             return
         for pr in self.procs:
             self._evaluate(pr)
+        for f in self.machine_findings:
+            what = "TLB" if hasattr(f, "finding") else "ASI"
+            self.res.failures.append(Failure(f"unexpected {what} finding outside the test's processes", [f.line()]))
 
     # -- hooks ---------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
@@ -261,10 +284,39 @@ class Runner:
         pr.setup_failed = f"rt_sigaction(signal {self.m.cpu.reg('rdi')}) returned {rax}"
 
     def _on_event(self, ev) -> None:
-        if ev.kind == "exception" and ev.get("cpl") == 3:
-            for pr in self.procs:
-                if pr.process is not None and pr.process.pid == ev.get("pid"):
-                    pr.last_exc = ev
+        kind = ev.kind
+        if kind not in ("exception", "syscall", "stale", "asi_finding"):
+            return
+        pr = next((pr for pr in self.procs if pr.process is not None and pr.process.pid == ev.get("pid")), None)
+        if kind == "stale":
+            self._on_finding(pr, ev)
+        elif kind == "asi_finding":
+            self._on_asi_finding(pr)
+        elif ev.get("cpl") == 3 and pr is not None:
+            pr.entry_rip = ev.get("rip")
+            if kind == "exception":
+                pr.last_exc = ev
+
+    def _on_finding(self, pr: ProcessRun | None, ev) -> None:
+        """Charge a TLB finding to the user instruction it was made at: the
+        one executing, or the one whose system call or exception the kernel
+        was handling (docs/asm-tests.md)."""
+        f = self.m.tlb.findings[-1]
+        if pr is None:
+            self.machine_findings.append(f)
+            return
+        rip = f.rip if f.rip < self.m.layout.kernel_half else pr.entry_rip
+        pr.findings.append((rip, f))
+
+    def _on_asi_finding(self, pr: ProcessRun | None) -> None:
+        """An ASI finding (a kernel access from a critical section) is charged
+        to the user instruction whose system call or exception the kernel
+        was handling, as a TLB finding is."""
+        f = self.m.asi.findings[-1]
+        if pr is None:
+            self.machine_findings.append(f)
+            return
+        pr.asi_findings.append((pr.entry_rip, f))
 
     # -- words ---------------------------------------------------------------------------------
     def source(self, pr: ProcessRun | None, addr: int) -> str | None:
@@ -351,12 +403,29 @@ class Runner:
             details.append(f"{info['signal']} was not delivered to the runtime's handler")
             self.res.failures.append(Failure(f"unexpected fault in process {pr.spec.name}", details))
 
+    def _unexpected_findings(self, pr: ProcessRun) -> None:
+        want = [(pr.image.symbols[e.label], e.finding) for e in pr.expectations if e.kind == "stale"]
+        for rip, f in pr.findings:
+            if any(rip == a and k in (None, f.finding) for a, k in want):
+                continue
+            where = self.source(pr, rip) if rip is not None else None
+            details = [f.line()] + ([where] if where else [])
+            self.res.failures.append(Failure(f"unexpected TLB finding in process {pr.spec.name}", details))
+        want = [(pr.image.symbols[e.label], e.finding) for e in pr.expectations if e.kind == "asi"]
+        for rip, f in pr.asi_findings:
+            if any(rip == a and k in (None, f.kind) for a, k in want):
+                continue
+            where = self.source(pr, rip) if rip is not None else None
+            details = [f.line()] + ([where] if where else [])
+            self.res.failures.append(Failure(f"unexpected ASI finding in process {pr.spec.name}", details))
+
     def _evaluate(self, pr: ProcessRun) -> None:
         fail = self.res.failures
         if pr.setup_failed:
             fail.append(Failure(f"the runtime of process {pr.spec.name} could not start: {pr.setup_failed}"))
             return
         self._unexpected(pr)
+        self._unexpected_findings(pr)
         exp = pr.expectations
         if not any(e.kind == "exit" for e in exp):
             default = Expectation(self.t.path, 0, "", "exit", status=parse_expr("0", "exit"))

@@ -18,12 +18,12 @@ from emu.asm import Image, link, strip_comment
 from emu.errors import AsmError
 from emu.linux import abi
 from emu.linux.layout import Layout
-from emu.linux.program import USER_LAYOUT, assemble_program, user_symbols
+from emu.linux.program import LIBRARY_INCLUDE, USER_LAYOUT, assemble_program, user_symbols
 from emu.tools.asmtest.format import AsmTestError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_FILE = os.path.join(HERE, "runtime.S")
-INCLUDE_DIR = os.path.join(HERE, "include")
+INCLUDE_DIR = LIBRARY_INCLUDE                  # isoemu.inc (emu/linux/include)
 RUNTIME_NAME = "<isoemu asm-test runtime>"
 SITES_NAME = "<isoemu asm-test sites>"
 

@@ -152,6 +152,47 @@ class Debugger(Inspector):
         only those a kernel page fault forced: the stub's asi_exit_on_fault)."""
         return self.add_breakpoint("asi-exit", fault_only=fault_only)
 
+    def catch_stale(self, finding: str | None = None) -> Breakpoint:
+        """Stop when the TLB model makes a finding (any, or this kind:
+        ``stale-access``, ``freed-while-cached``...; docs/tlb.md)."""
+        from emu.linux.config import nearest
+        from emu.linux.tlbcheck import ALL_FINDINGS
+
+        if self.m.tlb is None:
+            raise DebugError("the TLB model is off (tlb=off): there is nothing to catch; run with --tlb check")
+        if finding is not None and finding not in ALL_FINDINGS:
+            raise DebugError(f"unknown TLB finding {finding!r}{nearest(finding, ALL_FINDINGS)}; "
+                             f"known: {', '.join(ALL_FINDINGS)}")
+        return self.add_breakpoint("stale", finding=finding)
+
+    def tlb(self, pcid: int | None = None) -> list[dict]:
+        """What the TLB may hold, per PCID (the global set has ``pcid``
+        None): ``{pcid, current, spaces, stale}`` where ``spaces`` names the
+        address spaces whose valid translations it may cache (their page
+        tables were current since its last invalidation) and ``stale`` lists
+        the entries it may still hold that the tables no longer give, as
+        lines.  ``pcid`` selects one."""
+        model = self.m.tlb.model if self.m.tlb is not None else None
+        if model is None:
+            raise DebugError("the TLB model is off (tlb=off): run with --tlb check")
+        from emu.hw.tlb import GLOBAL
+
+        out = []
+        for p, roots, recs in model.holdings():
+            key = None if p == GLOBAL else p
+            if pcid is not None and key != pcid:
+                continue
+            sym = self.m.symbolize
+            out.append({"pcid": key, "current": p == model.cur_pcid,
+                        "spaces": [self.m.space_of(r) for r in roots],
+                        "stale": [r.describe() + " made stale by " + r.write.describe(sym)
+                                  + (" (its frame was freed since)" if r.freed is not None else "")
+                                  for r in recs]})
+        if pcid is not None and not out:
+            known = ", ".join(f"{p:#x}" for p, _, _ in model.holdings() if p != GLOBAL)
+            raise DebugError(f"pcid {pcid:#x} holds nothing; known: {known}")
+        return out
+
     def delete(self, num: int | None = None) -> None:
         """Delete breakpoint ``num``, or all of them."""
         if num is None:

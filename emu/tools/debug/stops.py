@@ -85,6 +85,7 @@ class Breakpoint:
     fault_only: bool = False       # asi-exit: only exits a page fault forced
     label: str = ""                # address: symbol+offset, for listings
     process: str | None = None     # address: only while this process's CR3 is loaded
+    finding: str | None = None     # stale: the finding kind (None: any)
     hits: int = 0
 
     def what(self) -> str:
@@ -187,6 +188,13 @@ def _report_cr3(s: Stop) -> str:
     return text
 
 
+def _report_stale(s: Stop) -> str:
+    from emu.linux.tlbcheck import TlbFinding
+
+    d = s.event.data
+    return TlbFinding(**{k: d[k] for k in TlbFinding.__dataclass_fields__}).line()
+
+
 def describe_fault_event(ev: Event) -> str:
     """The page fault of an ``asi_exit`` event."""
     return f"#PF {ev.error_code:#x} at {ev.address:#x} by {ev.rip:#x} <{ev.symbol}>"
@@ -202,6 +210,9 @@ KINDS: dict[str, BreakKind] = {k.name: k for k in (
               matches=lambda b, ev, cause: b.vector in (None, ev.vector)),
     BreakKind("syscall", "Catchpoint", "catch syscall", _describe_syscall, _report_syscall,
               watches="syscall", matches=lambda b, ev, cause: b.nr in (None, ev.nr)),
+    BreakKind("stale", "Catchpoint", "catch stale",
+              lambda b: "any TLB finding" if b.finding is None else f"TLB finding {b.finding}",
+              _report_stale, watches="stale", matches=lambda b, ev, cause: b.finding in (None, ev.finding)),
     BreakKind("asi-exit", "Catchpoint", "catch asi-exit",
               lambda b: "ASI exits forced by a fault" if b.fault_only else "any ASI exit",
               _report_cr3, watches="cr3_write", after_insn=True,

@@ -64,6 +64,12 @@ class Recorder:
     # -- contexts ----------------------------------------------------------------------------
     def context(self, cr3: int, cs: int, rflags: int, cr0: int, cr4: int) -> Context:
         """The context of these register values (interned)."""
+        serving = self.machine.cpu.serving
+        if serving is not None and cr3 & ADDR_MASK == serving[0]:
+            # tlb=lazy runs an access through private tables that give it the
+            # stale translation: record it against the real ones, which refuse
+            # it (the record's fault then says a stale translation served it)
+            cr3 = serving[1]
         key = (cr3, cs & 3, cr0 & CR0_WP, cr4 & _CR4_BITS, rflags & RFLAGS_AC)
         ctx = self.contexts.get(key)
         if ctx is None:
@@ -105,7 +111,16 @@ class Recorder:
             ctx.blocks.clear()
             # (a non-canonical stack access is #SS(0) in the SDM; QEMU, and
             # so this machine, raise #GP(0) as the walker says)
-            return None, {"vector": t.vector, "error_code": t.error_code}
+            fault = {"vector": t.vector, "error_code": t.error_code}
+            tlb = self.machine.tlb
+            if tlb is not None:
+                # a stale translation the TLB may still hold would serve it
+                # (tlb=lazy: did serve it; docs/tlb.md)
+                rec = tlb.model.stale_for(va, acc, ctx.cpl, ctx.ctl)
+                if rec is not None:
+                    fault["stale"] = rec.describe()
+                    fault["served"] = self.machine.cpu.serves(ctx.cpl)
+            return None, fault
         ctx.walks[acc][page] = t.pa & ~0xFFF
         return t.pa, None
 

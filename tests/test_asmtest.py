@@ -320,7 +320,7 @@ ERROR_CASES = [
     ("; expect: probe space A..user", "space needs one address-space name, e.g. 'space A.user'"),
     ("; expect: probe stale stale-acess", "unknown TLB finding 'stale-acess' (did you mean 'stale-access'?); "
      "known: stale-access, freed-while-cached, table-freed-while-cached, stale-at-user-return, "
-     "unobserved-write, freed-out-of-direct-map"),
+     "page-size-conflict, unobserved-write, freed-out-of-direct-map"),
     ("; expect: probe stale stale-access freed-while-cached",
      "stale takes at most one finding kind, e.g. 'stale stale-access'"),
     ("; expect: exit", "exit needs a STATUS from 0 to 255"),

@@ -60,7 +60,8 @@ def add_machine_args(g) -> None:
     names = ", ".join(SWITCHES)
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help=f"a machine switch (repeatable, or comma-separated: pti=off,ram=4G); "
-                        f"switches: {names}; on/off, ram a size")
+                        f"switches: {names}; on/off (pti also auto), ram a size, tlb off/check/lazy; "
+                        f"docs/cli.md lists every value")
     g.add_argument("--no-pti", action="store_true", help="page-table isolation off (--set pti=off)")
     g.add_argument("--no-pcid", action="store_true", help="PCIDs off: every CR3 write flushes (--set pcid=off)")
     g.add_argument("--no-asi", action="store_true", help="address-space isolation off (--set asi=off)")

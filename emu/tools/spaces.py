@@ -82,9 +82,9 @@ def config_from_args(args):
     if cfg is not None:         # made by the CLI from --set and the flags (emu.cli.common.config_from_args)
         return cfg
     ram = parse_size(args.ram) if getattr(args, "ram", None) else DEFAULT_RAM
-    return MachineConfig(ram=ram, la57=bool(getattr(args, "la57", False)),
-                        pti=not getattr(args, "no_pti", False), pcid=not getattr(args, "no_pcid", False),
-                        asi=not getattr(args, "no_asi", False))
+    off = {k: "off" for k in ("pti", "pcid", "asi") if getattr(args, f"no_{k}", False)}
+    # the switches left alone keep MachineConfig's defaults (pti=auto among them)
+    return MachineConfig(ram=ram, la57=bool(getattr(args, "la57", False))).with_switches(off)
 
 
 _machines: dict = {}

@@ -1,7 +1,7 @@
 """Assembler and linker: keystone underneath, file:line errors on top.
 
 Sources are Intel syntax.  ``;``, ``#`` and ``//`` start comments (keystone
-itself would read ``;`` as a statement separator, ARCHITECTURE fact 10).
+itself would read ``;`` as a statement separator, docs/architecture.md, Unicorn fact 10).
 On top of what keystone accepts, the preprocessor handles:
 
 ``.include "file"``         textual include (relative to the including file)

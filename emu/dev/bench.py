@@ -82,7 +82,7 @@ def parse_targets(target: str | None, value: float, ratio: float | None) -> list
     return out
 
 
-# --- page tables (issue: page-table object, walker, ptdump) ----------------------
+# --- page tables: the page-table object, walker, ptdump ----------------------
 @bench("page tables")
 def bench_paging(quick: bool) -> list[dict]:
     from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
@@ -162,8 +162,8 @@ class _RawLoop:
     """A user loop in plain Unicorn (paging on, one page table, no
     microcode).  ``syscalls``: the SYSCALL hook leaves RIP after the
     instruction (Unicorn adds 2).  ``faults``: the interrupt hook restores a
-    snapshot (the only way to clear QEMU's pending exception, ARCHITECTURE.md
-    fact 3) and moves RIP past the faulting 2-byte load."""
+    snapshot (the only way to clear QEMU's pending exception, docs/architecture.md,
+    Unicorn fact 3) and moves RIP past the faulting 2-byte load."""
 
     SOURCE = """
 syscalls:
@@ -224,7 +224,7 @@ faults:
         return n
 
 
-# --- the microcode on a bare system (issue: the machine) ---------------------------------
+# --- the microcode on a bare system ---------------------------------
 _BARE_KERNEL = """
 entry_syscall:
     cmp eax, 1

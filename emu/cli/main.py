@@ -26,6 +26,12 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``isoemu: matrix: unrecognized argument:
     --jsno (did you mean --json?)``.  Subcommand parsers are of this class too."""
 
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        # a negative number, hexadecimal too, is a value, not an option:
+        # '--cr3 -0x1000' gets its range message, not "expected one argument"
+        self._negative_number_matcher = re.compile(r"^-(0[xX][0-9a-fA-F_]+|\d[\d_]*(\.\d+)?)$")
+
     def error(self, message: str):
         raise UsageError(_prefixed(self.prog, self._suggest(message)))
 

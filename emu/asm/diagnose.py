@@ -44,7 +44,9 @@ def diagnose(st: Stmt, line: str, err: keystone.KsError, env, try_asm) -> AsmErr
                 continue
             try:
                 v = evaluate(op.node, env)
-            except (KeyError, ExprError):
+            except ExprError as e:
+                return AsmError(f"{where}: operand {i + 1}: {e}: {st.text}")
+            except KeyError:
                 continue
             variant = rest[:i] + ["0"] + rest[i + 1:]
             try:
@@ -54,6 +56,17 @@ def diagnose(st: Stmt, line: str, err: keystone.KsError, env, try_asm) -> AsmErr
             hint = ("; only mov to a 64-bit register takes a 64-bit immediate, other instructions "
                     "sign-extend 32 bits") if fits(v, 64) and not -(1 << 31) <= v < (1 << 31) else ""
             return AsmError(f"{where}: immediate {hexs(v)} does not fit this instruction{hint}: {st.text}")
+    if len(rest) == len(syntax.operands):
+        for i, op in enumerate(syntax.operands):
+            if op.kind != "mem" or op.size is not None:
+                continue
+            for size in ("byte", "word", "dword", "qword"):
+                try:
+                    try_asm(f"{head} {', '.join(rest[:i] + [f'{size} ptr {rest[i]}'] + rest[i + 1:])}")
+                except keystone.KsError:
+                    continue
+                return AsmError(f"{where}: the size of operand {i + 1} is not known: write byte, word, "
+                                f"dword or qword ptr: {st.text}")
     regs = [op.reg for op in syntax.operands if op.kind == "reg" and op.reg in _WIDTH]
     if syntax.mnemonic not in _MIXED and len({_WIDTH[r] for r in regs}) > 1:
         widths = ", ".join(f"{r} is {_WIDTH[r]}-bit" for r in regs)

@@ -47,13 +47,13 @@ class _Checker:
     def encoded(self) -> str:
         return f"{self.ins.mnemonic} {self.ins.op_str}".strip()
 
-    def value(self, node: tuple) -> int:
+    def value(self, node: tuple, i: int) -> int:
         try:
             return evaluate(node, self.env)
         except KeyError as e:
             self.fail(f"unknown symbol {e.args[0]!r}")
         except ExprError as e:
-            self.fail(str(e))
+            self.fail(f"operand {i}: {e}")
 
     def describe(self, op) -> str:
         if op.type == X.X86_OP_REG:
@@ -122,7 +122,7 @@ def _same_kind(c: _Checker, s: Operand, d) -> bool:
 
 
 def _immediate(c: _Checker, i: int, s: Operand, d, branch: bool) -> None:
-    v = c.value(s.node)
+    v = c.value(s.node, i)
     if branch:
         target = d.imm & MASK64
         if v & MASK64 != target:

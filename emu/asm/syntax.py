@@ -171,9 +171,13 @@ class _NoSymbols(dict):
 def _check_address(node: tuple) -> None:
     """The shape of [base + index*scale + disp], as far as it is known
     before symbols have values."""
-    for reg in _registers_in(node):
+    written = _registers_in(node)
+    for reg in written:
         if reg not in ADDRESS_REGISTERS:
             raise SyntaxProblem(f"{reg} cannot address memory")
+    widths = {r: (32 if r in GPR32 else 64) for r in written}
+    if len(set(widths.values())) > 1:
+        raise SyntaxProblem(f"{' and '.join(dict.fromkeys(written))}: an address uses registers of one width")
     try:
         regs, _ = linear(node, _NoSymbols())
     except _Unknown:
@@ -183,7 +187,6 @@ def _check_address(node: tuple) -> None:
     for reg, factor in regs.items():
         if factor < 0:
             raise SyntaxProblem(f"{reg} is subtracted; an address adds its registers")
-    written = _registers_in(node)
     if len(regs) == 1 and len(written) == 2 and written[0] == written[1] != "rip":
         # [rbx + rbx*2]: the register is both base and index
         (reg, factor), = regs.items()
@@ -258,7 +261,7 @@ def _parse_operand(text: str, index: int) -> Operand:
         raise SyntaxProblem(f"write '{w} ptr' (keystone drops '{w}' without 'ptr')")
     if "[" in t or "]" in t:
         m = _MEMORY.fullmatch(t.strip())
-        if not m:
+        if not m or "[" in m.group(2) or "]" in m.group(2):
             raise SyntaxProblem(f"write a memory operand as [base + index*scale + disp]: {text!r}")
         inner = m.group(2)
         if not inner.strip():

@@ -190,6 +190,8 @@ MALFORMED = [
     ("nop rax", "Invalid operand"),
     ("lea rax, rbx", "Invalid operand"),
     ("movv rax, 1", "Invalid mnemonic"),
+    ("sl rdx, cl", "Invalid mnemonic"),                  # not "operand sizes differ"
+    ("jnz .Lnowhere", "unknown symbol '.Lnowhere'"),     # as written, not as renamed per file
     ("nop nop", "unknown symbol 'nop'"),
     ("mov rax, undefined_symbol", "unknown symbol 'undefined_symbol'"),
     ("mov rax, [undefined_symbol]", "unknown symbol 'undefined_symbol'"),
@@ -483,6 +485,8 @@ MISENCODED = [
     ("push 5", "push qword ptr [rax]", "keystone turned operand 1 into a memory reference "
                                        "('push qword ptr [rax]'); write the value as a number"),
     ("jmp x", "jmp y", "branch to 0x400002, keystone encoded 0x400000"),
+    ("ret", "inc qword ptr [rax]", "keystone encoded a memory operand the source does not have "
+                                   "('inc qword ptr [rax]')"),
     ("add rax, rbx", "", "keystone produced no bytes for this instruction"),
     ("nop", "nop; nop", "keystone produced 2 instructions (nop; nop)"),
 ]

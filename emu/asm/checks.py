@@ -8,6 +8,7 @@ import capstone
 
 from emu.asm.engines import capstone_engine
 from emu.asm.image import Insn, Line, Section, Site, Stmt
+from emu.asm.source import demangle
 from emu.asm.strict import check_insn
 from emu.errors import AsmError
 
@@ -39,7 +40,7 @@ def verify(sections: dict[str, Section], addrs: dict[str, list[int]], symbols: d
             a, b = sa[st.index], sa[st.index + 1]
             if st.kind in ("empty", "const") and a == b:
                 continue
-            lines.append(Line(a, b - a, st.file, st.line, st.text))
+            lines.append(Line(a, b - a, st.file, st.line, demangle(st.text)))
             if st.kind != "insn" or sec.nobits:
                 continue
             if a == b:
@@ -69,6 +70,8 @@ _BRANCH_GROUPS = (capstone.x86_const.X86_GRP_JUMP, capstone.x86_const.X86_GRP_CA
 def _check_branch(ins, st: Stmt, inside) -> None:
     from capstone import x86_const as X
 
+    if not ins.mnemonic.split()[-1].startswith(("j", "call", "loop")):
+        return          # not a branch: spare building capstone's details
     if any(g in _BRANCH_GROUPS for g in ins.groups) and ins.operands and \
             ins.operands[0].type == X.X86_OP_IMM:
         target = ins.operands[0].imm & 0xFFFFFFFFFFFFFFFF
@@ -123,10 +126,8 @@ def resolve_sites(declared, stmts: list[Stmt], addrs: dict[str, list[int]], insn
                         _before(prev, addr == addrs[st.section][0]), f, ln))
         declared_at.add(addr)
     if required:
-        lines = {}
-        for st in stmts:
-            for i in range(addrs[st.section][st.index], addrs[st.section][st.index + 1]):
-                lines.setdefault(i, st)
+        # every instruction statement is exactly one instruction (verify)
+        lines = {addrs[st.section][st.index]: st for st in stmts if st.kind == "insn"}
         for ins in insns:
             kind = _site_kind_of(ins)
             if kind in required and ins.addr not in declared_at:

@@ -29,6 +29,8 @@ def diagnose(st: Stmt, line: str, err: keystone.KsError, env, try_asm) -> AsmErr
     """An AsmError naming the line and, where the linker can tell, the cause."""
     where = f"{st.file}:{st.line}"
     syntax = st.syntax
+    if err.errno == keystone.KS_ERR_ASM_MNEMONICFAIL:
+        return AsmError(f"{where}: {ks_message(err)}: {st.text}")
     for op in syntax.operands:
         if op.node is not None:
             for name in sorted(symbols_of(op.node)):

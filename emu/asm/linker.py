@@ -15,7 +15,7 @@ from emu.asm.data import check_constants, data_bytes, data_size, evaluate_consta
 from emu.asm.diagnose import diagnose
 from emu.asm.engines import ks_asm, reset_engines
 from emu.asm.image import SYM_PREFIX, Image, Section, Stmt
-from emu.asm.source import IDENT, SourceParser
+from emu.asm.source import IDENT, SourceParser, demangle
 from emu.asm.syntax import keystone_insn_text
 from emu.errors import AsmError
 
@@ -53,6 +53,8 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
         try:
             img = _link(sources, layout, predefined, include_dirs, default_section, nobits, required_sites, key)
             break
+        except AsmError as e:
+            raise AsmError(demangle(str(e))) from None
         except _Inconsistent as e:
             if attempt:
                 raise AsmError(f"keystone produced an inconsistent layout twice: {e}") from None

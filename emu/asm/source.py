@@ -32,6 +32,15 @@ _COMMENT = re.compile(r"[;#]|//")
 _SPECIAL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\"']")
 
 
+_MANGLED = re.compile(r"(?<![\w.$])\.L\d+_")
+
+
+def demangle(text: str) -> str:
+    """A statement as written: file-local labels lose the file number the
+    reader gave them (``.L3_loop`` is ``.Lloop`` in the source)."""
+    return _MANGLED.sub(".L", text) if ".L" in text else text
+
+
 def strip_comment(line: str) -> str:
     """Drop ``;``, ``#`` and ``//`` comments outside string literals."""
     if '"' not in line and "'" not in line:

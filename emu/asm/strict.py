@@ -67,13 +67,21 @@ def check_insn(st: Stmt, syntax: InsnSyntax, ins, env, labels, reg_name, data: b
                sec_base: int) -> None:
     """Compare one decoded instruction with its statement; relocate its
     RIP-relative operand in ``data``.  Raises AsmError naming the line."""
-    c = _Checker(st, ins, env, labels, reg_name)
     src = syntax.operands
+    if not src:
+        # nothing written: only a string instruction's implicit operands
+        # (movsb, lodsq...) may address memory
+        if "[" in ins.op_str and ins.mnemonic.split()[-1] not in _STRING:
+            raise AsmError(f"{st.file}:{st.line}: keystone encoded a memory operand the source does not "
+                           f"have ('{ins.mnemonic} {ins.op_str}'): {st.text}")
+        return
+    if syntax.registers_only and ins.op_str == syntax.registers_only:
+        # registers only, printed as written: the common case, without
+        # building capstone's operand details
+        return
+    c = _Checker(st, ins, env, labels, reg_name)
     dec = list(ins.operands)
     mnemonic = ins.mnemonic.split()[-1]
-    if not src:
-        # nothing written, nothing to compare (implicit operands: movsb, lodsq...)
-        return
     if mnemonic in _STRING and len(dec) > len(src):
         for i, s in enumerate(src, 1):
             if not any(_same_kind(c, s, d) for d in dec):

@@ -69,6 +69,8 @@ class InsnSyntax:
     prefixes: tuple[str, ...]
     mnemonic: str
     operands: list[Operand]
+    #: "rax, rbx" when every operand is a register (capstone's op_str for it), else ""
+    registers_only: str = ""
 
 
 @dataclass
@@ -316,7 +318,8 @@ def _parse_insn(text: str) -> InsnSyntax:
     operands = []
     if rest:
         operands = [parse_operand(p, i + 1) for i, p in enumerate(split_top(rest))]
-    return InsnSyntax(tuple(prefixes), low, operands)
+    regs = ", ".join(op.reg for op in operands) if operands and all(op.kind == "reg" for op in operands) else ""
+    return InsnSyntax(tuple(prefixes), low, operands, regs)
 
 
 def keystone_insn_text(text: str, syntax: InsnSyntax) -> str:
@@ -340,9 +343,22 @@ def _expr(text: str, what: str) -> tuple:
     return node
 
 
+_DATA_CACHE: dict[str, DataSyntax | None] = {}
+
+
 def parse_data(text: str) -> DataSyntax | None:
     """A data directive as chunks; None for the .align family (the linker
     pads those itself)."""
+    if text in _DATA_CACHE:
+        return _DATA_CACHE[text]
+    syntax = _parse_data(text)
+    if len(_DATA_CACHE) > _CACHE_LIMIT:
+        _DATA_CACHE.clear()
+    _DATA_CACHE[text] = syntax
+    return syntax
+
+
+def _parse_data(text: str) -> DataSyntax | None:
     word, _, rest = text.strip().partition(" ")
     d = word.lower()
     if d in (".align", ".balign", ".p2align"):

@@ -533,17 +533,19 @@ def _embedded_sources(path: str, names: tuple[str, ...]) -> list[tuple[str, str]
 
 
 def _link_asm_test(path: str) -> None:
-    """Each process of an asm test, alone and with the test runtime."""
+    """Each process of an asm test in each of its configurations, alone and
+    with the test runtime, as the runner links them."""
     from emu.linux.layout import layout_for
-    from emu.linux.program import USER_LAYOUT, assemble_program, user_symbols
-    from emu.tools.asmtest import RUNTIME_NAME, parse_file, runtime_source
+    from emu.tools.asmtest import parse_file
+    from emu.tools.asmtest.runtime import assemble_user, include_dirs, link_process
 
     t = parse_file(path)
-    lay = layout_for(t.config.levels)
-    for spec in t.processes:
-        assemble_program(spec.source, path, lay)
-        link([(path, spec.source), (RUNTIME_NAME, runtime_source([]))], USER_LAYOUT, user_symbols(lay),
-             nobits=(".bss",), cache=False)
+    dirs = include_dirs(t.real_path or path)
+    for levels in sorted({v.config.levels for v in t.variants()}):
+        lay = layout_for(levels)
+        for spec in t.processes:
+            user = assemble_user(spec.source, t.path, lay, dirs, spec.line, spec.name)
+            link_process(spec.source, t.path, lay, user, [], dirs)
 
 
 ASM_TESTS = sorted(glob.glob(_repo("asm", "**", "*.S"), recursive=True))

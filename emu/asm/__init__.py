@@ -13,7 +13,7 @@ a statement's bytes are what its source says, or the link fails with
 Beyond keystone's syntax: ``.include``, ``.section`` and the section
 aliases, ``.macro``/``.endm``, ``.extable``, ``.alternative``, constants
 (``.equ``/``.set``/``=``) and the stub contract's site declarations
-(``.cr3_write [noflush]``, ``.cr4_write``, ``.invlpg``, ``.hook NAME``).
+(``.cr0_write``, ``.cr3_write [noflush]``, ``.cr4_write``, ``.invlpg``, ``.hook NAME``).
 """
 
 from emu.asm.image import Image, Insn, Line, Section, Site, Stmt

@@ -156,7 +156,9 @@ def sections(text: str) -> dict[str, str]:
     return out
 
 
-def boot(args) -> None:
+def boot(args) -> bool:
+    """Boot, capture, write the outputs; True when the two dumps agree (the
+    tables did not change while the report was printed)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kernel = Path(args.kernel)
@@ -217,6 +219,7 @@ def boot(args) -> None:
     still = report["kernel"] == report["kernel2"]
     print(f"realkernel: wrote {out} (the tables were {'still' if still else 'CHANGING: run again'})",
           file=sys.stderr)
+    return still
 
 
 def parse_mem(text: str) -> int:
@@ -224,7 +227,7 @@ def parse_mem(text: str) -> int:
     return int(text[:-1]) * units[text[-1].upper()] if text[-1:].upper() in units else int(text)
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="directory for the outputs")
     p.add_argument("--kernel", default=None, help="the kernel (default: the newest /boot/vmlinuz-*)")
@@ -238,7 +241,11 @@ def main(argv=None) -> None:
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--timeout", type=int, default=600, help="seconds to wait for the probe")
     p.add_argument("--settle", type=float, default=2.0, help="seconds between READY and the stop")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
     if args.kernel is None:
         kernels = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda k: k.stat().st_mtime)
         if not kernels:
@@ -246,7 +253,7 @@ def main(argv=None) -> None:
         args.kernel = str(kernels[-1])
     if os.geteuid() != 0:
         print("realkernel: note: not root; building the module may fail", file=sys.stderr)
-    boot(args)
+    sys.exit(0 if boot(args) else 1)
 
 
 if __name__ == "__main__":

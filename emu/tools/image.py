@@ -90,7 +90,7 @@ def _registers(mem: ImageMem, regs_path: str | None) -> tuple[dict[str, int], st
     return {}, ""
 
 
-def _vmcore_root(mem: ImageMem) -> int | None:
+def vmcore_root(mem: ImageMem) -> int | None:
     """swapper_pg_dir's physical address from VMCOREINFO (init_top_pgt and phys_base)."""
     info = mem.notes.vmcoreinfo
     try:
@@ -122,8 +122,8 @@ def open_image(path: str, *, cr3: list[int] | None = None, regs: str | None = No
         roots, sources["cr3"] = [registers["cr3"]], reg_src
         if notes.isoemu.get("roots") and not regs:
             roots = [int(r, 16) for r in notes.isoemu["roots"].split(",")]
-    elif _vmcore_root(mem) is not None:
-        roots, sources["cr3"] = [_vmcore_root(mem)], "VMCOREINFO (init_top_pgt, phys_base)"
+    elif vmcore_root(mem) is not None:
+        roots, sources["cr3"] = [vmcore_root(mem)], "VMCOREINFO (init_top_pgt, phys_base)"
     else:
         raise ConfigError(f"--image needs --cr3 ADDR or --regs FILE: {os.path.basename(path)} holds no "
                           f"registers (the physical address of the top-level table)")
@@ -202,12 +202,30 @@ def open_image(path: str, *, cr3: list[int] | None = None, regs: str | None = No
     return setup
 
 
+#: where a base comes from when nothing says otherwise
+DEFAULT_SOURCES = {
+    "page_offset_base": "assumed: KASLR off (not detected)",
+    "vmalloc_base": "assumed: KASLR off (not detected)",
+    "vmemmap_base": "assumed: KASLR off (not detected)",
+    "ldt_base": "assumed: CONFIG_MODIFY_LDT_SYSCALL=y",
+    "kasan_shadow_start": "assumed: no CONFIG_KASAN",
+    "kasan_shadow_end": "assumed: no CONFIG_KASAN",
+    "cpu_entry_area": "Linux's fixed address",
+    "espfix_base": "Linux's fixed address",
+    "efi_va_end": "assumed: CONFIG_EFI=y",
+    "kernel_map": "Linux's fixed address",
+    "modules_vaddr": "assumed: CONFIG_RANDOMIZE_BASE=y (KERNEL_IMAGE_SIZE 1 GiB)",
+    "modules_end": "assumed: no CONFIG_DEBUG_KMAP_LOCAL_FORCE_MAP",
+    "fixaddr_start": "assumed: Debian 6.1's configuration (FIXADDR_START depends on it)",
+}
+
+
 def _resolve_layout(setup: ImageSetup, mode: PagingMode, found, kroot: int, given: dict[str, int | None],
                     kallsyms: str | None, system_map: str | None) -> None:
     mem, notes = setup.mem, setup.mem.notes
     lay = linux_layout(mode.depth)
     values: dict[str, int | None] = {}
-    src: dict[str, str] = {k: "assumed (a distribution kernel's)" for k in LAYOUT_KEYS}
+    src: dict[str, str] = dict(DEFAULT_SOURCES)
     size = notes.vmcoreinfo.get("NUMBER(KERNEL_IMAGE_SIZE)")
     if size and size.isdigit():
         values["modules_vaddr"] = lay.kernel_map + int(size)
@@ -242,10 +260,8 @@ def _resolve_layout(setup: ImageSetup, mode: PagingMode, found, kroot: int, give
     if detected:
         setup.note("layout", "layout detected: " + ", ".join(f"{k} {vals[k]:#x}" for k in detected))
     if assumed:
-        randomized = [k for k in ("page_offset_base", "vmalloc_base", "vmemmap_base") if k in assumed]
-        what = f" (not detected: {', '.join(randomized)}, which KASLR moves)" if randomized else ""
-        setup.note("layout", f"layout assumed: {len(assumed)} bases are a distribution kernel's{what}; "
-                             f"'isoemu image info' lists them; --layout KEY=VALUE or --kallsyms FILE to give them")
+        setup.note("layout", f"layout assumed: {', '.join(assumed)} ('isoemu image info' says why; "
+                             f"--layout KEY=VALUE, --layout-file or --kallsyms FILE to give them)")
 
 
 # --- image extract ---------------------------------------------------------------------------------

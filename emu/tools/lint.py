@@ -61,6 +61,7 @@ class _Lints(TableVisitor):
     """One walk of the tree, every lint asked at every entry."""
 
     memoize = True
+    leaf_runs = True
 
     def __init__(self, mem: PhysView, root: int, mode: PagingMode, maxphyaddr: int, only: tuple[str, ...],
                  layout: Layout, nxe: bool):
@@ -110,6 +111,36 @@ class _Lints(TableVisitor):
         if writable or not nx:
             self.leaves.append((va, span, e & ADDR_MASK & ~(span - 1), writable, not nx))
 
+    def leaf_run(self, va, level, words, i, j, table_pa, eff, nx):
+        """Leaves with equal flags: one finding per lint for the run (the
+        findings of its leaves would merge into it), one alias record per
+        physically contiguous stretch."""
+        span = level.size
+        bad = self.hi_rsvd
+        if not level.is_pte:
+            bad |= (span - 1) & ADDR_MASK & ~PAT_LARGE
+        if level.ps_reserved or (self.lay.is_user(va) != self.lay.is_user(va + (j - i) * span - 1)) \
+                or va <= self.lay.vsyscall < va + (j - i) * span \
+                or any(words[k] & bad for k in range(i, j)):
+            TableVisitor.leaf_run(self, va, level, words, i, j, table_pa, eff, nx)   # entry by entry
+            return
+        e = words[i]
+        n = j - i
+        user, writable = bool(eff & US), bool(eff & RW)
+        if writable and not nx and self.want["wx"]:
+            self.out.append(Finding("wx", va, n * span, f"writable and executable ({level.name} {e:#018x})"))
+        if user and not self.lay.is_user(va) and self.want["user-kernel"]:
+            self.out.append(Finding("user-kernel", va, n * span,
+                                    f"kernel address reachable from CPL3 ({level.name} {e:#018x})"))
+        if writable or not nx:
+            mask = ADDR_MASK & ~(span - 1)
+            start = i
+            for k in range(i + 1, j + 1):
+                if k == j or words[k] & mask != (words[k - 1] & mask) + span:
+                    self.leaves.append((va + (start - i) * span, (k - start) * span, words[start] & mask,
+                                        writable, not nx))
+                    start = k
+
     def table(self, va, level, e, epa, eff, nx):
         if self._reserved(va, level, e, epa):
             return False                # the CPU faults here: nothing below is reachable
@@ -154,11 +185,15 @@ class _Lints(TableVisitor):
 
 
 def check(mem: PhysView, root: int, levels: int | PagingMode = 4, maxphyaddr: int = MAXPHYADDR,
-          only: tuple[str, ...] = LINTS, layout: Layout | None = None, nxe: bool = True) -> list[Finding]:
+          only: tuple[str, ...] = LINTS, layout: Layout | None = None, nxe: bool = True,
+          memoize: bool = True) -> list[Finding]:
     """Run the lints over the tables rooted at ``root``; findings in VA order.
-    Without ``broken`` in ``only``, a broken table raises TableError."""
+    Without ``broken`` in ``only``, a broken table raises TableError.
+    ``memoize=False`` walks every reference to a repeated subtree (the same
+    findings, slower: a benchmark's baseline)."""
     mode = levels if isinstance(levels, PagingMode) else mode_for(levels)
     v = _Lints(mem, root, mode, maxphyaddr, only, layout or layout_for(mode.depth), nxe)
+    v.memoize = memoize
     v.walk()
     out = v.out
     if "alias-wx" in only:

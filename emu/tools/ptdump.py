@@ -253,17 +253,20 @@ class _Walk(TableVisitor):
 
     holes = True
 
-    def __init__(self, mem: PhysView, root: int, mode: PagingMode, st: _Dumper, problems: list[str] | None):
+    def __init__(self, mem: PhysView, root: int, mode: PagingMode, st: _Dumper, problems: list[str] | None,
+                 memoize: bool):
         super().__init__(mem, root, mode)
         self.st = st
         self.problems = problems
+        self.top = self.mode.top
         # replaying prints the same lines, but runs and --entries need every raw entry
-        self.memoize = st.runs is None and not st.entries
+        self.memoize = memoize and st.runs is None and not st.entries
+        self.leaf_runs = st.runs is None and not st.entries
 
     def _effective(self, level: Level, entry: int, eff: int, nx: bool) -> int:
         # effective_prot(): the top level keeps every flag, the levels below
         # U/S and R/W ANDed and NX ORed (arch/x86/mm/dump_pagetables.c)
-        if level is self.mode.top:
+        if level is self.top:
             return entry & PTE_FLAGS_MASK
         return (eff & (US | RW)) | (NX if nx else 0)
 
@@ -274,6 +277,17 @@ class _Walk(TableVisitor):
         self.st.note(va, _LINUX_LEVEL[level.name], entry, self._effective(level, entry, eff, nx))
 
     nonpresent = leaf
+
+    def leaf_run(self, va, level, words, i, j, table_pa, eff, nx):
+        # entries with equal flag bits change nothing after the first (but markers)
+        e = words[i]
+        if j - i == 1:
+            self.st.note(va, _LINUX_LEVEL[level.name], e, self._effective(level, e, eff, nx))
+        else:
+            self.st.note_run(va, _LINUX_LEVEL[level.name], e, self._effective(level, e, eff, nx), j - i,
+                             level.size)
+
+    nonpresent_run = leaf_run
 
     def broken(self, error: TableError) -> None:
         if self.problems is None:
@@ -295,10 +309,10 @@ class _Walk(TableVisitor):
 
 
 def _walk(mem: PhysView, root: int, mode: PagingMode, lay: Layout, st: _Dumper,
-          problems: list[str] | None) -> None:
+          problems: list[str] | None, memoize: bool = True) -> None:
     """The two x86-64 ranges of dump_pagetables (the non-canonical hole and
     the guard hole below the LDT remap skipped), then the final flush."""
-    _Walk(mem, root, mode, st, problems).walk([(0, lay.user_end), (lay.guard_hole_end, 1 << 64)])
+    _Walk(mem, root, mode, st, problems, memoize).walk([(0, lay.user_end), (lay.guard_hole_end, 1 << 64)])
     st.note(0, -1, 0, 0)   # flush: the last run ends at address 0, as in Linux
 
 
@@ -308,14 +322,16 @@ def _setup(levels: int | PagingMode, layout: Layout | None) -> tuple[PagingMode,
 
 
 def ptdump_lines(mem: PhysView, root: int, levels: int | PagingMode = 4, layout: Layout | None = None,
-                 problems: list[str] | None = None, entries: bool = False) -> list[str]:
+                 problems: list[str] | None = None, entries: bool = False, memoize: bool = True) -> list[str]:
     """The dump as Linux prints it (one string per line, no newlines).
     With a ``problems`` list, a table outside memory or a loop is skipped
     and described there once, instead of raising TableError.  ``entries``
-    ends each line with its run's first raw entry (:func:`entry_note`)."""
+    ends each line with its run's first raw entry (:func:`entry_note`).
+    ``memoize=False`` walks every reference to a repeated subtree (the
+    same lines, slower: a benchmark's baseline)."""
     mode, lay = _setup(levels, layout)
     out: list[str] = []
-    _walk(mem, root, mode, lay, _Dumper(lay, out, None, entries), problems)
+    _walk(mem, root, mode, lay, _Dumper(lay, out, None, entries), problems, memoize)
     return out
 
 

@@ -21,7 +21,7 @@ from itertools import compress
 from typing import Iterator
 
 from emu.errors import TableError
-from emu.hw.paging.bits import ADDR_MASK, G, NX, P, RW, US
+from emu.hw.paging.bits import ADDR_MASK, FLAGS_MASK, G, NX, P, RW, US
 from emu.hw.paging.modes import Level, PagingMode, mode_for
 from emu.hw.phys import PhysView
 
@@ -35,6 +35,9 @@ class TableVisitor:
     subtree once, the memoization hooks (``memoize = True``, below)."""
 
     holes = False           # call hole_run() for every run of zero entries
+    #: report consecutive leaves (and non-present entries) with equal flag
+    #: bits as one run: leaf_run()/nonpresent_run() instead of leaf()/nonpresent()
+    leaf_runs = False
     #: walk a subtree referenced many times once: a later reference with the
     #: same table frame, level and inherited U/S, R/W and XD (and the same
     #: :meth:`subtree_context`) is handed to :meth:`replay` with what
@@ -71,6 +74,22 @@ class TableVisitor:
         ext = self.mode.sign_extend
         for k in range(count):
             self.hole(ext(va + k * span), level)
+
+    def leaf_run(self, va: int, level: Level, words, i: int, j: int, table_pa: int, eff: int, nx: bool) -> None:
+        """With ``leaf_runs``: the present leaves ``words[i:j]`` of the table at
+        ``table_pa``, consecutive and with equal flag bits (so equal ``eff``
+        and ``nx``); ``va`` is entry ``i``'s.  The default calls :meth:`leaf`."""
+        span = level.size
+        for k in range(i, j):
+            self.leaf(va + (k - i) * span, level, words[k], table_pa + 8 * k, eff, nx)
+
+    def nonpresent_run(self, va: int, level: Level, words, i: int, j: int, table_pa: int, eff: int,
+                       nx: bool) -> None:
+        """With ``leaf_runs``: non-present entries ``words[i:j]`` with equal
+        flag bits, as :meth:`leaf_run`.  The default calls :meth:`nonpresent`."""
+        span = level.size
+        for k in range(i, j):
+            self.nonpresent(va + (k - i) * span, level, words[k], table_pa + 8 * k, eff, nx)
 
     def table(self, va: int, level: Level, entry: int, entry_pa: int, eff: int, nx: bool) -> bool:
         """A present entry pointing at a table; return False to skip that subtree."""
@@ -158,7 +177,13 @@ class TableVisitor:
         # the top table spans the non-canonical hole: a run of holes stops at its middle
         half = 256 if depth == 0 else 512
         prev = first
-        for i in compress(range(first, last), ents[first:last]):
+        runs = self.leaf_runs
+        nz = list(compress(range(first, last), ents[first:last]))
+        n = len(nz)
+        k = 0
+        while k < n:
+            i = nz[k]
+            k += 1
             if holes and i > prev:
                 self._hole_run(base, prev, i, span, half, level, sign, ext)
             prev = i + 1
@@ -168,10 +193,22 @@ class TableVisitor:
             e_eff = eff & e
             e_nx = nx | (e & NX)
             if not e & P:
-                self.nonpresent(va, level, e, t + 8 * i, e_eff, bool(e_nx))
+                if runs:
+                    j = self._run_end(ents, nz, k, i, e & FLAGS_MASK, n)
+                    k += j - i - 1
+                    prev = j
+                    self.nonpresent_run(va, level, ents, i, j, t, e_eff, bool(e_nx))
+                else:
+                    self.nonpresent(va, level, e, t + 8 * i, e_eff, bool(e_nx))
                 continue
             if pte or (may_leaf and e & 0x80):
-                self.leaf(va, level, e, t + 8 * i, e_eff, bool(e_nx))
+                if runs:
+                    j = self._run_end(ents, nz, k, i, e & FLAGS_MASK, n)
+                    k += j - i - 1
+                    prev = j
+                    self.leaf_run(va, level, ents, i, j, t, e_eff, bool(e_nx))
+                else:
+                    self.leaf(va, level, e, t + 8 * i, e_eff, bool(e_nx))
                 continue
             if not self.table(va, level, e, t + 8 * i, e_eff, bool(e_nx)):
                 continue
@@ -187,6 +224,16 @@ class TableVisitor:
                 self._table(child, depth + 1, v, clo, chi, e_eff, e_nx, path + (child,))
         if holes and last > prev:
             self._hole_run(base, prev, last, span, half, level, sign, ext)
+
+    @staticmethod
+    def _run_end(ents, nz, k, i, flags, n) -> int:
+        """The end of the run of entries from ``i`` with these flag bits (nz[k]
+        is the next non-zero index): consecutive, non-zero, equal flags."""
+        j = i + 1
+        while k < n and nz[k] == j and ents[j] & FLAGS_MASK == flags:
+            j += 1
+            k += 1
+        return j
 
     def _hole_run(self, base, i, j, span, half, level, sign, ext) -> None:
         if i < half < j:

@@ -254,6 +254,13 @@ class ImageMem(PhysView):
             self._have_set.add(pfn)
         return True
 
+    @property
+    def pages_loaded(self) -> int:
+        """How many pages have been copied in from the file (0 for a raw image: mapped)."""
+        if not self.lazy:
+            return 0
+        return self._have.count(1) if self._have is not None else len(self._have_set)
+
     def page_words(self, pa: int):
         """The 512 entries of the table at ``pa`` (page aligned), or None if absent."""
         if not self.contains(pa, PAGE_SIZE) or not self.ensure(pa, PAGE_SIZE):

@@ -73,7 +73,7 @@ class _Lints(TableVisitor):
         self.frames = getattr(mem, "frames", None)
         self.out: list[Finding] = []
         self.leaves: list[tuple[int, int, int, bool, bool]] = []   # va, size, pa, writable, exec
-        self.broken_seen: set[str] = set()
+        self.broken_seen: dict = {}      # fault key -> [index in out, times reached]
         self.want = {name: name in only for name in LINTS}
 
     def _reserved(self, va: int, level: Level, e: int, epa: int) -> bool:
@@ -156,11 +156,12 @@ class _Lints(TableVisitor):
     def broken(self, error: TableError) -> None:
         if not self.want["broken"]:
             raise error
-        msg = str(error)
-        if msg in self.broken_seen:     # the same broken table seen through another alias
+        key = getattr(error, "key", str(error))
+        if key in self.broken_seen:     # the same fault of the tables, reached through another alias
+            self.broken_seen[key][1] += 1
             return
-        self.broken_seen.add(msg)
-        self.out.append(Finding("broken", getattr(error, "va", 0), 0, msg + "; not walked"))
+        self.broken_seen[key] = [len(self.out), 1]
+        self.out.append(Finding("broken", getattr(error, "va", 0), 0, f"{error}; not walked"))
 
     # -- memoization: findings and leaves relative to the subtree ----------------------
     def subtree_context(self, va, span):
@@ -196,6 +197,10 @@ def check(mem: PhysView, root: int, levels: int | PagingMode = 4, maxphyaddr: in
     v.memoize = memoize
     v.walk()
     out = v.out
+    for i, times in v.broken_seen.values():
+        if times > 1:
+            f = out[i]
+            out[i] = Finding(f.lint, f.va, f.size, f"{f.message} (reached through {times} paths)")
     if "alias-wx" in only:
         out.extend(_alias_wx(v.leaves, v.lay.is_user))
     out.sort(key=lambda f: (f.va, f.lint))
@@ -209,28 +214,47 @@ def _alias_wx(leaves, is_user) -> list[Finding]:
     can be rewritten), or when both aliases are user addresses (a user W^X
     bypass).  A user-executable frame writable through the kernel's direct
     map is normal Linux and not reported.
+
+    Leaves mapping the same physical range are one event of the sweep, so
+    that a frame mapped 65,536 times costs one comparison, not 65,536
+    squared: each executable alias is reported once, with the lowest
+    writable alias that qualifies.
     """
-    events = []
+    writable: dict[tuple[int, int], list[int]] = {}
+    executable: dict[tuple[int, int], list[int]] = {}
     for va, size, pa, w, x in leaves:
         if w:
-            events.append((pa, pa + size, va, "w"))
+            writable.setdefault((pa, pa + size), []).append(va)
         if x:
-            events.append((pa, pa + size, va, "x"))
+            executable.setdefault((pa, pa + size), []).append(va)
+    events = []
+    for (lo, hi), vas in writable.items():
+        vas.sort()
+        # enough candidates for any executable alias: two (one may be the
+        # executable address itself) of all, and two of the user ones
+        reps = sorted(set(vas[:2] + [v for v in vas if is_user(v)][:2]))
+        events.append((lo, hi, "w", reps))
+    for (lo, hi), vas in executable.items():
+        events.append((lo, hi, "x", sorted(vas)))
     events.sort()
     out = []
-    active: list[tuple[int, int, int, str]] = []
+    active: list = []
     for ev in events:
         active = [a for a in active if a[1] > ev[0]]
         for a in active:
-            if a[3] == ev[3]:
+            if a[2] == ev[2]:
                 continue
-            w, x = (a, ev) if a[3] == "w" else (ev, a)
+            w, x = (a, ev) if a[2] == "w" else (ev, a)
             lo, hi = max(w[0], x[0]), min(w[1], x[1])
-            xva, wva = x[2] + (lo - x[0]), w[2] + (lo - w[0])
-            if xva == wva or (is_user(xva) and not is_user(wva)):
-                continue
-            out.append(Finding("alias-wx", xva, hi - lo,
-                               f"executable here, writable at {wva:#x} (physical {lo:#x})", (wva, lo)))
+            for xbase in x[3]:
+                xva = xbase + (lo - x[0])
+                for wbase in w[3]:
+                    wva = wbase + (lo - w[0])
+                    if xva == wva or (is_user(xva) and not is_user(wva)):
+                        continue
+                    out.append(Finding("alias-wx", xva, hi - lo,
+                                       f"executable here, writable at {wva:#x} (physical {lo:#x})", (wva, lo)))
+                    break
         active.append(ev)
     return out
 

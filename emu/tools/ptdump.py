@@ -259,6 +259,7 @@ class _Walk(TableVisitor):
         self.st = st
         self.problems = problems
         self.top = self.mode.top
+        self.seen: set = set()
         # replaying prints the same lines, but runs and --entries need every raw entry
         self.memoize = memoize and st.runs is None and not st.entries
         self.leaf_runs = st.runs is None and not st.entries
@@ -292,9 +293,10 @@ class _Walk(TableVisitor):
     def broken(self, error: TableError) -> None:
         if self.problems is None:
             raise error
-        msg = f"{error} (skipped)"
-        if msg not in self.problems:
-            self.problems.append(msg)
+        key = getattr(error, "key", str(error))
+        if key not in self.seen:       # once, however many aliases reach it
+            self.seen.add(key)
+            self.problems.append(f"{error} (skipped)")
 
     def begin_subtree(self, va):
         self.st.begin(va)

@@ -148,9 +148,10 @@ class TableVisitor:
             child = entry & ADDR_MASK
             self._table(child, depth + 1, strip, strip, strip + level.size, e_eff, e_nx, (child,))
 
-    def _broken(self, error: TableError, va: int) -> None:
+    def _broken(self, error: TableError, va: int, key: tuple) -> None:
         self.broken_count += 1
         error.va = va               # where the skipped part of the tree starts
+        error.key = key             # the same for every path that reaches this fault of the tables
         self.broken(error)
 
     def _table(self, t: int, depth: int, base: int, lo: int, hi: int, eff: int, nx: int, path: tuple) -> None:
@@ -161,7 +162,8 @@ class TableVisitor:
             mem = self.mem
             where = "in a hole of" if 0 <= t < mem.size else "outside"
             self._broken(TableError(f"{level.name} table at {t:#x} (for {mode.sign_extend(base):#x}) is "
-                                    f"{where} {mem.name} (size {mem.size:#x})"), mode.sign_extend(base))
+                                    f"{where} {mem.name} (size {mem.size:#x})"), mode.sign_extend(base),
+                         ("table", t, depth))
             return
         if self._frames:
             self._frames[-1].add(t)
@@ -215,7 +217,8 @@ class TableVisitor:
             child = e & ADDR_MASK
             if child in path:
                 self._broken(TableError(f"loop in page tables: the {level.name} entry at {t + 8 * i:#x} "
-                                        f"(for {va:#x}) points back to the table at {child:#x}"), va)
+                                        f"(for {va:#x}) points back to the table at {child:#x}"), va,
+                                 ("loop", t + 8 * i, child))
                 continue
             clo, chi = max(lo, v), min(hi, v + span)
             if self.memoize and clo == v and chi == v + span:

@@ -223,3 +223,19 @@ def test_image_option_errors_are_one_line(capsys, argv, message):
     argv = [a.replace("IMG", FX.elf) for a in argv]
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and out == "" and message in err and err.count("\n") == 1
+
+
+def test_image_info_text_names_every_source(capsys):
+    rc, out, err = run(capsys, "image", "info", FX.elf)
+    lines = out.splitlines()
+    assert rc == 0 and err == ""
+    assert lines[0] == f"image     {FX.elf}: ELF core (isoemu image extract)"
+    assert lines[1].startswith("memory    ") and " ranges, " in lines[1]
+    assert lines[3] == f"roots     {FX.pgd:#x}, {FX.pgd + 0x1000:#x}, " + lines[3].split(", ", 2)[2]
+    assert "control   WP SMEP SMAP NXE PKE  (the image's ISOEMU note)" in lines
+    assert "paging    4-level  (CR4.LA57 from the image's ISOEMU note)" in lines
+    layout = {line.split()[0]: line.split(None, 2)[1:] for line in lines[lines.index("layout") + 1:]}
+    assert layout["page_offset_base"][0] == "0xffff888000000000"
+    assert layout["page_offset_base"][1].startswith("detected: physical 0 is mapped at 0xffff888000000000")
+    assert layout["modules_vaddr"] == ["0xffffffffc0000000", "VMCOREINFO (KERNEL_IMAGE_SIZE)"]
+    assert layout["kasan_shadow_start"] == ["none", "assumed: no CONFIG_KASAN"]

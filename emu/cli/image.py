@@ -31,8 +31,14 @@ def cmd_info(args) -> int:
         print_json(doc, args)
         return 0
     src = doc["sources"]
+    mem = doc["memory"]
+    if len(mem) <= 6:
+        ranges = ", ".join(f"{m['start']}-{m['end']}" for m in mem)
+    else:
+        size = sum(int(m["end"], 16) - int(m["start"], 16) for m in mem)
+        ranges = f"{len(mem)} ranges, {size >> 10} KiB, from {mem[0]['start']} to {mem[-1]['end']}"
     out = [f"image     {doc['image']}: {doc['format']}",
-           "memory    " + ", ".join(f"{m['start']}-{m['end']}" for m in doc["memory"]),
+           f"memory    {ranges}",
            "notes     " + (", ".join(doc["notes"]) or "none"),
            f"roots     {', '.join(doc['roots'])}  ({src['cr3']})"]
     if doc["registers"]:

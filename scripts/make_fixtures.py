@@ -20,6 +20,13 @@ For each configuration below it boots Debian's kernel under QEMU
 ``NAME.probe.txt``   where the probe put its mappings (memfd_secret, THP, hugetlb, PROT_NONE)
 ``NAME.kallsyms``    a few lines of /proc/kallsyms (the KASLR configuration only;
                      its ``.elf`` then also holds the page of the base variables)
+``NAME.vmcore-head`` the kdump configuration only: the first bytes of the real
+                     /proc/vmcore (ELF header, program headers, notes), from which
+                     the tests rebuild a sparse vmcore around the extracted tables.
+                     Its ``.elf`` is the extract of the vmcore (taken at the crash,
+                     after kexec loaded the capture kernel: the kernel's own dump,
+                     taken before, differs where kexec changed the tables; the PTI
+                     user table does not)
 
 Never a whole RAM image, never a kernel binary.
 """
@@ -44,6 +51,7 @@ CONFIGS = {
     "linux61-4level-kaslr": ["--kaslr"],
     "linux61-5level-kaslr": ["--la57", "--kaslr"],
     "linux61-4level-3g": ["--mem", "3G", "--hugepage-1g"],
+    "linux61-kdump": ["--kdump"],
 }
 #: the symbols kept from kallsyms: the base variables, the kernel's bounds, a few entry points
 KEPT_SYMBOLS = ("_text", "_stext", "_etext", "_end", "page_offset_base", "vmalloc_base", "vmemmap_base",
@@ -65,14 +73,19 @@ def make(name: str, options: list[str], work: Path) -> None:
         raise SystemExit(f"make_fixtures: {name}: the tables kept changing")
     info = info_of(out / "info.txt")
     pgd = int(info["pgd"], 16)
-    core = out / "core.elf"
+    kdump = "--kdump" in options
+    core = out / ("vmcore" if kdump else "core.elf")
     # swapper_pg_dir from the core's VMCOREINFO: the kernel's own root and its PTI twin
     from emu.hw.image import ImageMem
     from emu.tools.image import vmcore_root
     swapper = vmcore_root(ImageMem(str(core)))
     roots = [pgd, pgd + 0x1000] + ([swapper, swapper + 0x1000] if swapper else [])
     cmd = [sys.executable, "-m", "emu.cli", "image", "extract", str(core), "-o", str(FIXTURES / f"{name}.elf"),
-           "--regs", str(out / "regs.txt"), "--maxphyaddr", info["phys_bits"].strip()]
+           "--maxphyaddr", info["phys_bits"].strip()]
+    if not kdump:
+        cmd += ["--regs", str(out / "regs.txt")]
+    else:
+        (FIXTURES / f"{name}.vmcore-head").write_bytes(vmcore_head(core))
     for r in roots:
         cmd += ["--cr3", f"{r:#x}"]
     if "--kaslr" in options and "--la57" not in options:
@@ -83,11 +96,26 @@ def make(name: str, options: list[str], work: Path) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
     shutil.copy(out / "kernel2.txt", FIXTURES / f"{name}.kernel.txt")     # taken last, nearest the dump
     shutil.copy(out / "user.txt", FIXTURES / f"{name}.user.txt")
-    shutil.copy(out / "regs.txt", FIXTURES / f"{name}.regs.txt")
+    if not kdump:
+        shutil.copy(out / "regs.txt", FIXTURES / f"{name}.regs.txt")
     shutil.copy(out / "info.txt", FIXTURES / f"{name}.info.txt")
     probe = [line.rstrip("\r") for line in (out / "report.txt").read_text(errors="replace").splitlines()
              if line.startswith("probe: ")]
     (FIXTURES / f"{name}.probe.txt").write_text("\n".join(probe) + "\n")
+
+
+def vmcore_head(path: Path) -> bytes:
+    """The bytes of an ELF core before its first segment's data: headers and notes."""
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(64)
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phnum, = struct.unpack_from("<H", head, 56)
+        f.seek(phoff)
+        phdrs = [struct.unpack("<IIQQQQQQ", f.read(56)) for _ in range(phnum)]
+        first = min(p[2] for p in phdrs if p[0] == 1)
+        f.seek(0)
+        return f.read(first)
 
 
 def main(argv: list[str]) -> None:

@@ -29,6 +29,10 @@ When the probe says READY the script stops the guest and writes to ``--out``:
 ``kernel2.txt`` the same dump taken again (the tables were still if equal)
 ``kallsyms``   /proc/kallsyms, read as root (real addresses)
 ``console.log`` the guest's console
+``vmcore``     with ``--kdump``: the kernel crashes into a capture kernel
+               (loaded by scripts/guest/kexec_crash.c, booting
+               scripts/guest/capture.sh) which copies ``/proc/vmcore`` to a
+               virtio disk: a real kdump core instead of ``core.elf``
 ============== ===========================================================
 
 Nothing here is run by the test suite: scripts/make_fixtures.py turns these
@@ -73,10 +77,28 @@ def build_module(release: str, work: Path) -> Path:
     return src / "isoemu_ptdump.ko"
 
 
-def build_probe(work: Path) -> Path:
-    out = work / "probe"
-    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-o", str(out), str(GUEST / "probe.c")], check=True)
+def build_static(work: Path, name: str) -> Path:
+    out = work / name
+    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-o", str(out), str(GUEST / f"{name}.c")], check=True)
     return out
+
+
+#: the virtio disk driver of the capture kernel, in load order
+VIRTIO = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk")
+
+
+def build_capture_initramfs(release: str) -> bytes:
+    """The kdump capture kernel's initramfs: busybox, capture.sh, the virtio disk driver."""
+    d, f, x = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFREG | 0o755
+    entries = [("bin", d, b""), ("proc", d, b""), ("dev", d, b""),
+               ("bin/busybox", x, Path("/bin/busybox").read_bytes()),
+               ("init", x, (GUEST / "capture.sh").read_bytes())]
+    for m in VIRTIO:
+        found = sorted(Path(f"/lib/modules/{release}/kernel/drivers").rglob(f"{m}.ko"))
+        if not found:
+            raise SystemExit(f"realkernel: no {m}.ko for {release} (a compressed module?)")
+        entries.append((f"{m}.ko", f, found[0].read_bytes()))
+    return newc(entries)
 
 
 def newc(entries: list[tuple[str, int, bytes]]) -> bytes:
@@ -93,7 +115,7 @@ def newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
-def build_initramfs(work: Path, module: Path, probe: Path, fw_cfg: Path) -> Path:
+def build_initramfs(work: Path, module: Path, probe: Path, fw_cfg: Path, extra=()) -> Path:
     busybox = Path("/bin/busybox")
     if not busybox.exists():
         raise SystemExit("realkernel: no /bin/busybox: apt-get install busybox-static")
@@ -105,6 +127,7 @@ def build_initramfs(work: Path, module: Path, probe: Path, fw_cfg: Path) -> Path
                ("isoemu_ptdump.ko", f, module.read_bytes())]
     if fw_cfg.exists():
         entries.append(("qemu_fw_cfg.ko", f, fw_cfg.read_bytes()))
+    entries.extend(extra)
     path = work / "initramfs.cpio"
     path.write_bytes(newc(entries))
     return path
@@ -166,8 +189,15 @@ def boot(args) -> bool:
     with tempfile.TemporaryDirectory(prefix="realkernel-") as tmp:
         work = Path(tmp)
         fw_cfg = Path(f"/lib/modules/{release}/kernel/drivers/firmware/qemu_fw_cfg.ko")
-        initrd = build_initramfs(work, build_module(release, work), build_probe(work), fw_cfg)
+        extra = []
+        if args.kdump:
+            x = stat.S_IFREG | 0o755
+            extra = [("vmlinuz", x, kernel.read_bytes()), ("capture.cpio", x, build_capture_initramfs(release)),
+                     ("kexec_crash", x, build_static(work, "kexec_crash").read_bytes())]
+        initrd = build_initramfs(work, build_module(release, work), build_static(work, "probe"), fw_cfg, extra)
         cmdline = ["console=ttyS0", "pti=on", "secretmem.enable=1", "panic=-1", "loglevel=4"]
+        if args.kdump:
+            cmdline += [f"crashkernel={args.crashkernel}", "isoemu.kdump"]
         cmdline.append("kaslr" if args.kaslr else "nokaslr")
         if args.hugepage_1g:
             cmdline += ["hugepagesz=1G", "hugepages=1", "PROBE_1G=1"]
@@ -182,6 +212,11 @@ def boot(args) -> bool:
                 "-serial", f"file:{out / 'console.log'}", "-serial", f"file:{data}",
                 "-serial", f"file:{out / 'kallsyms'}",
                 "-monitor", "none", "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        disk = out / "vmcore.disk"
+        if args.kdump:
+            with open(disk, "wb") as f:
+                f.truncate(parse_mem(args.mem))
+            qemu += ["-drive", f"file={disk},format=raw,if=virtio"]
         print("realkernel:", " ".join(qemu), file=sys.stderr)
         proc = subprocess.Popen(qemu, stdin=subprocess.DEVNULL)
         try:
@@ -191,6 +226,9 @@ def boot(args) -> bool:
                     raise SystemExit("realkernel: QEMU did not start")
                 time.sleep(0.2)
             qmp = QMP(qmp_path)
+            if args.kdump:
+                wait_kdump(proc, data, disk, out, deadline)
+                return report_files(out, data)
             while "=== READY" not in (data.read_text(errors="replace") if data.exists() else ""):
                 if proc.poll() is not None:
                     raise SystemExit("realkernel: the guest stopped before READY (see console.log)")
@@ -211,6 +249,34 @@ def boot(args) -> bool:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    return report_files(out, data)
+
+
+def wait_kdump(proc, data: Path, disk: Path, out: Path, deadline: float) -> None:
+    """The crash, the capture kernel's boot and its copy of /proc/vmcore."""
+    while "=== VMCORE DONE" not in (text := data.read_text(errors="replace") if data.exists() else ""):
+        if "=== KEXEC FAILED" in text:
+            raise SystemExit("realkernel: loading the capture kernel failed (see console.log)")
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("realkernel: no vmcore (see console.log)")
+        time.sleep(1)
+    size = int(text.split("=== VMCORE ", 1)[1].split()[0])
+    with open(disk, "rb") as src, open(out / "vmcore", "wb") as dst:
+        left = size
+        while left:
+            chunk = src.read(min(left, 1 << 24))
+            if not chunk:
+                raise SystemExit(f"realkernel: the disk holds less than the {size} bytes of /proc/vmcore")
+            dst.write(chunk)
+            left -= len(chunk)
+    disk.unlink()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def report_files(out: Path, data: Path) -> bool:
     report = sections(data.read_text(errors="replace"))
     for name in ("info", "kernel", "user", "kernel2"):
         if name not in report:
@@ -241,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--qemu", default="qemu-system-x86_64")
     p.add_argument("--timeout", type=int, default=600, help="seconds to wait for the probe")
     p.add_argument("--settle", type=float, default=2.0, help="seconds between READY and the stop")
+    p.add_argument("--kdump", action="store_true",
+                   help="crash into a kdump capture kernel and save /proc/vmcore (instead of core.elf)")
+    p.add_argument("--crashkernel", default="160M", help="memory reserved for the capture kernel (--kdump)")
     return p
 
 

@@ -11,7 +11,7 @@ from emu.errors import ImageError
 from emu.hw.image import ImageMem, note_bytes, parse_info_registers
 from emu.tools.image import open_image
 
-from .imagekit import FIXTURE_LIST, pages_of, qemu_cpu_note, runs, write_elf, write_raw
+from .imagekit import FIXTURE_LIST, Fixture, pages_of, qemu_cpu_note, runs, write_elf, write_raw
 
 FX = FIXTURE_LIST[0]                    # linux61-4level
 FX5 = FIXTURE_LIST[2]                   # linux61-5level-kaslr
@@ -239,3 +239,39 @@ def test_image_info_text_names_every_source(capsys):
     assert layout["page_offset_base"][1].startswith("detected: physical 0 is mapped at 0xffff888000000000")
     assert layout["modules_vaddr"] == ["0xffffffffc0000000", "VMCOREINFO (KERNEL_IMAGE_SIZE)"]
     assert layout["kasan_shadow_start"] == ["none", "assumed: no CONFIG_KASAN"]
+
+
+def test_a_real_kdump_vmcore(tmp_path, capsys):
+    """Linux's own /proc/vmcore (scripts/realkernel.py --kdump: kexec_file_load,
+    a crash, the capture kernel copied it): its ELF header, program headers
+    and notes byte for byte as the kernel wrote them, around the extracted
+    tables at their file offsets, in a sparse file.  The kernel-text segment
+    overlaps the RAM segment, as in every x86 vmcore."""
+    fx = Fixture("linux61-kdump")
+    head = fx.path("vmcore-head").read_bytes()
+    phoff, = struct.unpack_from("<Q", head, 32)
+    phnum, = struct.unpack_from("<H", head, 56)
+    loads = [p for p in (struct.unpack_from("<IIQQQQQQ", head, phoff + 56 * i) for i in range(phnum)) if p[0] == 1]
+    assert any(a[4] < b[4] < a[4] + a[5] or b[4] < a[4] < b[4] + b[5] for a in loads for b in loads if a != b)
+    path = tmp_path / "vmcore"
+    with open(path, "wb") as f:
+        f.write(head)
+        for pa, data in pages_of(fx.elf):
+            for _, _, off, _, paddr, filesz, _, _ in loads:
+                if paddr <= pa < paddr + filesz:
+                    f.seek(off + pa - paddr)
+                    f.write(data)
+        f.truncate(max(p[2] + p[5] for p in loads))
+    rc, out, _ = run(capsys, "image", "info", path, "--json")
+    doc = json.loads(out)
+    swapper = int(_vmcoreinfo(fx)["SYMBOL(init_top_pgt)"], 16) - 0xFFFFFFFF80000000
+    assert rc == 0 and doc["format"] == "ELF core (kdump vmcore)" and set(doc["notes"]) == {"CORE", "VMCOREINFO"}
+    assert doc["roots"] == [f"{swapper:#x}"] and doc["sources"]["la57"] == "VMCOREINFO (pgtable_l5_enabled)"
+    ram = sorted((p[4], p[4] + p[6]) for p in loads)
+    assert doc["memory"][0]["start"] == f"{ram[0][0]:#x}" and len(doc["memory"]) < len(loads)   # the overlap merged
+    rc, out, _ = run(capsys, "ptdump", "--image", path, "--cr3", hex(fx.pgd + 0x1000))
+    assert rc == 0 and out == fx.dump("user")
+    for root in (fx.pgd, swapper):
+        rc, out, _ = run(capsys, "ptdump", "--image", path, "--cr3", hex(root))
+        rc2, out2, _ = run(capsys, "ptdump", "--image", fx.elf, "--cr3", hex(root))
+        assert rc == rc2 == 0 and out == out2 and out.count("---[") == 13

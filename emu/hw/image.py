@@ -29,6 +29,7 @@ import mmap
 import os
 import re
 import struct
+import weakref
 from array import array
 from dataclasses import dataclass, field
 
@@ -144,10 +145,19 @@ class ImageMem(PhysView):
                 loads.append((p_paddr, p_paddr + p_memsz, p_offset, p_filesz))
         if not loads:
             raise ImageError(f"{self.path}: an ELF core without memory (no PT_LOAD segment)")
+        # Segments may overlap: /proc/vmcore describes the kernel image twice
+        # (its own segment, by the kernel's virtual address, and inside the RAM
+        # segment).  They are the same memory: each byte is read from the first
+        # segment, by start address, that holds it.
         loads.sort()
-        for a, b in zip(loads, loads[1:]):
-            if b[0] < a[1]:
-                raise ImageError(f"{self.path}: PT_LOAD segments overlap at physical {b[0]:#x}")
+        pieces = []
+        covered = 0
+        for start, stop, offset, filesz in loads:
+            cur = max(start, covered)       # [start, covered) is already held by an earlier segment
+            if cur < stop:
+                pieces.append((cur, stop, offset + (cur - start), max(cur, start + filesz)))
+            covered = max(covered, stop)
+        loads = [(a, b, off, file_end - a) for a, b, off, file_end in pieces]
         self._loads = loads
         self._starts = [seg[0] for seg in loads]
         self.segments = _merge_ranges([(s, e) for s, e, _, _ in loads])
@@ -158,7 +168,9 @@ class ImageMem(PhysView):
             raise ImageError(f"cannot reserve {self.size:#x} bytes of address space for {self.path}: "
                              f"{e.strerror}") from None
         self._fd = fd
-        self._have = bytearray(self.size >> 12) if self.size <= 1 << 40 else None
+        self._closer = weakref.finalize(self, os.close, fd)
+        # which pages are in: a byte per page up to 64 GiB (16 MiB), a set beyond
+        self._have = bytearray(self.size >> 12) if self.size <= 1 << 36 else None
         self._have_set: set[int] = set()
         self.format = "elf"
         self.lazy = True
@@ -284,7 +296,7 @@ class ImageMem(PhysView):
     def close(self) -> None:
         self.buf.close()
         if self.lazy:
-            os.close(self._fd)
+            self._closer()
             self.lazy = False
 
 

@@ -10,4 +10,15 @@ insmod /isoemu_ptdump.ko
 insmod /qemu_fw_cfg.ko 2>/dev/null
 # kallsyms on the third serial port, the probe's report on the second
 cat /proc/kallsyms > /dev/ttyS2
+if grep -q isoemu.kdump /proc/cmdline; then
+	# kdump: the probe's report, then a crash into the capture kernel
+	# (capture.sh), which saves /proc/vmcore
+	/probe > /report 2>&1 &
+	until grep -q "=== READY" /report; do sleep 1; done
+	cat /report > /dev/ttyS1
+	/kexec_crash /vmlinuz /capture.cpio "console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=-1" &&
+		echo c > /proc/sysrq-trigger
+	echo "=== KEXEC FAILED" > /dev/ttyS1
+	exec sleep 100000
+fi
 /probe > /dev/ttyS1 2>&1

@@ -238,7 +238,7 @@ def read_layout_file(path: str) -> dict[str, int | None]:
         raise ConfigError(f"cannot read layout file {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"layout file {path}: not UTF-8 text") from None
-    items = []
+    out: dict[str, int | None] = {}
     for n, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
         if not text:
@@ -249,8 +249,11 @@ def read_layout_file(path: str) -> dict[str, int | None]:
             if len(parts) != 2:
                 raise ConfigError(f"{path}:{n}: expected 'KEY = VALUE', not {line.strip()!r}")
             key, value = parts
-        items.append(f"{key.strip()}={value.strip()}")
-    return parse_layout_assignments(items, where=f"layout file {path}:")
+        for k, v in parse_layout_assignments([f"{key.strip()}={value.strip()}"], where=f"{path}:{n}:").items():
+            if k in out and out[k] != v:
+                raise ConfigError(f"{path}:{n}: {k} given twice ({_show(out[k])} and {_show(v)})")
+            out[k] = v
+    return out
 
 
 def _show(v: int | None) -> str:

@@ -2,6 +2,7 @@
 registers from notes or a QEMU register dump, bad files refused in one line."""
 
 import json
+import os
 import struct
 
 import pytest
@@ -135,6 +136,17 @@ def test_files_that_are_not_images_are_refused(tmp_path, capsys, content, messag
     path.write_bytes(content)
     rc, out, err = run(capsys, "ptdump", "--image", path, "--cr3", "1000")
     assert rc == 2 and out == "" and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: os.mkfifo(p), "is a FIFO"),                     # would block an open() forever
+])
+def test_an_image_that_is_not_a_file_is_refused(tmp_path, capsys, make, message):
+    path = tmp_path / "odd"
+    make(path)
+    rc, out, err = run(capsys, "walk", "0", "--image", path, "--cr3", "1000")
+    assert (rc, out, err) == (2, "", f"isoemu: image {path} {message}: give a memory image or core file\n")
 
 
 def test_truncated_core_is_refused(tmp_path, capsys):

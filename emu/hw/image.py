@@ -28,6 +28,7 @@ import bisect
 import mmap
 import os
 import re
+import stat
 import struct
 import weakref
 from array import array
@@ -87,11 +88,17 @@ class ImageMem(PhysView):
         self.path = os.fspath(path)
         self.name = f"image {os.path.basename(self.path)}"
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             raise ImageError(f"cannot open image {self.path}: {e.strerror}") from None
         try:
-            file_size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISBLK(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else \
+                    "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+                raise ImageError(f"image {self.path} is {kind}: give a memory image or core file")
+            file_size = st.st_size
             if file_size == 0:
                 raise ImageError(f"image {self.path} is empty")
             head = os.pread(fd, 64, 0)

@@ -85,6 +85,8 @@ def parse_count(text: str, what: str = "count", *, lo: int = 1, hi: int = 1 << 6
         t = text.strip().replace("_", "").replace(",", "")
         m = _COUNT.fullmatch(t)
         if not m:
+            if t.startswith("-") and _COUNT.fullmatch(t[1:]):      # a number, only out of range
+                raise _range_error(ConfigError, what, text.strip(), lo, hi, False)
             raise ConfigError(f"bad {what} {text!r}: expected a decimal number such as 2000000 or 10M")
         v = float(m.group(1)) * SI[m.group(2).lower()]
         if v != int(v):

@@ -45,3 +45,18 @@ def test_cli_json_is_parseable_and_filtered(capsys):
 def test_unknown_only_filter_is_an_error(capsys):
     assert main(["bench", "--only", "no-such-figure"]) == 2
     assert "no-such-figure" in capsys.readouterr().err
+
+
+def test_image_figures_beside_the_unmemoized_walk():
+    """The images group: ptdump, check and walk of a committed real-kernel
+    fixture, ptdump and check beside the same walks without memoization."""
+    report = run_bench(quick=True, only=["images"])
+    figs = {f["name"].split(" ")[0]: f for f in report["figures"]}
+    assert set(figs) == {"image_ptdump_seconds", "image_check_seconds", "image_walk_seconds"}
+    assert figs["image_ptdump_seconds"]["target"] == "<= 0.05"
+    assert figs["image_check_seconds"]["target"] == "<= 0.1"
+    for name in ("image_ptdump_seconds", "image_check_seconds"):
+        f = figs[name]
+        assert f["value"] > 0 and f["baseline"] > 0 and "without memoization" in f["baseline_name"]
+        assert f["ratio"] == pytest.approx(f["value"] / f["baseline"])
+    assert "pwndbg" in figs["image_ptdump_seconds"]["note"]

@@ -43,7 +43,7 @@ CASES = [
     (["walk", "0", "--ram", "33M"], "--ram '33M' is not a multiple of 2 MiB"),
     # --budget: a count
     (["run", "PROG", "--budget", "10X"], "bad --budget '10X': expected a decimal number such as 2000000 or 10M"),
-    (["run", "PROG", "--budget", "-5"], "bad --budget '-5': expected a decimal number such as 2000000 or 10M"),
+    (["run", "PROG", "--budget", "-5"], "--budget '-5' is out of range (1 .. 4,611,686,018,427,387,904)"),
     (["run", "PROG", "--budget", "1.5"], "bad --budget '1.5': not a whole number"),
     (["run", "PROG", "--budget", "0"], "--budget '0' is out of range (1 .. 4,611,686,018,427,387,904)"),
     # --set, and flags that contradict it
@@ -64,7 +64,7 @@ CASES = [
     # argparse's own errors, with the nearest option or command
     (["matrix", "--jsno"], "matrix: unrecognized argument: --jsno (did you mean --json?)"),
     (["matrx"], "unknown command 'matrx' (did you mean matrix?); commands: matrix, stats, run, walk, ptdump, "
-                "check, spaces, trace, debug, test, bench"),
+                "check, spaces, image, trace, debug, test, bench"),
     (["walk", "400000", "--acess", "w"],
      "walk: unrecognized arguments: --acess (did you mean --access?), w"),
     (["walk", "400000", "--access", "rw"], "walk: --access: invalid choice 'rw' (did you mean w?); choose from r, w, x"),

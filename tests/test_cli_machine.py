@@ -288,7 +288,7 @@ def test_run_jsonl(capsys, prog):
     cr3 = next(e for e in events if e["kind"] == "cr3_write")
     assert cr3["pcid"] == "0x801" and cr3["new_space"] == "A.user"
     assert result == {"kind": "result", "process": "A", "pid": 1, "output": "hello\n", "status": 3,
-                      "signal": None, "exit_status": 3, "fault": None}
+                      "signal": None, "exit_status": 3, "findings": [], "fault": None}
     assert rc == 3
 
 
@@ -297,7 +297,7 @@ def test_run_json_crash(capsys, prog):
     doc = json.loads(out)
     assert rc == 139 and err.startswith("isoemu: process A was killed by SIGSEGV")
     assert doc == {"process": "A", "pid": 1, "output": "", "status": None, "signal": "SIGSEGV",
-                   "exit_status": 139,
+                   "exit_status": 139, "findings": [],
                    "fault": {"vector": 14, "error_code": 4, "cr2": "0xffffffff81000000", "rip": "0x400007",
                              "cr3": doc["fault"]["cr3"], "space": "A.user", "symbol": "A:_start+0x7"}}
     assert re.fullmatch(r"0x[0-9a-f]+", doc["fault"]["cr3"])

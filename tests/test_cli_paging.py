@@ -217,9 +217,6 @@ def test_image_walk_ptdump_check(tmp_path, capsys):
     ("none", ["ptdump", "--image", "/nonexistent.img", "--cr3", "0x1000"], "cannot open image"),
     ("ok", ["ptdump", "--image", "IMG"], "--image needs --cr3"),
     ("ok", ["ptdump", "--image", "IMG", "--cr3", "0x4000000"], "outside image guest.img"),
-    ("truncated", ["ptdump", "--image", "IMG", "--cr3", "ROOT"], "is outside image guest.img"),
-    ("loop", ["ptdump", "--image", "IMG", "--cr3", "ROOT"], "loop in page tables"),
-    ("loop", ["check", "--image", "IMG", "--cr3", "ROOT"], "loop in page tables"),
     ("ok", ["walk", "zz9", "--image", "IMG", "--cr3", "ROOT"], "bad virtual address 'zz9'"),
     ("ok", ["walk", "USER_DATA", "--image", "IMG", "--cr3", "ROOT"], "bad virtual address 'USER_DATA'"),
     ("ok", ["check", "--lint", "nope"], "unknown lint 'nope'"),
@@ -247,6 +244,34 @@ def test_image_errors_are_one_line(tmp_path, capsys, setup, argv, message):
     assert err.count("\n") == 1 and err.startswith("isoemu: ") and message in err
 
 
+@pytest.mark.parametrize("setup,command,problem", [
+    ("truncated", "ptdump", "pud table at {t} (for 0x0) is outside image guest.img"),
+    ("truncated", "check", "pud table at {t} (for 0x0) is outside image guest.img"),
+    ("loop", "ptdump", "loop in page tables: the pgd entry at {e} (for 0x28000000000) points back"),
+    ("loop", "check", "loop in page tables: the pgd entry at {e} (for 0x28000000000) points back"),
+])
+def test_broken_tables_are_reported_once_and_the_rest_is_walked(tmp_path, capsys, setup, command, problem):
+    """A table outside the image or a loop: named once, the rest of the tree still dumped or checked."""
+    path, root = make_image(tmp_path, loop=setup == "loop")
+    data = path.read_bytes()
+    pud = int.from_bytes(data[root:root + 8], "little") & ~0xFFF
+    if setup == "truncated":
+        path.write_bytes(data[:pud])        # the tables of the user half are cut off
+    problem = problem.format(t=hex(pud), e=hex(root + 8 * 5))
+    rc, out, err = run(capsys, command, "--image", str(path), "--cr3", hex(root), "--json")
+    doc = json.loads(out)
+    assert rc == 1
+    if command == "ptdump":
+        assert [p for p in doc["problems"] if problem in p] and len(doc["problems"]) == 1
+        # the kernel half is still dumped: the kernel text mapping survives
+        assert any(line.startswith("0xffffffff81000000-0xffffffff81002000") for line in doc["lines"])
+    else:
+        broken = [f for f in doc["findings"] if f["lint"] == "broken"]
+        assert len(broken) == 1 and problem in broken[0]["message"]
+    rc, out, err = run(capsys, command, "--image", str(path), "--cr3", hex(root))
+    assert rc == 1 and (problem in err if command == "ptdump" else problem in out)
+
+
 def test_image_cr3_is_hexadecimal(tmp_path, capsys):
     """--cr3 1000 is 0x1000, as every CR3 value: the same root with or without 0x."""
     path, root = make_image(tmp_path)
@@ -259,7 +284,13 @@ def test_image_cr3_is_hexadecimal(tmp_path, capsys):
 def test_image_la57_is_allowed(tmp_path, capsys):
     path, root = make_image(tmp_path)
     rc, out, err = run(capsys, "walk", "0", "--image", str(path), "--cr3", hex(root), "--la57", "--json")
-    assert rc == 1 and json.loads(out)["control"]["la57"] is True and err == ""
+    assert rc == 1 and json.loads(out)["control"]["la57"] is True
+    # what was assumed is said: no registers, no MAXPHYADDR (the paging mode was given)
+    assert err.splitlines() == [
+        "isoemu: note: no registers (--regs FILE, or an image with notes): assumed CR0.WP, CR4.SMEP, "
+        "CR4.SMAP and EFER.NXE set, CR4.PKE clear",
+        "isoemu: note: MAXPHYADDR unknown: assumed 52, so no address bit is taken for a reserved one "
+        "(--maxphyaddr N)"]
 
 
 def test_ptdump_json(capsys):

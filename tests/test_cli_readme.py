@@ -1,4 +1,4 @@
-"""README's examples stay true: every fenced block whose first line is a
+"""README's examples stay true (and those of the docs in DOCS): every fenced block whose first line is a
 ``$ isoemu`` command (or a ``$ cat FILE`` that defines a program a later
 ``$ isoemu`` line uses, as the hello.S example does) is run in a scratch
 directory holding every file README defines that way, and its output
@@ -114,6 +114,16 @@ def test_readme_block(tmp_path, block, defined=None):
         got = normalise(p.stdout.splitlines())
         assert matches(normalise(want), got), f"$ {cmd}\n--- README\n" + "\n".join(want) + \
             "\n--- got\n" + "\n".join(got)
+
+
+#: documents whose examples are checked the same way (each with its own files)
+DOCS = [ROOT / "docs" / "tlb.md"]
+DOC_BLOCKS = [(doc, b) for doc in DOCS for b in blocks(doc.read_text())]
+
+
+@pytest.mark.parametrize("doc,block", [pytest.param(d, b, id=f"{d.name}: {_id(b)}") for d, b in DOC_BLOCKS])
+def test_doc_block(tmp_path, doc, block):
+    test_readme_block(tmp_path, block, defined=files([b for d, b in DOC_BLOCKS if d == doc]))
 
 
 def test_readme_has_the_examples():

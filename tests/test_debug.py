@@ -836,7 +836,8 @@ BAD_COMMANDS = [
     ("break cr3 Z.user", "unknown space 'Z.user': choose from kernel, kernel.user, asi.global, "
                          "A.kernel, A.user, A.asi"),
     ("break nosuch", "bad address 'nosuch': unknown name 'nosuch'"),
-    ("catch", "usage: catch fault [VECTOR] | catch syscall [N|NAME] | catch asi-exit [fault]"),
+    ("catch", "usage: catch fault [VECTOR] | catch syscall [N|NAME] | catch asi-exit [fault] | "
+              "catch stale [FINDING]"),
     ("catch asi-exit now", "usage: catch asi-exit [fault]"),
     ("catch fault 999", "vector '999' is out of range (0 .. 255)"),
     ("catch syscall nosuch", "unknown syscall 'nosuch': give a number or one of read, write, close, "
@@ -847,7 +848,7 @@ BAD_COMMANDS = [
     ("x/2gx 0xffffffff81000000 A.user", "0xffffffff81000000 is not readable in A.user: "
                                         "#PF 0x0 (not-present, read, supervisor)"),
     ("walk", ADDRESS_NEEDED),
-    ("info", "usage: info breakpoints | info registers [REG...] | info spaces"),
+    ("info", "usage: info breakpoints | info registers [REG...] | info spaces | info tlb [PCID]"),
     ("info spaces all", "usage: info spaces"),
     ("info registers xyz", "unknown register 'xyz'"),
     ("delete 42", "no breakpoint number 42"),
@@ -953,7 +954,8 @@ REPL_CASES = [
     ("catch fault 0x100", ["catch fault 0x100"], [], ["error: vector '0x100' is out of range (0x0 .. 0xff)"]),
     ("catch syscall -1", ["catch syscall -1"], [],
      ["error: syscall number '-1' is out of range (0 .. 18,446,744,073,709,551,615)"]),
-    ("info ambiguous", ["info x"], [], ["error: usage: info breakpoints | info registers [REG...] | info spaces"]),
+    ("info ambiguous", ["info x"], [], ["error: usage: info breakpoints | info registers [REG...] | info spaces | "
+                                        "info tlb [PCID]"]),
 ]
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from emu.dev.demo import build_demo
 from emu.tools.lint import check
-from emu.hw.paging import (NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC,
+from emu.hw.paging import (NX, P, PAGE_KERNEL, PAGE_KERNEL_RO, PAGE_KERNEL_RX, PAGE_READONLY_EXEC, G,
                         PAGE_SHARED, PAGE_SHARED_EXEC, RW, US, A, D, PageTable)
 from emu.hw.phys import FrameKind
 
@@ -128,3 +128,65 @@ def test_clean_pieces_do_not_fire(mem, pt):
     pt.map(0x400000, f, 4096, PAGE_SHARED_EXEC & ~RW)
     pt.map(0xFFFF888000000000, 0, mem.size, PAGE_KERNEL)
     assert check(mem, pt.root) == []
+
+
+# --- on images of real machines -------------------------------------------------------------------
+@pytest.mark.parametrize("reserved,fires", [(0, True), (1 << 51, False)])
+def test_alias_wx_ignores_leaves_with_reserved_bits(mem, pt, reserved, fires):
+    """A leaf with a reserved bit can never be used (PF_RSVD): no alias, no W+X
+    through it; the reserved lint alone reports it."""
+    f = mem.frames.alloc(FrameKind.KERNEL_DATA)
+    pt.map(VMALLOC, f, 4096, PAGE_KERNEL_RX)
+    pt.map(0xFFFF888000000000, f, 4096, PAGE_KERNEL | reserved)
+    got = [(g.lint, g.va) for g in check(mem, pt.root, only=("alias-wx", "wx", "reserved"))]
+    want = [("alias-wx", VMALLOC)] if fires else [("reserved", 0xFFFF888000000000)]
+    assert got == want
+
+
+def _aliased(mem, pt, leaf_flags, user=False):
+    """ESPfix's shape: one pte table referenced by every entry of a pmd table,
+    that pmd table by four pud entries (arch/x86/kernel/espfix_64.c)."""
+    f = mem.frames.alloc(FrameKind.KERNEL_DATA)
+    ptes = mem.frames.alloc(FrameKind.PGTABLE)
+    for i in range(0, 512, 16):
+        mem.write_u64(ptes + 8 * i, f | leaf_flags)
+    table = P | RW | A | D | (US if user else 0)
+    pmd = mem.frames.alloc(FrameKind.PGTABLE)
+    for i in range(512):
+        mem.write_u64(pmd + 8 * i, ptes | table)
+    pt.map(VMALLOC, f, 4096, PAGE_KERNEL_RO)                   # make the upper levels exist
+    pgd_slot = pt.root + 8 * ((VMALLOC >> 39) & 511)
+    mem.write_u64(pgd_slot, mem.read_u64(pgd_slot) | (US if user else 0))
+    pud = mem.read_u64(pgd_slot) & ~0xFFF & ((1 << 52) - 1)
+    for i in range(4):
+        mem.write_u64(pud + 8 * (8 + i), pmd | table)
+    return f
+
+
+@pytest.mark.parametrize("flags,count", [
+    (P | RW | A | D, 2 * 65536),                 # W+X: wx, and alias-wx (each alias writable at another)
+    (P | RW | US | A | D | NX, 65536),           # user-kernel
+    (PAGE_KERNEL_RO, 0),                         # ESPfix's own: read-only, NX
+])
+def test_memoized_lints_equal_the_plain_walk(mem, pt, flags, count):
+    """65,536 aliases, findings and all: walked once and repeated, the same
+    findings as walking every alias."""
+    _aliased(mem, pt, flags, user=bool(flags & US))
+    memo = check(mem, pt.root)
+    plain = check(mem, pt.root, memoize=False)
+    assert memo == plain
+    assert len(memo) == count
+
+
+def test_a_broken_table_is_reported_once(mem, pt):
+    """A loop reached through 2,048 aliases is one finding, and the rest is checked."""
+    f = _aliased(mem, pt, P | A | D | G)
+    pud = mem.read_u64(pt.root + 8 * ((VMALLOC >> 39) & 511)) & ~0xFFF & ((1 << 52) - 1)
+    pmd = mem.read_u64(pud + 8 * 8) & ~0xFFF & ((1 << 52) - 1)
+    mem.write_u64(pmd + 8 * 3, pud | P | RW)                  # a pmd entry pointing back at the pud
+    pt.map(0xFFFF888000000000, f, 4096, P | RW | A | D)       # W+X elsewhere: still found
+    got = check(mem, pt.root)
+    broken = [g for g in got if g.lint == "broken"]
+    assert len(broken) == 1 and "loop in page tables" in broken[0].message
+    assert broken[0].message.endswith("not walked (reached through 4 paths)")
+    assert [g.va for g in got if g.lint == "wx"] == [0xFFFF888000000000]

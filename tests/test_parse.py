@@ -104,7 +104,7 @@ def test_count(text, value):
 
 @pytest.mark.parametrize("text, message", [
     ("0", r"budget '0' is out of range \(1 .. "),
-    ("-5", "expected a decimal number"),
+    ("-5", r"budget '-5' is out of range \(1 .. "),
     ("1.5", "not a whole number"),
     ("10Q", "expected a decimal number"),
 ])

@@ -118,3 +118,40 @@ def test_bigger_ram_direct_map(tmp_path):
     lines = ptdump_lines(mem, pt.root)
     assert "0xffff888040000000-0xffff888080000000           1G     RW         PSE     GLB NX pud" in lines
     mem.close()
+
+
+# --- memoized subtrees and section markers -------------------------------------------------------
+VMALLOC = 0xFFFFC90000000000
+
+
+@pytest.mark.parametrize("marker_at", [None, VMALLOC + (2 << 20), VMALLOC + (2 << 20) + 0x3000,
+                                       VMALLOC + (4 << 20) + 0x1000])
+def test_a_replayed_subtree_never_hides_a_marker(marker_at):
+    """One pte table referenced by three pmd entries: the second and third
+    references are replayed from the first, except where a section marker
+    falls inside them (the compressed states would miss its break).  The
+    lines equal those of the plain walk wherever the marker is."""
+    from emu.linux.layout import layout_for
+
+    mem = PhysMem(32 << 20)
+    pt = PageTable.create(mem, policies=())
+    pt.map(VMALLOC, 0x100000, 0x1000, PAGE_KERNEL, page_size=4096)
+    pt.map(VMALLOC + 0x5000, 0x101000, 0x2000, PAGE_KERNEL_RO, page_size=4096)
+    pte_slot = pt.lookup(VMALLOC)[1]
+    pte_table = pte_slot & ~0xFFF
+    pud = mem.read_u64(pt.root + 8 * ((VMALLOC >> 39) & 511)) & 0x000FFFFFFFFFF000
+    pmd_slot = (mem.read_u64(pud + 8 * ((VMALLOC >> 30) & 511)) & 0x000FFFFFFFFFF000) + 8 * ((VMALLOC >> 21) & 511)
+    assert mem.read_u64(pmd_slot) & 0x000FFFFFFFFFF000 == pte_table
+    for k in (1, 2):
+        mem.write_u64(pmd_slot + 8 * k, mem.read_u64(pmd_slot))            # two aliases of the pte table
+    lay = layout_for(4)
+    if marker_at is not None:
+        lay = lay.with_values({"vmemmap_base": marker_at})
+    memo = ptdump_lines(mem, pt.root, 4, lay)
+    plain = ptdump_lines(mem, pt.root, 4, lay, memoize=False)
+    assert memo == plain
+    assert sum(1 for line in memo if " RW " in line and line.endswith("GLB NX pte")) == 3
+    if marker_at is not None:
+        i = memo.index("---[ Vmemmap ]---")
+        assert memo[i + 1].startswith(f"0x{marker_at:016x}-")
+    mem.close()

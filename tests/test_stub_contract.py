@@ -165,3 +165,32 @@ def test_the_magic_check_sees_a_literal(tmp_path, monkeypatch):
     assert any(re.search(p, line) for p, _ in MAGIC)
     assert any(re.search(p, "    bts rsi, 63") for p, _ in MAGIC)
     assert not any(re.search(p, "    bts rsi, _PAGE_BIT_NX") for p, _ in MAGIC)
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_the_stubs_alternatives_are_jumps_within_their_section(levels):
+    """.alternative emits ``jmp rel32`` (data the linker writes, e9 + a
+    displacement from its own address): each must decode as a jmp to a
+    label of its section, and the 5 bytes the loader turns into a NOP."""
+    import capstone
+
+    img = link_kernel(layout_for(levels))
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    labels = {img.symbols[n] for n in img.labels}
+    assert img.alternatives
+    for addr, feature in img.alternatives:
+        sec = img.section_of(addr)
+        code = sec.data[addr - sec.base:addr - sec.base + 5]
+        ins = next(cs.disasm(code, addr))
+        target = int(ins.op_str, 16)
+        assert (ins.mnemonic, ins.size, code[0]) == ("jmp", 5, 0xE9), feature
+        assert img.section_of(target) is sec and target in labels, feature
+
+
+def test_declared_instructions_are_checked_like_any_other():
+    """A site declaration does not exempt its instruction from the strict
+    reading (docs/assembler.md)."""
+    with pytest.raises(AsmError, match=r"^k.S:3: '\[' without '\]': invlpg \[rdi$"):
+        sites("f:\n    .invlpg\n    invlpg [rdi\n")
+    with pytest.raises(AsmError, match=r"^k.S:3: not encodable in 64-bit mode: mov cr4, eax$"):
+        sites("f:\n    .cr4_write\n    mov cr4, eax\n")

@@ -157,7 +157,7 @@ BUDGET_ERRORS = [
     ("-10M", "--budget '-10M' is out of range (1 .. 4,611,686,018,427,387,904)"),
     ("99999999999999999999", "--budget '99999999999999999999' is out of range (1 .. 4,611,686,018,427,387,904)"),
     ("10x", "bad --budget '10x': expected a decimal number such as 2000000 or 10M"),
-    ("-x", "bad --budget 'x': expected a decimal number such as 2000000 or 10M"),
+    ("-x", "bad --budget '-x': expected a decimal number such as 2000000 or 10M"),
     ("0x100", "bad --budget '0x100': expected a decimal number such as 2000000 or 10M"),
     ("1.5", "bad --budget '1.5': not a whole number"),
     ("", "bad --budget '': expected a decimal number such as 2000000 or 10M"),

@@ -1,26 +1,31 @@
 """Checks of what keystone produced: the line table, the decoded
-instructions, and keystone's silent mis-encodings turned into errors with
-file and line (RIP-relative operands relocated like a PC32 relocation)."""
+instructions, each compared with its source (emu/asm/strict.py), branch
+targets, and the stub's declared sites."""
 
 from __future__ import annotations
-
-import ast
-import re
-import struct
 
 import capstone
 
 from emu.asm.engines import capstone_engine
 from emu.asm.image import Insn, Line, Section, Site, Stmt
-from emu.asm.source import REGISTERS
+from emu.asm.source import demangle
+from emu.asm.strict import check_insn
 from emu.errors import AsmError
 
-_BRANCH_GROUPS = (capstone.x86_const.X86_GRP_JUMP, capstone.x86_const.X86_GRP_CALL)
 
-
-def verify(sections: dict[str, Section], addrs: dict[str, list[int]], symbols: dict[str, int]):
-    """Per-statement line table; reject keystone's silent mis-encodings."""
+def verify(sections: dict[str, Section], addrs: dict[str, list[int]], symbols: dict[str, int],
+           labels: set[str]):
+    """Per-statement line table and decoded instructions; every instruction
+    statement must be exactly one instruction, the one its source says."""
     cs = capstone_engine()
+    names: dict[int, str] = {}
+
+    def reg_name(reg: int) -> str:
+        name = names.get(reg)
+        if name is None:
+            name = names[reg] = cs.reg_name(reg)
+        return name
+
     lines: list[Line] = []
     insns: list[Insn] = []
     ranges = [(s.base, s.base + len(s.data)) for s in sections.values()]
@@ -35,100 +40,38 @@ def verify(sections: dict[str, Section], addrs: dict[str, list[int]], symbols: d
             a, b = sa[st.index], sa[st.index + 1]
             if st.kind in ("empty", "const") and a == b:
                 continue
-            lines.append(Line(a, b - a, st.file, st.line, st.text))
+            lines.append(Line(a, b - a, st.file, st.line, demangle(st.text)))
             if st.kind != "insn" or sec.nobits:
                 continue
+            if a == b:
+                raise AsmError(f"{st.file}:{st.line}: keystone produced no bytes for this instruction: {st.text}")
             code = bytes(sec.data[a - sec.base:b - sec.base])
-            pos = 0
-            for ins in cs.disasm(code, a):
-                pos += ins.size
-                _relocate_insn(ins, st, inside, symbols, sec.data, sec.base)
-                _check_branch(ins, st, inside)
-            for ins in cs.disasm(bytes(sec.data[a - sec.base:b - sec.base]), a):
-                insns.append(Insn(ins.address, ins.size, ins.mnemonic, ins.op_str, bytes(ins.bytes)))
-            if pos != len(code):
+            decoded = list(cs.disasm(code, a))
+            if sum(ins.size for ins in decoded) != len(code):
                 raise AsmError(f"{st.file}:{st.line}: produced bytes capstone cannot decode: {st.text}")
+            if len(decoded) != 1:
+                shown = "; ".join(f"{i.mnemonic} {i.op_str}".strip() for i in decoded)
+                raise AsmError(f"{st.file}:{st.line}: keystone produced {len(decoded)} instructions "
+                               f"({shown}): {st.text}")
+            ins = decoded[0]
+            check_insn(st, st.syntax, ins, symbols, labels, reg_name, sec.data, sec.base)
+            _check_branch(ins, st, inside)
+            patched = bytes(sec.data[a - sec.base:b - sec.base])
+            if patched != code:       # a relocated displacement: decode what is there now
+                ins = next(cs.disasm(patched, a))
+            insns.append(Insn(ins.address, ins.size, ins.mnemonic, ins.op_str, patched))
         sec.data = bytes(sec.data)
     return lines, insns
 
 
-def _operand_target(text: str, symbols: dict[str, int]) -> int | None:
-    """The address a memory operand names: ``[SYM + 8]``, ``gs:[OFF]``,
-    ``[rip + SYM]`` (rip dropped); None if it involves other registers."""
-    m = re.search(r"\[([^\]]+)\]", text)
-    if not m:
-        return None
-    expr = m.group(1)
-    expr = re.sub(r"\brip\b\s*\+?", "", expr, flags=re.I).strip()
-    if not expr:
-        return 0
-    try:
-        value = _eval(ast.parse(expr, mode="eval").body, symbols)
-    except (SyntaxError, ValueError, KeyError):
-        return None
-    return value & 0xFFFFFFFFFFFFFFFF
-
-
-def _eval(node, symbols: dict[str, int]) -> int:
-    if isinstance(node, ast.Constant) and isinstance(node.value, int):
-        return node.value
-    if isinstance(node, ast.Name):
-        if node.id in REGISTERS:
-            raise ValueError("register")
-        return symbols[node.id]
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_eval(node.operand, symbols)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
-        a, b = _eval(node.left, symbols), _eval(node.right, symbols)
-        return a + b if isinstance(node.op, ast.Add) else a - b if isinstance(node.op, ast.Sub) else a * b
-    raise ValueError("unsupported expression")
-
-
-_STRING_INSNS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs", "xlat")
-
-
-def _relocate_insn(ins, st: Stmt, inside, symbols, data: bytearray, sec_base: int) -> None:
-    """Check one instruction; fix keystone's RIP-relative displacements.
-
-    Keystone encodes ``[rip + SYM]`` with a symbol of another section (and
-    ``mov r64, [SYM]``) with the symbol's value as the displacement.  Like a
-    linker applying a PC32 relocation, the displacement is recomputed from
-    what the source names; an address out of ±2 GiB reach is an error.
-    """
-    from capstone import x86_const as X
-
-    text = st.text.lower()
-    if "[" not in text and not ins.mnemonic.split()[-1].startswith(_STRING_INSNS) \
-            and any(op.type == X.X86_OP_MEM for op in ins.operands):
-        raise AsmError(f"{st.file}:{st.line}: keystone turned an operand of this instruction into a "
-                       f"memory reference ({ins.mnemonic} {ins.op_str}); write the value as a number: "
-                       f"{st.text}")
-    for op in ins.operands:
-        if op.type != X.X86_OP_MEM or op.mem.base != X.X86_REG_RIP:
-            continue
-        nxt = ins.address + ins.size
-        target = (nxt + op.mem.disp) & 0xFFFFFFFFFFFFFFFF
-        wanted = _operand_target(st.text, symbols)
-        if wanted is None:
-            if "rip" in text and inside(target):
-                continue
-            raise AsmError(f"{st.file}:{st.line}: cannot tell which address this RIP-relative operand "
-                           f"means; use [rip + LABEL] or a register base: {st.text}")
-        if wanted == target:
-            continue
-        disp = wanted - nxt
-        if disp >= 1 << 63:
-            disp -= 1 << 64
-        if not -(1 << 31) <= disp < (1 << 31):
-            raise AsmError(f"{st.file}:{st.line}: {wanted:#x} is beyond the ±2 GiB reach of a RIP-relative "
-                           f"operand here; load the address into a register: {st.text}")
-        off = ins.address - sec_base + ins.disp_offset
-        data[off:off + 4] = struct.pack("<i", disp)
+_BRANCH_GROUPS = (capstone.x86_const.X86_GRP_JUMP, capstone.x86_const.X86_GRP_CALL)
 
 
 def _check_branch(ins, st: Stmt, inside) -> None:
     from capstone import x86_const as X
 
+    if not ins.mnemonic.split()[-1].startswith(("j", "call", "loop")):
+        return          # not a branch: spare building capstone's details
     if any(g in _BRANCH_GROUPS for g in ins.groups) and ins.operands and \
             ins.operands[0].type == X.X86_OP_IMM:
         target = ins.operands[0].imm & 0xFFFFFFFFFFFFFFFF
@@ -183,10 +126,8 @@ def resolve_sites(declared, stmts: list[Stmt], addrs: dict[str, list[int]], insn
                         _before(prev, addr == addrs[st.section][0]), f, ln))
         declared_at.add(addr)
     if required:
-        lines = {}
-        for st in stmts:
-            for i in range(addrs[st.section][st.index], addrs[st.section][st.index + 1]):
-                lines.setdefault(i, st)
+        # every instruction statement is exactly one instruction (verify)
+        lines = {addrs[st.section][st.index]: st for st in stmts if st.kind == "insn"}
         for ins in insns:
             kind = _site_kind_of(ins)
             if kind in required and ins.addr not in declared_at:

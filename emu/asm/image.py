@@ -19,6 +19,7 @@ class Stmt:
     kind: str           # insn | data | const | empty
     section: str
     index: int = 0      # position within its section
+    syntax: object = None   # what emu/asm/syntax.py read (InsnSyntax, DataSyntax, ConstSyntax)
 
 
 @dataclass

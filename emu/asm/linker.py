@@ -11,9 +11,12 @@ import struct
 import keystone
 
 from emu.asm.checks import resolve_sites, verify
-from emu.asm.engines import ks_asm, ks_message, reset_engines
+from emu.asm.data import check_constants, data_bytes, data_size, evaluate_constants
+from emu.asm.diagnose import diagnose
+from emu.asm.engines import ks_asm, reset_engines
 from emu.asm.image import SYM_PREFIX, Image, Section, Stmt
-from emu.asm.source import IDENT, KEYWORDS, REGISTERS, SourceParser
+from emu.asm.source import IDENT, SourceParser, demangle
+from emu.asm.syntax import keystone_insn_text
 from emu.errors import AsmError
 
 _IMAGE_CACHE: dict[str, Image] = {}
@@ -50,6 +53,8 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
         try:
             img = _link(sources, layout, predefined, include_dirs, default_section, nobits, required_sites, key)
             break
+        except AsmError as e:
+            raise AsmError(demangle(str(e))) from None
         except _Inconsistent as e:
             if attempt:
                 raise AsmError(f"keystone produced an inconsistent layout twice: {e}") from None
@@ -85,6 +90,11 @@ def _link(sources, layout, predefined, include_dirs, default_section, nobits, re
                 raise AsmError(f"{st.file}:{st.line}: label {lab!r} shadows a predefined symbol")
             where[lab] = st
     label_section = {lab: st.section for lab, st in where.items()}
+    consts = [st for st in p.stmts if st.kind == "const"]
+    taken = {lab: "a label" for lab in where}
+    taken.update({name: "a predefined symbol" for name in predefined})
+    check_constants(consts, taken)
+    labels = set(where)
     # pass 1 uses each foreign label's section base; later passes real values
     values: dict[str, int] = {lab: layout[sec] for lab, sec in label_section.items()}
     addrs: dict[str, list[int]] = {}
@@ -92,11 +102,16 @@ def _link(sources, layout, predefined, include_dirs, default_section, nobits, re
     # from the statement's address and converges with the labels
     aligns = {(st.section, st.index): n for st in p.stmts if (n := _alignment(st, predefined))}
     pads: dict[tuple[str, int], int] = {k: 0 for k in aligns}
+    texts = _KeystoneText()
     for _ in range(8):
+        env = dict(predefined)
+        env.update(values)
+        const_values, const_addresses = evaluate_constants(consts, env, labels)
         new_values = dict(values)
         new_pads = dict(pads)
         for sec in sections.values():
-            stmt_addrs, data = _assemble_section(sec, p, values, predefined, label_section, pads)
+            lines = texts.lines(sec, predefined, const_values)
+            stmt_addrs, data = _assemble_section(sec, p, lines, values, env, pads)
             addrs[sec.name] = stmt_addrs
             sec.data = data
             for st in sec.stmts:
@@ -112,7 +127,9 @@ def _link(sources, layout, predefined, include_dirs, default_section, nobits, re
         raise AsmError("layout did not converge after 8 passes (instruction sizes keep changing)")
     _check_layout(sections, addrs, aligns)
     symbols = dict(predefined)
+    symbols.update(const_values)
     symbols.update(values)
+    _write_data(sections, addrs, symbols)
     for sec in sections.values():
         sec.size = len(sec.data)
         if sec.nobits:
@@ -120,7 +137,7 @@ def _link(sources, layout, predefined, include_dirs, default_section, nobits, re
                 st = next(s for s in sec.stmts if s.kind in ("data", "insn"))
                 raise AsmError(f"{st.file}:{st.line}: {sec.name} holds only zeros (use .zero/.space)")
             sec.data = b""
-    lines, insns = verify(sections, addrs, symbols)
+    lines, insns = verify(sections, addrs, symbols, labels | const_addresses)
     extable = []
     for f, ln, frm, to, etype in p.extable:
         for sym in (frm, to):
@@ -142,6 +159,54 @@ def _link(sources, layout, predefined, include_dirs, default_section, nobits, re
         alternatives.append((a, feature))
     sites = resolve_sites(p.sites, p.stmts, addrs, insns, required_sites)
     return Image(sections, symbols, lines, extable, alternatives, insns, key, frozenset(values), sites)
+
+
+def _write_data(sections: dict[str, Section], addrs: dict[str, list[int]], symbols: dict[str, int]) -> None:
+    """Data statements' bytes, written over keystone's ``.zero`` placeholders."""
+    for sec in sections.values():
+        buf = None
+        for st in sec.stmts:
+            if st.kind != "data" or st.syntax is None:
+                continue
+            a, b = addrs[sec.name][st.index], addrs[sec.name][st.index + 1]
+            out = data_bytes(st, symbols, a)
+            if len(out) != b - a:
+                raise AsmError(f"{st.file}:{st.line}: {len(out)} bytes where the layout has {b - a} "
+                               f"(a count that depends on the layout?): {st.text}")
+            if buf is None:
+                buf = bytearray(sec.data)
+            buf[a - sec.base:b - sec.base] = out
+        if buf is not None:
+            sec.data = bytes(buf)
+
+
+class _KeystoneText:
+    """Each statement's line for keystone, built once: constants become
+    numbers; data statements become ``.zero SIZE`` (their bytes are written
+    by the linker); constant definitions vanish (they are substituted)."""
+
+    def __init__(self):
+        self._consts: dict[str, int] | None = None
+        self._lines: dict[str, list[str | None]] = {}
+
+    def lines(self, sec: Section, predefined: dict[str, int], consts: dict[str, int]) -> list[str | None]:
+        if consts != self._consts:
+            self._consts, self._lines = dict(consts), {}
+        if sec.name not in self._lines:
+            constants = dict(predefined)
+            constants.update(consts)
+            self._lines[sec.name] = [keystone_line(st, constants) for st in sec.stmts]
+        return self._lines[sec.name]
+
+
+def keystone_line(st: Stmt, constants: dict[str, int]) -> str | None:
+    """The statement for keystone, without labels; None for a data statement
+    (sized per pass) or an .align (padded per pass)."""
+    if st.kind == "insn":
+        return substitute_constants(keystone_insn_text(st.text, st.syntax), constants)
+    if st.kind == "data":
+        return None
+    return ""
 
 
 def _check_layout(sections: dict[str, Section], addrs: dict[str, list[int]],
@@ -214,19 +279,19 @@ def _alignment(st: Stmt, predefined: dict[str, int]) -> int | None:
     return n
 
 
-def _assemble_section(sec: Section, p: SourceParser, values: dict[str, int], predefined: dict[str, int],
-                      label_section: dict[str, str], pads: dict[tuple[str, int], int]) -> tuple[list[int], bytes]:
+def _assemble_section(sec: Section, p: SourceParser, lines: list[str | None], values: dict[str, int],
+                      env: dict[str, int], pads: dict[tuple[str, int], int]) -> tuple[list[int], bytes]:
     own = {lab for st in sec.stmts for lab in st.labels}
     body = []
     fill = ".fill {}, 1, 0x90" if "text" in sec.name else ".zero {}"     # NOPs in code, as gas does
-    for st in sec.stmts:
+    for st, line in zip(sec.stmts, lines):
         labels = "".join(f"{lab}: " for lab in st.labels)
         pad = pads.get((sec.name, st.index))
         if pad is not None:
-            body.append(f"{SYM_PREFIX}{st.index}: {labels}{fill.format(pad)}")
-            continue
-        text = substitute_constants(st.text.replace("@SELF@", f"{SYM_PREFIX}{st.index}"), predefined)
-        body.append(f"{SYM_PREFIX}{st.index}: {labels}{text}")
+            line = fill.format(pad)
+        elif line is None:
+            line = f".zero {data_size(st, env)}"
+        body.append(f"{SYM_PREFIX}{st.index}: {labels}{line}")
     n = len(sec.stmts)
     body.append(f"{SYM_PREFIX}{n}:")
     text_body = "\n".join(body)
@@ -236,7 +301,7 @@ def _assemble_section(sec: Section, p: SourceParser, values: dict[str, int], pre
     try:
         out = ks_asm(full, sec.base)
     except keystone.KsError as e:
-        raise _locate_error(sec, p, values, predefined, own, e) from None
+        raise _locate_error(sec, lines, values, env, own, e) from None
     tail = 8 * (n + 1)
     if len(out) < tail:
         raise AsmError(f"{sec.name}: keystone returned too few bytes")
@@ -246,34 +311,22 @@ def _assemble_section(sec: Section, p: SourceParser, values: dict[str, int], pre
     return stmt_addrs, data[:end]
 
 
-def _locate_error(sec: Section, p: SourceParser, values, predefined, own, err) -> AsmError:
-    """Find the statement keystone choked on by assembling them one at a time."""
+def _locate_error(sec: Section, lines: list[str | None], values, env, own, err) -> AsmError:
+    """Find the statement keystone choked on by assembling the instructions
+    one at a time, and say what is wrong with it (emu/asm/diagnose.py)."""
     placeholder = {lab: values.get(lab, sec.base) for lab in own}
-    known = set(values) | set(predefined) | own
-    consts = [st.text for st in sec.stmts if st.kind == "const"]
-    for st in sec.stmts:
-        if st.kind in ("empty", "const"):
+    for st, line in zip(sec.stmts, lines):
+        if st.kind != "insn":
             continue
-        toks = set(IDENT.findall(st.text))
-        text = substitute_constants(st.text.replace("@SELF@", "0"), predefined)
-        equs = [f".equ {t}, {placeholder[t]:#x}" for t in toks if t in placeholder]
-        equs += _foreign_equs(text, own, values)
+        equs = [f".equ {t}, {placeholder[t]:#x}" for t in set(IDENT.findall(line)) if t in placeholder]
+        equs += _foreign_equs(line, own, values)
         try:
-            ks_asm("\n".join(equs + [substitute_constants(c, predefined) for c in consts] + [text]),
-                    sec.base)
+            ks_asm("\n".join(equs + [line]), sec.base)
         except keystone.KsError as e:
-            unknown = sorted(t for t in toks - known - REGISTERS - KEYWORDS
-                             if not t.startswith(".") and not _is_mnemonic(st.text, t))
-            if unknown and e.errno == keystone.KS_ERR_ASM_SYMBOL_MISSING:
-                return AsmError(f"{st.file}:{st.line}: unknown symbol {unknown[0]!r}: {st.text}")
-            return AsmError(f"{st.file}:{st.line}: {ks_message(e)}: {st.text}")
+            return diagnose(st, line, e, env, lambda text: ks_asm("\n".join(equs + [text]), sec.base))
     first = next((st for st in sec.stmts if st.kind != "empty"), None)
     where = f"{first.file}" if first else sec.name
-    return AsmError(f"{where}: {ks_message(err)} in section {sec.name}")
-
-
-def _is_mnemonic(text: str, tok: str) -> bool:
-    return text.split()[0] == tok if text.split() else False
+    return AsmError(f"{where}: keystone: {err} in section {sec.name}")
 
 
 # --- verification ---------------------------------------------------------------------

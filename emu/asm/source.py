@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import re
 
+from emu.asm.expr import parse_expr
 from emu.asm.image import Stmt
+from emu.asm.syntax import (REGISTERS, DataSyntax, SyntaxProblem, non_ascii_problem, parse_const, parse_data,
+                            parse_insn)
 from emu.errors import AsmError
 
 IDENT = re.compile(r"[A-Za-z_.$][\w.$@]*")
@@ -22,21 +25,27 @@ KEYWORDS = {"byte", "word", "dword", "qword", "xmmword", "ymmword", "tbyte", "pt
              "short", "near", "far", "rel", "abs"}
 
 
-def _registers() -> set[str]:
-    from capstone import x86_const
-    regs = set()
-    for name in dir(x86_const):
-        if name.startswith("X86_REG_") and name != "X86_REG_ENDING":
-            regs.add(name[8:].lower())
-    return regs
-
-
-REGISTERS = _registers()
 SYM_PREFIX = "__isoemu_s"
+
+
+_COMMENT = re.compile(r"[;#]|//")
+_SPECIAL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\"']")
+
+
+_MANGLED = re.compile(r"(?<![\w.$])\.L\d+_")
+
+
+def demangle(text: str) -> str:
+    """A statement as written: file-local labels lose the file number the
+    reader gave them (``.L3_loop`` is ``.Lloop`` in the source)."""
+    return _MANGLED.sub(".L", text) if ".L" in text else text
 
 
 def strip_comment(line: str) -> str:
     """Drop ``;``, ``#`` and ``//`` comments outside string literals."""
+    if '"' not in line and "'" not in line:
+        m = _COMMENT.search(line)
+        return (line[:m.start()] if m else line).rstrip()
     out = []
     quote = None
     i = 0
@@ -63,6 +72,8 @@ def strip_comment(line: str) -> str:
 def literal_problem(s: str) -> str | None:
     """Why keystone cannot be handed this statement (it hangs on an
     unterminated string and mis-assembles control characters), or None."""
+    if not _SPECIAL.search(s):
+        return None
     quote = None
     i = 0
     while i < len(s):
@@ -104,6 +115,10 @@ class SourceParser:
             lineno = i + 1
             raw = strip_comment(lines[i])
             i += 1
+            if not raw.isascii():
+                bad = non_ascii_problem(raw)
+                if bad:
+                    raise AsmError(f"{name}:{lineno}: {bad}: {raw.strip()}")
             # file-local labels: .Lname -> .L<fid>_name
             raw = re.sub(r"(?<![\w.$])\.L(\w+)", lambda m: f".L{fid}_{m.group(1)}", raw)
             s = raw.strip()
@@ -123,6 +138,9 @@ class SourceParser:
                     b = re.sub(r"(?<![\w.$])\.L(\w+)", lambda m: f".L{fid}_{m.group(1)}",
                                strip_comment(lines[i]))
                     i += 1
+                    bad = non_ascii_problem(b) if not b.isascii() else None
+                    if bad:
+                        raise AsmError(f"{name}:{i}: {bad}: {b.strip()}")
                     if b.strip().lower() == ".endm":
                         break
                     body.append(b)
@@ -178,13 +196,28 @@ class SourceParser:
             shown = re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", s)
             raise AsmError(f"{name}:{lineno}: {bad}: {shown}")
         kind = self._kind(s, name, lineno)
+        syntax = self._syntax(kind, s, name, lineno)
         if self.pending_site is not None and kind != "empty":
             f, ln, word, args = self.pending_site
             if kind != "insn":
                 raise AsmError(f"{f}:{ln}: {word} must be followed by an instruction, not: {s}")
             self.sites.append((f, ln, word[1:], args, len(self.stmts)))
             self.pending_site = None
-        self.stmts.append(Stmt(name, lineno, s, labels, kind, section))
+        self.stmts.append(Stmt(name, lineno, s, labels, kind, section, syntax=syntax))
+
+    @staticmethod
+    def _syntax(kind: str, s: str, name: str, lineno: int):
+        """The statement read strictly (emu/asm/syntax.py), or an AsmError."""
+        try:
+            if kind == "insn":
+                return parse_insn(s)
+            if kind == "data":
+                return parse_data(s)
+            if kind == "const":
+                return parse_const(s)
+        except SyntaxProblem as e:
+            raise AsmError(f"{name}:{lineno}: {e}: {s}") from None
+        return None
 
     def finish(self) -> None:
         """After the last source: a declaration with nothing after it is an error."""
@@ -264,10 +297,14 @@ class SourceParser:
         args = [a.strip() for a in s[len(".alternative"):].split(",")]
         if len(args) != 2 or not all(args):
             raise AsmError(f"{name}:{lineno}: use .alternative FEATURE, TARGET")
+        try:
+            target = parse_expr(f"{args[1]} - @SELF@ - 5", REGISTERS)
+        except Exception:
+            raise AsmError(f"{name}:{lineno}: .alternative TARGET must be a label: {s}") from None
         # e9 rel32, computed from the statement's own address (@SELF@)
         self.alternatives.append((name, lineno, args[0], len(self.stmts)))
-        self.stmts.append(Stmt(name, lineno, f".byte 0xe9\n.long {args[1]} - @SELF@ - 5", [], "data",
-                               section))
+        data = DataSyntax(".alternative", [("int", 1, ("num", 0xE9)), ("int", 4, target)])
+        self.stmts.append(Stmt(name, lineno, s, [], "data", section, syntax=data))
 
     def _kind(self, s: str, name: str, lineno: int) -> str:
         if not s:

@@ -60,7 +60,8 @@ def add_machine_args(g) -> None:
     names = ", ".join(SWITCHES)
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help=f"a machine switch (repeatable, or comma-separated: pti=off,ram=4G); "
-                        f"switches: {names}; on/off, ram a size")
+                        f"switches: {names}; on/off (pti also auto), ram a size, tlb off/check/lazy; "
+                        f"docs/cli.md lists every value")
     g.add_argument("--no-pti", action="store_true", help="page-table isolation off (--set pti=off)")
     g.add_argument("--no-pcid", action="store_true", help="PCIDs off: every CR3 write flushes (--set pcid=off)")
     g.add_argument("--no-asi", action="store_true", help="address-space isolation off (--set asi=off)")
@@ -124,14 +125,47 @@ def config_from_args(args) -> MachineConfig:
 
 
 # --- the address space ----------------------------------------------------------------------
+#: the options of a memory image (docs/images.md): (attribute, flag)
+IMAGE_OPTIONS = (("regs", "--regs"), ("maxphyaddr", "--maxphyaddr"), ("layout", "--layout"),
+                 ("layout_file", "--layout-file"), ("kallsyms", "--kallsyms"), ("system_map", "--system-map"))
+
+
+def add_image_args(g, *, cr3_help: str, many_roots: bool = False) -> None:
+    """The options that say how to read a memory image (``--image`` commands
+    and ``isoemu image``)."""
+    g.add_argument("--cr3", metavar="ADDR", action="append" if many_roots else None,
+                   help=cr3_help)
+    g.add_argument("--regs", metavar="FILE",
+                   help="the CPU's registers as QEMU's monitor prints them ('info registers'): CR3 is the "
+                        "root unless --cr3 is given; LA57, WP, SMEP, SMAP, PKE and NXE come from CR0, CR4 "
+                        "and EFER")
+    g.add_argument("--maxphyaddr", metavar="N",
+                   help="the CPU's physical-address width, 32 .. 52 (default: the image's note, else 52): "
+                        "address bits above it are reserved")
+    g.add_argument("--layout", metavar="KEY=VALUE", action="append",
+                   help="a base of the kernel's address map (repeatable, or comma-separated): "
+                        "page_offset_base, vmalloc_base, vmemmap_base, modules_vaddr, fixaddr_start, ... "
+                        "(hexadecimal; none for a region the kernel lacks); see 'isoemu image info'")
+    g.add_argument("--layout-file", metavar="FILE",
+                   help="bases from a file of 'KEY = VALUE' lines ('isoemu image layout' writes one)")
+    g.add_argument("--kallsyms", metavar="FILE",
+                   help="the kernel's /proc/kallsyms (read as root): symbols for addresses, and the exact "
+                        "page_offset_base, vmalloc_base and vmemmap_base read from the image")
+    g.add_argument("--system-map", metavar="FILE",
+                   help="the kernel's System.map (link-time addresses; the KASLR slide is taken from the "
+                        "image): as --kallsyms")
+
+
 def add_space_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("address space (the built-in machine, or a memory image)")
     g.add_argument("--space", metavar="NAME", help="address space of the built-in machine (default A.kernel; "
                                                    "see 'isoemu spaces')")
-    g.add_argument("--image", metavar="FILE", help="raw physical-memory image (e.g. QEMU pmemsave) instead "
-                                                   "of the built-in machine; needs --cr3; --la57 applies")
-    g.add_argument("--cr3", metavar="ADDR", help="page-table root in the image, hexadecimal (1c0a000 is "
-                                                 "0x1c0a000); only with --image")
+    g.add_argument("--image", metavar="FILE", help="a memory image instead of the built-in machine: a QEMU "
+                                                   "pmemsave raw image, an ELF core (dump-guest-memory, "
+                                                   "virsh dump, kdump vmcore) or 'isoemu image extract' "
+                                                   "output; --la57 applies")
+    add_image_args(g, cr3_help="page-table root in the image, hexadecimal (1c0a000 is 0x1c0a000); "
+                               "default: from --regs or the image's notes; only with --image")
     add_machine_args(g)
 
 
@@ -141,6 +175,9 @@ def check_space_args(args) -> None:
     if not image:
         if getattr(args, "cr3", None):
             raise ConfigError("--cr3 needs --image FILE (the built-in machine's roots are named by --space)")
+        for attr, flag in IMAGE_OPTIONS:
+            if getattr(args, attr, None):
+                raise ConfigError(f"{flag} needs --image FILE (it describes a memory image)")
         return
     given = [flag for attr, flag, _, _ in _FLAGS if attr != "la57" and getattr(args, attr, False)]
     if getattr(args, "space", None):
@@ -152,11 +189,10 @@ def check_space_args(args) -> None:
         given.append("--set")
     if given:
         raise ConfigError(f"{', '.join(given)}: not with --image (an image has its own tables; "
-                          f"only --cr3 and --la57 apply)")
-    if not getattr(args, "cr3", None):
-        raise ConfigError("--image needs --cr3 ADDR (the physical address of the top-level table)")
-    cr3 = parse_hex(args.cr3, "--cr3 value")
-    args.cr3 = f"{cr3:#x}"         # hexadecimal from here on, whatever the reader below assumes
+                          f"--cr3, --regs, --la57, --maxphyaddr, --layout and symbols apply)")
+    if getattr(args, "cr3", None):
+        cr3 = parse_hex(args.cr3, "--cr3 value")
+        args.cr3 = f"{cr3:#x}"         # hexadecimal from here on, whatever the reader below assumes
 
 
 def space_from_args(args):

@@ -183,6 +183,8 @@ class DebugShell(cmd.Cmd):
                 self.interrupted = True
                 return True
             error = "interrupted"
+        except BrokenPipeError:
+            raise                # the reader went away (| head): the command ends quietly
         except Exception as e:   # noqa: BLE001 - one line, never a traceback
             error = f"internal error: {type(e).__name__}: {e}"
         finally:

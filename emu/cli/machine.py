@@ -113,7 +113,7 @@ def cmd_run(args) -> int:
     if args.json or args.jsonl:
         fault = info.get("fault")
         doc = {"process": p.name, "pid": p.pid, "output": text, "status": None if signal else status,
-               "signal": signal, "exit_status": code,
+               "signal": signal, "exit_status": code, "findings": [f.as_dict() for f in m.findings],
                "fault": None if fault is None else {
                    "vector": fault["vector"], "error_code": fault["error_code"],
                    "cr2": None if fault["cr2"] is None else f"{fault['cr2']:#x}", "rip": f"{fault['rip']:#x}",
@@ -132,6 +132,10 @@ def cmd_run(args) -> int:
     report = fatal_report(m, p.pid)
     for i, line in enumerate(report):   # as isoemu test reports it
         print(("isoemu: " if i == 0 else "") + line, file=sys.stderr)
+    if m.findings and "stale" not in kinds and not (args.json or args.jsonl):
+        # never silent: the TLB model found something (docs/tlb.md)
+        for f in m.findings:
+            print(f"isoemu: TLB finding: {f.line()}", file=sys.stderr)
     return code
 
 

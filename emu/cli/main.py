@@ -13,7 +13,7 @@ import re
 import sys
 
 from emu.version import VERSION
-from emu.cli import bench, debug, machine, paging, test, trace
+from emu.cli import bench, debug, image, machine, paging, test, trace
 from emu.cli.common import config_from_args, has_machine_args
 from emu.errors import IsoemuError
 
@@ -25,6 +25,12 @@ class UsageError(Exception):
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``isoemu: matrix: unrecognized argument:
     --jsno (did you mean --json?)``.  Subcommand parsers are of this class too."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        # a negative number, hexadecimal too, is a value, not an option:
+        # '--cr3 -0x1000' gets its range message, not "expected one argument"
+        self._negative_number_matcher = re.compile(r"^-(0[xX][0-9a-fA-F_]+|\d[\d_]*(\.\d+)?)$")
 
     def error(self, message: str):
         raise UsageError(_prefixed(self.prog, self._suggest(message)))
@@ -98,7 +104,7 @@ def build_parser() -> Parser:
 
 
 # Modules that add subcommands, in the order 'isoemu --help' lists them.
-COMMAND_MODULES = (machine, paging, trace, debug, test, bench)
+COMMAND_MODULES = (machine, paging, image, trace, debug, test, bench)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,22 @@ def default_cpl(space_name: str) -> int:
     return 3 if space_name.endswith(".user") else 0
 
 
+def image_notes(space, *topics: str) -> list[str]:
+    """What an image command assumed or detected (emu/tools/image.py), for stderr."""
+    return space.setup.notes_for(*topics) if space.setup is not None else []
+
+
+def layout_json(space) -> dict:
+    src = space.setup.sources if space.setup is not None else {}
+    return {k: {"value": None if v is None else f"{v:#x}", "source": src.get(f"layout.{k}", "the built-in machine")}
+            for k, v in space.layout.values().items()}
+
+
 def cmd_walk(args) -> int:
     space = space_from_args(args)
     notes: list[str] = []
     va = parse_address(args.va, "virtual address", space.symbols, notes)
-    print_notes(notes)
+    print_notes(image_notes(space, "mode", "control", "maxphyaddr") + notes)
     access = parse_access(args.access)
     ctl = ctl_from_args(args, space.ctl)
     cpl = default_cpl(space.name) if args.cpl is None else args.cpl
@@ -41,14 +52,21 @@ def cmd_ptdump(args) -> int:
     from emu.tools.ptdump import ptdump_lines
 
     space = space_from_args(args)
-    lines = ptdump_lines(space.mem, space.cr3, space.ctl.levels)
+    notes = image_notes(space, "mode", "layout")
+    problems: list[str] = []
+    lines = ptdump_lines(space.mem, space.cr3, space.ctl.mode, space.layout, problems, entries=args.entries)
+    status = 1 if problems else 0
     if args.json:
-        print_json({"space": space.name, "cr3": f"{space.cr3:#x}", "lines": lines}, args)
-        return 0
+        doc = {"space": space.name, "cr3": f"{space.cr3:#x}", "lines": lines}
+        if space.setup is not None:
+            doc.update(layout=layout_json(space), notes=notes, problems=problems)
+        print_json(doc, args)
+        return status
+    print_notes(notes + problems)
     out = sys.stdout
     for line in lines:
         out.write(line + "\n")
-    return 0
+    return status
 
 
 def cmd_check(args) -> int:
@@ -60,11 +78,16 @@ def cmd_check(args) -> int:
         if name not in LINTS:
             raise ConfigError(f"unknown lint {name!r}{nearest(name, LINTS)}: choose from {', '.join(LINTS)}")
     space = space_from_args(args)
-    findings = check(space.mem, space.cr3, space.ctl.levels, space.ctl.maxphyaddr, only)
+    notes = image_notes(space, "mode", "control", "maxphyaddr")
+    findings = check(space.mem, space.cr3, space.ctl.mode, space.ctl.maxphyaddr, only, space.layout,
+                     space.ctl.nxe)
     if args.json:
-        print_json({"space": space.name, "cr3": f"{space.cr3:#x}",
-                    "findings": [f.as_dict() for f in findings]}, args)
+        doc = {"space": space.name, "cr3": f"{space.cr3:#x}", "findings": [f.as_dict() for f in findings]}
+        if space.setup is not None:
+            doc["notes"] = notes
+        print_json(doc, args)
     else:
+        print_notes(notes)
         for f in findings:
             print(f.line())
         print(f"{len(findings)} finding{'s' if len(findings) != 1 else ''} in {space.name}",
@@ -107,8 +130,18 @@ def add_commands(sub) -> None:
     add_ctl_args(w)
     w.set_defaults(func=cmd_walk)
 
-    d = sub.add_parser("ptdump", help="dump page tables in Linux dump_pagetables format", epilog=NUMBERS)
-    add_json_args(d, "print JSON: space, cr3, lines")
+    d = sub.add_parser("ptdump", help="dump page tables in Linux dump_pagetables format",
+                       description="Dump page tables as Linux's dump_pagetables prints them (arch/x86/mm/"
+                                   "dump_pagetables.c), section markers from the space's layout (on an "
+                                   "image: detected, given or assumed, and said so on stderr). A table "
+                                   "outside memory or a loop is skipped and named on stderr, the rest "
+                                   "dumped: exit status 1.",
+                       epilog=NUMBERS)
+    d.add_argument("--entries", action="store_true",
+                   help="end each line with its run's first raw entry; an inverted PFN (L1TF) decoded "
+                        "(the lines then differ from Linux's)")
+    add_json_args(d, "print JSON: space, cr3, lines (on an image also layout {key: {value, source}}, "
+                     "notes, problems)")
     add_space_args(d)
     d.set_defaults(func=cmd_ptdump)
 

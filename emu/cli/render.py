@@ -5,10 +5,11 @@ JSON object, per event; one formatter per kind)."""
 from __future__ import annotations
 
 from emu.errors import ConfigError
-from emu.hw.paging import error_code_words, fmt_size
+from emu.hw.paging import error_code_words, fmt_size, mode_for
 from emu.hw.x86 import vector_name
 from emu.linux import abi
 from emu.linux.config import nearest
+from emu.linux.pte import inverted_pfn
 from emu.tools.explain import control_dict, control_words, explain, explain_at
 from emu.tools.faults import describe_exception
 
@@ -32,14 +33,20 @@ def flag_word(entry: int, shift: int, leaf: bool) -> str:
 
 
 def walk_levels(res, levels: int) -> list[dict]:
-    """The entry visited at each level of a walk, with Bochs-style flags."""
-    top = 12 + 9 * (levels - 1)
+    """The entry visited at each level of a walk, with Bochs-style flags; a
+    non-present entry holding an inverted PFN (L1TF: emu/linux/pte.py) has
+    it decoded as ``pfn_inverted``."""
+    mode = mode_for(levels)
     out = []
-    for i, st in enumerate(res.steps):
-        shift = top - 9 * i
-        leaf = shift == 12 or bool(st.entry & 0x80 and shift in (21, 30)) or not st.entry & 1
-        out.append({"level": st.level, "index": st.index, "entry": f"{st.entry:#018x}",
-                    "flags": flag_word(st.entry, shift, leaf)})
+    for st in res.steps:
+        level = mode.by_shift(st.shift)
+        leaf = not st.entry & 1 or mode.is_leaf(level, st.entry)
+        row = {"level": st.level, "index": st.index, "entry": f"{st.entry:#018x}",
+               "flags": flag_word(st.entry, st.shift, leaf)}
+        pfn = inverted_pfn(st.entry)
+        if pfn is not None:
+            row["pfn_inverted"] = f"{pfn:#x}"
+        out.append(row)
     return out
 
 
@@ -52,7 +59,8 @@ def walk_text(res, va: int, access: int, cpl: int, space_name: str, cr3: int, le
     if ctl is not None:
         lines.append(f"  control  {control_words(ctl)}  CPL{cpl}{cpl_note}")
     for lv in walk_levels(res, levels):
-        lines.append(f"  {lv['level']}[{lv['index']:3d}]  {lv['entry']}  {lv['flags']}")
+        inv = f"  PFN inverted: {lv['pfn_inverted']}" if "pfn_inverted" in lv else ""
+        lines.append(f"  {lv['level']}[{lv['index']:3d}]  {lv['entry']}  {lv['flags']}{inv}")
     if res.fault:
         if res.vector == 13:
             lines.append(f"  -> #GP(0): {va:#x} is not canonical")

@@ -49,7 +49,7 @@ class Bare:
     def start_user(self, rip: int | str = "_start", **regs: int) -> None:
         """Make the next run start at CPL 3 at ``rip`` (a user symbol or
         address) with ``regs`` set: through ``iretq`` from a kernel
-        trampoline, since writing CS never changes the CPL (fact 3)."""
+        trampoline, since writing CS never changes the CPL (Unicorn fact 3)."""
         cpu = self.cpu
         target = self.user.symbols[rip] if isinstance(rip, str) else rip
         frame = struct.pack("<5Q", target, abi.USER_CS, 0x202, USER_STACK_TOP, abi.USER_DS)

@@ -11,7 +11,7 @@ page table in a :class:`PhysMem`, at CPL0 or CPL3, under any control state
   exception vector, CR2 and the error code the CPU itself computed.
 
 It belongs to the CPU layer and talks to Unicorn directly.  The design
-follows what Unicorn 2.1.4 does (ARCHITECTURE.md facts 1-10), and what its
+follows what Unicorn 2.1.4 does (docs/architecture.md, Unicorn facts), and what its
 QEMU code (target/i386/excp_helper.c, accel/tcg/cputlb.c) shows:
 
 * A run starts from a CPL0 snapshot (``context_restore``): after one fault
@@ -23,7 +23,7 @@ QEMU code (target/i386/excp_helper.c, accel/tcg/cputlb.c) shows:
   code in a reserved supervisor page writes CR4 (with PKE, so that
   ``wrpkru`` is legal -- PKRU has no Unicorn register), PKRU, the CR4
   under test, CR0, EFER and finally CR3 (a CR3 write flushes the whole
-  TLB, fact 5).  CPL3 is then reached with ``sysret``; writing CS through
+  TLB, Unicorn fact 5).  CPL3 is then reached with ``sysret``; writing CS through
   the register API would not change the CPL.
 * Every path ends in ``int3`` (delivered to ``UC_HOOK_INTR``, which stops
   the CPU) and runs with an exact instruction ``count``: a cached
@@ -285,7 +285,7 @@ class MmuOracle:
         cpu.flush_code_cache()  # harness code was written behind the CPU's back
 
         # Hooks go in before anything runs (a hook added after code was
-        # translated fires only after a TB flush, fact 9).
+        # translated fires only after a TB flush, Unicorn fact 9).
         self._vector = None
         self._pa = None
         self.last_pa = None     # physical address of the last executed access, if seen
@@ -314,7 +314,7 @@ class MmuOracle:
         uc.emu_stop()
 
     def _on_mem(self, uc, kind, addr, size, value, _user_data):
-        # with paging on, memory hooks see physical addresses (fact 7)
+        # with paging on, memory hooks see physical addresses (Unicorn fact 7)
         self._pa = addr
         if kind == UC.UC_MEM_WRITE and not self.in_scratch(addr) and 0 <= addr < self.mem.size:
             self._undo.append((addr, self.mem.read(addr, size)))

@@ -1,11 +1,11 @@
 """The CPU layer: Unicorn set-up and fast register access.
 
 This is the only module family that knows Unicorn's quirks (see
-ARCHITECTURE.md, facts 1-10).  Everything above it sees a CPU with physical
+docs/architecture.md, Unicorn facts).  Everything above it sees a CPU with physical
 memory, control registers, an instruction budget and a handful of events.
 
 Hot paths go through the C API with preallocated ctypes buffers: the
-binding's batch register calls cost ~40 µs, the C API ~1 µs (fact 9).
+binding's batch register calls cost ~40 µs, the C API ~1 µs (Unicorn fact 9).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class Cpu:
         self.uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, self.config.model_id())
         self.handle = self.uc._uch
         self.hv = ctypes.c_void_p(self.handle.value)      # for the raw C calls
-        # guest physical 0..size is the Python buffer itself (fact 8)
+        # guest physical 0..size is the Python buffer itself (Unicorn fact 8)
         self.uc.mem_map_ptr(0, mem.size, UC.UC_PROT_ALL, mem.host_address)
         # Exits mode with no exits: emu_start's 'until' is ignored.  Otherwise
         # Unicorn translates 'until' at each start, and that failed translation
@@ -228,7 +228,7 @@ class Cpu:
     def enable_paging(self, cr3: int, ctl: ControlState, pcide: bool = False, pge: bool = True) -> None:
         """Turn on long-mode paging through ``cr3`` with ``ctl``'s control bits.
 
-        Unicorn starts in 64-bit mode with paging off (CR0 = 0x11, fact 1):
+        Unicorn starts in 64-bit mode with paging off (CR0 = 0x11, Unicorn fact 1):
         CR4.PAE/LA57 and EFER.LME/LMA go first, then CR3, then CR0.PG.
         """
         if ctl.la57 and self.config.model_id() != MODELS["icelake-server"]:
@@ -246,11 +246,11 @@ class Cpu:
         self.flush_tlb()
 
     def flush_tlb(self) -> None:
-        """Drop every cached translation (fact 5: host-side PTE edits need it)."""
+        """Drop every cached translation (Unicorn fact 5: host-side PTE edits need it)."""
         C.ctl(self.hv, ctypes.c_int(_CTL_TLB_FLUSH))
 
     def flush_code_cache(self) -> None:
-        """Drop translated blocks (code written behind the CPU's back, fact 8)."""
+        """Drop translated blocks (code written behind the CPU's back, Unicorn fact 8)."""
         C.ctl(self.hv, ctypes.c_int(_CTL_TB_FLUSH))
 
     def hw_translate(self, va: int, access: int = 0) -> int | None:
@@ -260,7 +260,7 @@ class Cpu:
         err = _vmem_translate(self.handle, va & 0xFFFFFFFFFFFFFFFF, _PROT[access], ctypes.byref(self._out))
         return None if err else self._out.value
 
-    # -- snapshots (fact 3) ------------------------------------------------------
+    # -- snapshots (Unicorn fact 3) ------------------------------------------------------
     def save_snapshot(self):
         self._snapshot = self.uc.context_save()
         self._snapshot_ctx = ctypes.c_void_p(ctypes.cast(self._snapshot.context, ctypes.c_void_p).value)
@@ -284,7 +284,7 @@ class Cpu:
     def last_error_code(self) -> int | None:
         """The error code of the exception just raised, as the CPU computed it.
 
-        Unicorn has no API for it (fact 2), but QEMU keeps it in
+        Unicorn has no API for it (Unicorn fact 2), but QEMU keeps it in
         ``env->error_code``, which ``uc_context_save`` copies; its offset is
         found once per process by :func:`error_code_offset`.
         """
@@ -299,7 +299,7 @@ class Cpu:
 
     def write_cr3_keep_tlb(self, value: int) -> None:
         """Set CR3 without flushing Unicorn's TLB: a register write flushes
-        it (fact 5), a context save, patched CR3 and restore does not.  For
+        it (Unicorn fact 5), a context save, patched CR3 and restore does not.  For
         correcting a value the guest just wrote (the write has flushed)."""
         if self._cr3_ctx is None:
             off = context_offset(X.UC_X86_REG_CR3)

@@ -7,9 +7,10 @@ with a small RSS.  Freed frames are handed back with ``MADV_DONTNEED``, which
 also zeroes them: a free frame always reads as zeros, so allocation never has
 to clear memory.
 
-:class:`ImageMem` gives the same read interface over a raw physical-memory
-image (e.g. QEMU ``pmemsave``) so the walker, ptdump and the lints can inspect
-page tables that other code built.
+:class:`PhysView` is the read interface the walker, the tree visitor, ptdump
+and the lints use; :class:`emu.hw.image.ImageMem` gives it over memory images
+and core dumps of other machines (with holes), so they can inspect page
+tables that other code built.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from __future__ import annotations
 import ctypes
 import enum
 import mmap
-import os
 import re
 import struct
+from array import array
 from dataclasses import dataclass
 
 from emu.errors import AllocError, ConfigError, ImageError
@@ -103,6 +104,18 @@ class PhysView:
     def contains(self, pa: int, n: int = 1) -> bool:
         return 0 <= pa and pa + n <= self.size
 
+    def ensure(self, pa: int, n: int) -> bool:
+        """Make [pa, pa+n) readable through ``buf``; False if it is not memory.
+        (RAM always is; an image brings the pages in on first use.)"""
+        return 0 <= pa and pa + n <= self.size
+
+    def page_words(self, pa: int):
+        """The 512 entries of the page-table page at ``pa``, or None when the
+        page is not memory (outside RAM, or a hole of an image)."""
+        if not 0 <= pa <= self.size - PAGE_SIZE:
+            return None
+        return array("Q", self.buf[pa:pa + PAGE_SIZE])
+
     def _outside(self, pa: int, n: int) -> Exception:
         return ImageError(f"physical address {pa:#x}+{n:#x} is outside {self.name} "
                           f"(size {self.size:#x})")
@@ -155,26 +168,6 @@ class PhysMem(PhysView):
     def close(self) -> None:
         del self._cbuf
         self.buf.close()
-
-
-class ImageMem(PhysView):
-    """A raw physical-memory image file, read-only."""
-
-    def __init__(self, path: str):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise ImageError(f"cannot open image {path}: {e.strerror}") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                raise ImageError(f"image {path} is empty")
-            self.buf = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
-        self.size = size
-        self.name = f"image {os.path.basename(path)}"
-        self.frames = None
 
 
 class FrameAllocator:

@@ -11,10 +11,10 @@ one still gets a writable page there.
 from __future__ import annotations
 
 import os
-import unicodedata
 
 from emu.linux import abi
 from emu.asm import Image, link
+from emu.asm.syntax import non_ascii_problem
 from emu.errors import AsmError, ConfigError
 from emu.linux.layout import Layout
 
@@ -75,25 +75,12 @@ def read_source(path) -> str:
     text = text.removeprefix("\ufeff")
     if text.isascii():
         return text
+    # lines as a text editor shows them (str.splitlines would also break at
+    # U+2028 and U+0085, which must be refused, not taken for line ends)
     for lineno, line in enumerate(text.split("\n"), 1):
-        quote = None
-        i = 0
-        while i < len(line):
-            c = line[i]
-            if quote:
-                if c == "\\":
-                    i += 1
-                elif c == quote:
-                    quote = None
-            elif c in "\"'":
-                quote = c
-            elif c in ";#" or line.startswith("//", i):
-                break
-            elif not c.isascii():
-                name = unicodedata.name(c, None)            # (control characters have none)
-                what = f"U+{ord(c):04X}" + (f" ({name})" if name else "")
-                raise AsmError(f"{path}:{lineno}: non-ASCII character {what} outside a string")
-            i += 1
+        problem = non_ascii_problem(line)
+        if problem:
+            raise AsmError(f"{path}:{lineno}: {problem}")
     return text
 
 

@@ -78,6 +78,14 @@ class TlbFinding:
                 f"{self.write}; invalidations since: {since}")
 
 
+def _frames_of(kinds: bytearray, kind: int):
+    """The frame numbers of one kind (bytes.find: not a Python loop over RAM)."""
+    pfn = kinds.find(kind)
+    while pfn >= 0:
+        yield pfn
+        pfn = kinds.find(kind, pfn + 1)
+
+
 class TlbCheck:
     """Attach a TLB model to a booted machine (``tlb=check`` or ``lazy``)."""
 
@@ -98,7 +106,7 @@ class TlbCheck:
         self._returning = False
         frames = m.mem.frames
         self.shadow: dict[int, bytes] = {pfn << 12: m.mem.read(pfn << 12, PAGE_SIZE)
-                                         for pfn, k in enumerate(frames.kind) if k == FrameKind.PGTABLE}
+                                         for pfn in _frames_of(frames.kind, FrameKind.PGTABLE)}
         img = m.kernel.image
         for site in img.sites_of("invlpg"):
             cpu.add_invlpg_site(site.addr, site.size, site.operand)

@@ -1,8 +1,11 @@
 """Named address spaces for the CLI: the built-in layout or a memory image.
 
 A :class:`Space` is what ``walk``, ``ptdump`` and ``check`` need: physical
-memory, a page-table root, the control state the CPU would use, and (on a
-machine) a symbol table for addresses given by name.
+memory, a page-table root, the control state the CPU would use, the
+virtual-address layout (ptdump's section markers), and a symbol table for
+addresses given by name (the machine's, or a kernel's with ``--kallsyms``).
+An image's space carries its :class:`~emu.tools.image.ImageSetup`: where
+each fact came from, and the notes saying what was detected or assumed.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from emu.errors import AddressError, ConfigError, ImageError
-from emu.hw.paging import ADDR_MASK, ControlState, translate
-from emu.hw.phys import DEFAULT_RAM, PAGE_SIZE, ImageMem, PhysView, parse_size
+from emu.errors import AddressError, ConfigError
+from emu.hw.paging import ControlState, translate
+from emu.hw.phys import DEFAULT_RAM, PhysView, parse_size
+from emu.linux.layout import Layout, layout_for
+from emu.parse import parse_hex
 
 
 _SYMBOL = re.compile(r"^[A-Za-z_.$][\w.$:]*(\+\w+)?$")
@@ -44,6 +49,12 @@ class Space:
     ctl: ControlState
     description: str = ""
     symbols: Callable[[str], int | None] | None = field(default=None, repr=False)
+    layout: Layout | None = None
+    setup: object = field(default=None, repr=False)     # an image's ImageSetup
+
+    def __post_init__(self):
+        if self.layout is None:
+            self.layout = layout_for(self.ctl.levels)
 
     def parse_va(self, text: str) -> int:
         if self.symbols is not None and _SYMBOL.match(text) \
@@ -56,22 +67,47 @@ class Space:
         return parse_address(text, "virtual address")
 
     def translate(self, va: int, access=0, cpl: int = 0, ctl: ControlState | None = None):
-        return translate(self.mem, self.cr3, va, access, cpl, ctl or self.ctl)
+        ctl = ctl or self.ctl
+        if self.setup is not None:
+            from emu.tools.detect import image_translate
+            return image_translate(self.mem, self.cr3, va, ctl, access, cpl)
+        return translate(self.mem, self.cr3, va, access, cpl, ctl)
+
+
+def image_options(args) -> dict:
+    """The image options of a command line, read and checked: --cr3 values
+    (hexadecimal, emu.parse.parse_hex), --layout and --layout-file merged."""
+    from emu.linux.layout import parse_layout_assignments, read_layout_file
+    from emu.parse import parse_int
+
+    cr3 = getattr(args, "cr3", None) or []
+    if isinstance(cr3, str):
+        cr3 = [cr3]
+    layout: dict = {}
+    if getattr(args, "layout_file", None):
+        layout.update(read_layout_file(args.layout_file))
+    layout.update(parse_layout_assignments(getattr(args, "layout", None) or []))
+    maxphy = getattr(args, "maxphyaddr", None)
+    return {
+        "cr3": [parse_hex(c, "--cr3 value") for c in cr3] or None,
+        "regs": getattr(args, "regs", None),
+        "la57": True if getattr(args, "la57", False) else None,
+        "maxphyaddr": None if maxphy is None else parse_int(maxphy, "--maxphyaddr", lo=32, hi=52),
+        "layout": layout,
+        "kallsyms": getattr(args, "kallsyms", None),
+        "system_map": getattr(args, "system_map", None),
+    }
 
 
 def image_space(args) -> Space:
-    if not args.cr3:
-        raise ConfigError("--image needs --cr3 ADDR (the physical address of the top-level table)")
-    mem = ImageMem(args.image)
-    cr3 = parse_address(args.cr3, "CR3 value")
-    root = cr3 & ADDR_MASK
-    if not mem.contains(root, PAGE_SIZE):
-        raise ImageError(f"CR3 {cr3:#x}: the top-level table at {root:#x} is outside "
-                         f"{mem.name} (size {mem.size:#x})")
-    if mem.size % PAGE_SIZE:
-        raise ImageError(f"{mem.name} is truncated: size {mem.size:#x} is not a whole number of pages")
-    ctl = ControlState(la57=bool(args.la57))
-    return Space(f"image:{args.image}", mem, root, ctl, "physical-memory image")
+    from emu.tools.image import open_image
+
+    opts = image_options(args)
+    if opts["cr3"] and len(opts["cr3"]) > 1:
+        raise ConfigError("--cr3 given more than once: this command walks one root")
+    setup = open_image(args.image, **opts)
+    return Space(f"image:{args.image}", setup.mem, setup.root, setup.ctl, setup.mem.description,
+                 setup.symbols, setup.layout, setup)
 
 
 def config_from_args(args):
@@ -82,9 +118,9 @@ def config_from_args(args):
     if cfg is not None:         # made by the CLI from --set and the flags (emu.cli.common.config_from_args)
         return cfg
     ram = parse_size(args.ram) if getattr(args, "ram", None) else DEFAULT_RAM
-    return MachineConfig(ram=ram, la57=bool(getattr(args, "la57", False)),
-                        pti=not getattr(args, "no_pti", False), pcid=not getattr(args, "no_pcid", False),
-                        asi=not getattr(args, "no_asi", False))
+    off = {k: "off" for k in ("pti", "pcid", "asi") if getattr(args, f"no_{k}", False)}
+    # the switches left alone keep MachineConfig's defaults (pti=auto among them)
+    return MachineConfig(ram=ram, la57=bool(getattr(args, "la57", False))).with_switches(off)
 
 
 _machines: dict = {}

@@ -119,7 +119,7 @@ class EventLoop(Cpu):
             h = self.add_hook("code", hook, addr, addr)
             self._code_hooks[h] = addr
             entry = self._at_addr[addr] = (h, fns)
-            self.flush_code_cache()   # fact 9: a hook added after translation fires only after a flush
+            self.flush_code_cache()   # Unicorn fact 9: a hook added after translation fires only after a flush
         self._last_hook_id -= 1        # negative: never a Unicorn handle (see del_code_hook)
         entry[1].insert(0 if first else len(entry[1]), (self._last_hook_id, fn))
         return self._last_hook_id
@@ -131,7 +131,7 @@ class EventLoop(Cpu):
 
         A bounded block hook costs nothing elsewhere, unlike a code hook:
         with an instruction budget, Unicorn runs every instruction through
-        the whole list of code hooks (see ARCHITECTURE.md, Unicorn notes).
+        the whole list of code hooks (docs/architecture.md, Unicorn fact 13).
         A stop before the instruction (a breakpoint there) does not make fn
         run twice: the next run skips its first call if it starts at addr.
         """
@@ -282,7 +282,7 @@ class EventLoop(Cpu):
         """From a block hook: stop before the block's first instruction, call
         ``prepare()`` once the CPU is stopped (to add code hooks, say: a hook
         added after a block was translated only fires once the translation
-        cache is flushed, fact 9), then continue the same :meth:`run` with the
+        cache is flushed, Unicorn fact 9), then continue the same :meth:`run` with the
         budget less ``executed``, the instructions run so far by this
         ``emu_start`` (the caller counts them; a run's caller sees no stop).
 

@@ -75,7 +75,7 @@ class SyscallStep:
         r["rflags"] = (flags & ~self.fmask) | 2
         r["cs"] = (self.star >> 32) & 0xFFFC
         r["ss"] = ((self.star >> 32) & 0xFFFC) + 8
-        r["rip"] = self.lstar - 2          # Unicorn adds 2 after the hook (fact 4)
+        r["rip"] = self.lstar - 2          # Unicorn adds 2 after the hook (Unicorn fact 4)
         self._enter_cpl0()
 
     def _enter_cpl0(self) -> None:

@@ -221,19 +221,20 @@ class PageTable:
         leaf = flags if shift == 12 else fourk_to_large(flags)
         buf = self.mem.buf
         end = va + size
+        # check every slot first: a refused request changes nothing
+        v = va
+        while v < end:
+            n = min((end - v) >> shift, 512 - ((v >> shift) & 511))
+            first = self._slot(v, shift, create=False)
+            if first is not None:
+                self._refuse_busy(first, n, v, shift, level)
+            v += n << shift
         v, p = va, pa
         while v < end:
             # fill as many slots of one table as possible at once
             first = self._slot(v, shift, create=True)
             n = min((end - v) >> shift, 512 - ((v >> shift) & 511))
             span = n * 8
-            old = buf[first:first + span]
-            if old.count(0) != span:
-                busy = next(i for i in range(n) if old[8 * i:8 * i + 8] != bytes(8))
-                bva = v + (busy << shift)
-                e = self.read_entry(first + 8 * busy)
-                what = "a page table" if e & P and not self.mode.is_leaf(level, e) else f"entry {e:#x}"
-                raise MappingError(f"{bva:#x} is already mapped ({level.name} holds {what})")
             entries = array("Q", range(p | leaf, (p | leaf) + (n << shift), 1 << shift))
             if shift == self.top_shift:
                 for i in range(n):
@@ -243,6 +244,17 @@ class PageTable:
             self._mapped(v, p, n << shift, +1)
             v += n << shift
             p += n << shift
+
+    def _refuse_busy(self, first: int, n: int, v: int, shift: int, level) -> None:
+        """MappingError if any of the ``n`` slots from ``first`` is in use."""
+        span = n * 8
+        old = self.mem.buf[first:first + span]
+        if old.count(0) != span:
+            busy = next(i for i in range(n) if old[8 * i:8 * i + 8] != bytes(8))
+            bva = v + (busy << shift)
+            e = self.read_entry(first + 8 * busy)
+            what = "a page table" if e & P and not self.mode.is_leaf(level, e) else f"entry {e:#x}"
+            raise MappingError(f"{bva:#x} is already mapped ({level.name} holds {what})")
 
     def lookup(self, va: int) -> tuple[int, int, int] | None:
         """The leaf slot for ``va``: (shift, entry address, entry), or None.
@@ -281,37 +293,39 @@ class PageTable:
         self._check_va(va, size)
         if va % PAGE_SIZE or size % PAGE_SIZE:
             raise MappingError(f"unmap {va:#x}+{size:#x}: not page aligned")
-        out = []
+        hits = []                          # every leaf first: a refused request changes nothing
         v, end = va, va + size
         while v < end:
             hit = self._whole_leaf(v, va, end, "unmap")
             if hit is None:
                 v = (v | 0xFFF) + 1
                 continue
-            s, epa, e, base, lsize = hit
+            hits.append(hit)
+            v = hit[3] + hit[4]
+        out = []
+        for s, epa, e, base, lsize in hits:
             self.write_entry(epa, 0)
             if e & P:
                 pa = e & ADDR_MASK & ~(lsize - 1)
                 out.append((base, pa))
                 self._mapped(base, pa, lsize, -1)
-            v = base + lsize
         return out
 
     def protect(self, va: int, size: int, set: int = 0, clear: int = 0) -> int:
         """Set/clear bits on every leaf in ``[va, va+size)``; returns the count.
         A hole is refused (there is nothing to protect)."""
         self._check_va(va, size)
-        n = 0
+        hits = []                          # every leaf first: a refused request changes nothing
         v, end = va, va + size
         while v < end:
             hit = self._whole_leaf(v, va, end, "protect")
             if hit is None:
                 raise MappingError(f"protect: {v:#x} is not mapped")
-            s, epa, e, base, lsize = hit
+            hits.append(hit)
+            v = hit[3] + hit[4]
+        for s, epa, e, base, lsize in hits:
             self.write_entry(epa, (e | (set & self.pte_mask)) & ~clear)
-            n += 1
-            v = base + lsize
-        return n
+        return len(hits)
 
     def split(self, va: int) -> int:
         """Split the large leaf covering ``va`` one level down (1G→2M or 2M→4K).

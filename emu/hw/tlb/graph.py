@@ -10,11 +10,14 @@ the tree visitor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
 from typing import NamedTuple
 
 from emu.hw.paging import ADDR_MASK, NX, P, PAGE_SIZE, RW, US, G, PagingMode, TableVisitor
 from emu.hw.phys import PhysView
+
+
+_ENTRIES = struct.Struct("<512Q")
 
 
 class Path(NamedTuple):
@@ -28,9 +31,9 @@ class Path(NamedTuple):
     nx: bool            # XD ORed down to the table
 
 
-@dataclass(frozen=True)
-class Leafish:
-    """A translation an entry provides: [va, va+size) -> pa with these rights."""
+class Leafish(NamedTuple):
+    """A translation an entry provides: [va, va+size) -> pa with these rights
+    (a tuple: a split makes 512 of them)."""
 
     va: int
     size: int
@@ -69,6 +72,15 @@ class _Collect(TableVisitor):
 def translations(mem: PhysView, mode: PagingMode, depth: int, va: int, entry: int, eff: int, nx: bool) -> list[Leafish]:
     """The translations entry ``entry`` at ``depth`` for ``va`` provides,
     with the rights of the levels above (``eff``, ``nx``)."""
+    if not entry & P:
+        return []
+    level = mode.levels[depth]
+    if mode.is_leaf(level, entry):
+        # the common case (a PTE): what _Collect.leaf would make, without the visitor
+        size = level.size
+        e_eff = eff & entry
+        return [Leafish(va, size, entry & ADDR_MASK & ~(size - 1), level.name, bool(e_eff & US),
+                        bool(e_eff & RW), bool(nx or entry & NX), bool(entry & G), (entry >> 59) & 0xF)]
     v = _Collect(mem, mode)
     v.walk_entry(depth, va, entry, 0, eff, nx)
     return v.out
@@ -83,6 +95,9 @@ class TableGraph:
         self.roots: set[int] = set()
         self.parents: dict[int, set[int]] = {}       # table -> addresses of the entries pointing at it
         self._paths: dict[int, list[Path]] = {}
+        # tables whose pointers are recorded: roots share most of their tables
+        # (the kernel half), and every later change comes through entry_changed
+        self._scanned: set[int] = set()
 
     def add_root(self, root: int) -> None:
         root &= ADDR_MASK
@@ -90,21 +105,20 @@ class TableGraph:
             return
         self.roots.add(root)
         self._paths.clear()
-        self._scan(root, 0, set())
+        self._scan(root, 0)
 
-    def _scan(self, table: int, depth: int, seen: set) -> None:
+    def _scan(self, table: int, depth: int) -> None:
         """Record the pointers below ``table`` (a new root or a newly linked table)."""
-        if table in seen or depth >= self.mode.depth - 1 or not self.mem.contains(table, PAGE_SIZE):
+        if table in self._scanned or depth >= self.mode.depth - 1 or not self.mem.contains(table, PAGE_SIZE):
             return
-        seen.add(table)
+        self._scanned.add(table)
         level = self.mode.levels[depth]
-        buf = self.mem.buf
-        for i in range(512):
-            e = int.from_bytes(buf[table + 8 * i:table + 8 * i + 8], "little")
-            if e & P and not self.mode.is_leaf(level, e):
+        is_leaf = self.mode.is_leaf
+        for i, e in enumerate(_ENTRIES.unpack_from(self.mem.buf, table)):
+            if e & P and not is_leaf(level, e):
                 child = e & ADDR_MASK
                 self.parents.setdefault(child, set()).add(table + 8 * i)
-                self._scan(child, depth + 1, seen)
+                self._scan(child, depth + 1)
 
     def entry_changed(self, epa: int, old: int, new: int, depth: int | None) -> None:
         """Keep the parent links right when the entry at ``epa`` (at
@@ -121,7 +135,7 @@ class TableGraph:
         if new & P and not self.mode.is_leaf(level, new):
             child = new & ADDR_MASK
             self.parents.setdefault(child, set()).add(epa)
-            self._scan(child, depth + 1, set())
+            self._scan(child, depth + 1)
             changed = True
         if changed:
             self._paths.clear()
@@ -129,6 +143,7 @@ class TableGraph:
     def table_freed(self, table: int) -> None:
         """A table frame went back to the allocator: its entries point nowhere."""
         end = table + PAGE_SIZE
+        self._scanned.discard(table)
         for ps in self.parents.values():
             for epa in [e for e in ps if table <= e < end]:
                 ps.discard(epa)

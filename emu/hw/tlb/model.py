@@ -142,7 +142,8 @@ class Tlb:
         self.all_flushed = 0                         # last invalidation of every PCID
         self.global_flushed = 0
         self.global_page_inval: dict[int, int] = {}
-        self.log: deque[tuple[int, str]] = deque(maxlen=64)
+        # the last invalidations: (time, format, argument), worded only for a finding
+        self.log: deque[tuple[int, str, object]] = deque(maxlen=64)
         self.stats: dict[str, int] = {}
         self.findings: list[Finding] = []
 
@@ -208,23 +209,37 @@ class Tlb:
         self.graph.add_root(root)
 
     def cr3_written(self, value: int, rip: int = 0) -> None:
-        """MOV to CR3 (SDM 4.10.4.1); ``value`` as written, NOFLUSH included."""
-        self._tick()
-        root = value & ADDR_MASK
-        self._leave()
+        """MOV to CR3 (SDM 4.10.4.1); ``value`` as written, NOFLUSH included.
+        Four of these in every PTI+ASI system call: kept lean."""
+        self.time = t = self.time + 1
+        cur = self.cur_root
+        if cur is not None:                                   # _leave, inline
+            active = self.last_active.get(self.cur_pcid)
+            if active is None:
+                active = self.last_active[self.cur_pcid] = {}
+            active[cur] = t
+            self.root_last[cur] = t
         if self.pcide:
-            pcid, noflush = value & 0xFFF, bool(value & CR3_NOFLUSH)
+            pcid, noflush = value & 0xFFF, value & CR3_NOFLUSH
         else:
-            pcid, noflush = 0, False
+            pcid, noflush = 0, 0
+        stats = self.stats
         if not noflush:
-            self._flush_pcid(pcid)
-            self._count("flush_cr3")
-            self.log.append((self.time, f"cr3 write pcid {pcid:#05x} (flush)"))
+            if pcid in self.records:
+                self._drop(pcid)
+            self.flushed[pcid] = self.psc_flushed[pcid] = t
+            if self.page_inval:
+                self.page_inval.pop(pcid, None)
+            stats["flush_cr3"] = stats.get("flush_cr3", 0) + 1
+            self.log.append((t, "cr3 write pcid {:#05x} (flush)", pcid))
         else:
-            self._count("cr3_noflush")          # invalidates nothing: not in the log
+            stats["cr3_noflush"] = stats.get("cr3_noflush", 0) + 1     # invalidates nothing: not logged
+        root = value & ADDR_MASK
         self.cur_pcid, self.cur_root = pcid, root
-        self.graph.add_root(root)
-        self._deferred(pcid)
+        if root not in self.graph.roots:
+            self.graph.add_root(root)
+        if pcid in self.records:
+            self._deferred(pcid)
 
     def cr4_written(self, old: int, new: int) -> None:
         self._tick()
@@ -238,7 +253,7 @@ class Tlb:
         if changed:
             self._flush_all(globals_too=True)
             self._count("flush_cr4")
-            self.log.append((self.time, "cr4 write (PGE or PCIDE changed: everything)"))
+            self.log.append((self.time, "cr4 write (PGE or PCIDE changed: everything)", None))
         if was_pcide and not self.pcide:
             self._leave()
             self.cur_pcid = 0
@@ -248,7 +263,7 @@ class Tlb:
         if old & CR0_PG and not new & CR0_PG:
             self._flush_all(globals_too=True)
             self._count("flush_cr0")
-            self.log.append((self.time, "cr0 write (PG cleared: everything)"))
+            self.log.append((self.time, "cr0 write (PG cleared: everything)", None))
 
     def invlpg(self, va: int) -> None:
         self._tick()
@@ -261,7 +276,7 @@ class Tlb:
         self.page_inval.setdefault(pcid, {})[page] = self.time
         self.global_page_inval[page] = self.time
         self._count("flush_invlpg")
-        self.log.append((self.time, f"invlpg {va:#x} (pcid {pcid:#05x})"))
+        self.log.append((self.time, "invlpg {0[0]:#x} (pcid {0[1]:#05x})", (va, pcid)))
 
     def invpcid(self, kind: int, pcid: int, va: int) -> None:
         self._tick()
@@ -276,7 +291,7 @@ class Tlb:
             self._flush_all(globals_too=kind == 2)
             what = f"invpcid {kind} (all{' with globals' if kind == 2 else ''})"
         self._count(f"flush_invpcid{kind}")
-        self.log.append((self.time, what))
+        self.log.append((self.time, what, None))
 
     # -- the tables -------------------------------------------------------------------------
     def entry_written(self, epa: int, old: int, new: int, rip: int = 0, observed: bool = True) -> None:
@@ -477,7 +492,7 @@ class Tlb:
         if once and kind in r.reported:
             return None
         r.reported.add(kind)
-        since = [text for t, text in self.log if t > r.write.time]
+        since = [fmt.format(arg) for t, fmt, arg in self.log if t > r.write.time]
         if len(self.log) == self.log.maxlen and self.log[0][0] > r.write.time:
             since.insert(0, f"(earlier ones: only the last {self.log.maxlen} are kept)")
         f = Finding(kind, r.pcid, va, r, now, since, self.time, served)

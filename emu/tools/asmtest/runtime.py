@@ -14,7 +14,7 @@ import functools
 import os
 from dataclasses import dataclass
 
-from emu.asm import Image, link, strip_comment
+from emu.asm import Image, link
 from emu.errors import AsmError
 from emu.linux import abi
 from emu.linux.layout import Layout
@@ -70,18 +70,6 @@ def site_table(sites: list[Site]) -> str:
     return f".rodata\n.align 8\n__isoemu_rt_sites:\n{rows}__isoemu_rt_sites_end:\n"
 
 
-def check_ascii(source: str, path: str) -> None:
-    """Keystone reads ASCII only: refuse other characters outside comments
-    with file:line (a string literal included)."""
-    for n, line in enumerate(source.splitlines(), 1):
-        code = strip_comment(line)
-        bad = next((c for c in code if ord(c) > 127), None)
-        if bad is not None:
-            utf8 = ", ".join(f"{b:#04x}" for b in bad.encode("utf-8"))
-            raise AsmTestError(f"{path}:{n}: non-ASCII character {bad!r} (U+{ord(bad):04X}): the assembler "
-                               f"reads ASCII only; write its bytes, e.g. .byte {utf8}: {line.strip()}")
-
-
 def include_dirs(real_path: str | None) -> list[str]:
     """The test's own directory, then the library (isoemu.inc)."""
     return ([os.path.dirname(os.path.abspath(real_path))] if real_path else []) + [INCLUDE_DIR]
@@ -90,7 +78,6 @@ def include_dirs(real_path: str | None) -> list[str]:
 def assemble_user(source: str, path: str, layout: Layout, dirs: list[str], line: int = 0,
                   process: str = "A") -> Image:
     """The program alone (its own addresses and labels)."""
-    check_ascii(source, path)
     try:
         return assemble_program(source, path, layout, include_dirs=dirs)
     except AsmError as e:

@@ -152,13 +152,20 @@ def builtin_spaces(args) -> dict[str, Space]:
     descriptions = {"kernel": "swapper_pg_dir: the kernel page table of init_mm",
                     "kernel.user": "init_mm's PTI user page table",
                     "asi.global": "ASI's global non-sensitive page table"}
+    if cfg.pti:
+        user = ""
+    elif cfg.asi == "rfc2025":
+        user = " (no PTI: asi=rfc2025 runs user code on the restricted table)"
+    else:
+        user = " (no PTI: its only table)"
     out = {}
     for name, root in m.spaces().items():
         proc, _, kind = name.partition(".")
         desc = descriptions.get(name) or {
-            "user": f"process {proc}'s user page table" + ("" if cfg.pti else " (no PTI: its only table)"),
+            "user": f"process {proc}'s user page table" + user,
             "kernel": f"process {proc}'s kernel page table",
-            "asi": f"process {proc}'s ASI restricted page table"}.get(kind, "")
+            "asi": f"process {proc}'s ASI restricted page table"
+                   + (" (the 2019 RFC's KVM class)" if cfg.asi == "rfc2019" else "")}.get(kind, "")
         out[name] = Space(name, m.mem, root, ctl, desc, symbols)
     return out
 

@@ -456,9 +456,15 @@ asi2019_intr_enter:
     jne .La19a_depth
     mov rax, exc_page_fault
     cmp r12, rax
-    mov edi, ASI_EXIT_MISC
-    jne .La19a_restore
+    jne .La19a_misc
+    # a #PF aborting the session: observed here, before the CR3 write, as the
+    # fault that forces it (the order of the 2025 mechanics' exits)
+    .hook asi2019_fault_exit
+asi2019_fault_abort:
     mov edi, ASI_EXIT_PAGE_FAULT
+    jmp .La19a_restore
+.La19a_misc:
+    mov edi, ASI_EXIT_MISC
 .La19a_restore:
     call asi2019_restore_cr3
     mov qword ptr gs:[asi2019_state], ASI_SESSION_STATE_ABORTED

@@ -125,7 +125,6 @@ exc_page_fault:
     call asi2019_fault
     test eax, eax
     jz .Lpf_no_asi
-    .hook asi2019_fault_exit
 asi2019_fault_handled:
     jmp .Lpf_done
 .Lpf_asi_v2:

@@ -427,3 +427,20 @@ def test_the_comparison_is_the_measurement():
     assert "A.kernel is the same in every design" in text
     doc = asi_designs.as_dict(c)
     assert doc["designs"] == list(DESIGNS) and len(doc["cells"]) == 13 * 3
+
+
+@pytest.mark.parametrize("design,leaves_at", [("on", "asi_exit"), ("rfc2025", "asi_exit"),
+                                              ("rfc2019", "asi2019_restore_cr3")])
+def test_the_debugger_catches_a_forced_exit_in_every_design(design, leaves_at):
+    """'catch asi-exit fault' pairs the CR3 write leaving ASI with the #PF that
+    forced it; the 2019 RFC's abort is observed at the exception's entry, so
+    the pair comes in the same order as with the 2025 mechanics."""
+    from emu.tools.debug import Debugger
+
+    m = Machine(MachineConfig(asi=design), programs=[("A", PROBE_ALIAS)])
+    dbg = Debugger(m)
+    dbg.catch_asi_exit(fault_only=True)
+    stops = []
+    while (s := dbg.cont()).reason == "breakpoint":
+        stops.append((s.cr3.symbol.split("+")[0], s.event.kind, s.event.symbol))
+    assert stops == [(leaves_at, "asi_exit", "probe_read_insn")]

@@ -397,9 +397,13 @@ class Machine:
                    cr3=cpu.reg("cr3") if cr3 is None else cr3)
 
     def _on_asi2019_fault(self, addr: int) -> None:
-        """The 2019 RFC's asi_fault(): the entry already restored CR3; the
-        session kept the restricted CR3 it had loaded."""
-        self._on_asi_fault(addr, self.kernel.read_percpu("asi2019_cr3"))
+        """The 2019 RFC's abort of a session by a #PF, at the exception's entry
+        (asi_start_abort), before CR3 is restored: pt_regs are above the
+        return address into idtentry_body, the error code in orig_ax."""
+        cpu, k = self.cpu, self.kernel
+        regs = cpu.reg("rsp") + 8
+        self._sink("asi_exit", rip=k.read_q(regs + abi.PT["rip"]), address=cpu.reg("cr2"),
+                   error_code=k.read_q(regs + abi.PT["orig_rax"]), cr3=cpu.reg("cr3"))
 
     def _on_asi_abort(self, addr: int) -> None:
         self._sink("asi_abort", rip=addr)

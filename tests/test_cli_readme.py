@@ -113,7 +113,7 @@ def test_readme_block(tmp_path, block, defined=None):
 
 
 #: documents whose examples are checked the same way (each with its own files)
-DOCS = [ROOT / "docs" / "tlb.md"]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 DOC_BLOCKS = [(doc, b) for doc in DOCS for b in blocks(doc.read_text())]
 
 

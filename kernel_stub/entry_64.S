@@ -64,7 +64,7 @@ syscall_return_via_sysret:
     pop rsp
 entry_SYSRETQ_unsafe_stack:
     swapgs
-    sysret
+    sysretq
 entry_SYSRETQ_end:
     int3
 

@@ -263,6 +263,7 @@ MALFORMED = [
     # mnemonics keystone assembles at another size than gas
     ("popf", "keystone assembles popf as the 16-bit popfw (gas: popfq); write popfq"),
     ("pushf", "keystone assembles pushf as the 16-bit pushfw (gas: pushfq); write pushfq"),
+    ("sysret", "gas assembles sysret as the 32-bit sysretl (keystone: sysretq); write sysretq"),
     ("iret", "keystone assembles iret as the 16-bit iretw (gas: iretl); write iretq or iretd"),
     # expressions
     ("mov eax, 4 + 1 << 2", "operand 2: add parentheses around '+' next to '<<': gas and keystone group "
@@ -384,7 +385,6 @@ WELL_FORMED = [
     ("mov eax, 2 + 3 * 4", "mov eax, 0xe"),
     ("mov eax, -7 / 2", "mov eax, 0xfffffffd"),                    # division truncates
     ("mov eax, ~0", "mov eax, 0xffffffff"),
-    ("sysret", "sysretq"),
     ("sysretq", "sysretq"),
     ("invlpg byte ptr [rdi + 8]", "invlpg byte ptr [rdi + 8]"),
     ("nop dword ptr [rax]", "nop dword ptr [rax]"),
@@ -577,7 +577,7 @@ def test_the_matrix_probe_links():
         assemble_program(src, "matrix_probe.S", layout_for(levels), {"PROBE_COUNT": 3})
 
 
-@pytest.mark.parametrize("name,src", _embedded_sources(_repo("emu", "dev", "bench.py"),
+@pytest.mark.parametrize("name,src", _embedded_sources(_repo("emu", "dev", "bench", "machine.py"),
                                                        ("SOURCE", "_BARE_KERNEL", "_BARE_USER")))
 def test_the_bench_and_bare_sources_link(name, src):
     link([(name, src + "\n__trampoline:\n    iretq\n")], {".text": 0xFFFFFFFF81000000}, cache=False)

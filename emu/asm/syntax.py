@@ -43,6 +43,7 @@ AMBIGUOUS_MNEMONICS = {
     "pushf": "keystone assembles pushf as the 16-bit pushfw (gas: pushfq); write pushfq",
     "popf": "keystone assembles popf as the 16-bit popfw (gas: popfq); write popfq",
     "iret": "keystone assembles iret as the 16-bit iretw (gas: iretl); write iretq or iretd",
+    "sysret": "gas assembles sysret as the 32-bit sysretl (keystone: sysretq); write sysretq",
 }
 #: spellings keystone lacks, and what it calls them
 KEYSTONE_SPELLINGS = {"sysretq": "sysret", "sysexitq": "sysexit"}

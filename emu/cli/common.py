@@ -44,7 +44,7 @@ def print_json(doc, args=None, file=None) -> None:
 
 def print_notes(notes: list[str]) -> None:
     """Notes of the number reader (a name that is also a hex number...), on stderr."""
-    for n in notes:
+    for n in dict.fromkeys(notes):           # once each (both ends of a range may name the same thing)
         print(f"isoemu: note: {n}", file=sys.stderr)
 
 

@@ -156,7 +156,7 @@ _SETUP = [
     "jmp r14",                  # r14: next stage
 ]
 _KERNEL_STAGES = [
-    ("sysret", ["mov rcx, r12", "sysret"]),    # r12: user RIP; r11: user RFLAGS
+    ("sysret", ["mov rcx, r12", "sysret"]),    # raw keystone: its sysret is sysretq (docs/assembler.md)    # r12: user RIP; r11: user RFLAGS
     ("r", ["mov al, byte ptr [rdi]", "int3"]),
     ("w", ["mov byte ptr [rdi], al", "int3"]),
     ("x", ["jmp rdi"]),

@@ -79,7 +79,7 @@ _BARE_KERNEL = """
 entry_syscall:
     cmp eax, 1
     je .Lhalt
-    sysret
+    sysretq
 .Lhalt:
     hlt
 page_fault:

@@ -72,3 +72,101 @@ def test_svg_bad_input(capsys, argv, line):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.strip() == line
+
+
+# --- isoemu report ---------------------------------------------------------------------------
+import re  # noqa: E402
+from html.parser import HTMLParser  # noqa: E402
+
+from .imagekit import Fixture  # noqa: E402
+
+
+class _Page(HTMLParser):
+    """The report's elements of interest, with their attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def of(self, tag: str, cls: str | None = None) -> list[dict]:
+        return [a for t, a in self.tags if t == tag and (cls is None or a.get("class") == cls)]
+
+
+def page_of(text: str) -> _Page:
+    p = _Page()
+    p.feed(text)
+    return p
+
+
+def test_report_numbers_equal_the_commands(tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["report", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")     # self-contained
+    page = page_of(text)
+    capsys.readouterr()
+    main(["spaces"])
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert [a["data-space"] for a in page.of("svg", "vamap")] == names
+    for pair in (("A.user", "A.kernel"), ("A.kernel", "A.asi")):
+        main(["diff", *pair, "--json"])
+        want = json.loads(capsys.readouterr().out)["summary"]["ranges"]
+        [d] = [a for a in page.of("details", "diff") if (a["data-a"], a["data-b"]) == pair]
+        assert int(d["data-ranges"]) == want
+    main(["matrix", "--json"])
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    got = {(a["data-region"], a["data-access"], a["data-space"]): a["data-outcome"] for a in page.of("g", "cell")}
+    assert got == {(c["region"], c["access"], c["space"]): c["outcome"] for c in cells}
+    # every cell links to a page walk that exists
+    ids = {a["id"] for a in page.of("details", "walk")}
+    links = [a["href"] for a in page.of("a") if a.get("href", "").startswith("#walk-")]
+    assert len(links) == len(cells) and {h[1:] for h in links} == ids
+    # the walk behind the secret's removed direct-map alias shows the inverted PFN
+    m = re.search(r'id="walk-secret_direct_map-r-A_kernel"><summary>[^<]*#PF 0x0</summary><pre>(.*?)</pre>',
+                  text, re.S)
+    assert m and "PFN inverted" in m.group(1) and "not present at pte" in m.group(1)
+    assert 'class="findings-none"' in text
+
+
+def test_report_runs_equal_the_maps(tmp_path):
+    from emu.tools.addrmap import space_map
+    from emu.tools.matrix import MatrixMachine
+    from emu.hw.paging import mode_for
+
+    out = tmp_path / "r.html"
+    assert main(["report", "-o", str(out), "--diff", "A.user,B.user"]) == 0
+    page = page_of(out.read_text())
+    mm = MatrixMachine()
+    mm.pause_at_yield()
+    m = mm.m
+    want = {n: len(space_map(n, m.mem, r, mode_for(m.config.levels)).runs) for n, r in m.spaces().items()}
+    assert {a["data-space"]: int(a["data-runs"]) for a in page.of("svg", "vamap")} == want
+    assert [(a["data-a"], a["data-b"]) for a in page.of("details", "diff")] == [("A.user", "B.user")]
+    bands = page.of("rect", "run")               # a band: VA-contiguous runs of one permission and page size
+    assert sum(int(b["data-runs"]) for b in bands) == sum(want.values())
+
+
+def test_report_on_an_image(tmp_path):
+    fx = Fixture("linux61-4level")
+    out = tmp_path / "r.html"
+    assert main(["report", "-o", str(out), "--image", fx.elf, "--cr3", f"{fx.pgd:x}",
+                 "--cr3", f"{fx.pgd + 0x1000:x}"]) == 0
+    page = page_of(out.read_text())
+    assert [a["data-space"] for a in page.of("svg", "vamap")] == [f"{fx.pgd:#x}", f"{fx.pgd + 0x1000:#x}"]
+    assert [(a["data-a"], a["data-b"]) for a in page.of("details", "diff")] == [(f"{fx.pgd:#x}", f"{fx.pgd + 0x1000:#x}")]
+    assert page.of("g", "cell") == []
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["report"], "isoemu: report needs -o FILE (the HTML page to write)"),
+    (["report", "-o", "/nonexistent-dir/r.html"], "isoemu: cannot write /nonexistent-dir/r.html: No such file or directory"),
+    (["report", "-o", "r.html", "--diff", "A.user"], "isoemu: --diff 'A.user': expected two spaces, A,B"),
+    (["report", "-o", "r.html", "--diff", "A.user,C.user"], "isoemu: --diff: unknown space 'C.user'; choose from "
+     "kernel, kernel.user, asi.global, A.kernel, A.user, A.asi, B.kernel, B.user, B.asi"),
+])
+def test_report_bad_input(capsys, argv, line):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == line

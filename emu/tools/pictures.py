@@ -31,8 +31,9 @@ _LABEL_W, _ACC_W = 230, 24
 _TOP = 64
 
 
-def matrix_svg(result: MatrixResult) -> str:
-    """The matrix of ``result`` as a standalone SVG document."""
+def matrix_svg(result: MatrixResult, link=None) -> str:
+    """The matrix of ``result`` as a standalone SVG document; ``link(cell)``,
+    when given, makes each cell a link (the report's page walks)."""
     spaces = result.spaces
     cells = {(c.region, c.access, c.space): c for c in result.cells}
     rows = [(r, a) for r in REGION_NAMES for a in ACCESSES
@@ -65,7 +66,8 @@ def matrix_svg(result: MatrixResult) -> str:
         for i, s in enumerate(spaces):
             c = cells.get((region, acc, s))
             if c is not None:
-                out.append(_cell(c, x0 + i * _CELL_W, y))
+                g = _cell(c, x0 + i * _CELL_W, y)
+                out.append(f'<a href="{link(c)}">{g}</a>' if link else g)
     out.extend(_legend(legend_y))
     out.append("</svg>")
     return "\n".join(out) + "\n"

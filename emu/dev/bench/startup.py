@@ -13,10 +13,18 @@ import time
 from emu.dev.bench.core import bench, best, figure
 
 
+_PROGRAM = """
+_start:
+    mov eax, SYS_exit
+    xor edi, edi
+    syscall
+"""
+
+
 def _boot_once() -> int:
     from emu.linux.machine import Machine
 
-    m = Machine()
+    m = Machine(programs=[("A", _PROGRAM)])
     m.boot()
     m.mem.close()
     return 1

@@ -93,3 +93,48 @@ def test_unwritable_directory_is_no_cache(tmp_path, monkeypatch):
     a = link([("t.S", "mov edx, 0x55\nret\n")], LAYOUT)
     fresh(a)
     assert delta(s0)["writes"] == 0 and a.sections[".text"].data[:1] == b"\xba"
+
+
+def test_kernel_stub_served_from_disk(disk, monkeypatch):
+    """The stub itself, not only a toy source: an earlier cache refused every
+    stub entry (a validation that never matched) and no test noticed."""
+    from emu.linux import kernel
+    from emu.linux.config import MachineConfig
+    from emu.linux.layout import layout_for
+
+    lay = layout_for(MachineConfig())
+    monkeypatch.setattr(kernel, "_LINKED", {})
+    monkeypatch.setattr(linker, "_IMAGE_CACHE", {})   # linked into this test's directory
+    a = kernel.link_kernel(lay)
+    fresh(a)
+    monkeypatch.setattr(kernel, "_LINKED", {})    # as a new process
+    s0 = dict(cache.STATS)
+    b = kernel.link_kernel(lay)
+    assert delta(s0) == {"hits": 1, "misses": 0, "writes": 0, "stale": 0}
+    assert b.digest == a.digest
+    assert {n: s.data for n, s in b.sections.items()} == {n: s.data for n, s in a.sections.items()}
+    assert b.symbols == a.symbols and b.sites == a.sites and b.alternatives == a.alternatives
+
+
+def test_edited_stub_source_relinks(disk, tmp_path, monkeypatch):
+    """A stub file edited between boots: neither link_kernel's per-process
+    reuse nor the disk serves the old image."""
+    import shutil
+
+    from emu.linux import kernel
+    from emu.linux.config import MachineConfig
+    from emu.linux.layout import layout_for
+
+    monkeypatch.setattr(kernel, "_LINKED", {})
+    stub = tmp_path / "kernel_stub"
+    shutil.copytree(kernel.STUB_DIR, stub)
+    monkeypatch.setattr(kernel, "STUB_DIR", str(stub))
+    lay = layout_for(MachineConfig())
+    a = kernel.link_kernel(lay)
+    assert kernel.link_kernel(lay) is a
+    with open(stub / "lib.S", "a") as f:
+        f.write("\n; an edit\n    .text\n    nop\n")
+    s0 = dict(cache.STATS)
+    b = kernel.link_kernel(lay)
+    assert b.digest != a.digest and delta(s0)["hits"] == 0
+    assert b.sections[".text"].data != a.sections[".text"].data

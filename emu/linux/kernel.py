@@ -55,9 +55,29 @@ def kernel_layout(lay: Layout) -> dict[str, int]:
             for name, off in abi.KSECTIONS.items()}
 
 
+_KERNEL_IMAGES: dict[tuple, Image] = {}
+
+
+def _stub_stamps() -> tuple:
+    """(name, mtime, size) of every file in kernel_stub/: a boot that finds
+    them unchanged reuses the image without reading and re-hashing the
+    sources (docs/performance.md)."""
+    try:
+        return tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(STUB_DIR)))
+    except OSError:
+        return ()
+
+
 def link_kernel(lay: Layout) -> Image:
-    return link(stub_sources(), kernel_layout(lay), abi.asm_symbols(lay), include_dirs=[STUB_DIR],
-                required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
+    stamps = _stub_stamps()
+    key = (lay, stamps)
+    img = _KERNEL_IMAGES.get(key) if stamps else None
+    if img is None:
+        img = link(stub_sources(), kernel_layout(lay), abi.asm_symbols(lay), include_dirs=[STUB_DIR],
+                   required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
+        if stamps:
+            _KERNEL_IMAGES[key] = img
+    return img
 
 
 @dataclass

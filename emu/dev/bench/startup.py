@@ -13,13 +13,18 @@ import time
 from emu.dev.bench.core import bench, best, figure
 
 
-_EXIT = "_start:\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
+_PROGRAM = """
+_start:
+    mov eax, SYS_exit
+    xor edi, edi
+    syscall
+"""
 
 
 def _boot_once() -> int:
     from emu.linux.machine import Machine
 
-    m = Machine(programs=[("A", _EXIT)])     # a machine needs a process to boot
+    m = Machine(programs=[("A", _PROGRAM)])
     m.boot()
     m.mem.close()
     return 1

@@ -15,9 +15,9 @@ from typing import Callable
 
 from emu.errors import ConfigError
 from emu.hw.paging import ControlState, translate
-from emu.hw.phys import DEFAULT_RAM, PhysView, parse_size
+from emu.hw.phys import DEFAULT_RAM, PhysView
 from emu.linux.layout import Layout, layout_for
-from emu.parse import parse_hex
+from emu.parse import parse_hex, parse_size
 
 
 @dataclass

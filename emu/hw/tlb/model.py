@@ -368,10 +368,8 @@ class Tlb:
 
     def _floor(self, pcid: int, since: int, va: int, size: int) -> int:
         floor = max(since, self.all_flushed, self.flushed.get(pcid, 0))
-        for page, t in self.page_inval.get(pcid, {}).items():
-            if va <= page < va + size and t > floor:
-                floor = t
-        return floor
+        t = _last_inval(self.page_inval.get(pcid), va, size)
+        return t if t > floor else floor
 
     def _may_cache(self, pcid: int, root: int, since: int, va: int, size: int) -> bool:
         last = self._last(pcid, root)
@@ -385,10 +383,7 @@ class Tlb:
         last = self.time if root == self.cur_root else self.root_last.get(root)
         if last is None:
             return False
-        floor = max(since, self.global_flushed)
-        for page, t in self.global_page_inval.items():
-            if o.va <= page < o.va + o.size and t > floor:
-                floor = t
+        floor = max(since, self.global_flushed, _last_inval(self.global_page_inval, o.va, o.size))
         return last >= floor
 
     def _add(self, rec: Cached) -> None:
@@ -500,6 +495,28 @@ class Tlb:
         self._count(f"finding_{kind}")
         self.report(f)
         return f
+
+
+def _last_inval(pages: dict[int, int] | None, va: int, size: int) -> int:
+    """The last invalidation of a page in [va, va+size) (0: none): a 4 KiB
+    range is one look-up, a larger one looks at whichever is smaller, the
+    range's pages or the invalidated ones (a long run of INVLPGs without a
+    full flush would otherwise make every entry write linear in them)."""
+    if not pages:
+        return 0
+    if size == 0x1000:
+        return pages.get(va, 0)
+    best = 0
+    if size >> 12 < len(pages):
+        for page in range(va, va + size, 0x1000):
+            t = pages.get(page, 0)
+            if t > best:
+                best = t
+    else:
+        for page, t in pages.items():
+            if va <= page < va + size and t > best:
+                best = t
+    return best
 
 
 def _still_granted(o: Leafish, new: list[Leafish]) -> bool:

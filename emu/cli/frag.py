@@ -1,0 +1,84 @@
+"""``isoemu frag``: direct-map fragmentation as an experiment (docs/frag.md)."""
+
+from __future__ import annotations
+
+from emu.cli.common import add_json_args, parse_ram, print_json, read_source
+from emu.errors import ConfigError
+from emu.parse import parse_count, parse_size
+
+
+def cmd_frag(args) -> int:
+    from emu.tools.frag import DEFAULT_RAM, STRATEGIES, parse_workload, preset, run_all
+    from emu.tools.frag.report import plot, step_table, table, to_json
+
+    if args.workload and args.preset:
+        raise ConfigError("frag: give --preset or --workload, not both")
+    ram = parse_ram(args.ram) if args.ram else DEFAULT_RAM
+    pool = parse_size(args.pool, "--pool", lo=2 << 20, hi=ram) if args.pool else 0
+    if args.workload:
+        steps = parse_workload(read_source(args.workload), args.workload)
+        name = args.workload
+    else:
+        name = args.preset or "keys"
+        steps = preset(name, seed=parse_count(args.seed, "--seed", lo=0),
+                       allocations=parse_count(args.allocations, "--allocations"))
+    strategies = []
+    for s in args.strategy or list(STRATEGIES):
+        for word in s.split(","):
+            if word not in STRATEGIES:
+                raise ConfigError(f"frag: unknown strategy {word!r}; strategies: {', '.join(STRATEGIES)}")
+            strategies.append(word)
+    runs = run_all(steps, strategies, ram=ram, collapse=args.collapse, pool=pool,
+                   check="full" if args.check else "step")
+    texts = [st.text() for st in steps]
+    about = {"workload": name, "steps": len(steps), "allocations": sum(st.op == "alloc" for st in steps),
+             "ram": _size(ram), "pool": _size(pool or (512 << 20)), "collapse": args.collapse}
+    if args.plot:
+        plot(runs, about, args.plot)
+    if args.json:
+        print_json(to_json(runs, about, texts), args)
+        return 0
+    print(table(runs, about))
+    if args.steps:
+        for r in runs:
+            print()
+            print(step_table(r, texts))
+    return 0
+
+
+def _size(v: int) -> str:
+    for unit, sh in (("T", 40), ("G", 30), ("M", 20)):
+        if v % (1 << sh) == 0:
+            return f"{v >> sh}{unit}"
+    return f"{v >> 10}K"
+
+
+def add_commands(sub) -> None:
+    from emu.tools.frag import PRESETS, STRATEGIES
+
+    p = sub.add_parser("frag", help="direct-map fragmentation: workloads against the unmapped-memory strategies",
+                       description="Run a workload against a model of the direct map (the page-table object and "
+                                   "the TLB model) under each strategy for memory taken out of it, and print "
+                                   "DirectMap4k/2M/1G, splits, collapses, TLB flushes, reach, stranded and "
+                                   "unmovable memory and failures (docs/frag.md).")
+    g = p.add_argument_group("workload")
+    g.add_argument("--preset", choices=list(PRESETS), help="a built-in workload: " + "; ".join(
+        f"{k}: {v}" for k, v in PRESETS.items()) + " (default: keys)")
+    g.add_argument("--workload", metavar="FILE", help="a workload file (docs/frag.md: kernel|alloc ID SIZE "
+                                                      "[owner=NAME] [life=STEPS], free ID, exit OWNER)")
+    g.add_argument("--seed", default="1", help="the churn preset's random seed (default 1)")
+    g.add_argument("--allocations", default="10000", help="the churn preset's unmapped allocations "
+                                                          "(default 10000)")
+    p.add_argument("--strategy", action="append", metavar="NAME",
+                   help=f"only these strategies (repeatable or comma-separated): {', '.join(STRATEGIES)}")
+    p.add_argument("--collapse", action="store_true",
+                   help="collapse a table back into a large page when its block is whole again (41d88484c71c)")
+    p.add_argument("--ram", help="RAM of the model (default 4G)")
+    p.add_argument("--pool", help="the reserved strategy's pool (default 512M)")
+    p.add_argument("--steps", action="store_true", help="also print every step's figures, per strategy")
+    p.add_argument("--check", action="store_true",
+                   help="check every invariant after every step (slower): counters against the tables")
+    p.add_argument("--plot", metavar="FILE", help="plot the figures over the workload, strategies side by side "
+                                                  "(FILE.png or FILE.svg)")
+    add_json_args(p, "print JSON: workload, figures, step_names, strategies: {NAME: {total, peak, steps}}")
+    p.set_defaults(func=cmd_frag)

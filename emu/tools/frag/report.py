@@ -35,7 +35,7 @@ def table(runs: list[Run], about: dict) -> str:
     for name in FIGURES:
         label = name + (" (kB)" if UNITS.get(name) == "kB" and not name.endswith("_kB") else "")
         lines.append(f"{label:<28}" + "".join(f"{r.total[name]:>{w}}" for r in runs))
-    lines.append(f"{'peak':<28}")
+    lines.append("peak")
     for name in PEAKS:
         lines.append(f"{'  ' + name:<28}" + "".join(f"{r.peak(name):>{w}}" for r in runs))
     return "\n".join(lines)

@@ -194,3 +194,13 @@ def test_cli_plot(tmp_path, capsys, ext):
             assert s in data
     else:
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_group_shape():
+    from emu.dev.bench import run_bench
+
+    figs = run_bench(quick=True, only=["frag"])["figures"]
+    assert [f["name"].split(" (")[1].split(",")[0] for f in figs] == ["page", "pmd-cache", "reserved",
+                                                                       "unmapped-alloc"]
+    for f in figs:
+        assert f["unit"] == "s" and f["value"] > 0 and f["baseline"] > 0 and f["target"] == "<= 5"

@@ -190,7 +190,7 @@ def test_cli_plot(tmp_path, capsys, ext):
     data = out.read_bytes()
     if ext == "svg":
         assert data.lstrip().startswith(b"<?xml") and b"<svg" in data
-        for s in (b"page", b"pmd-cache", b"reserved", b"unmapped-alloc", b"DirectMap4k", b"reach"):
+        for s in (b"page", b"pmd-cache", b"reserved", b"unmapped-alloc", b"DirectMap4k", b"reach", b"stranded"):
             assert s in data
     else:
         assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -64,7 +64,7 @@ CASES = [
     # argparse's own errors, with the nearest option or command
     (["matrix", "--jsno"], "matrix: unrecognized argument: --jsno (did you mean --json?)"),
     (["matrx"], "unknown command 'matrx' (did you mean matrix?); commands: matrix, stats, run, walk, ptdump, "
-                "check, spaces, image, trace, debug, test, bench"),
+                "check, spaces, diff, whereis, report, frag, image, trace, debug, test, bench"),
     (["walk", "400000", "--acess", "w"],
      "walk: unrecognized arguments: --acess (did you mean --access?), w"),
     (["walk", "400000", "--access", "rw"], "walk: --access: invalid choice 'rw' (did you mean w?); choose from r, w, x"),

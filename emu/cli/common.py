@@ -235,3 +235,13 @@ def read_source(path) -> str:
     from emu.linux.program import read_source as read
 
     return read(path)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write an output file the user named (-o, --svg): an unwritable path is
+    one line, not a traceback."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None

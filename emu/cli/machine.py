@@ -7,7 +7,7 @@ import os
 import sys
 
 from emu.cli.common import (NUMBERS, add_json_args, add_machine_args, config_from_args, machine_settings,
-                            print_json, read_source)
+                            print_json, read_source, write_text)
 from emu.cli.render import EVENT_KINDS, event_json, event_line, parse_event_kinds
 from emu.errors import ConfigError, GuestError
 from emu.parse import parse_count
@@ -19,8 +19,16 @@ def cmd_matrix(args) -> int:
     from emu.tools.matrix import render, run_matrix
 
     if args.asi_designs:
+        if args.svg:
+            raise ConfigError("--svg draws one machine's matrix: leave out --asi-designs")
         return _asi_designs(args)
     result = run_matrix(config_from_args(args))
+    if args.svg:
+        from emu.tools.pictures import matrix_svg
+
+        write_text(args.svg, matrix_svg(result))
+        print(f"wrote {args.svg}: {len(result.cells)} cells, {len(result.mismatches)} mismatches",
+              file=sys.stderr)
     if args.json:
         print_json(result.as_dict(), args)
     else:
@@ -160,6 +168,9 @@ def add_commands(sub) -> None:
                         "(docs/asi.md)")
     p.add_argument("--all-rows", action="store_true", help="with --asi-designs: every row, also those "
                                                            "where the designs agree")
+    p.add_argument("--svg", metavar="FILE", help="also draw the matrix as an SVG grid in FILE: cells coloured "
+                                                 "by outcome, mismatches outlined, the walk's facts in each "
+                                                 "cell's tooltip (docs/views.md)")
     add_machine_args(p.add_argument_group("machine"))
     p.set_defaults(func=cmd_matrix)
 

@@ -13,7 +13,7 @@ import re
 import sys
 
 from emu.version import VERSION
-from emu.cli import bench, debug, frag, image, machine, paging, test, trace
+from emu.cli import bench, debug, frag, image, machine, paging, test, trace, views
 from emu.cli.common import config_from_args, has_machine_args
 from emu.errors import IsoemuError
 
@@ -104,7 +104,7 @@ def build_parser() -> Parser:
 
 
 # Modules that add subcommands, in the order 'isoemu --help' lists them.
-COMMAND_MODULES = (machine, paging, image, trace, debug, test, frag, bench)
+COMMAND_MODULES = (machine, paging, views, frag, image, trace, debug, test, bench)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,11 +194,15 @@ class FrameAllocator:
         self.order: dict[int, int] = {}  # head pfn -> order (2M/1G only)
         self.owner: dict[int, str] = {}
         self.refs: dict[int, int] = {}
+        #: head frames allocated sensitive (the stub's HC_SENSITIVE flag: ASI
+        #: keeps them out of its non-sensitive direct map)
+        self.sensitive: set[int] = set()
         self._hint = 1
 
     # -- allocation ------------------------------------------------------
-    def alloc(self, kind: FrameKind, order: int = 0, owner: str | None = None) -> int:
-        """Allocate a zeroed, naturally aligned frame of ``PAGE_SIZE << order``."""
+    def alloc(self, kind: FrameKind, order: int = 0, owner: str | None = None, sensitive: bool = False) -> int:
+        """Allocate a zeroed, naturally aligned frame of ``PAGE_SIZE << order``
+        (``sensitive``: allocated with the stub's HC_SENSITIVE flag)."""
         if order not in self.ORDERS:
             raise AllocError(f"unsupported frame order {order} (use 0, 9 or 18)")
         if kind in (FrameKind.FREE,):
@@ -210,6 +214,8 @@ class FrameAllocator:
             raise AllocError(f"out of guest memory: no free {self.ORDERS[order] >> 10} KiB frame "
                              f"({free} free 4 KiB frames of {self.nframes})")
         self._claim(pfn, n, kind, owner)
+        if sensitive:
+            self.sensitive.add(pfn)
         if n == 1:
             self._hint = pfn + 1
             if self.dirty[pfn]:
@@ -269,6 +275,7 @@ class FrameAllocator:
         n = 1 << order
         self.kind[pfn:pfn + n] = bytes(n)
         self.owner.pop(pfn, None)
+        self.sensitive.discard(pfn)
         self.dirty[pfn:pfn + n] = b"\x01" * n
         if n == 1 and pfn < self._hint:
             self._hint = pfn

@@ -329,7 +329,7 @@ class Machine:
                     raise self._device_error(f"alloc of order {rdi} (the allocator takes 0, 9 or 18)")
                 kind = FrameKind(rsi)
                 try:
-                    pa = frames.alloc(kind, rdi, owner)
+                    pa = frames.alloc(kind, rdi, owner, bool(rdx & 1))
                 except AllocError as e:           # out of guest memory: the guest gets 0
                     self._sink("alloc_failed", order=rdi, frame_kind=FrameKind(rsi).name.lower(), reason=str(e))
                     return 0

@@ -36,7 +36,7 @@ def table(runs: list[Run], about: dict) -> str:
     for name in FIGURES:
         label = name + (" (kB)" if UNITS.get(name) == "kB" and not name.endswith("_kB") else "")
         lines.append(f"{label:<28}" + "".join(f"{r.total[name]:>{w}}" for r in runs))
-    lines.append("peak")
+    lines.append(f"{'peak':<28}")
     for name in PEAKS:
         lines.append(f"{'  ' + name:<28}" + "".join(f"{r.peak(name):>{w}}" for r in runs))
     return "\n".join(lines)
@@ -72,6 +72,7 @@ def plot(runs: list[Run], about: dict, path: str) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
+        matplotlib.rcParams["svg.fonttype"] = "none"     # SVG text stays text (searchable, testable)
         import matplotlib.pyplot as plt
     except ImportError:                                     # pragma: no cover (a pinned dependency)
         raise ConfigError("--plot needs matplotlib (pip install -e .)") from None
@@ -83,7 +84,7 @@ def plot(runs: list[Run], about: dict, path: str) -> None:
         for r, (title, series, stacked) in enumerate(PANELS):
             ax = axes[r][c]
             ys = [[row[FIGURES.index(n)] * k for row in run.steps] for n, k in series]
-            labels = [n.removesuffix("_kB") for n, _ in series]
+            labels = [n for n, _ in series]
             if stacked:
                 ax.stackplot(xs, *ys, labels=labels, step="post", alpha=0.85)
             else:

@@ -71,13 +71,13 @@ class Experiment:
     """One strategy over one direct map, step by step."""
 
     def __init__(self, strategy: str, ram: int = DEFAULT_RAM, collapse: bool = False, pool: int = 0,
-                 check: str = "step", inject: frozenset = frozenset(), tlb: bool = True):
+                 check: str = "step", inject: frozenset = frozenset()):
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {strategy!r}; strategies: {', '.join(STRATEGIES)}")
         for name in inject:
             if name not in INJECTIONS:
                 raise ConfigError(f"unknown injection {name!r}; known: {', '.join(INJECTIONS)}")
-        self.dm = DirectMap(ram, check_tlb=tlb)            # tlb=False: no TLB model (the bench's baseline)
+        self.dm = DirectMap(ram)
         self.dm.skip_flush = "noflush" in inject
         self.s: Strategy = STRATEGIES[strategy](self.dm, collapse, pool)
         if "mapped" in inject:

@@ -2,10 +2,9 @@
 fragmentation debate (docs/frag.md), each over :class:`DirectMap`.
 
 A strategy hands out 4 KiB pages that are out of the direct map and takes
-them back.  Its interface is the one ``kernel_stub/unmapped.S`` gives the
-stub's users of unmapped memory: allocate a page (``alloc``), free it
-(``free``), an owner gone (``release``: a file closed), and memory
-pressure (``shrink``).
+them back.  Its interface is what every user of unmapped memory needs:
+allocate a page (``alloc``), free it (``free``), an owner gone
+(``release``: a file closed), and memory pressure (``shrink``).
 
 * ``page``: mainline mm/secretmem.c (``secretmem_fault``): one page from the
   page allocator, ``set_direct_map_invalid_noflush`` (splitting 1G->2M->4K on

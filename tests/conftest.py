@@ -1,4 +1,10 @@
+import os
 import struct
+import tempfile
+
+# Linked images are cached on disk (emu/asm/cache.py): the suite keeps its own
+# cache out of the user's, shared by the xdist workers and by later runs.
+os.environ.setdefault("ISOEMU_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"isoemu-test-cache-{os.getuid()}"))
 
 import pytest
 

@@ -6,7 +6,8 @@ import pytest
 
 from emu.errors import AllocError, ConfigError
 from emu.hw.paging import PAGE_SHARED, FrameRefs, PageTable
-from emu.hw.phys import FrameKind, PhysMem, parse_size
+from emu.hw.phys import FrameKind, PhysMem
+from emu.parse import parse_size
 from emu.linux.layout import LAYOUT_4LEVEL
 
 

@@ -152,6 +152,7 @@ def test_cli_matrix_with_findings_fails(capsys):
     d = json.loads(out)
     assert rc == 1 and d["summary"]["findings"] == 4
     assert {f["finding"] for f in d["findings"]} == {"stale-access", "freed-while-cached"}
+    assert {f["cpu"] for f in d["findings"]} == {0}           # the CPU whose TLB holds it (one CPU)
     assert sum(c["stale"] for c in d["cells"]) == 2
 
 

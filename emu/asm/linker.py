@@ -10,6 +10,7 @@ import struct
 
 import keystone
 
+from emu.asm import cache as disk_cache
 from emu.asm.checks import resolve_sites, verify
 from emu.asm.data import check_constants, data_bytes, data_size, evaluate_constants
 from emu.asm.diagnose import diagnose
@@ -49,9 +50,14 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
                                include_dirs, default_section, nobits, required_sites)).encode()).hexdigest()
     if cache and key in _IMAGE_CACHE:
         return _IMAGE_CACHE[key]
+    img = disk_cache.load(key) if cache else None
+    if img is not None:
+        _IMAGE_CACHE[key] = img
+        return img
     for attempt in range(2):
         try:
-            img = _link(sources, layout, predefined, include_dirs, default_section, nobits, required_sites, key)
+            img, included = _link(sources, layout, predefined, include_dirs, default_section, nobits,
+                                  required_sites, key)
             break
         except AsmError as e:
             raise AsmError(demangle(str(e))) from None
@@ -61,6 +67,7 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
             reset_engines()
     if cache:
         _IMAGE_CACHE[key] = img
+        disk_cache.store(key, img, included)
     return img
 
 
@@ -158,7 +165,7 @@ def _link(sources, layout, predefined, include_dirs, default_section, nobits, re
             raise AsmError(f"{f}:{ln}: .alternative target must be a label in the same section")
         alternatives.append((a, feature))
     sites = resolve_sites(p.sites, p.stmts, addrs, insns, required_sites)
-    return Image(sections, symbols, lines, extable, alternatives, insns, key, frozenset(values), sites)
+    return Image(sections, symbols, lines, extable, alternatives, insns, key, frozenset(values), sites), p.included
 
 
 def _write_data(sections: dict[str, Section], addrs: dict[str, list[int]], symbols: dict[str, int]) -> None:

@@ -3,6 +3,8 @@ directives, into statements (see the package docstring for the syntax)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 import re
 
@@ -104,6 +106,7 @@ class SourceParser:
         self.pending_site: tuple | None = None
         self.hook_names: dict[str, tuple[str, int]] = {}
         self._file_ids: dict[str, int] = {}
+        self.included: dict[str, str] = {}      # every .include'd file: path -> sha256 (the image cache)
 
     def parse(self, name: str, text: str, section: str, depth: int = 0) -> str:
         if depth > 16:
@@ -157,7 +160,9 @@ class SourceParser:
                 if path is None:
                     raise AsmError(f"{name}:{lineno}: cannot find include file {m.group(1)!r}")
                 with open(path) as f:
-                    section = self.parse(path, f.read(), section, depth + 1)
+                    text = f.read()
+                self.included[path] = hashlib.sha256(text.encode()).hexdigest()
+                section = self.parse(path, text, section, depth + 1)
                 continue
             if word == ".section":
                 parts = s.split()

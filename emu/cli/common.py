@@ -73,6 +73,9 @@ def add_machine_args(g) -> None:
                    "findings, the CPU uses the tables) or lazy (a stale translation serves the access)")
     g.add_argument("--inject", metavar="NAMES", help="omit a flush Linux does, to watch the TLB model catch it "
                    f"(--set inject=NAMES; comma-separated): {', '.join(INJECTIONS)}")
+    g.add_argument("--no-cache", action="store_true",
+                   help="link the stub and the programs afresh: neither read nor write the cache of linked "
+                        "images (docs/assembler.md; also ISOEMU_NO_CACHE=1)")
 
 
 def parse_ram(text: str) -> int:

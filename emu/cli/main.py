@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import sys
 
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "no_cache", False):
+        os.environ["ISOEMU_NO_CACHE"] = "1"        # read by emu.asm.cache when a link is asked for
     try:
         if has_machine_args(args) and not getattr(args, "image", None):
             config_from_args(args)       # --set and the flags, checked once for every command

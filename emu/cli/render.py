@@ -5,7 +5,7 @@ JSON object, per event; one formatter per kind)."""
 from __future__ import annotations
 
 from emu.errors import ConfigError
-from emu.hw.paging import error_code_words, fmt_size, mode_for
+from emu.hw.paging import FIVE_LEVEL, error_code_words, fmt_size, mode_for
 from emu.hw.x86 import vector_name
 from emu.linux import abi
 from emu.linux.config import nearest
@@ -25,9 +25,9 @@ def flag_word(entry: int, shift: int, leaf: bool) -> str:
     words = [f(63, "XD")]
     if leaf and (entry >> 59) & 0xF:
         words.append(f"pk={(entry >> 59) & 0xF}")
-    if shift in (21, 30) and leaf:
+    if leaf and not FIVE_LEVEL.by_shift(shift).is_pte:      # a large page: PAT is bit 12
         words.append(f(12, "PAT"))
-    words += [f(8, "G"), f(7, "PAT" if shift == 12 else "PS"), f(6, "D"), f(5, "A"),
+    words += [f(8, "G"), f(7, "PAT" if FIVE_LEVEL.by_shift(shift).is_pte else "PS"), f(6, "D"), f(5, "A"),
               f(4, "PCD"), f(3, "PWT"), f(2, "U"), f(1, "W"), f(0, "P")]
     return " ".join(words)
 

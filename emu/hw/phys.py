@@ -40,19 +40,6 @@ MAX_RAM = 1 << 40
 _Q = struct.Struct("<Q")
 
 
-def parse_size(text: str) -> int:
-    """Parse ``256M``, ``4G``, ``1048576`` or ``0x1000000`` into bytes."""
-    s = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}.get(s[-1:], 1)
-    if mult != 1:
-        s = s[:-1]
-    try:
-        value = int(s, 0)
-    except ValueError:
-        raise ConfigError(f"bad size {text!r}: use e.g. 256M, 4G or a byte count") from None
-    return value * mult
-
-
 class FrameKind(enum.IntEnum):
     """What a physical frame is used for (recorded per 4 KiB frame)."""
 

@@ -55,9 +55,28 @@ def kernel_layout(lay: Layout) -> dict[str, int]:
             for name, off in abi.KSECTIONS.items()}
 
 
+_LINKED: dict[tuple, Image] = {}
+
+
 def link_kernel(lay: Layout) -> Image:
-    return link(stub_sources(), kernel_layout(lay), abi.asm_symbols(lay), include_dirs=[STUB_DIR],
-                required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
+    """The stub linked for ``lay``.  Booting again in this process with the
+    stub's files unchanged (same sizes and modification times) takes the image
+    linked before, without reading and hashing the sources again; the linker
+    has its own caches, in memory and on disk, keyed by the sources
+    (docs/assembler.md)."""
+    stats = []
+    for name in sorted(os.listdir(STUB_DIR)):
+        try:
+            st = os.stat(os.path.join(STUB_DIR, name))
+        except OSError:
+            continue
+        stats.append((name, st.st_mtime_ns, st.st_size))
+    key = (tuple(stats), tuple(sorted(kernel_layout(lay).items())), tuple(sorted(abi.asm_symbols(lay).items())))
+    img = _LINKED.get(key)
+    if img is None:
+        img = _LINKED[key] = link(stub_sources(), kernel_layout(lay), abi.asm_symbols(lay), include_dirs=[STUB_DIR],
+                                  required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
+    return img
 
 
 @dataclass

@@ -54,6 +54,7 @@ class TlbFinding:
     write: str = ""                  # the entry write that made the cached entry stale
     invalidations: list = field(default_factory=list)   # invalidations since that write
     served: bool = False             # tlb=lazy: the access went through the stale translation
+    cpu: int = 0                     # the logical CPU whose TLB holds it (one CPU today: docs/tlb.md, "Limits")
 
     @property
     def kind(self) -> str:

@@ -32,7 +32,7 @@ settle (a supervisor write to a read-only user page: SMAP or R/W) says so.
 from __future__ import annotations
 
 from emu.hw.paging import (ADDR_MASK, MAXPHYADDR, NX, PAT_LARGE, PF_P, PF_PK, PF_RSVD, PKEY_SHIFT, PS, RW,
-                           US, VEC_GP, ControlState, rsvd_hi_mask)
+                           US, VEC_GP, ControlState, FIVE_LEVEL, mode_for, rsvd_hi_mask)
 
 RULES = ("non_canonical", "not_present", "reserved_bit", "user_supervisor", "protection_key",
          "execute_disable", "smep", "smap", "read_write", "smap_or_read_write", "unexplained")
@@ -41,7 +41,14 @@ _SDM_ENTRY = {48: "PML5E", 39: "PML4E", 30: "PDPTE", 21: "PDE", 12: "PTE"}
 
 
 def _shift_of(index: int, levels: int) -> int:
-    return 12 + 9 * (levels - 1 - index)
+    """The shift of the walk's ``index``-th level, from the mode's description."""
+    return mode_for(levels).levels[index].shift
+
+
+def _large_leaf_level(shift: int) -> bool:
+    """A level above the PTE where PS may map a page (PDE, PDPTE)."""
+    lv = FIVE_LEVEL.by_shift(shift)
+    return lv.leaf_ok and not lv.is_pte
 
 
 def _where(step, shift: int) -> str:
@@ -64,7 +71,7 @@ def reserved_bits(entry: int, shift: int, ctl: ControlState | None) -> list[str]
     if hi:
         bit = (hi & -hi).bit_length() - 1
         out.append(f"bit {bit} is above MAXPHYADDR ({maxphy})")
-    leaf_large = shift in (21, 30) and entry & PS
+    leaf_large = _large_leaf_level(shift) and entry & PS
     if shift >= 39 and entry & PS:
         out.append(f"bit 7 (PS) in a {_SDM_ENTRY[shift]}")
     if leaf_large:

@@ -10,35 +10,14 @@ each fact came from, and the notes saying what was detected or assumed.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from emu.errors import AddressError, ConfigError
+from emu.errors import ConfigError
 from emu.hw.paging import ControlState, translate
-from emu.hw.phys import DEFAULT_RAM, PhysView, parse_size
+from emu.hw.phys import DEFAULT_RAM, PhysView
 from emu.linux.layout import Layout, layout_for
-from emu.parse import parse_hex
-
-
-_SYMBOL = re.compile(r"^[A-Za-z_.$][\w.$:]*(\+\w+)?$")
-
-
-def parse_address(text: str, what: str = "address") -> int:
-    """``0xffffffff81000000``, ``ffffffff81000000``, ``4096`` or ``0o17``."""
-    t = text.strip().replace("_", "").replace("`", "")
-    try:
-        if t.lower().startswith(("0x", "0o", "0b")):
-            v = int(t, 0)
-        elif t.isdigit() and len(t) < 16:
-            v = int(t, 10)
-        else:
-            v = int(t, 16)
-    except ValueError:
-        raise AddressError(f"bad {what} {text!r}: expected a number like 0xffffffff81000000") from None
-    if v < 0 or v >= 1 << 64:
-        raise AddressError(f"{what} {text!r} does not fit in 64 bits")
-    return v
+from emu.parse import parse_hex, parse_size
 
 
 @dataclass
@@ -55,16 +34,6 @@ class Space:
     def __post_init__(self):
         if self.layout is None:
             self.layout = layout_for(self.ctl.levels)
-
-    def parse_va(self, text: str) -> int:
-        if self.symbols is not None and _SYMBOL.match(text) \
-                and not all(c in "0123456789abcdefABCDEF" for c in text):
-            base, _, off = text.partition("+")
-            va = self.symbols(base)
-            if va is None:
-                raise AddressError(f"unknown symbol {base!r}")
-            return va + (parse_address(off, "offset") if off else 0)
-        return parse_address(text, "virtual address")
 
     def translate(self, va: int, access=0, cpl: int = 0, ctl: ControlState | None = None):
         ctl = ctl or self.ctl

@@ -1,0 +1,67 @@
+"""Fixed costs (docs/performance.md): a machine boot in this process, and
+``isoemu matrix`` in a new process with the image cache warm against the
+same run without it (docs/assembler.md, "The image cache")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from emu.dev.bench.core import bench, best, figure
+
+
+_PROGRAM = """
+_start:
+    mov eax, SYS_exit
+    xor edi, edi
+    syscall
+"""
+
+
+def _boot_once() -> int:
+    from emu.linux.machine import Machine
+
+    m = Machine(programs=[("A", _PROGRAM)])
+    m.boot()
+    m.mem.close()
+    return 1
+
+
+def _raw_unicorn(ram: int) -> int:
+    from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, ram, UC_PROT_ALL)
+    return 1
+
+
+def _matrix_process(env: dict) -> float:
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "emu.cli", "matrix"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+@bench("startup")
+def bench_startup(quick: bool) -> list[dict]:
+    from emu.linux.config import MachineConfig
+
+    _boot_once()                                   # the images linked and cached in this process
+    t_boot, _ = best(_boot_once, 3 if quick else 10)
+    t_uc, _ = best(lambda: _raw_unicorn(MachineConfig().ram), 3 if quick else 10)
+    figs = [figure("boot_ms (Machine: tables built, images linked in memory, CPU set up)", t_boot * 1e3, "ms",
+                   baseline=t_uc * 1e3, baseline_name="a bare Unicorn instance with the same RAM mapped",
+                   higher_is_better=False, target="<= 3")]
+    with tempfile.TemporaryDirectory() as d:
+        env = {**os.environ, "ISOEMU_CACHE_DIR": d}
+        env.pop("ISOEMU_NO_CACHE", None)
+        cold = _matrix_process(env)                # fills the cache
+        warm = min(_matrix_process(env) for _ in range(1 if quick else 3))
+        none = min(_matrix_process({**env, "ISOEMU_NO_CACHE": "1"}) for _ in range(1 if quick else 3))
+    figs.append(figure("matrix_new_process_seconds (isoemu matrix, image cache warm)", warm, "s",
+                       baseline=none, baseline_name="the same with --no-cache", higher_is_better=False,
+                       target="<= 0.2", note=f"first run, filling the cache: {cold:.3f} s"))
+    return figs

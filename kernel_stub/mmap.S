@@ -29,6 +29,14 @@ remove_vma:
     mov r12, rsi
     imul rsi, rsi, VMA_SIZE
     lea rsi, [rbx + rsi + MM_vmas]
+    # mm->locked_vm gives back a locked VMA's pages (vms_gather_munmap_vmas)
+    test qword ptr [rsi + VMA_flags], VM_LOCKED
+    jz .Lrv_unlocked
+    mov rax, qword ptr [rsi + VMA_end]
+    sub rax, qword ptr [rsi + VMA_start]
+    shr rax, PAGE_SHIFT
+    sub qword ptr [rbx + MM_locked_vm], rax
+.Lrv_unlocked:
     call unmap_vma
     mov rcx, qword ptr [rbx + MM_nr_vmas]
     dec rcx
@@ -76,6 +84,19 @@ sys_mmap:
     test r14, MAP_SHARED
     jz .Lmm_inval
     mov r9, VM_SHARED + VM_SECRET + VM_LOCKED
+.Lmm_locked:
+    # secretmem_mmap: the mapping is locked, within RLIMIT_MEMLOCK
+    # (mlock_future_ok, rlimit.S), else -EAGAIN
+    push r8
+    push r9
+    GET_CURRENT rdi
+    mov rdi, qword ptr [rdi + TASK_mm]
+    mov rsi, r12
+    call mlock_future_ok
+    pop r9
+    pop r8
+    test eax, eax
+    jz .Lmm_again
     jmp .Lmm_place
 .Lmm_anon:
     test r14, MAP_SHARED
@@ -113,6 +134,12 @@ sys_mmap:
     shr rbp, PAGE_SHIFT
     mov qword ptr [rax + VMA_pgoff], rbp
     inc qword ptr [rdi + MM_nr_vmas]
+    test r9, VM_LOCKED
+    jz .Lmm_unlocked
+    mov rcx, r12
+    shr rcx, PAGE_SHIFT
+    add qword ptr [rdi + MM_locked_vm], rcx
+.Lmm_unlocked:
     test r8, r8
     jz .Lmm_ok
     inc qword ptr [r8 + FILE_refs]
@@ -130,6 +157,9 @@ sys_mmap:
     jmp .Lmm_out
 .Lmm_perm:
     mov rax, -EPERM
+    jmp .Lmm_out
+.Lmm_again:
+    mov rax, -EAGAIN
     jmp .Lmm_out
 .Lmm_nomem:
     mov rax, -ENOMEM

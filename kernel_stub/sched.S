@@ -175,6 +175,10 @@ switch_mm_irqs_off:
 do_exit:
     GET_CURRENT rbx
     mov qword ptr [rbx + TASK_exit_code], rdi
+    push rdi
+    mov rdi, rbx
+    call exit_ptrace
+    pop rdi
     xor r12, r12
 .Lex_files:
     cmp r12, MAX_FDS

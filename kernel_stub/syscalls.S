@@ -192,6 +192,25 @@ sys_write:
     RESTORE_CALLEE
     ret
 
+# pread64(fd, buf, count, pos), pwrite64: no file here is positional (the
+# console is a stream, a secretmem file is made by alloc_file_pseudo without
+# FMODE_PREAD/FMODE_PWRITE): ksys_pread64 checks pos, then the fd, then -ESPIPE
+sys_pread64:
+sys_pwrite64:
+    test rcx, rcx
+    js .Lprw_inval
+    call fget
+    test rax, rax
+    jz .Lprw_badf
+    mov rax, -ESPIPE
+    ret
+.Lprw_inval:
+    mov rax, -EINVAL
+    ret
+.Lprw_badf:
+    mov rax, -EBADF
+    ret
+
 sys_close:
     cmp rdi, MAX_FDS
     jae .Lcl_badf

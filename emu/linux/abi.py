@@ -21,14 +21,18 @@ SYSCALLS = {
     "read": 0, "write": 1, "close": 3, "mmap": 9, "mprotect": 10, "munmap": 11, "rt_sigaction": 13,
     "rt_sigreturn": 15, "sched_yield": 24, "getpid": 39, "exit": 60, "ftruncate": 77,
     "exit_group": 231, "memfd_secret": 447,
+    # memfd_secret's selftest (tools/testing/selftests/mm/memfd_secret.c) and docs/secretmem.md
+    "pread64": 17, "pwrite64": 18, "getrlimit": 97, "ptrace": 101, "setrlimit": 160,
+    "prlimit64": 302, "process_vm_readv": 310, "process_vm_writev": 311,
     # project calls (numbers above Linux's range)
     "probe": 1000, "direct_map_alias": 1001,
 }
 NR_SYSCALLS_TABLE = 1002          # size of the dispatch table in the stub
 
 # errno (positive; syscalls return -errno)
-ERRNO = {"EPERM": 1, "ENOENT": 2, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12, "EACCES": 13, "EFAULT": 14,
-         "EBUSY": 16, "ENODEV": 19, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24, "ENOSYS": 38}
+ERRNO = {"EPERM": 1, "ENOENT": 2, "ESRCH": 3, "EIO": 5, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12,
+         "EACCES": 13, "EFAULT": 14, "EBUSY": 16, "ENODEV": 19, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24, "ESPIPE": 29,
+         "ENOSYS": 38}
 ERRNO_NAMES = {v: k for k, v in ERRNO.items()}
 
 SIGNALS = {"SIGILL": 4, "SIGTRAP": 5, "SIGBUS": 7, "SIGFPE": 8, "SIGKILL": 9, "SIGSEGV": 11}
@@ -39,6 +43,35 @@ PROT = {"PROT_NONE": 0, "PROT_READ": 1, "PROT_WRITE": 2, "PROT_EXEC": 4}
 MAP = {"MAP_SHARED": 0x01, "MAP_PRIVATE": 0x02, "MAP_FIXED": 0x10, "MAP_ANONYMOUS": 0x20,
        "MAP_POPULATE": 0x8000}
 O_CLOEXEC = 0o2000000
+
+# resource limits (include/uapi/asm-generic/resource.h); the init task's values
+# (include/asm-generic/resource.h INIT_RLIMITS; NPROC and SIGPENDING as fork_init sets them)
+RLIMITS = ["RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS",
+           "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS",
+           "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME"]
+RLIM_NLIMITS = len(RLIMITS)
+RLIM_INFINITY = (1 << 64) - 1
+MLOCK_LIMIT = 8 << 20             # include/uapi/linux/resource.h (since 5.16)
+NR_OPEN = 1024 * 1024             # sysctl_nr_open: RLIMIT_NOFILE's hard ceiling
+
+
+def init_rlimits(ram: int) -> list[tuple[int, int]]:
+    """(cur, max) per resource for a process: INIT_RLIMITS, with NPROC and
+    SIGPENDING at max_threads / 2 as fork_init() sets them (kernel/fork.c
+    set_max_threads: RAM / (8 * THREAD_SIZE))."""
+    inf = RLIM_INFINITY
+    half = max(20, ram // (8 * THREAD_SIZE)) // 2
+    vals = {"RLIMIT_STACK": (8 << 20, inf), "RLIMIT_CORE": (0, inf), "RLIMIT_NPROC": (half, half),
+            "RLIMIT_NOFILE": (1024, 4096), "RLIMIT_MEMLOCK": (MLOCK_LIMIT, MLOCK_LIMIT),
+            "RLIMIT_SIGPENDING": (half, half), "RLIMIT_MSGQUEUE": (819200, 819200),
+            "RLIMIT_NICE": (0, 0), "RLIMIT_RTPRIO": (0, 0)}
+    return [vals.get(name, (inf, inf)) for name in RLIMITS]
+
+
+# ptrace requests (include/uapi/linux/ptrace.h)
+PTRACE = {"PTRACE_PEEKTEXT": 1, "PTRACE_PEEKDATA": 2, "PTRACE_POKETEXT": 4, "PTRACE_POKEDATA": 5,
+          "PTRACE_ATTACH": 16, "PTRACE_DETACH": 17}
+UIO_MAXIOV = 1024
 MAP_FAILED_BASE = -4095          # returns above this are -errno
 
 # --- segments (arch/x86/include/asm/segment.h) -------------------------------------
@@ -97,7 +130,7 @@ NSIG = 32
 TASK, TASK_SIZE = _struct([
     ("state", 8), ("pid", 8), ("mm", 8), ("sp", 8), ("stack_top", 8), ("exit_code", 8),
     ("killed_by", 8), ("asi_target", 8), ("asi_nest", 8), ("comm", 16),
-    ("files", 8 * MAX_FDS), ("sighand", 24 * NSIG), ("pad", 8 * 9)])
+    ("files", 8 * MAX_FDS), ("sighand", 24 * NSIG), ("ptracer", 8), ("rlim", 16 * 16), ("pad", 8 * 8)])
 TASK_UNUSED, TASK_RUNNABLE, TASK_DEAD = 0, 1, 2
 
 VMA, VMA_SIZE = _struct([("start", 8), ("end", 8), ("prot", 8), ("flags", 8), ("file", 8),
@@ -106,7 +139,7 @@ VM_SHARED, VM_SECRET, VM_LOCKED = 1, 2, 4     # our VMA flag bits
 
 MM, MM_SIZE = _struct([
     ("pgd", 8), ("pgd_va", 8), ("ctx_id", 8), ("tlb_gen", 8), ("asi_pgd", 8), ("asi_pgd_va", 8),
-    ("mmap_base", 8), ("nr_vmas", 8), ("vmas", VMA_SIZE * MAX_VMAS)])
+    ("mmap_base", 8), ("nr_vmas", 8), ("vmas", VMA_SIZE * MAX_VMAS), ("locked_vm", 8)])
 
 FILE, FILE_SIZE = _struct([("type", 8), ("refs", 8), ("size", 8), ("flags", 8),
                            ("pages", 8 * FILE_MAX_PAGES)])
@@ -271,7 +304,8 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
               "TASK_SIZE": TASK_SIZE, "MM_SIZE": MM_SIZE, "VMA_SIZE": VMA_SIZE, "FILE_SIZE": FILE_SIZE,
               "TASK_UNUSED": TASK_UNUSED, "TASK_RUNNABLE": TASK_RUNNABLE, "TASK_DEAD": TASK_DEAD,
               "VM_SHARED": VM_SHARED, "VM_SECRET": VM_SECRET, "VM_LOCKED": VM_LOCKED,
-              "FILE_CONSOLE": FILE_CONSOLE, "FILE_SECRETMEM": FILE_SECRETMEM, "NSIG": NSIG,
+              "FILE_CONSOLE": FILE_CONSOLE, "FILE_SECRETMEM": FILE_SECRETMEM,
+              "NSIG": NSIG, "RLIM_NLIMITS": RLIM_NLIMITS, "NR_OPEN": NR_OPEN, "UIO_MAXIOV": UIO_MAXIOV,
               "SIGFRAME_SIZE": SIGFRAME_SIZE, "SIGFRAME_UC": SIGFRAME_UC, "SIGFRAME_INFO": SIGFRAME_INFO,
               "UC_MCONTEXT": UC_MCONTEXT, "SI_SIGNO": SI_SIGNO, "SI_CODE": SI_CODE, "SI_ADDR": SI_ADDR,
               "SEGV_MAPERR": SEGV_MAPERR, "SEGV_ACCERR": SEGV_ACCERR,
@@ -301,4 +335,6 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
     s.update({f"VMA_{k}": v for k, v in VMA.items()})
     s.update({f"FILE_{k}": v for k, v in FILE.items()})
     s.update({f"SC_{k}": v for k, v in SC.items()})
+    s.update({k: i for i, k in enumerate(RLIMITS)})
+    s.update(PTRACE)
     return s

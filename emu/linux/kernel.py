@@ -31,6 +31,8 @@ from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernel_stub")
 STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "page_alloc.S", "pgtable.S", "tlb.S",
               "set_memory.S", "memory.S", "mmap.S", "secretmem.S", "syscalls.S", "sched.S", "asi.S", "data.S"]
+# the memfd_secret selftest's calls (docs/secretmem.md): resource limits, GUP, ptrace, process_vm_*
+STUB_FILES += ["rlimit.S", "gup.S", "ptrace.S"]
 NOP5 = bytes.fromhex("0f1f440000")
 
 
@@ -478,6 +480,9 @@ class KernelBuilder:
         mem.write(k.kva_to_pa(task + abi.TASK["comm"]), comm + bytes(16 - len(comm)))
         for fd in range(3):
             w(task + abi.TASK["files"] + 8 * fd, console)
+        for r, (cur, mx) in enumerate(abi.init_rlimits(cfg.ram)):
+            w(task + abi.TASK["rlim"] + 16 * r, cur)
+            w(task + abi.TASK["rlim"] + 16 * r + 8, mx)
         regs = top - abi.PT_SIZE
         entry = image.symbols["_start"]
         frame = {"rip": entry, "cs": abi.USER_CS, "eflags": 0x202, "rsp": abi.USER_STACK_TOP - 8,

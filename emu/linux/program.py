@@ -31,6 +31,9 @@ def user_symbols(layout: Layout) -> dict[str, int]:
     s.update(abi.PROT)
     s.update(abi.MAP)
     s["O_CLOEXEC"] = abi.O_CLOEXEC
+    s.update({k: i for i, k in enumerate(abi.RLIMITS)})
+    s.update(abi.PTRACE)
+    s.update({"RLIM_INFINITY": abi.RLIM_INFINITY, "MLOCK_LIMIT": abi.MLOCK_LIMIT})
     s.update({
         "DIRECT_MAP_BASE": layout.page_offset,
         "KERNEL_TEXT": layout.kernel_text,
@@ -48,6 +51,7 @@ def user_symbols(layout: Layout) -> dict[str, int]:
         "USER_TEXT": abi.USER_TEXT,
         "USER_DATA": abi.USER_DATA,
         "USER_STACK_TOP": abi.USER_STACK_TOP,
+        "MMAP_BASE": abi.MMAP_BASE,
         "PAGE_SIZE": 4096,
     })
     return s

@@ -72,10 +72,21 @@ handle_user_fault:
     jnz .Lhuf_accerr
     test qword ptr [r15 + VMA_flags], VM_SECRET
     jnz .Lhuf_secret
+    test qword ptr [r15 + VMA_flags], VM_GMEM
+    jnz .Lhuf_gmem
     xor edi, edi
     mov esi, FRAME_USER
     mov edx, HC_SENSITIVE
     call alloc_page
+    test rax, rax
+    jz .Lhuf_bus
+    mov rdx, rax
+    mov rcx, qword ptr [r15 + VMA_prot]
+    jmp .Lhuf_map
+.Lhuf_gmem:
+    mov rdi, r15
+    mov rsi, r12
+    call gmem_fault                     # guest_memfd.S
     test rax, rax
     jz .Lhuf_bus
     mov rdx, rax
@@ -141,7 +152,7 @@ unmap_vma:
 .Luv_flush:
     call flush_tlb_one_user
 .Luv_flushed:
-    test qword ptr [r12 + VMA_flags], VM_SECRET
+    test qword ptr [r12 + VMA_flags], VM_SECRET + VM_GMEM   # the file owns these pages
     jnz .Luv_next
     movabs rax, PTE_PFN_MASK
     and r14, rax

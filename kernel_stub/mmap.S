@@ -74,6 +74,8 @@ sys_mmap:
     test rax, rax
     jz .Lmm_badf
     mov r8, rax
+    cmp qword ptr [r8 + FILE_type], FILE_GUEST_MEMFD
+    je .Lmm_gmem
     cmp qword ptr [r8 + FILE_type], FILE_SECRETMEM
     jne .Lmm_nodev
     # do_mmap (mm/mmap.c): the secretmem mount is noexec, so PROT_EXEC is
@@ -97,6 +99,17 @@ sys_mmap:
     pop r8
     test eax, eax
     jz .Lmm_again
+    jmp .Lmm_place
+.Lmm_gmem:
+    mov rdi, r8
+    mov rsi, r13
+    mov rdx, r14
+    push r8
+    call gmem_mmap                      # guest_memfd.S: VMA flags or -errno
+    pop r8
+    test rax, rax
+    js .Lmm_out
+    mov r9, rax
     jmp .Lmm_place
 .Lmm_anon:
     test r14, MAP_SHARED
@@ -201,7 +214,7 @@ sys_mprotect:
     jb .Lmp_inval
     cmp rdx, r13
     ja .Lmp_inval
-    test qword ptr [rax + VMA_flags], VM_SECRET
+    test qword ptr [rax + VMA_flags], VM_SECRET + VM_GMEM   # noexec mounts
     jz .Lmp_next_check
     test r14, PROT_EXEC
     jnz .Lmp_acces

@@ -86,7 +86,7 @@ file_put:
     push r12
     mov rbx, rdi
     cmp qword ptr [rbx + FILE_type], FILE_SECRETMEM
-    jne .Lfp_clear
+    jne .Lfp_other
     xor r12, r12
 .Lfp_page:
     cmp r12, FILE_MAX_PAGES
@@ -99,6 +99,10 @@ file_put:
 .Lfp_next:
     inc r12
     jmp .Lfp_page
+    jmp .Lfp_clear
+.Lfp_other:
+    mov rdi, rbx
+    call kvm_file_release               # kvm.S: guest_memfd, VM and vCPU files
 .Lfp_clear:
     mov qword ptr [rbx + FILE_type], 0
     pop r12
@@ -193,8 +197,9 @@ sys_write:
     ret
 
 # pread64(fd, buf, count, pos), pwrite64: no file here is positional (the
-# console is a stream, a secretmem file is made by alloc_file_pseudo without
-# FMODE_PREAD/FMODE_PWRITE): ksys_pread64 checks pos, then the fd, then -ESPIPE
+# console is a stream; secretmem, guest_memfd and KVM's files are made by
+# alloc_file_pseudo without FMODE_PREAD/FMODE_PWRITE): ksys_pread64 checks
+# pos, then the fd, then -ESPIPE
 sys_pread64:
 sys_pwrite64:
     test rcx, rcx

@@ -60,3 +60,10 @@ def test_image_figures_beside_the_unmemoized_walk():
         assert f["value"] > 0 and f["baseline"] > 0 and "without memoization" in f["baseline_name"]
         assert f["ratio"] == pytest.approx(f["value"] / f["baseline"])
     assert "pwndbg" in figs["image_ptdump_seconds"]["note"]
+
+
+def test_the_startup_groups_boot_figure_boots_a_machine():
+    # the boot figure's machine needs a process (it used to raise "the machine has no process to run")
+    from emu.dev.bench.startup import _boot_once
+
+    assert _boot_once() == 1

@@ -171,7 +171,8 @@ def test_stats_text_and_json(capsys):
     assert rc == 0 and set(doc) == {"boot", "secret_mapped", "secret_released"}
     names = list(doc["boot"])
     assert names == ["DirectMap4k", "DirectMap2M", "DirectMap1G", "direct_map_level2_splits",
-                     "direct_map_level3_splits", "secret_pages", "asi_exits", "asi_fault_exits",
+                     "direct_map_level3_splits", "secret_pages", "guest_memfd_pages",
+                     "guest_memfd_unmapped_pages", "guest_memfd_conversions", "asi_exits", "asi_fault_exits",
                      "asi_user_return_exits", "asi_context_switch_exits", "asi_tlb_flush_exits",
                      "asi_other_exits", "asi_flush_ibpb", "asi_flush_rsb", "asi_flush_l1d",
                      "asi_critical_findings"] + [f"tlb_{k}" for k in STAT_KEYS]

@@ -840,9 +840,8 @@ BAD_COMMANDS = [
               "catch stale [FINDING]"),
     ("catch asi-exit now", "usage: catch asi-exit [fault]"),
     ("catch fault 999", "vector '999' is out of range (0 .. 255)"),
-    ("catch syscall nosuch", "unknown syscall 'nosuch': give a number or one of read, write, close, "
-                             "mmap, mprotect, munmap, rt_sigaction, rt_sigreturn, sched_yield, getpid, exit, "
-                             "ftruncate, exit_group, memfd_secret, probe, direct_map_alias"),
+    # the names are the ABI table's, in its order (Linux's calls, then the project's)
+    ("catch syscall nosuch", "unknown syscall 'nosuch': give a number or one of " + ", ".join(abi.SYSCALLS)),
     ("x/4qx 0", "bad format /4qx: x/NFU with N a decimal count, F one of x d u i, U one of b h w g"),
     ("x/4gx", ADDRESS_NEEDED),
     ("x/2gx 0xffffffff81000000 A.user", "0xffffffff81000000 is not readable in A.user: "

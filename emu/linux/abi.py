@@ -15,12 +15,13 @@ from emu.hw import paging as pg
 from emu.hw.paging import mode_for
 from emu.linux.layout import Layout
 from emu.hw.phys import FrameKind
+from emu.linux import kvm_abi
 
 # --- syscalls -------------------------------------------------------------------
 SYSCALLS = {
-    "read": 0, "write": 1, "close": 3, "mmap": 9, "mprotect": 10, "munmap": 11, "rt_sigaction": 13,
-    "rt_sigreturn": 15, "sched_yield": 24, "getpid": 39, "exit": 60, "ftruncate": 77,
-    "exit_group": 231, "memfd_secret": 447,
+    "read": 0, "write": 1, "open": 2, "close": 3, "fstat": 5, "mmap": 9, "mprotect": 10, "munmap": 11,
+    "rt_sigaction": 13, "rt_sigreturn": 15, "ioctl": 16, "sched_yield": 24, "getpid": 39, "exit": 60,
+    "ftruncate": 77, "exit_group": 231, "fallocate": 285, "memfd_secret": 447,
     # memfd_secret's selftest (tools/testing/selftests/mm/memfd_secret.c) and docs/secretmem.md
     "pread64": 17, "pwrite64": 18, "getrlimit": 97, "ptrace": 101, "setrlimit": 160,
     "prlimit64": 302, "process_vm_readv": 310, "process_vm_writev": 311,
@@ -31,8 +32,8 @@ NR_SYSCALLS_TABLE = 1002          # size of the dispatch table in the stub
 
 # errno (positive; syscalls return -errno)
 ERRNO = {"EPERM": 1, "ENOENT": 2, "ESRCH": 3, "EIO": 5, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12,
-         "EACCES": 13, "EFAULT": 14, "EBUSY": 16, "ENODEV": 19, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24, "ESPIPE": 29,
-         "ENOSYS": 38}
+         "EACCES": 13, "EFAULT": 14, "EBUSY": 16, "ENODEV": 19, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24,
+         "ENOTTY": 25, "EFBIG": 27, "ESPIPE": 29, "ENOSYS": 38, "EOPNOTSUPP": 95}
 ERRNO_NAMES = {v: k for k, v in ERRNO.items()}
 
 SIGNALS = {"SIGILL": 4, "SIGTRAP": 5, "SIGBUS": 7, "SIGFPE": 8, "SIGKILL": 9, "SIGSEGV": 11}
@@ -136,6 +137,7 @@ TASK_UNUSED, TASK_RUNNABLE, TASK_DEAD = 0, 1, 2
 VMA, VMA_SIZE = _struct([("start", 8), ("end", 8), ("prot", 8), ("flags", 8), ("file", 8),
                          ("pgoff", 8)])
 VM_SHARED, VM_SECRET, VM_LOCKED = 1, 2, 4     # our VMA flag bits
+VM_GMEM = 8                       # a guest_memfd mapping (its pages belong to the file)
 
 MM, MM_SIZE = _struct([
     ("pgd", 8), ("pgd_va", 8), ("ctx_id", 8), ("tlb_gen", 8), ("asi_pgd", 8), ("asi_pgd_va", 8),
@@ -144,6 +146,8 @@ MM, MM_SIZE = _struct([
 FILE, FILE_SIZE = _struct([("type", 8), ("refs", 8), ("size", 8), ("flags", 8),
                            ("pages", 8 * FILE_MAX_PAGES)])
 FILE_CONSOLE, FILE_SECRETMEM = 1, 2
+# /dev/kvm, a VM, a vCPU and a guest_memfd (emu/linux/kvm_abi.py: what their 'pages' hold)
+FILE_KVM, FILE_KVM_VM, FILE_KVM_VCPU, FILE_GUEST_MEMFD = 3, 4, 5, 6
 
 # per-CPU area: page 0 is cpu_tss_rw (mapped into the PTI user tables), page 1 holds
 # the rest, page 2 the GDT.  The assembler gives the offsets (zero-based section).
@@ -303,8 +307,9 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
               "MAX_VMAS": MAX_VMAS, "MAX_FILES": MAX_FILES, "FILE_MAX_PAGES": FILE_MAX_PAGES,
               "TASK_SIZE": TASK_SIZE, "MM_SIZE": MM_SIZE, "VMA_SIZE": VMA_SIZE, "FILE_SIZE": FILE_SIZE,
               "TASK_UNUSED": TASK_UNUSED, "TASK_RUNNABLE": TASK_RUNNABLE, "TASK_DEAD": TASK_DEAD,
-              "VM_SHARED": VM_SHARED, "VM_SECRET": VM_SECRET, "VM_LOCKED": VM_LOCKED,
-              "FILE_CONSOLE": FILE_CONSOLE, "FILE_SECRETMEM": FILE_SECRETMEM,
+              "VM_SHARED": VM_SHARED, "VM_SECRET": VM_SECRET, "VM_LOCKED": VM_LOCKED, "VM_GMEM": VM_GMEM,
+              "FILE_KVM": FILE_KVM, "FILE_KVM_VM": FILE_KVM_VM, "FILE_KVM_VCPU": FILE_KVM_VCPU,
+              "FILE_GUEST_MEMFD": FILE_GUEST_MEMFD, "FILE_CONSOLE": FILE_CONSOLE, "FILE_SECRETMEM": FILE_SECRETMEM,
               "NSIG": NSIG, "RLIM_NLIMITS": RLIM_NLIMITS, "NR_OPEN": NR_OPEN, "UIO_MAXIOV": UIO_MAXIOV,
               "SIGFRAME_SIZE": SIGFRAME_SIZE, "SIGFRAME_UC": SIGFRAME_UC, "SIGFRAME_INFO": SIGFRAME_INFO,
               "UC_MCONTEXT": UC_MCONTEXT, "SI_SIGNO": SI_SIGNO, "SI_CODE": SI_CODE, "SI_ADDR": SI_ADDR,
@@ -328,6 +333,8 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
                                             | ASI_TAINT_MASKS["ASI_TAINTS_USER_MASK"])
     s.update({f"ASI_FLUSH_{k.upper()}": i for i, k in enumerate(ASI_FLUSHES)})
     s.update(ASI_SESSION_STATE)
+    s.update(kvm_abi.stub_symbols())
+    s["GMEM_KMAP_VA"] = layout.vmalloc_start + kvm_abi.GMEM_KMAP_OFFSET
     s.update({f"FRAME_{k.name}": int(k) for k in FrameKind})
     s.update({f"PT_{k.upper()}": v for k, v in PT.items()})
     s.update({f"TASK_{k}": v for k, v in TASK.items()})

@@ -72,6 +72,10 @@ INJECTIONS = {
     "asi_exit_noflush": "asi_exit loads the full kernel CR3 with NOFLUSH: the kernel PCID keeps what it "
                         "cached before ASI was entered (asi=on, rfc2025; the RFC never sets NOFLUSH on a "
                         "transition)",
+    "gmem_noflush": "guest_memfd's NO_DIRECT_MAP allocation removes the page from the direct map without "
+                    "flush_tlb_kernel_range",
+    "gmem_kunmap_noflush": "the temporary kernel mapping of a page out of the direct map is unmapped "
+                           "without its flush",
     "asi_enter_noflush": "the 2019 RFC's asi_enter loads the restricted CR3 with NOFLUSH: PCID 0, shared by "
                          "every restricted table, keeps another session's translations (asi=rfc2019)",
 }

@@ -30,7 +30,8 @@ from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
 STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernel_stub")
 STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "page_alloc.S", "pgtable.S", "tlb.S",
-              "set_memory.S", "memory.S", "mmap.S", "secretmem.S", "syscalls.S", "sched.S", "asi.S", "data.S"]
+              "set_memory.S", "memory.S", "mmap.S", "secretmem.S", "guest_memfd.S", "kvm.S", "syscalls.S", "sched.S",
+              "asi.S", "data.S"]
 # the memfd_secret selftest's calls (docs/secretmem.md): resource limits, GUP, ptrace, process_vm_*
 STUB_FILES += ["rlimit.S", "gup.S", "ptrace.S"]
 NOP5 = bytes.fromhex("0f1f440000")
@@ -173,6 +174,9 @@ class Kernel:
             "direct_map_level2_splits": self.read_data("direct_map_level2_splits"),
             "direct_map_level3_splits": self.read_data("direct_map_level3_splits"),
             "secret_pages": self.read_data("nr_secret_pages"),
+            "guest_memfd_pages": self.read_data("nr_gmem_pages"),
+            "guest_memfd_unmapped_pages": self.read_data("nr_gmem_unmapped_pages"),
+            "guest_memfd_conversions": self.read_data("nr_gmem_conversions"),
             **asi_tables.stats(self),
         }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from emu.linux import abi
+from emu.linux import abi, kvm_abi
 from emu.asm import Image, link
 from emu.asm.syntax import non_ascii_problem
 from emu.errors import AsmError, ConfigError
@@ -34,6 +34,8 @@ def user_symbols(layout: Layout) -> dict[str, int]:
     s.update({k: i for i, k in enumerate(abi.RLIMITS)})
     s.update(abi.PTRACE)
     s.update({"RLIM_INFINITY": abi.RLIM_INFINITY, "MLOCK_LIMIT": abi.MLOCK_LIMIT})
+    s.update(kvm_abi.stub_symbols())
+    s["GMEM_KMAP_VA"] = layout.vmalloc_start + kvm_abi.GMEM_KMAP_OFFSET
     s.update({
         "DIRECT_MAP_BASE": layout.page_offset,
         "KERNEL_TEXT": layout.kernel_text,

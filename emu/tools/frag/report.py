@@ -28,7 +28,8 @@ def to_json(runs: list[Run], about: dict, steps: list[str]) -> dict:
 def table(runs: list[Run], about: dict) -> str:
     """The totals of every strategy side by side, and the peaks."""
     w = max(14, *(len(r.strategy) + 2 for r in runs))
-    lines = [f"workload {about['workload']}: {about['steps']} steps, {about['allocations']} unmapped allocations; "
+    n = about["allocations"]
+    lines = [f"workload {about['workload']}: {about['steps']} steps, {n} unmapped allocation{'s' * (n != 1)}; "
              f"ram {about['ram']}, collapse {'on' if about['collapse'] else 'off'}"
              + (f", reserved pool {about['pool']}" if any(r.strategy == "reserved" for r in runs) else ""),
              f"{'at the end':<28}" + "".join(f"{r.strategy:>{w}}" for r in runs)]

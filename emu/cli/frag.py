@@ -9,7 +9,7 @@ from emu.parse import parse_count, parse_size
 
 def cmd_frag(args) -> int:
     from emu.tools.frag import DEFAULT_RAM, STRATEGIES, parse_workload, preset, run_all
-    from emu.tools.frag.report import plot, step_table, table, to_json
+    from emu.tools.frag.report import describe, plot, step_table, table, to_json
 
     if args.workload and args.preset:
         raise ConfigError("frag: give --preset or --workload, not both")
@@ -31,8 +31,7 @@ def cmd_frag(args) -> int:
     runs = run_all(steps, strategies, ram=ram, collapse=args.collapse, pool=pool,
                    check="full" if args.check else "step")
     texts = [st.text() for st in steps]
-    about = {"workload": name, "steps": len(steps), "allocations": sum(st.op == "alloc" for st in steps),
-             "ram": _size(ram), "pool": _size(pool or (512 << 20)), "collapse": args.collapse}
+    about = describe(name, steps, ram, pool, args.collapse)
     if args.plot:
         plot(runs, about, args.plot)
     if args.json:
@@ -44,13 +43,6 @@ def cmd_frag(args) -> int:
             print()
             print(step_table(r, texts))
     return 0
-
-
-def _size(v: int) -> str:
-    for unit, sh in (("T", 40), ("G", 30), ("M", 20)):
-        if v % (1 << sh) == 0:
-            return f"{v >> sh}{unit}"
-    return f"{v >> 10}K"
 
 
 def add_commands(sub) -> None:

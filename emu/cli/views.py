@@ -215,25 +215,15 @@ def _cell_walks(matrix, by_name) -> dict:
 
 def _frag_section(preset_name: str) -> tuple[str, str]:
     import base64
-    import os
-    import tempfile
     from html import escape
 
-    from emu.tools.frag import preset, run_all
-    from emu.tools.frag.report import plot, table
+    from emu.tools.frag import DEFAULT_RAM, preset, run_all
+    from emu.tools.frag.report import describe, plot_bytes, table
 
     steps = preset(preset_name)
     runs = run_all(steps)
-    about = {"workload": preset_name, "steps": len(steps), "allocations": sum(s.op == "alloc" for s in steps),
-             "ram": "4G", "pool": "512M", "collapse": False}
-    fd, path = tempfile.mkstemp(suffix=".png")     # a PNG: thousands of steps make a large SVG
-    os.close(fd)
-    try:
-        plot(runs, about, path)
-        with open(path, "rb") as f:
-            png = base64.b64encode(f.read()).decode("ascii")
-    finally:
-        os.unlink(path)
+    about = describe(preset_name, steps, DEFAULT_RAM, 0, False)
+    png = base64.b64encode(plot_bytes(runs, about, "png")).decode("ascii")   # a PNG: thousands of steps make a large SVG
     return (f"Direct-map fragmentation: {preset_name}",
             f'<pre>{escape(table(runs, about))}</pre><img class="frag-plot" alt="isoemu frag --preset '
             f'{preset_name} --plot" style="max-width:100%" src="data:image/png;base64,{png}">')
@@ -282,7 +272,9 @@ def add_commands(sub) -> None:
     r.add_argument("--diff", action="append", metavar="A,B",
                    help="a pair of spaces to diff (repeatable; default: A.user,A.kernel and A.kernel,A.asi; "
                         "with --image the first two roots)")
-    r.add_argument("--frag", metavar="PRESET", choices=["keys", "guest", "churn"],
+    from emu.tools.frag.workload import PRESETS
+
+    r.add_argument("--frag", metavar="PRESET", choices=list(PRESETS),
                    help="add the fragmentation experiment on this preset (keys, guest, churn: 'isoemu frag')")
     _image_group(r, many_roots=True)
     r.set_defaults(func=cmd_report)

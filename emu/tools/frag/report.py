@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 from emu.errors import ConfigError
+from emu.hw.paging import fmt_size
 from emu.tools.frag.run import FIGURES, Run
+from emu.tools.frag.strategies import ReservedStrategy
+from emu.tools.frag.workload import Step
 
 #: what each figure is, for the table and the JSON
 UNITS = {"DirectMap4k": "kB", "DirectMap2M": "kB", "DirectMap1G": "kB", "stranded_kB": "kB",
@@ -63,12 +67,28 @@ PANELS = (
 )
 
 
+def describe(name: str, steps: list[Step], ram: int, pool: int, collapse: bool) -> dict:
+    """What the table, the JSON and the plot say of the run (``about``)."""
+    return {"workload": name, "steps": len(steps), "allocations": sum(st.op == "alloc" for st in steps),
+            "ram": fmt_size(ram), "pool": fmt_size(pool or ReservedStrategy.DEFAULT_POOL), "collapse": collapse}
+
+
 def plot(runs: list[Run], about: dict, path: str) -> None:
     """One column a strategy, one row a group of figures, over the steps;
     PNG or SVG as the file name ends."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".png", ".svg"):
         raise ConfigError(f"--plot {path}: the file name must end in .png or .svg")
+    data = plot_bytes(runs, about, ext[1:])
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise ConfigError(f"--plot {path}: {e.strerror}") from None
+
+
+def plot_bytes(runs: list[Run], about: dict, fmt: str) -> bytes:
+    """The plot as PNG or SVG bytes (``isoemu report`` embeds them)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -102,9 +122,9 @@ def plot(runs: list[Run], about: dict, path: str) -> None:
     fig.suptitle(f"isoemu frag: workload {about['workload']} ({about['steps']} steps), ram {about['ram']}",
                  fontsize=11)
     fig.tight_layout()
+    out = io.BytesIO()
     try:
-        fig.savefig(path, format=ext[1:], dpi=90)
-    except OSError as e:
-        raise ConfigError(f"--plot {path}: {e.strerror}") from None
+        fig.savefig(out, format=fmt, dpi=90)
     finally:
         plt.close(fig)
+    return out.getvalue()

@@ -86,10 +86,7 @@ def load(key: str):
         fmt, includes, img = entry
         if fmt != _FORMAT:
             raise ValueError("format")
-    except FileNotFoundError:
-        STATS["misses"] += 1
-        return None
-    except Exception:                      # truncated, another format, unreadable: a miss
+    except Exception:                      # absent, truncated, another format, unreadable: a miss
         STATS["misses"] += 1
         return None
     if any(file_hash(p) != h for p, h in includes.items()):

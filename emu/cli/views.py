@@ -131,7 +131,6 @@ def cmd_whereis(args) -> int:
 
 
 DEFAULT_PAIRS = ("A.user,A.kernel", "A.kernel,A.asi")
-ACCESS_CODES = {"r": 0, "w": 1, "x": 2}
 
 
 def cmd_report(args) -> int:
@@ -196,6 +195,7 @@ def _cell_walks(matrix, by_name) -> dict:
     inspection commands show (A's secret live); the rows probed after the
     secret's release are walked then by the matrix, not here."""
     from emu.cli.render import walk_text
+    from emu.hw.paging import parse_access
 
     walks = {}
     for c in matrix.cells:
@@ -207,7 +207,7 @@ def _cell_walks(matrix, by_name) -> dict:
             walks[key] = ("probed after A's munmap and close: the walk at A's yield would show the page "
                           "still mapped; see 'isoemu stats' and the matrix's row")
             continue
-        access = ACCESS_CODES[c.access]
+        access = parse_access(c.access)
         res = sp.translate(c.va, access, c.cpl)
         walks[key] = "\n".join(walk_text(res, c.va, access, c.cpl, sp.name, sp.cr3, sp.ctl.levels, ctl=sp.ctl))
     return walks

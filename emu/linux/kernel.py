@@ -74,10 +74,11 @@ def link_kernel(lay: Layout) -> Image:
         except OSError:
             continue
         stats.append((name, st.st_mtime_ns, st.st_size))
-    key = (tuple(stats), tuple(sorted(kernel_layout(lay).items())), tuple(sorted(abi.asm_symbols(lay).items())))
+    sections, symbols = kernel_layout(lay), abi.asm_symbols(lay)
+    key = (tuple(stats), tuple(sorted(sections.items())), tuple(sorted(symbols.items())))
     img = _LINKED.get(key)
     if img is None:
-        img = _LINKED[key] = link(stub_sources(), kernel_layout(lay), abi.asm_symbols(lay), include_dirs=[STUB_DIR],
+        img = _LINKED[key] = link(stub_sources(), sections, symbols, include_dirs=[STUB_DIR],
                                   required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
     return img
 

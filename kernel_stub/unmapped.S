@@ -50,20 +50,18 @@ unmapped_release:
 
 unmapped_call:
     .hook unmapped_enter
-    push rbx
     test eax, eax
     jz .Luc_alloc
     cmp eax, 1
     je .Luc_free
     call unmapped_release_owner
-    jmp .Luc_out
+    jmp .Luc_leave
 .Luc_free:
     call unmapped_free_page
-    jmp .Luc_out
+    jmp .Luc_leave
 .Luc_alloc:
     call unmapped_alloc_page
-.Luc_out:
-    pop rbx
+.Luc_leave:
     .hook unmapped_leave
     ret
 

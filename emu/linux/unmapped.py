@@ -62,18 +62,28 @@ def stats(k) -> dict[str, int]:
             "unmapped_blocks": k.read_data("nr_unmapped_blocks")}
 
 
+#: unmapped_call's operations (the eax the three entry points load)
+OPS = ("alloc", "free", "release")
+
+
 class UnmappedFlushes:
-    """The TLB model's counters moved inside the unmapped allocator."""
+    """The TLB model's counters moved inside the unmapped allocator, and each
+    call for whoever listens (``listeners``: fn(op, first argument, second
+    argument, result) after the call, with the totals up to date)."""
 
     def __init__(self, machine, tlb):
-        self.tlb = tlb
+        self.machine, self.tlb = machine, tlb
         self.at_enter: dict[str, int] | None = None
+        self.call: tuple[str, int, int] = ("", 0, 0)
         self.totals = {name: 0 for name in FLUSH_STATS.values()}
+        self.listeners: list = []
         machine.hook_site("unmapped_enter", self._enter)
         machine.hook_site("unmapped_leave", self._leave)
 
     def _enter(self, addr: int) -> None:
         self.at_enter = self.tlb.stats()
+        reg = self.machine.cpu.reg
+        self.call = (OPS[reg("rax") & 3], reg("rdi"), reg("rsi"))
 
     def _leave(self, addr: int) -> None:
         if self.at_enter is None:
@@ -82,6 +92,8 @@ class UnmappedFlushes:
         for key, name in FLUSH_STATS.items():
             self.totals[name] += now[key] - self.at_enter[key]
         self.at_enter = None
+        for fn in self.listeners:
+            fn(*self.call, self.machine.cpu.reg("rax"))
 
     def stats(self) -> dict[str, int]:
         return dict(self.totals)

@@ -25,6 +25,12 @@ allocate a page (``alloc``), free it (``free``), an owner gone
   out of the direct map as blocks; a block whose pages are all free goes
   back (restored as one 2M page) beyond one kept in reserve, and all of
   them under memory pressure (its shrinker).
+
+A page freed into a cache other owners draw from (``reserved``,
+``unmapped-alloc``) is cleared first through a temporary kernel mapping,
+one INVLPG (:meth:`DirectMap.scrub`), as kernel_stub/unmapped.S does;
+``pmd-cache`` keeps a freed page with its file (v6 cleared the blocks when
+the file was released, through the direct map once they were back in it).
 """
 
 from __future__ import annotations
@@ -220,6 +226,7 @@ class UnmappedAllocStrategy(Strategy):
         return pa
 
     def free(self, pa, owner):
+        self.dm.scrub()
         b = self.cache.give(pa)
         if b.used == 0:
             self.free_blocks.append(b)
@@ -272,6 +279,7 @@ class ReservedStrategy(Strategy):
         return pa
 
     def free(self, pa, owner):
+        self.dm.scrub()
         self.used.remove(pa)
         self.free_pages.append(pa)
 

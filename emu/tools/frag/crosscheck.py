@@ -90,9 +90,11 @@ def workload(processes: int, pages: int) -> list[Step]:
     return steps + [Step("exit", f"p{p}", where=f"p{p} exits") for p in range(processes)]
 
 
-def run_stub(strategy: str, collapse: bool, processes: int, pages: int, ram: int, pool: int):
-    """(calls, boot figures): the stub's figures after each allocator call, with the call."""
-    cfg = MachineConfig(unmapped=strategy, collapse=collapse, ram=ram, unmapped_pool=pool, asi="off")
+def run_stub(strategy: str, collapse: bool, processes: int, pages: int, ram: int, pool: int,
+             inject: frozenset = frozenset()):
+    """The stub's figures after each allocator call (with the call), at boot, the 2M pages its
+    boot made read-only, and its TLB findings."""
+    cfg = MachineConfig(unmapped=strategy, collapse=collapse, ram=ram, unmapped_pool=pool, asi="off", inject=inject)
     m = Machine(cfg, [(f"P{p}", program(pages)) for p in range(processes)], record_events=False)
     m.boot()
     calls: list[tuple[str, int, dict[str, int]]] = []
@@ -116,12 +118,13 @@ def run_stub(strategy: str, collapse: bool, processes: int, pages: int, ram: int
 
 
 def cross_check(strategy: str, collapse: bool = False, processes: int = 3, pages: int = 2,
-                ram: int = 256 << 20, pool: int = 16 << 20) -> CrossCheck:
+                ram: int = 256 << 20, pool: int = 16 << 20, inject: frozenset = frozenset()) -> CrossCheck:
+    """``strategy`` in the stub (``inject``: its injections) and in the model, compared."""
     if not 1 <= processes <= MAX_PROCESSES:
         raise ConfigError(f"frag --stub: {processes} processes: use 1 .. {MAX_PROCESSES}")
     if not 1 <= pages <= 64:
         raise ConfigError(f"frag --stub: {pages} pages a process: use 1 .. 64 (a memfd's limit here)")
-    calls, boot, read_only, findings = run_stub(strategy, collapse, processes, pages, ram, pool)
+    calls, boot, read_only, findings = run_stub(strategy, collapse, processes, pages, ram, pool, inject)
     want = ["alloc"] * (processes * pages) + (["free"] * pages + ["release"]) * processes
     if [c[0] for c in calls] != want:
         raise CrossCheckError(f"frag --stub: the stub's allocator calls were {[c[0] for c in calls]}, "
@@ -169,6 +172,12 @@ def cross_check(strategy: str, collapse: bool = False, processes: int = 3, pages
         ends.append(calls[i - 1][2])
     stub = [{n: f[n] - boot[n] for n in COMPARED} for f in ends]
     return CrossCheck(strategy, collapse, processes, pages, [st.where for st in steps], stub, model, findings)
+
+
+def to_json(checks: list[CrossCheck]) -> dict:
+    return {"figures": list(COMPARED), "checks": [
+        {"strategy": c.strategy, "collapse": c.collapse, "processes": c.processes, "pages": c.pages,
+         "steps": c.steps, "stub": c.stub, "model": c.model, "mismatches": c.mismatches()} for c in checks]}
 
 
 def table(checks: list[CrossCheck]) -> str:

@@ -20,9 +20,10 @@
 #                   cache for every user, refilled with whole PMD blocks; a
 #                   block whose pages are all free goes back beyond one kept
 #
-# A page that goes back to a cache other owners draw from (reserved,
-# unmapped-alloc) is cleared first through the temporary kernel mapping
-# (gmem_scrub_unmapped, guest_memfd.S).  collapse=on folds a direct-map table
+# A page handed out again from a cache other owners draw from (reserved,
+# unmapped-alloc) is cleared on the way out through the temporary kernel
+# mapping (gmem_scrub_unmapped, guest_memfd.S); a fresh block was cleared
+# through the direct map before it left.  collapse=on folds a direct-map table
 # whose entries are whole again back into a large page (x86's 41d88484c71c
 # collapse_large_pages), flushing before the table is freed.
 #
@@ -170,11 +171,6 @@ unmapped_free_page:
     call unmapped_collapse
     jmp .Lufp_out
 .Lufp_cache:
-    cmp qword ptr [unmapped_strategy], UNMAPPED_PMD_CACHE
-    je .Lufp_give                       # v6: the page stays with its file
-    mov rdi, rbx
-    call gmem_scrub_unmapped            # cleared before another owner can get it
-.Lufp_give:
     mov rdi, rbx
     call ublk_of
     test rax, rax
@@ -183,6 +179,10 @@ unmapped_free_page:
     sub rcx, qword ptr [rax + UBLK_pa]
     shr rcx, PAGE_SHIFT
     btr qword ptr [rax + UBLK_map], rcx
+    cmp qword ptr [unmapped_strategy], UNMAPPED_PMD_CACHE
+    je .Lufp_used                       # v6: the page stays with its file
+    bts qword ptr [rax + UBLK_dirty], rcx   # cleared before another user gets it
+.Lufp_used:
     dec qword ptr [rax + UBLK_used]
     jnz .Lufp_out
     cmp qword ptr [unmapped_strategy], UNMAPPED_ALLOC
@@ -258,8 +258,11 @@ ublk_of:
 .Lubo_done:
     ret
 
-# ublk_take(block) -> pa of its lowest free page, marked in use
+# ublk_take(block) -> pa of its lowest free page, marked in use; a page
+# another user of a shared cache freed is cleared on the way out, through the
+# temporary kernel mapping (as __GFP_ZERO would)
 ublk_take:
+    push rbx
     lea rsi, [rdi + UBLK_map]
     xor ecx, ecx
 .Lubt_word:
@@ -271,15 +274,23 @@ ublk_take:
     cmp ecx, 8
     jb .Lubt_word
     xor eax, eax
+    pop rbx
     ret
 .Lubt_found:
-    bts qword ptr [rsi + rcx * 8], rdx
-    inc qword ptr [rdi + UBLK_used]
     shl rcx, 6
-    add rcx, rdx
-    shl rcx, PAGE_SHIFT
-    mov rax, qword ptr [rdi + UBLK_pa]
-    add rax, rcx
+    add rcx, rdx                        # the page's index in the block
+    bts qword ptr [rdi + UBLK_map], rcx
+    inc qword ptr [rdi + UBLK_used]
+    mov rbx, rcx
+    shl rbx, PAGE_SHIFT
+    add rbx, qword ptr [rdi + UBLK_pa]
+    btr qword ptr [rdi + UBLK_dirty], rcx
+    jnc .Lubt_clean
+    mov rdi, rbx
+    call gmem_scrub_unmapped
+.Lubt_clean:
+    mov rax, rbx
+    pop rbx
     ret
 
 # ublk_refill(owner, kind) -> a new block of owner, or 0: a PMD-size page from

@@ -33,11 +33,10 @@ END = {
     # a PMD-size page per file leaves the direct map whole (one flush each); b's goes back at
     # exit, a's stays in a's cache although all its pages are free (a never exits)
     ("pmd-cache", False): [0, 65536, 0, 0, 0, 0, 2, 0, 2, 31, 2048, 2048, 0, 0],
-    # the pool leaves the direct map at boot (4 PMDs, one flush) and never comes back; each of
-    # the 3 keys freed into it is cleared through the temporary mapping first (an INVLPG)
-    ("reserved", False): [0, 65536, 0, 0, 0, 0, 1, 3, 4, 28, 8192, 0, 0, 0],
-    # one shared block for every user; the last free block is kept in reserve; 3 scrubs
-    ("unmapped-alloc", False): [0, 65536, 0, 0, 0, 0, 1, 3, 1, 31, 2048, 2048, 0, 0],
+    # the pool leaves the direct map at boot (4 PMDs, one flush) and never comes back
+    ("reserved", False): [0, 65536, 0, 0, 0, 0, 1, 0, 4, 28, 8192, 0, 0, 0],
+    # one shared block for every user; the last free block is kept in reserve
+    ("unmapped-alloc", False): [0, 65536, 0, 0, 0, 0, 1, 0, 1, 31, 2048, 2048, 0, 0],
 }
 
 

@@ -64,12 +64,14 @@ def stub_check(args, strategies) -> int:
             raise ConfigError(f"frag: unknown strategy {word!r}; strategies: {', '.join(strategies)}")
     ram = parse_ram(args.ram) if args.ram else 256 << 20
     checks = [cross_check(n, args.collapse, parse_count(args.processes, "--processes"),
-                          parse_count(args.pages, "--pages"), ram=ram) for n in names]
+                          parse_count(args.pages, "--pages"), late=parse_count(args.late, "--late", lo=0),
+                          ram=ram) for n in names]
     bad = [f"{c.strategy}: {m}" for c in checks for m in c.mismatches()]
     if args.json:
         print_json(to_json(checks), args)
     else:
-        print(f"stub against model: {checks[0].processes} processes x {checks[0].pages} secret pages, ram "
+        c = checks[0]
+        print(f"stub against model: {c.processes} processes x {c.pages} secret pages ({c.late} late), ram "
               f"{ram >> 20}M, collapse {'on' if args.collapse else 'off'}")
         print(table(checks))
         for line in bad:
@@ -107,6 +109,8 @@ def add_commands(sub) -> None:
                         "step; exit status 1 on a difference")
     g.add_argument("--processes", default="3", help="--stub: processes, each with one memfd_secret file (default 3)")
     g.add_argument("--pages", default="2", help="--stub: secret pages a process touches (default 2)")
+    g.add_argument("--late", default="0", help="--stub: of the processes, how many allocate only after the others "
+                                               "have exited, reusing what they freed (default 0)")
     p.add_argument("--check", action="store_true",
                    help="check every invariant after every step (slower): counters against the tables")
     p.add_argument("--plot", metavar="FILE", help="plot the figures over the workload, strategies side by side "

@@ -170,9 +170,10 @@ SI_SIGNO, SI_ERRNO, SI_CODE, SI_ADDR = 0, 4, 8, 16
 SEGV_MAPERR, SEGV_ACCERR = 1, 2
 
 # the unmapped allocator (kernel_stub/unmapped.S): its table of 2 MiB blocks out of the direct
-# map, each {pa, owner (a file, or UNMAPPED_SHARED), pages in use, a 512-bit map of them}
+# map, each {pa, owner (a file, or UNMAPPED_SHARED), pages in use, a 512-bit map of them, and
+# of the pages freed by a user of a shared cache and not cleared since}
 UNMAPPED_MAX_BLOCKS = 64
-UBLK, UBLK_SIZE = _struct([("pa", 8), ("owner", 8), ("used", 8), ("map", 64)])
+UBLK, UBLK_SIZE = _struct([("pa", 8), ("owner", 8), ("used", 8), ("map", 64), ("dirty", 64)])
 UNMAPPED_SHARED = 1               # the owner of a cache every user draws from (reserved, unmapped-alloc)
 EX_TYPE_DEFAULT, EX_TYPE_CALL = 0, 1
 EX_TABLE_MAX = 128

@@ -3,8 +3,9 @@ against the model").
 
 One workload of secret pages: M processes, each with a memfd_secret file of
 N pages that it touches one by one and then yields; once every process
-holds its pages they exit in turn, which releases their files.  It runs
-twice:
+holds its pages they exit in turn, which releases their files.  The last
+L of them ("late") yield first, and allocate only after the others have
+exited, so they reuse what the others freed.  It runs twice:
 
 * in the kernel stub under ``unmapped=STRATEGY`` (and ``collapse=``), as
   real processes; every call into the unmapped allocator
@@ -58,6 +59,7 @@ class CrossCheck:
     collapse: bool
     processes: int
     pages: int
+    late: int
     steps: list[str] = field(default_factory=list)
     stub: list[dict[str, int]] = field(default_factory=list)
     model: list[dict[str, int]] = field(default_factory=list)
@@ -76,26 +78,31 @@ class CrossCheck:
         return self.stub[-1], self.model[-1]
 
 
-def program(pages: int) -> str:
-    """A process's program: a secret file of ``pages`` pages, each touched, then a yield, then exit."""
+def program(pages: int, late: bool = False) -> str:
+    """A process's program: a secret file of ``pages`` pages, each touched, then a yield, then exit
+    (``late``: a yield first)."""
+    yield_ = "    mov eax, SYS_sched_yield\n    syscall\n"
     touches = "\n".join(f"    mov byte ptr [r13 + {i * PAGE_SIZE}], 1" for i in range(pages))
-    return (f'.include "isoemu.inc"\n.text\n_start:\n    secret_map r13, {pages * PAGE_SIZE}, {pages * PAGE_SIZE}\n'
-            f"{touches}\n    mov eax, SYS_sched_yield\n    syscall\n    sys_exit 0\n")
+    return (f'.include "isoemu.inc"\n.text\n_start:\n{yield_ if late else ""}'
+            f"    secret_map r13, {pages * PAGE_SIZE}, {pages * PAGE_SIZE}\n{touches}\n{yield_}    sys_exit 0\n")
 
 
-def workload(processes: int, pages: int) -> list[Step]:
-    """The model's steps: every page allocated, process by process, then every process exits."""
-    steps = [Step("alloc", f"p{p}.k{i}", 1, owner=f"p{p}", where=f"p{p} page {i}")
-             for p in range(processes) for i in range(pages)]
-    return steps + [Step("exit", f"p{p}", where=f"p{p} exits") for p in range(processes)]
+def workload(processes: int, pages: int, late: int = 0) -> list[Step]:
+    """The model's steps: every page of the early processes allocated, process by process, then
+    they exit; then the late ones, the same way."""
+    def wave(ps):
+        return [Step("alloc", f"p{p}.k{i}", 1, owner=f"p{p}", where=f"p{p} page {i}") for p in ps
+                for i in range(pages)] + [Step("exit", f"p{p}", where=f"p{p} exits") for p in ps]
+    return wave(range(processes - late)) + wave(range(processes - late, processes))
 
 
-def run_stub(strategy: str, collapse: bool, processes: int, pages: int, ram: int, pool: int,
+def run_stub(strategy: str, collapse: bool, processes: int, pages: int, late: int, ram: int, pool: int,
              inject: frozenset = frozenset()):
     """The stub's figures after each allocator call (with the call), at boot, the 2M pages its
     boot made read-only, and its TLB findings."""
     cfg = MachineConfig(unmapped=strategy, collapse=collapse, ram=ram, unmapped_pool=pool, asi="off", inject=inject)
-    m = Machine(cfg, [(f"P{p}", program(pages)) for p in range(processes)], record_events=False)
+    m = Machine(cfg, [(f"P{p}", program(pages, p >= processes - late)) for p in range(processes)],
+                record_events=False)
     m.boot()
     calls: list[tuple[str, int, dict[str, int]]] = []
 
@@ -117,15 +124,18 @@ def run_stub(strategy: str, collapse: bool, processes: int, pages: int, ram: int
     return calls, boot, read_only, [f.line() for f in m.findings]
 
 
-def cross_check(strategy: str, collapse: bool = False, processes: int = 3, pages: int = 2,
+def cross_check(strategy: str, collapse: bool = False, processes: int = 3, pages: int = 2, late: int = 0,
                 ram: int = 256 << 20, pool: int = 16 << 20, inject: frozenset = frozenset()) -> CrossCheck:
     """``strategy`` in the stub (``inject``: its injections) and in the model, compared."""
     if not 1 <= processes <= MAX_PROCESSES:
         raise ConfigError(f"frag --stub: {processes} processes: use 1 .. {MAX_PROCESSES}")
     if not 1 <= pages <= 64:
         raise ConfigError(f"frag --stub: {pages} pages a process: use 1 .. 64 (a memfd's limit here)")
-    calls, boot, read_only, findings = run_stub(strategy, collapse, processes, pages, ram, pool, inject)
-    want = ["alloc"] * (processes * pages) + (["free"] * pages + ["release"]) * processes
+    if not 0 <= late < processes:
+        raise ConfigError(f"frag --stub: {late} late processes of {processes}: use 0 .. {processes - 1}")
+    calls, boot, read_only, findings = run_stub(strategy, collapse, processes, pages, late, ram, pool, inject)
+    steps = workload(processes, pages, late)
+    want = [c for st in steps for c in (["alloc"] if st.op == "alloc" else ["free"] * pages + ["release"])]
     if [c[0] for c in calls] != want:
         raise CrossCheckError(f"frag --stub: the stub's allocator calls were {[c[0] for c in calls]}, "
                               f"not the workload's {want}")
@@ -138,7 +148,6 @@ def cross_check(strategy: str, collapse: bool = False, processes: int = 3, pages
         elif op == "alloc" and fig["blocks"] > blocks:
             replay.append((9, result & -SIZE_2M))
         blocks = fig["blocks"]
-    steps = workload(processes, pages)
     ex = Experiment(strategy, ram=ram, collapse=collapse, pool=pool, check="full")
     for pa in read_only:                        # the stub's boot shape, then figures from there
         ex.dm.make_read_only(pa)
@@ -171,12 +180,12 @@ def cross_check(strategy: str, collapse: bool = False, processes: int = 3, pages
         i += 1 if st.op == "alloc" else pages + 1
         ends.append(calls[i - 1][2])
     stub = [{n: f[n] - boot[n] for n in COMPARED} for f in ends]
-    return CrossCheck(strategy, collapse, processes, pages, [st.where for st in steps], stub, model, findings)
+    return CrossCheck(strategy, collapse, processes, pages, late, [st.where for st in steps], stub, model, findings)
 
 
 def to_json(checks: list[CrossCheck]) -> dict:
     return {"figures": list(COMPARED), "checks": [
-        {"strategy": c.strategy, "collapse": c.collapse, "processes": c.processes, "pages": c.pages,
+        {"strategy": c.strategy, "collapse": c.collapse, "processes": c.processes, "pages": c.pages, "late": c.late,
          "steps": c.steps, "stub": c.stub, "model": c.model, "mismatches": c.mismatches()} for c in checks]}
 
 

@@ -178,10 +178,13 @@ unmapped_free_page:
     mov rcx, rbx
     sub rcx, qword ptr [rax + UBLK_pa]
     shr rcx, PAGE_SHIFT
-    btr qword ptr [rax + UBLK_map], rcx
+    mov rdx, rcx
+    shr rdx, 6                          # the qword of the map
+    and ecx, 63                         # the bit in it
+    btr qword ptr [rax + UBLK_map + rdx * 8], rcx
     cmp qword ptr [unmapped_strategy], UNMAPPED_PMD_CACHE
     je .Lufp_used                       # v6: the page stays with its file
-    bts qword ptr [rax + UBLK_dirty], rcx   # cleared before another user gets it
+    bts qword ptr [rax + UBLK_dirty + rdx * 8], rcx   # cleared before another user gets it
 .Lufp_used:
     dec qword ptr [rax + UBLK_used]
     jnz .Lufp_out
@@ -277,14 +280,14 @@ ublk_take:
     pop rbx
     ret
 .Lubt_found:
-    shl rcx, 6
-    add rcx, rdx                        # the page's index in the block
-    bts qword ptr [rdi + UBLK_map], rcx
+    bts qword ptr [rsi + rcx * 8], rdx  # (bit offsets below 64: one qword, as the tracer models it)
     inc qword ptr [rdi + UBLK_used]
     mov rbx, rcx
+    shl rbx, 6
+    add rbx, rdx                        # the page's index in the block
     shl rbx, PAGE_SHIFT
     add rbx, qword ptr [rdi + UBLK_pa]
-    btr qword ptr [rdi + UBLK_dirty], rcx
+    btr qword ptr [rdi + UBLK_dirty + rcx * 8], rdx
     jnc .Lubt_clean
     mov rdi, rbx
     call gmem_scrub_unmapped

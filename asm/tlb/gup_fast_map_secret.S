@@ -3,7 +3,7 @@
 ; memfd_secret file's, so GUP-fast's folio_is_secretmem check refuses them
 ; (-EFAULT after the slow path's VMA check); with the check left out
 ; (inject=gup_fast_secretmem) the read through the direct map oopses.
-; isoemu: inject=gup_fast_secretmem|none
+; isoemu: inject=none|gup_fast_secretmem
 ; expect: touch ok
 ; expect[inject=none]: gup rax=-EFAULT
 ; expect[inject=gup_fast_secretmem]: gup oops 14 0x0

@@ -11,7 +11,7 @@
 ; so an oops (#PF 0x0, not present, read, supervisor), as the CVE's crash.
 ; This file uses memfd_secret's page; gup_fast_map_secret.S the same with
 ; MAP_SECRET memory.
-; isoemu: inject=gup_fast_secretmem|none asi=on|off
+; isoemu: inject=none|gup_fast_secretmem asi=on|off
 ; expect: plain rax=0 rdx=0x0a7a
 ; expect: touch ok
 ; expect[inject=none]: gup rax=-EFAULT

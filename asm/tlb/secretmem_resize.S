@@ -8,7 +8,7 @@
 ; Without the injection the second ftruncate is -EINVAL and the process goes
 ; on; with it (inject=secretmem_resize) the zeroing writes through the
 ; removed entry: an oops on #PF 0x2 (not present, write, supervisor).
-; isoemu: inject=secretmem_resize|none asi=on|off
+; isoemu: inject=none|secretmem_resize asi=on|off
 ; expect: size rax=0
 ; expect: touch ok
 ; expect: unmap rax=0

@@ -100,3 +100,18 @@ def test_flushes_per_batch_against_secretmem(pages):
 def test_noflush_injection_pays_nothing():
     s = run(fd(4), MachineConfig(asi="off", inject=("xpfo_noflush",)))
     assert (s["xpfo_pages_removed"], s["xpfo_flushes"]) == (4, 0)
+
+
+def test_bench_secret_group():
+    """``isoemu bench --only secret``: flushes per page of xpfo's batch
+    against secretmem's (exact counts), and three lifecycle rates, each with
+    the anonymous-page lifecycle of the same run as its baseline."""
+    from emu.dev.bench import run_bench
+
+    figs = run_bench(quick=True, only=["secret"])["figures"]
+    assert [f["name"].split(" ")[0] for f in figs] == [
+        "xpfo_flushes_per_page", "secret_page_lifecycles_per_s", "guest_memfd_page_lifecycles_per_s",
+        "xpfo_page_lifecycles_per_s"]
+    assert (figs[0]["value"], figs[0]["baseline"], figs[0]["met"]) == (1 / 64, 1.0, True)
+    assert all(f["value"] > 0 and f["baseline"] > 0 and "ratio" in f for f in figs)
+    assert len({f["baseline"] for f in figs[1:]}) == 1

@@ -11,14 +11,9 @@ VMLAUNCH/VMRESUME and the EPT would.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from emu.errors import GuestError
 from emu.hw.vmx import VCPU_REGS, Vcpu
 from emu.linux import abi, kvm_abi
-
-if TYPE_CHECKING:
-    from emu.linux.machine import Machine
 
 _OPS = {v: k for k, v in kvm_abi.VCPU_OPS.items()}
 
@@ -26,7 +21,8 @@ _OPS = {v: k for k, v in kvm_abi.VCPU_OPS.items()}
 class VcpuDevice:
     """One :class:`~emu.hw.vmx.Vcpu` per vCPU file of the stub."""
 
-    def __init__(self, machine: "Machine"):
+    def __init__(self, machine):
+        """``machine``: the :class:`~emu.linux.machine.Machine` whose stub calls it."""
         self.m = machine
         self.vcpus: dict[int, Vcpu] = {}        # the vCPU file's kernel address -> its CPU
         self.running: Vcpu | None = None

@@ -100,8 +100,8 @@ kvm_set_memory_region:
     lea rsi, [rsp]
     mov rdx, r12
     call kvm_gmem_bind
-    test rax, rax
-    js .Lsmr_out
+    cmp rax, -4095                      # IS_ERR: a file is a kernel address
+    jae .Lsmr_out
     mov rbp, rax
 .Lsmr_fill:
     mov eax, dword ptr [rsp + REGION2_flags]

@@ -62,6 +62,7 @@ _REG_IDS = [getattr(X, f"UC_X86_REG_{r.upper()}") for r in VCPU_REGS]
 _UNMAPPED = {UC.UC_MEM_READ_UNMAPPED: EPT_VIOLATION_ACC_READ, UC.UC_MEM_WRITE_UNMAPPED: EPT_VIOLATION_ACC_WRITE,
              UC.UC_MEM_FETCH_UNMAPPED: EPT_VIOLATION_ACC_INSTR}
 PAGE = 4096
+VEC_UD = 6
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Vcpu:
         self.uc.hook_add(UC.UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         self.uc.hook_add(UC.UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
         self.uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
+        self.uc.hook_add(UC.UC_HOOK_INSN_INVALID, self._on_invalid)
         self.uc.hook_add(UC.UC_HOOK_CODE, self._on_insn)
         # a clean context: restored at every entry, so a fault of an earlier
         # run never turns into a #DF (docs/architecture.md, Unicorn fact 3)
@@ -157,6 +159,10 @@ class Vcpu:
     def _on_out(self, uc, port, size, value, ud):
         self._exit = VmExit(EXIT_REASON_IO_INSTRUCTION, (size - 1) | (port << 16), value=value)
         uc.emu_stop()
+
+    def _on_invalid(self, uc, ud):
+        self._exit = VmExit(EXIT_REASON_TRIPLE_FAULT, vector=VEC_UD)
+        return False
 
     def _on_intr(self, uc, vector, ud):
         self._exit = VmExit(EXIT_REASON_TRIPLE_FAULT, vector=vector)

@@ -12,7 +12,7 @@ VMLAUNCH/VMRESUME and the EPT would.
 from __future__ import annotations
 
 from emu.errors import GuestError
-from emu.hw.vmx import VCPU_REGS, Vcpu
+from emu.hw.vmx import EXIT_REASON_PREEMPTION_TIMER, VCPU_REGS, Vcpu, VmExit
 from emu.linux import abi, kvm_abi
 
 _OPS = {v: k for k, v in kvm_abi.VCPU_OPS.items()}
@@ -65,11 +65,16 @@ class VcpuDevice:
         k = self.m.kernel
         base = file + abi.FILE["pages"]
         regs = [k.read_q(base + kvm_abi.VCPU_REGS + 8 * i) for i in range(len(VCPU_REGS))]
-        self.running = v
-        try:
-            regs, ex = v.run(regs, self.timeslice)
-        finally:
-            self.running = None
+        if self.m.cpu.stop_reason is not None:
+            # a stop is pending (Ctrl-C between two runs): the guest is not
+            # entered, and the exit is the timer's
+            ex = VmExit(EXIT_REASON_PREEMPTION_TIMER)
+        else:
+            self.running = v
+            try:
+                regs, ex = v.run(regs, self.timeslice)
+            finally:
+                self.running = None
         for i, val in enumerate(regs):
             k.write_q(base + kvm_abi.VCPU_REGS + 8 * i, val)
         for name, val in (("reason", ex.reason), ("qualification", ex.qualification), ("gpa", ex.gpa),

@@ -90,9 +90,9 @@ WITH_ASI = ["A.user", "A.kernel", "A.asi", "B.user"]
 def test_every_cell_matches_linux(cfg, columns):
     r = run_matrix(cfg)
     assert r.spaces == columns
-    # 12 regions x r/w/x in each of A's spaces, then the released secret's row;
+    # 15 regions x r/w/x in each of A's spaces, then the released secret's row;
     # B.user has no released row (B never owned the secret page)
-    assert len(r.cells) == 39 * (len(columns) - 1) + 36
+    assert len(r.cells) == 48 * (len(columns) - 1) + 45
     assert [(c.region, c.space, c.access, c.got.text(), c.want.text()) for c in r.mismatches] == []
 
 

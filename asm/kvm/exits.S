@@ -7,7 +7,12 @@
 ; kvm_mmu_prepare_memory_fault_exit).  OUT is KVM_EXIT_IO with its data in the
 ; kvm_run page; HLT is KVM_EXIT_HLT (no in-kernel APIC); the registers come
 ; back with KVM_GET_REGS.  A vCPU starts at RIP 0xfff0, RFLAGS 0x2
-; (kvm_vcpu_reset); KVM_SET_REGS forces RFLAGS bit 1 (__set_regs).
+; (kvm_vcpu_reset); KVM_SET_REGS forces RFLAGS bit 1 (__set_regs).  A
+; shared access to a slot whose userspace_addr maps nothing is a memory-fault
+; exit without the PRIVATE flag, and -EFAULT (hva_to_pfn fails:
+; kvm_handle_error_pfn); a shared access outside every slot would be
+; emulated MMIO, which the stub reports as KVM_EXIT_INTERNAL_ERROR
+; (KVM_INTERNAL_ERROR_EMULATION), KVM_RUN 0.
 ; expect: slot rax=0
 ; expect: reset rax=0xfff0 rbx=0x2
 ; expect: set rax=0
@@ -19,6 +24,11 @@
 ; expect: hlt_exit rax=KVM_EXIT_HLT
 ; expect: get rax=0
 ; expect: regs rax=0x41 rbx=0x1234 rcx=KVM_GPA_SHARED+guest_after_hlt-guest rdx=0x2
+; expect: nohva_slot rax=0
+; expect: run_nohva rax=-EFAULT
+; expect: nohva_exit rax=KVM_EXIT_MEMORY_FAULT rbx=0 rcx=0x10000 rdx=PAGE_SIZE
+; expect: run_noslot rax=0
+; expect: noslot_exit rax=KVM_EXIT_INTERNAL_ERROR rbx=KVM_INTERNAL_ERROR_EMULATION
 ; expect: run_arg rax=-EINVAL
 ; expect: bad_ioctl rax=-EINVAL
 .include "kvm.inc"
@@ -82,6 +92,24 @@ hlt_exit:
     mov rbx, qword ptr [rbx + KVM_REGS_rbx]
 regs:
     nop
+    mov rbx, 0x500000000                ; nothing is mapped there
+    kvm_memslot nohva_slot, r12, 1, 0, 0x10000, 0x1000, rbx, 0, 0
+    lea rax, [guest_nohva]
+    call .Lset_rip
+    kvm_run run_nohva, r13
+    mov eax, dword ptr [r15 + KVM_RUN_exit_reason]
+    mov rbx, qword ptr [r15 + KVM_RUN_memory_fault_flags]
+    mov rcx, qword ptr [r15 + KVM_RUN_memory_fault_gpa]
+    mov rdx, qword ptr [r15 + KVM_RUN_memory_fault_size]
+nohva_exit:
+    nop
+    lea rax, [guest_noslot]
+    call .Lset_rip
+    kvm_run run_noslot, r13
+    mov eax, dword ptr [r15 + KVM_RUN_exit_reason]
+    mov ebx, dword ptr [r15 + KVM_RUN_internal_suberror]
+noslot_exit:
+    nop
     mov rdi, r13
     mov esi, KVM_RUN
     mov edx, 1
@@ -98,6 +126,17 @@ bad_ioctl:
     xor edi, edi
     syscall
 
+; .Lset_rip(rax = a label of the guest): its RIP, at the shared alias of gpa 0
+.Lset_rip:
+    lea rcx, [guest]
+    sub rax, rcx
+    movabs rcx, KVM_GPA_SHARED
+    add rax, rcx
+    lea rbx, [rsp + 8]
+    mov qword ptr [rbx + KVM_REGS_rip], rax
+    vcpu_regs .Lset_regs, r13, KVM_SET_REGS, rbx
+    ret
+
 ; the guest: 64-bit code, no paging (docs/guest_memfd.md, "The VM")
 guest:
     mov eax, 0x41
@@ -106,4 +145,12 @@ guest:
     hlt
 guest_after_hlt:
     jmp guest
+guest_nohva:
+    movabs rax, KVM_GPA_SHARED + 0x10000
+    mov al, byte ptr [rax]
+    hlt
+guest_noslot:
+    movabs rax, KVM_GPA_SHARED + 0x20000
+    mov al, byte ptr [rax]
+    hlt
 guest_end:

@@ -38,6 +38,7 @@ from unicorn import Uc, UcError
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 
+from emu.errors import GuestError
 from emu.hw.phys import PhysMem
 
 # basic exit reasons (Intel SDM Vol. 3D, appendix C)
@@ -132,9 +133,10 @@ class Vcpu:
         rip = regs[VCPU_REGS.index("rip")]
         try:
             self.uc.emu_start(rip, 0, 0, 0)
-        except UcError:
+        except UcError as e:
             if self._exit is None:                 # no hook saw why: a CPU error
-                raise
+                raise GuestError(f"the vCPU stopped: {e} at guest RIP {self.uc.reg_read(X.UC_X86_REG_RIP):#x}") \
+                    from None
         ex = self._exit
         if ex is None:                             # Unicorn stops at 'hlt' on its own
             ex = VmExit(EXIT_REASON_HLT)

@@ -240,7 +240,7 @@ gmem_truncate:
     ret
 
 # gmem_release(file): the last reference is gone: every page is freed, then
-# the index, then the VM's reference (kvm_gmem_release, evict)
+# the index, the memslots' bindings, then the VM's reference (kvm_gmem_release, evict)
 gmem_release:
     push rbx
     mov rbx, rdi
@@ -253,6 +253,8 @@ gmem_release:
     VA_TO_PA rdi
     xor esi, esi
     call free_page
+    mov rdi, rbx
+    call kvm_gmem_unbind                # kvm_vm.S
     mov rdi, qword ptr [rbx + FILE_pages + 8]
     call file_put
     pop rbx

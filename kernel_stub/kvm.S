@@ -1,5 +1,5 @@
 # /dev/kvm, its VM and vCPU files, and the file calls guest_memfd needs (open,
-# fstat, pread64, pwrite64, ioctl).  After virt/kvm/kvm_main.c, fs/open.c,
+# fstat, pread64, pwrite64, ioctl).  Memslots and vCPUs are in kvm_vm.S.  After virt/kvm/kvm_main.c, fs/open.c,
 # fs/read_write.c, fs/stat.c.  docs/guest_memfd.md.
 
 .text
@@ -224,25 +224,4 @@ kvm_file_release:
     je kvm_vm_release
     cmp rax, FILE_KVM_VCPU
     je kvm_vcpu_release
-    ret
-
-# --- the VM: memslots ------------------------------------------------------------------
-# kvm_set_memory_region(vm, user region2) -> 0 or -errno (kvm_set_memory_region)
-kvm_set_memory_region:
-    mov rax, -ENOTTY
-    ret
-
-kvm_vm_release:
-    ret
-
-# --- vCPUs -----------------------------------------------------------------------------
-kvm_create_vcpu:
-    mov rax, -ENOTTY
-    ret
-
-kvm_vcpu_ioctl:
-    mov rax, -EINVAL
-    ret
-
-kvm_vcpu_release:
     ret

@@ -83,6 +83,8 @@ sys_mmap:
     je .Lmm_gmem
     cmp qword ptr [r8 + FILE_type], FILE_XPFO
     je .Lmm_xpfo
+    cmp qword ptr [r8 + FILE_type], FILE_KVM_VCPU
+    je .Lmm_vcpu
     cmp qword ptr [r8 + FILE_type], FILE_SECRETMEM
     jne .Lmm_nodev
     # do_mmap (mm/mmap.c): the secretmem mount is noexec, so PROT_EXEC is
@@ -141,6 +143,13 @@ sys_mmap:
     test rax, rax
     js .Lmm_out
     mov r9, rax
+    jmp .Lmm_place
+.Lmm_vcpu:
+    # kvm_vcpu_mmap: any mapping; its page 0 is the kvm_run page (kvm_vcpu_fault)
+    mov r9, VM_KVM_RUN
+    test r14, MAP_SHARED
+    jz .Lmm_place
+    or r9, VM_SHARED
     jmp .Lmm_place
 .Lmm_anon:
     test r14, MAP_SECRET

@@ -101,7 +101,8 @@ def test_matrix_json_schema(matrix_json):
     assert regions == ["user_text", "user_data", "secret_user", "secret_direct_map", "xpfo_user",
                        "xpfo_direct_map", "direct_map",
                        "direct_map_sensitive", "kernel_text", "kernel_data", "entry_text", "cpu_entry_area",
-                       "kernel_stack", "vmalloc", "secret_direct_map_released"]
+                       "kernel_stack", "vmalloc", "gmem_private_user", "gmem_direct_map",
+                       "gmem_nodm_direct_map", "secret_direct_map_released"]
     assert all(set(r) == {"name", "description"} and r["description"] for r in doc["regions"])
     cpl = {"A.user": 3, "B.user": 3, "A.kernel": 0, "A.asi": 0}
     for c in doc["cells"]:

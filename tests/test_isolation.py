@@ -101,9 +101,9 @@ WITH_ASI = ["A.user", "A.kernel", "A.asi", "B.user"]
 def test_every_cell_matches_linux(cfg, columns):
     r = run_matrix(cfg)
     assert r.spaces == columns
-    # 14 regions x r/w/x in each of A's spaces, then the released secret's row;
+    # 18 regions x r/w/x in each of A's spaces, then the released secret's row;
     # B.user has no released row (B never owned the secret page)
-    assert len(r.cells) == 45 * (len(columns) - 1) + 42
+    assert len(r.cells) == 54 * (len(columns) - 1) + 51
     assert [(c.region, c.space, c.access, c.got.text(), c.want.text()) for c in r.mismatches] == []
 
 

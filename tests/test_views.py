@@ -49,6 +49,12 @@ def xpfo_of(mm):
     return va, m.pa_of(va, "A.user")
 
 
+def gmem_nodm_of(mm):
+    """The frame of A's private NO_DIRECT_MAP guest_memfd page (its alias, noted while shared)."""
+    m = mm.m
+    return m.read_u64(mm.a.image.symbols["va_gmem_nodm_dm"], "A.kernel") - m.layout.page_offset
+
+
 def range_at(d, va):
     hits = [r for r in d.ranges if r.va <= va < r.end]
     assert len(hits) <= 1
@@ -60,8 +66,8 @@ def test_diff_user_kernel_under_pti(paused):
     """A.user against A.kernel (PTI): the user half differs only where the
     kernel's copy of a user PGD entry adds NX (user text: executable only in
     A.user, arch/x86/mm/pti.c pti_set_user_pgtbl); the kernel half that only
-    A.kernel maps is the direct map (less the secret page, mapped by
-    neither), vmalloc (kernel stacks) and the kernel image; the PTI-cloned
+    A.kernel maps is the direct map (less the secret page, the xpfo page and the
+    NO_DIRECT_MAP guest_memfd page, mapped by neither), vmalloc (kernel stacks) and the kernel image; the PTI-cloned
     entry text and cpu_entry_area are the same in both."""
     m = paused.m
     maps = maps_of(m)
@@ -76,6 +82,7 @@ def test_diff_user_kernel_under_pti(paused):
         (secret_va, None, None),
         (dm + secret_pa, None, None),                                  # out of the direct map: in neither
         (dm + xpfo_of(paused)[1], None, None),                         # the xpfo page: likewise
+        (dm + gmem_nodm_of(paused), None, None),                       # NO_DIRECT_MAP guest_memfd: the same
         (dm + k.kva_to_pa(k.sym("probe_data_ret")), "only-b", "kernel_text"),
         (dm + m.pa_of(abi.USER_DATA, "A.user"), "only-b", "user"),
         (k.sym("probe_target_ret"), "only-b", "kernel_text"),
@@ -95,10 +102,11 @@ def test_diff_user_kernel_under_pti(paused):
     assert (r.a.flags & 7, r.b.flags & 7) == (0b101, 0b001)           # user r-x | user r--
     assert {r.what for r in d.ranges} == {"permissions", "only-b"}
     assert [r for r in d.ranges if r.what == "permissions"] == [r]
-    # the direct map: all of RAM but the secret page and the xpfo page, only in A.kernel
+    # the direct map: all of RAM but the secret page, the xpfo page and the
+    # NO_DIRECT_MAP guest_memfd page, only in A.kernel
     covered = sum(min(r.end, dm + m.mem.size) - max(r.va, dm) for r in d.ranges
                   if r.va < dm + m.mem.size and r.end > dm)
-    assert covered == m.mem.size - 2 * 4096
+    assert covered == m.mem.size - 3 * 4096
 
 
 def test_diff_kernel_asi_is_the_sensitive_memory(paused):
@@ -123,7 +131,7 @@ def test_diff_kernel_asi_is_the_sensitive_memory(paused):
     for pfn in range(m.mem.size >> 12):
         cls = frames.classify(pfn)
         seen.add(cls.sensitivity)
-        if pfn in (secret_pa >> 12, xpfo_pa >> 12):
+        if pfn in (secret_pa >> 12, xpfo_pa >> 12, gmem_nodm_of(paused) >> 12):
             assert pfn not in only_kernel                 # removed from the direct map of both
         else:
             assert (pfn in only_kernel) == (cls.sensitivity != "non-sensitive"), (hex(pfn), cls)

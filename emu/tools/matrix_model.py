@@ -254,6 +254,22 @@ MAPPINGS: list[MapRow] = [
            (K, "", KERNEL_RW, "VMAP_STACK: another task's stack, PAGE_KERNEL"),
            (ASI, V2, KERNEL_RW, "ASI's global table shares vmalloc space"),
            (ASI, R19, ABSENT, "the 2019 RFC maps only the current stack")),
+    # guest_memfd (docs/guest_memfd.md): a page made private leaves every
+    # user mapping; its direct-map alias stays unless the guest_memfd is
+    # NO_DIRECT_MAP (the direct-map-removal series); guest memory is sensitive
+    *_rows("gmem_private_user",
+           (U + KA, "", ABSENT, "guest_memfd conversion to private: unmap_mapping_range zaps A's "
+                                "mapping (B never mapped it)")),
+    *_rows("gmem_direct_map",
+           (U, FULL, KERNEL_RW, "one page table"),
+           (U, PTI, ABSENT, "pti.c clones no direct map"),
+           (U, R25, ABSENT, "the restricted table: guest memory is sensitive"),
+           (K, "", KERNEL_RW, "the direct map: guest_memfd pages stay in it without NO_DIRECT_MAP"),
+           (ASI, "", ABSENT, "guest memory is sensitive: not in ASI's tables (the 2019 RFC's has no "
+                             "direct map)")),
+    *_rows("gmem_nodm_direct_map",
+           (U + KA, "", ABSENT, "the direct-map-removal series: the page left the direct map when "
+                                "allocated (kvm_gmem_folio_zap_direct_map)")),
     *_rows("secret_direct_map_released",
            (("A.user",), f"{FULL} {RESTORED}", KERNEL_RW, "one page table"),
            (("A.user",), f"{PTI} {RESTORED}", ABSENT, "pti.c clones no direct map"),

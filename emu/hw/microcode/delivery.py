@@ -29,8 +29,15 @@ class Delivery:
     # -- exceptions and interrupts -----------------------------------------------------------
     def _on_intr(self, uch, intno, ud):
         fast = self._fast_fault
-        if fast is not None and fast(intno):
-            return
+        if fast is not None:
+            if self.entry.requested == "check":
+                return self.entry.compare_fast("delivery", lambda: fast(intno), lambda: self._intr_general(intno),
+                                               48 if intno in ERROR_CODE_VECTORS else 40)
+            if fast(intno):
+                return
+        self._intr_general(intno)
+
+    def _intr_general(self, intno: int) -> None:
         r = self.regs
         self._read_for_entry("delivery")
         rip = r["rip"]
@@ -168,7 +175,8 @@ class Delivery:
             mv[V_SS] = new_cpl        # a NULL selector with RPL = new CPL
         self._enter_cpl0("delivery", cr2=cr2 is not None)
         e = self.entry
-        if self._fast_fault is None and e.variant == "inplace" and "delivery" not in e.unverified:
+        if self._fast_fault is None and e.variant in ("inplace", "check") and e.L is not None \
+                and "delivery" not in e.unverified:
             self._fast_fault = FaultEntry(self)
 
     def _nested(self, first: int, chain: tuple, f: Fault) -> None:

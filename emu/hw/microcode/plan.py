@@ -10,7 +10,7 @@ is unchanged, so it is exact (like :class:`emu.hw.paging.WalkCache`), never
 stale.  The TSS stack pointer itself is read at every use.  Anything the plan
 does not cover (a gate that faults, an IST or frame across a page boundary,
 events wanted, the TLB model, software interrupts, a CPU whose CR0/CR4 are
-not the snapshot's) goes to the general path, :meth:`Delivery.deliver`.
+not the snapshot's, the lazy TLB mode) goes to the general path, :meth:`Delivery.deliver`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FaultEntry:
 
     def __call__(self, vector: int) -> bool:
         s, e = self.sys, self.e
-        if s._want_events or s.tlb is not None:
+        if s._want_events or s.tlb_lazy:
             return False
         q, d, i = e.view()
         e.save()
@@ -83,7 +83,10 @@ class FaultEntry:
         cr2 = None
         if vector == VEC_PF:
             cr2 = q[i.cr2]
-            s.cross_check(cr3, cr2, ec, control_state_of(cr0, cr4, s._nxe, bool(f & (1 << 18))))
+            ctl = control_state_of(cr0, cr4, s._nxe, bool(f & (1 << 18)))
+            s.cross_check(cr3, cr2, ec, ctl)
+            if s.tlb is not None:
+                s._stale_fault(cr2, ec, ctl)     # a finding if a stale translation allowed it
         if cpl == 3:
             s.last_user_exception = (vector, ec, cr2, rip, cr3)
         pa = plan.frame_base | (new_rsp & 0xFFF)

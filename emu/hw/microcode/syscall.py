@@ -67,9 +67,15 @@ class SyscallStep:
     # -- SYSCALL (SDM: SYSCALL—Fast System Call) ------------------------------------------------
     def _on_syscall(self, uch, ud):
         fast = self._fast_syscall
-        if fast is not None and not self._want_events and not self.tlb_lazy and fast():
-            self._last_block_start = None
-            return
+        if fast is not None and not self._want_events and not self.tlb_lazy:
+            if self.entry.requested == "check":
+                return self.entry.compare_fast("syscall", fast, self._syscall_general, 0)
+            if fast():
+                self._last_block_start = None
+                return
+        self._syscall_general()
+
+    def _syscall_general(self) -> None:
         if self.tlb_lazy and self._user_snapshot is None:
             # a clean CPL-3 context, for the lazy mode's user accesses (tlbsites.py)
             self._user_snapshot = self.uc.context_save()
@@ -90,7 +96,8 @@ class SyscallStep:
         mv[V_RIP] = self.lstar - 2          # Unicorn adds 2 after the hook (Unicorn fact 4)
         self._enter_cpl0("syscall", rcx_r11=True)
         e = self.entry
-        if self._fast_syscall is None and e.variant == "inplace" and "syscall" not in e.unverified:
+        if self._fast_syscall is None and e.variant in ("inplace", "check") and e.L is not None \
+                and "syscall" not in e.unverified:
             self._fast_syscall = e.make_syscall(self.lstar, self.fmask, self.star)
 
     def _read_for_entry(self, kind: str) -> None:

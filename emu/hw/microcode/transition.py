@@ -464,6 +464,50 @@ class KernelEntry:
             out["old_exception"] = raw[L.old_exception:L.old_exception + 4].hex()
         return out
 
+    def compare_fast(self, kind: str, fast, general, frame_len: int) -> None:
+        """``check`` mode for a fast entry (the SYSCALL closure, plan.py):
+        run it, then the general path with the ``slow`` entry from the same
+        state; the CPU states and the frames written (``frame_len`` bytes at
+        the new RSP) must be equal byte for byte.  The general path's result
+        stays."""
+        cpu = self.cpu
+        start = cpu.uc.context_save()
+        disagreements = cpu.mmu_disagreements
+        if not fast():
+            general()
+            return
+        cpu.mmu_disagreements = disagreements      # the general path checks again
+        got = self._state()
+        frame = self._frame(got["rsp"], frame_len, clear=True)
+        cpu.uc.context_restore(start)
+        self.variant = "slow"
+        try:
+            general()
+        finally:
+            self.variant = "check"
+        ref = self._state()
+        ref_frame = self._frame(ref["rsp"], frame_len, clear=False)
+        diff = {k: (ref[k], got.get(k)) for k in ref if got.get(k) != ref[k]}
+        if frame != ref_frame:
+            diff["frame"] = (ref_frame.hex(), frame.hex())
+        if diff:
+            what = ", ".join(f"{k}: slow {_fmt(a)} / fast {_fmt(b)}" for k, (a, b) in sorted(diff.items()))
+            raise TransitionMismatch(f"kernel entry ({kind}) differs between the fast and the slow path: {what}")
+        self.checked += 1
+
+    def _frame(self, rsp: int, n: int, clear: bool) -> bytes:
+        """The ``n`` bytes at ``rsp`` (CPL 0, through the CPU's MMU); with
+        ``clear`` zeroed after reading, so the next path must write them."""
+        if not n:
+            return b""
+        pa = self.cpu.hw_translate(rsp, 0)
+        if pa is None or (rsp & 0xFFF) + n > 4096:
+            raise TransitionMismatch(f"kernel entry: the frame at {rsp:#x} is not readable")
+        data = bytes(self.cpu.mem.read(pa, n))
+        if clear:
+            self.cpu.mem.write(pa, bytes(n))
+        return data
+
     def _compare(self, kind: str, rcx_r11: bool, cr2: bool) -> None:
         """Run the slow path and the others from the same state; the slow
         path's state must be reached by each.  In ``check`` mode a difference

@@ -1,0 +1,145 @@
+"""Kernel entry (emu/hw/microcode/transition.py, plan.py): the fast paths
+against the original one, from the same state at every transition, byte for
+byte (docs/unicorn-notes.md, "Kernel entry")."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from emu.cli.main import main
+from emu.dev.bare import bare_system
+from emu.dev.bench.machine import _BARE_KERNEL, _BARE_USER
+from emu.hw.microcode.plan import FaultEntry
+from emu.hw.microcode.transition import ENV, KernelEntry, TransitionMismatch, layout
+from emu.linux.config import MachineConfig
+from emu.tools.matrix import run_matrix
+
+
+def bare(variant: str, **kw):
+    b = bare_system(_BARE_KERNEL, _BARE_USER, gates={14: "page_fault"}, lstar="entry_syscall", **kw)
+    assert b.cpu.entry is not None
+    return b
+
+
+def run_loop(b, label: str, n: int) -> None:
+    b.start_user(label, rbx=n, rax=0, rsi=0x10000000)
+    assert b.cpu.run(6 * n + 16) == "halt"
+    assert b.cpu.reg("rbx") == 0
+
+
+def test_layout_verified_on_this_build():
+    """The pinned Unicorn's context layout is found and passes the API check:
+    the in-place entry is the default here."""
+    L = layout()
+    assert L is not None and L.cc_op_eflags is not None
+
+
+# (loop, entries of each kind: SYSCALL, delivery) -- each loop ends with the SYSCALL that halts
+LOOPS = [("syscalls", 201, 0), ("faults", 1, 200)]
+
+
+@pytest.mark.parametrize("label,syscalls,faults", LOOPS)
+def test_bare_loops_every_transition_equal(monkeypatch, label, syscalls, faults):
+    """``check``: at every transition the fast path and the original path run
+    from the same state; any difference in registers, CPL, the CS/SS caches,
+    the exception in flight or the frame raises."""
+    monkeypatch.setenv(ENV, "check")
+    b = bare("check")
+    run_loop(b, label, 200)
+    e = b.cpu.entry
+    assert e.variant == "check"
+    # every entry was compared (the first of each kind through the general path)
+    assert e.checked == syscalls + faults
+
+
+@pytest.mark.parametrize("variant", ["slow", "api", "inplace"])
+def test_each_variant_runs_the_loops(monkeypatch, variant):
+    monkeypatch.setenv(ENV, variant)
+    b = bare(variant)
+    run_loop(b, "syscalls", 50)
+    run_loop(b, "faults", 50)
+    e = b.cpu.entry
+    assert (e.variant, e.why) == (variant, None)
+    assert e.entries == 50 + 1 + 50 + 1
+
+
+def test_inplace_falls_back_when_the_first_entry_differs(monkeypatch):
+    """A layout that patches the wrong bytes is caught by the first entry's
+    comparison with the slow path, and the CPU uses ``api`` from then on."""
+    monkeypatch.setenv(ENV, "inplace")
+    b = bare("inplace")
+    e = b.cpu.entry
+    e.L = copy.copy(e.L)            # (the verified layout is shared by the process)
+    e.L.old_exception -= 8          # the injected error: the field next door
+    e._patch_restore = e._make_patch()
+    run_loop(b, "faults", 20)
+    assert e.variant == "api"
+    assert e.why.startswith("the first delivery entry differed from the slow path: old_exception: slow ")
+    assert b.cpu._fast_fault is None
+
+
+def test_check_mode_reports_a_difference(monkeypatch):
+    """The equivalence check itself can fail: a fast SYSCALL that forgets R11."""
+    monkeypatch.setenv(ENV, "check")
+    b = bare("check")
+    run_loop(b, "syscalls", 2)        # makes the fast closure
+    cpu = b.cpu
+    good = cpu._fast_syscall
+
+    def bad():
+        ok = good()
+        cpu.set_reg("r11", 0x1234)
+        return ok
+    cpu._fast_syscall = bad
+    b.start_user("syscalls", rbx=3, rax=0)
+    with pytest.raises(TransitionMismatch, match="r11"):
+        cpu.run(100)
+
+
+def test_unknown_variant_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv(ENV, "fastest")
+    with pytest.raises(Exception, match="ISOEMU_TRANSITION='fastest': expected one of"):
+        bare("x")
+
+
+CONFIGS = [MachineConfig(), MachineConfig(pti=False, asi=False), MachineConfig(pcid=False),
+           MachineConfig(pti=False)]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["pti-pcid-asi", "no-pti-no-asi", "no-pcid", "asi-no-pti"])
+def test_matrix_equal_in_check_mode(monkeypatch, cfg):
+    """The matrix runs without events: its SYSCALLs and faults take the fast
+    entries, each compared with the slow path."""
+    monkeypatch.setenv(ENV, "check")
+    fast = {True: 0, False: 0}
+    real = FaultEntry.__call__
+
+    def counting(self, vector):
+        took = real(self, vector)
+        fast[took] += 1
+        return took
+    monkeypatch.setattr(FaultEntry, "__call__", counting)
+    res = run_matrix(cfg)
+    assert fast[True] > 50 and fast[False] == 0, fast
+    monkeypatch.setenv(ENV, "slow")
+    ref = run_matrix(cfg)
+    assert [c.__dict__ for c in res.cells] == [c.__dict__ for c in ref.cells]
+
+
+def test_asm_suite_equal_in_check_mode(monkeypatch, capsys):
+    """The whole asm suite with every transition checked."""
+    monkeypatch.setenv(ENV, "check")
+    calls = {}
+    for name in ("compare_fast", "_compare"):
+        real = getattr(KernelEntry, name)
+
+        def counting(self, kind, *a, real=real, name=name):
+            calls[name, kind] = calls.get((name, kind), 0) + 1
+            return real(self, kind, *a)
+        monkeypatch.setattr(KernelEntry, name, counting)
+    assert main(["test", "asm/"]) == 0
+    # the tests record events: SYSCALL takes the general entry (compared
+    # slow / api / in place), faults the planned one (compared with slow)
+    assert calls[("_compare", "syscall")] > 500 and calls[("compare_fast", "delivery")] > 100, calls

@@ -10,15 +10,44 @@ import pytest
 
 from emu.cli.main import main
 from emu.dev.bare import bare_system
-from emu.dev.bench.machine import _BARE_KERNEL, _BARE_USER
 from emu.hw.microcode.plan import FaultEntry
 from emu.hw.microcode.transition import ENV, KernelEntry, TransitionMismatch, layout
+from emu.hw.paging import Fault
 from emu.linux.config import MachineConfig
 from emu.tools.matrix import run_matrix
 
 
+# a SYSCALL loop and a #PF loop (the bench's microcode group runs the same)
+KERNEL = """
+entry_syscall:
+    cmp eax, 1
+    je .Lhalt
+    sysretq
+.Lhalt:
+    hlt
+page_fault:
+    add rsp, 8
+    add qword ptr [rsp], 2
+    iretq
+"""
+USER = """
+syscalls:
+    syscall
+    dec rbx
+    jnz syscalls
+    mov eax, 1
+    syscall
+faults:
+    mov al, byte ptr [rsi]
+    dec rbx
+    jnz faults
+    mov eax, 1
+    syscall
+"""
+
+
 def bare(variant: str, **kw):
-    b = bare_system(_BARE_KERNEL, _BARE_USER, gates={14: "page_fault"}, lstar="entry_syscall", **kw)
+    b = bare_system(KERNEL, USER, gates={14: "page_fault"}, lstar="entry_syscall", **kw)
     assert b.cpu.entry is not None
     return b
 
@@ -143,3 +172,48 @@ def test_asm_suite_equal_in_check_mode(monkeypatch, capsys):
     # the tests record events: SYSCALL takes the general entry (compared
     # slow / api / in place), faults the planned one (compared with slow)
     assert calls[("_compare", "syscall")] > 500 and calls[("compare_fast", "delivery")] > 100, calls
+
+
+# --- the walker cross-check ---------------------------------------------------------------
+class LyingWalker:
+    """The reference walker with an injected bug: faults at one page get
+    error code bit 3 (RSVD) flipped."""
+
+    def __init__(self, real, page: int):
+        self.real, self.page = real, page
+
+    def translate(self, cr3, va, access, cpl, ctl):
+        t = self.real.translate(cr3, va, access, cpl, ctl)
+        if va >> 12 == self.page and t.fault:
+            return Fault(va, t.vector, t.error_code ^ 0x8, t.levels, t.raw)
+        return t
+
+
+# (entry variant, cross-check on, disagreements reported for 5 faults)
+CROSS = [("inplace", True, 5), ("slow", True, 5), ("api", True, 5), ("check", True, 5),
+         ("inplace", False, 0)]
+
+
+@pytest.mark.parametrize("variant,on,reported", CROSS)
+def test_cross_check_reports_an_injected_disagreement(monkeypatch, variant, on, reported):
+    """Every #PF is walked again by the reference walker; a walker that
+    disagrees with the CPU is reported on the fast (planned) entry too."""
+    monkeypatch.setenv(ENV, variant)
+    b = bare(variant)
+    cpu = b.cpu
+    cpu.walks = LyingWalker(cpu.walks, 0x10000000 >> 12)
+    cpu.walker_cross_check = on
+    run_loop(b, "faults", 5)
+    assert cpu.mmu_disagreements == reported
+
+
+def test_cross_check_event():
+    events = []
+    b = bare_system(KERNEL, USER, gates={14: "page_fault"}, lstar="entry_syscall",
+                    sink=lambda kind, **f: events.append((kind, f)))
+    b.cpu.walks = LyingWalker(b.cpu.walks, 0x10000000 >> 12)
+    run_loop(b, "faults", 1)
+    found = [f for k, f in events if k == "mmu_disagreement"]
+    assert len(found) == 1
+    assert (found[0]["va"], found[0]["cpu_error_code"]) == (0x10000000, 0x4)
+    assert found[0]["walker"] == "#PF 0xc (not-present, read, user, reserved-bit)"

@@ -217,3 +217,35 @@ def test_cross_check_event():
     assert len(found) == 1
     assert (found[0]["va"], found[0]["cpu_error_code"]) == (0x10000000, 0x4)
     assert found[0]["walker"] == "#PF 0xc (not-present, read, user, reserved-bit)"
+
+
+# --- block-start hooks: one function is called directly ----------------------------------
+# (functions at the loop's label, arrivals for 3 iterations, what run() raises)
+BLOCK_CASES = [(1, 3, None), (2, 3, None), (1, 1, ValueError), (2, 1, ValueError)]
+
+
+@pytest.mark.parametrize("nfns,calls,raises", BLOCK_CASES)
+def test_block_start_dispatch(nfns, calls, raises):
+    """One function per address takes the direct call; more go through the
+    loop; either way each runs once per arrival, in order, and the first
+    exception stops the CPU and comes out of run()."""
+    b = bare("inplace")
+    cpu = b.cpu
+    seen = []
+
+    def make(k):
+        def fn(a):
+            seen.append((k, a))
+            if raises is not None and k == nfns - 1:
+                raise raises("from a block-start hook")
+        return fn
+    addr = b.user.symbols["faults"]
+    for k in range(nfns):
+        cpu.add_block_start_hook(addr, make(k))
+    b.start_user("faults", rbx=3, rax=0, rsi=0x10000000)
+    if raises is None:
+        assert cpu.run(100) == "halt"
+    else:
+        with pytest.raises(raises, match="from a block-start hook"):
+            cpu.run(100)
+    assert seen == [(k, addr) for _ in range(calls) for k in range(nfns)]

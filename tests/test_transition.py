@@ -13,6 +13,7 @@ from emu.dev.bare import bare_system
 from emu.hw.microcode.plan import FaultEntry
 from emu.hw.microcode.transition import ENV, KernelEntry, TransitionMismatch, layout
 from emu.hw.paging import Fault
+from emu.hw.x86 import CR4_PGE
 from emu.linux.config import MachineConfig
 from emu.tools.matrix import run_matrix
 
@@ -249,3 +250,19 @@ def test_block_start_dispatch(nfns, calls, raises):
         with pytest.raises(raises, match="from a block-start hook"):
             cpu.run(100)
     assert seen == [(k, addr) for _ in range(calls) for k in range(nfns)]
+
+
+@pytest.mark.parametrize("variant", ["inplace", "check"])
+def test_cr4_not_the_snapshots(monkeypatch, variant):
+    """CR4 changed after boot: the snapshot's hflags do not mirror it, so each
+    entry takes the slow path with every register read (and in check mode
+    the paths still agree)."""
+    monkeypatch.setenv(ENV, variant)
+    b = bare(variant)
+    cpu = b.cpu
+    cpu.set_reg("cr4", cpu.reg("cr4") ^ CR4_PGE)
+    for label in ("syscalls", "faults"):
+        b.start_user(label, rbx=20, rax=0, rsi=0x10000000, rdi=0x1234, r12=0x5678)
+        assert cpu.run(200) == "halt"
+        assert (cpu.reg("rbx"), cpu.reg("rdi"), cpu.reg("r12")) == (0, 0x1234, 0x5678)
+    assert cpu.entry.entries == 42

@@ -418,9 +418,19 @@ class KernelEntry:
         restore, hv, ptr = C.context_restore, self.cpu.hv, self._ptr
         slow = self._slow
 
+        regs = self._regs
+        carried = (V_RIP, V_RSP, V_RFLAGS, V_CS, V_SS)
+
         def patch_restore(rcx_r11: bool, cr2: bool) -> None:
             if q[i_cr0] != s_cr0 or q[i_cr4] != s_cr4:
-                # hflags mirror CR0/CR4 bits: the snapshot's are not these
+                # hflags mirror CR0/CR4 bits: the snapshot's are not these.
+                # The slow path writes every register back: read them all
+                # (the CPU is as saved), keeping the values the entry set
+                keep = carried + ((V_RCX, V_R11) if rcx_r11 else ()) + ((V_CR2,) if cr2 else ())
+                vals = [mv[j] for j in keep]
+                regs.read()
+                for j, v in zip(keep, vals):
+                    mv[j] = v
                 return slow()
             f = mv[V_RFLAGS]
             # CPL (hflags), and CS and SS with their hidden caches: the

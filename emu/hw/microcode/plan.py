@@ -19,7 +19,7 @@ import ctypes
 import struct
 
 from emu.hw.cpu import error_code_offset, exception_is_int_offset
-from emu.hw.paging import READ, VEC_PF, WRITE, control_state_of
+from emu.hw.paging import PF_I, PF_U, PF_W, READ, VEC_PF, WRITE, control_state_of
 from emu.hw.x86 import ERROR_CODE_VECTORS
 
 _M64 = 0xFFFFFFFFFFFFFFFF
@@ -27,6 +27,7 @@ _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
 _CLEAR = ~((1 << 8) | (1 << 14) | (1 << 16) | (1 << 17)) & _M64     # TF NT RF VM (SDM 6.14.2)
 _IF = 1 << 9
+_AC = 1 << 18
 
 
 class Plan:
@@ -47,59 +48,97 @@ class FaultEntry:
         self.words = (ctypes.c_uint64 * (mem.size // 8)).from_address(mem.host_address)
         self.ec = error_code_offset() // 4
         self.is_int = exception_is_int_offset() // 4
+        self.cross: dict = {}        # the walker's agreeing #PF walks: key -> entries it read
+        self._run = self._make()
 
     def __call__(self, vector: int) -> bool:
+        return self._run(vector)
+
+    def _make(self):
+        """The fast entry as one closure (constants as locals: it runs at
+        every fault)."""
         s, e = self.sys, self.e
-        if s._want_events or s.tlb_lazy:
-            return False
         q, d, i = e.view()
-        e.save()
-        if d[self.is_int] or not e.snapshot_controls():
-            return False
-        f = e.read_rflags()
-        cr3, rip, rsp = q[i.cr3], q[i.rip], q[i.rsp]
-        cs, ss = d[i.cs] & 0xFFFF, d[i.ss] & 0xFFFF
-        cpl = cs & 3
-        cr0, cr4 = q[i.cr0], q[i.cr4]
-        ec = d[self.ec] if vector in ERROR_CODE_VECTORS else None
-        key = (vector, cpl, cr3)
-        plan = self.plans.get(key)
-        words = self.words
-        if plan is not None:
-            for idx, val in plan.checks:
-                if words[idx] != val:
-                    plan = None
-                    break
-        stack = rsp if plan is None or plan.slot_pa is None else _Q.unpack_from(self.buf, plan.slot_pa)[0]
-        flen = 40 if ec is None else 48
-        new_rsp = ((stack & ~0xF) - flen) & _M64
-        if plan is None or new_rsp >> 12 != plan.frame_page or (new_rsp & 0xFFF) + flen > 4096:
-            plan = self._build(vector, cpl, cr3, rsp, flen, control_state_of(cr0, cr4, s._nxe, False))
-            if plan is None:
+        L = e.L
+        words, buf, plans, cross = self.words, self.buf, self.plans, self.cross
+        is_int, ec_at = self.is_int, self.ec
+        i_cr3, i_rip, i_rsp, i_cs, i_ss, i_cr0, i_cr4, i_cr2 = i.cr3, i.rip, i.rsp, i.cs, i.ss, i.cr0, i.cr4, i.cr2
+        s_cr0, s_cr4 = e.snapshot_cr0_cr4()
+        save, read_rflags = e.save, e.read_rflags
+        unpack_q, pack5, pack6 = _Q.unpack_from, struct.Struct("<5Q").pack_into, struct.Struct("<6Q").pack_into
+        build = self._build
+        rest = e.entry_patcher()
+        with_ec = frozenset(ERROR_CODE_VECTORS)
+        old = L.old_exception // 4
+
+        def run(vector: int) -> bool:
+            if s._want_events or s.tlb_lazy:
                 return False
-            self.plans[key] = plan
-            stack = rsp if plan.slot_pa is None else _Q.unpack_from(self.buf, plan.slot_pa)[0]
-            new_rsp = ((stack & ~0xF) - flen) & _M64
-        cr2 = None
-        if vector == VEC_PF:
-            cr2 = q[i.cr2]
-            ctl = control_state_of(cr0, cr4, s._nxe, bool(f & (1 << 18)))
-            s.cross_check(cr3, cr2, ec, ctl)
-            if s.tlb is not None:
-                s._stale_fault(cr2, ec, ctl)     # a finding if a stale translation allowed it
-        if cpl == 3:
-            s.last_user_exception = (vector, ec, cr2, rip, cr3)
-        pa = plan.frame_base | (new_rsp & 0xFFF)
-        if ec is None:
-            struct.pack_into("<5Q", self.buf, pa, rip, cs, f, rsp, ss)
-        else:
-            struct.pack_into("<6Q", self.buf, pa, ec, rip, cs, f, rsp, ss)
-        nf = f & _CLEAR
-        if not plan.trap:
-            nf &= ~_IF
-        e.patch_entry(plan.handler, new_rsp, nf, plan.selector, plan.new_cpl if plan.new_cpl != cpl else ss)
-        s._last_block_start = None
-        return True
+            save()
+            cr0, cr4 = q[i_cr0], q[i_cr4]
+            if d[is_int] or cr0 != s_cr0 or cr4 != s_cr4:
+                return False
+            f = read_rflags()
+            cr3, rip, rsp = q[i_cr3], q[i_rip], q[i_rsp]
+            cs, ss = d[i_cs] & 0xFFFF, d[i_ss] & 0xFFFF
+            cpl = cs & 3
+            ec = d[ec_at] if vector in with_ec else None
+            key = (vector, cpl, cr3)
+            plan = plans.get(key)
+            if plan is not None:
+                for idx, val in plan.checks:
+                    if words[idx] != val:
+                        plan = None
+                        break
+            flen = 40 if ec is None else 48
+            if plan is not None:
+                stack = rsp if plan.slot_pa is None else unpack_q(buf, plan.slot_pa)[0]
+                new_rsp = ((stack & ~0xF) - flen) & _M64
+            if plan is None or new_rsp >> 12 != plan.frame_page:
+                plan = build(vector, cpl, cr3, rsp, flen, control_state_of(cr0, cr4, s._nxe, False))
+                if plan is None:
+                    return False
+                plans[key] = plan
+                stack = rsp if plan.slot_pa is None else unpack_q(buf, plan.slot_pa)[0]
+                new_rsp = ((stack & ~0xF) - flen) & _M64
+            cr2 = None
+            if vector == VEC_PF:
+                cr2 = q[i_cr2]
+                ctl = control_state_of(cr0, cr4, s._nxe, bool(f & _AC))
+                if s.walker_cross_check and not ctl.pke:
+                    # the reference walker's answer, cached with the entries it read
+                    ck = (cr3, cr2 >> 12, ec, id(ctl))
+                    hit = cross.get(ck)
+                    if hit is not None:
+                        for idx, val in hit:
+                            if words[idx] != val:
+                                hit = None
+                                break
+                    if hit is None:
+                        w = s.walks.translate(cr3, cr2, 2 if ec & PF_I else (1 if ec & PF_W else 0),
+                                              3 if ec & PF_U else 0, ctl)
+                        if w.fault and w.error_code == ec:
+                            if len(cross) > 4096:
+                                cross.clear()
+                            cross[ck] = tuple((pa >> 3, v) for pa, v in w.raw)
+                        else:
+                            s.cross_check(cr3, cr2, ec, ctl)      # reports the disagreement
+                if s.tlb is not None:
+                    s._stale_fault(cr2, ec, ctl)     # a finding if a stale translation allowed it
+            if cpl == 3:
+                s.last_user_exception = (vector, ec, cr2, rip, cr3)
+            pa = plan.frame_base | (new_rsp & 0xFFF)
+            if ec is None:
+                pack5(buf, pa, rip, cs, f, rsp, ss)
+            else:
+                pack6(buf, pa, ec, rip, cs, f, rsp, ss)
+            nf = f & _CLEAR
+            if not plan.trap:
+                nf &= ~_IF
+            rest(plan.handler, new_rsp, nf, plan.selector, plan.new_cpl if plan.new_cpl != cpl else ss, old)
+            s._last_block_start = None
+            return True
+        return run
 
     def _build(self, vector: int, cpl: int, cr3: int, rsp: int, flen: int, ctl) -> Plan | None:
         """The plan for this delivery, or None where the general path must

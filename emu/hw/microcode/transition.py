@@ -352,12 +352,31 @@ class KernelEntry:
         C.reg_read(self.cpu.hv, self._rf_id, self._rf_ptr)
         return self._regs.mv[V_RFLAGS]
 
-    def patch_entry(self, rip: int, rsp: int, rflags: int, cs: int, ss: int) -> None:
-        """Patch the saved buffer into a CPL-0 entry at ``rip`` and restore it."""
-        mv = self._regs.mv
-        mv[V_RIP], mv[V_RSP], mv[V_RFLAGS], mv[V_CS], mv[V_SS] = rip, rsp, rflags, cs, ss
-        self.entries += 1
-        self._patch_restore(False, False)
+    def snapshot_cr0_cr4(self) -> tuple[int, int]:
+        return self._s_cr0, self._s_cr4
+
+    def entry_patcher(self):
+        """fn(rip, rsp, rflags, cs, ss, _) patching the saved buffer into a
+        CPL-0 entry and restoring it (the buffer holds the state at the
+        fault, CR0/CR4 the snapshot's: plan.py checked)."""
+        L = self.L
+        b, q, d = self._bb, self._qq, self._dd
+        s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
+        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + _SEG]
+        cs_rest, ss_rest = s[L.cs + 4:L.cs + _SEG], s[L.ss + 4:L.ss + _SEG]
+        pack = struct.Struct(f"<QQQQQIi8s{_SEG}sI{_SEG - 4}sI{_SEG - 4}s").pack_into
+        head, cc_op, s_old, i_rsp = L.rip, L.cc_op_eflags, self._s_old, self._ix.rsp
+        restore, hv, ptr = C.context_restore, self.cpu.hv, self._ptr
+        me = self
+
+        def patch(rip: int, rsp: int, f: int, cs: int, ss: int, old: int) -> None:
+            pack(b, head, rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, flags8, es,
+                 cs & 0xFFFF, cs_rest, ss & 0xFFFF, ss_rest)
+            q[i_rsp] = rsp
+            d[old] = s_old
+            restore(hv, ptr)
+            me.entries += 1
+        return patch
 
     def make_syscall(self, lstar: int, fmask: int, star: int):
         """SYSCALL in one function (SDM Vol. 2B, SYSCALL): save, RFLAGS read

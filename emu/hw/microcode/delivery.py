@@ -38,6 +38,12 @@ class Delivery:
         self._intr_general(intno)
 
     def _intr_general(self, intno: int) -> None:
+        try:
+            self._intr_entry(intno)
+        finally:
+            self.entry.saved = False    # the context saved by this hook never serves another
+
+    def _intr_entry(self, intno: int) -> None:
         r = self.regs
         self._read_for_entry("delivery")
         rip = r["rip"]

@@ -76,6 +76,12 @@ class SyscallStep:
         self._syscall_general()
 
     def _syscall_general(self) -> None:
+        try:
+            self._syscall_entry()
+        finally:
+            self.entry.saved = False    # the context saved by this hook never serves another
+
+    def _syscall_entry(self) -> None:
         if self.tlb_lazy and self._user_snapshot is None:
             # a clean CPL-3 context, for the lazy mode's user accesses (tlbsites.py)
             self._user_snapshot = self.uc.context_save()

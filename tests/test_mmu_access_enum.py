@@ -37,7 +37,7 @@ import itertools
 import pytest
 
 from emu.dev.mmu_oracle import MmuOracle
-from emu.hw.paging import (ACCESS_NAMES, NX, PAT, PAT_LARGE, PCD, PS, PWT, A, ControlState, D, G, P,
+from emu.hw.paging import (ACCESS_NAMES, translate, NX, PAT, PAT_LARGE, PCD, PS, PWT, A, ControlState, D, G, P,
                         RW, US, sign_extend)
 from emu.hw.phys import PAGE_SIZE, SIZE_2M, FrameKind, PhysMem
 
@@ -197,17 +197,19 @@ def run_grid(oracle: MmuOracle, grid: Grid, root: int, vas: list[int], ctls: lis
         for cpl in (0, 3):
             for t, data in pristine:        # undo the A/D bits the CPU set
                 mem.write(t, data)
+            # the walker once per case (the tables are pristine for both oracles:
+            # the A/D bits the CPU sets do not change a verdict)
+            walks = [translate(mem, root, va, acc, cpl, ctl) for va, acc in cases]
             # hw_translate first: the CPU stays parked at this CPL and state ...
-            for va, acc in cases:
-                d = oracle.check_hw(root, va, acc, cpl, ctl)
+            for (va, acc), w in zip(cases, walks):
+                d = oracle.check_hw(root, va, acc, cpl, ctl, w)
                 if d:
                     bad.append(d)
-                w = oracle.last_walk
                 if w.fault is not None and w.vector == 14:
                     codes.add(w.error_code)
             # ... then each case as a real instruction (each run restores the snapshot)
-            for va, acc in cases:
-                d = oracle.check_access(root, va, acc, cpl, ctl)
+            for (va, acc), w in zip(cases, walks):
+                d = oracle.check_access(root, va, acc, cpl, ctl, w)
                 if d:
                     bad.append(d)
     return len(ctls) * 2 * len(cases), bad, codes

@@ -453,10 +453,12 @@ class MmuOracle:
         return self.cpu.last_error_code()
 
     # -- differential checks ---------------------------------------------------------
-    def check_hw(self, root: int, va: int, access, cpl: int, ctl: ControlState) -> Disagreement | None:
-        """Walker vs ``hw_translate``: fault or not, and the physical address."""
+    def check_hw(self, root: int, va: int, access, cpl: int, ctl: ControlState,
+                 walk: Translation | Fault | None = None) -> Disagreement | None:
+        """Walker vs ``hw_translate``: fault or not, and the physical address.
+        ``walk``: the walker's verdict for these arguments, if the caller has it."""
         acc = parse_access(access)
-        w = self.last_walk = translate(self.mem, root, va, acc, cpl, ctl)
+        w = self.last_walk = walk or translate(self.mem, root, va, acc, cpl, ctl)
         hw = self.hw_translate(root, va, acc, cpl, ctl)
         if (hw is None) if w.fault is None else (hw is not None):
             return Disagreement("hw_translate", root, va, acc, cpl, ctl, w, hw)
@@ -464,12 +466,13 @@ class MmuOracle:
             return Disagreement("hw_translate", root, va, acc, cpl, ctl, w, hw)
         return None
 
-    def check_access(self, root: int, va: int, access, cpl: int, ctl: ControlState) -> Disagreement | None:
+    def check_access(self, root: int, va: int, access, cpl: int, ctl: ControlState,
+                     walk: Translation | Fault | None = None) -> Disagreement | None:
         """Walker vs an executed access: fault or not, vector, CR2 and the CPU's
         error code (when calibrated), and the physical address the access
-        touched when the memory hooks saw it."""
+        touched when the memory hooks saw it.  ``walk`` as for :meth:`check_hw`."""
         acc = parse_access(access)
-        w = self.last_walk = translate(self.mem, root, va, acc, cpl, ctl)
+        w = self.last_walk = walk or translate(self.mem, root, va, acc, cpl, ctl)
         o = self.access(root, va, acc, cpl, ctl)
         self.last_outcome = o
         pa = self.last_pa

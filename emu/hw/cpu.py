@@ -183,6 +183,7 @@ class Cpu:
         self.uc.ctl_exits_enabled(True)
         self.uc.ctl_set_exits([])
         self._snapshot = None
+        self._ran = False                                 # no block translated yet
         self._ec_ctx = None
         self._ec_val = None
         self._cr3_ctx = None
@@ -250,8 +251,10 @@ class Cpu:
         C.ctl(self.hv, ctypes.c_int(_CTL_TLB_FLUSH))
 
     def flush_code_cache(self) -> None:
-        """Drop translated blocks (code written behind the CPU's back, Unicorn fact 8)."""
-        C.ctl(self.hv, ctypes.c_int(_CTL_TB_FLUSH))
+        """Drop translated blocks (code written behind the CPU's back, Unicorn fact 8).
+        Before the first run there are none: the ~50 hooks a boot installs cost no flush."""
+        if self._ran:
+            C.ctl(self.hv, ctypes.c_int(_CTL_TB_FLUSH))
 
     def hw_translate(self, va: int, access: int = 0) -> int | None:
         """The CPU's own MMU (``uc_vmem_translate``) at the current CPL, SMAP/AC,
@@ -276,6 +279,7 @@ class Cpu:
         Stops come from the count, hooks (``emu_stop``) and halts only: there
         is no 'until' address (see __init__).
         """
+        self._ran = True
         return C.emu_start(self.hv, _u64(begin), _u64(0), _u64(0), ctypes.c_size_t(count))
 
     def emu_stop(self) -> None:

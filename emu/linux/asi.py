@@ -100,9 +100,21 @@ def boot_direct_map(kb) -> None:
     # (65,536 of them with 256 MiB of RAM; docs/performance.md)
     pfns = [m.start() for m in _NONSENSITIVE_BYTE.finditer(frames.kind)
             if m.start() not in image and frames.owner.get(m.start(), "") != "asi"]
+    # consecutive frames in one map call each (map fills a table's slots at once)
+    for first, count in _runs(pfns):
+        pa = first << 12
+        g.map(lay.page_offset + pa, pa, count * PAGE_SIZE, PAGE_KERNEL & ~G, page_size=PAGE_SIZE)
+
+
+def _runs(pfns: list[int]) -> list[tuple[int, int]]:
+    """(first, count) of each run of consecutive numbers in the sorted ``pfns``."""
+    runs: list[list[int]] = []
     for pfn in pfns:
-        pa = pfn << 12
-        g.map(lay.page_offset + pa, pa, PAGE_SIZE, PAGE_KERNEL & ~G, page_size=PAGE_SIZE)
+        if runs and runs[-1][0] + runs[-1][1] == pfn:
+            runs[-1][1] += 1
+        else:
+            runs.append([pfn, 1])
+    return [(a, n) for a, n in runs]
 
 
 def init_data(k, cfg) -> None:

@@ -10,8 +10,11 @@ from emu.hw.phys import SIZE_1G, SIZE_2M
 
 def map_direct(pt: PageTable, ram_size: int, page_offset: int, prot: int) -> None:
     """Map physical [0, ram_size) at ``page_offset`` with leaf flags ``prot``."""
-    pa = 0
-    while pa < ram_size:
-        size = SIZE_1G if pa % SIZE_1G == 0 and pa + SIZE_1G <= ram_size else SIZE_2M
-        pt.map(page_offset + pa, pa, size, prot, page_size=size)
-        pa += size
+    # whole GiBs in 1 GiB pages, the rest in 2 MiB pages: one map call each
+    # (map fills a table's slots in one go)
+    gib = ram_size // SIZE_1G * SIZE_1G
+    if gib:
+        pt.map(page_offset, 0, gib, prot, page_size=SIZE_1G)
+    rest = (ram_size - gib) // SIZE_2M * SIZE_2M
+    if rest:
+        pt.map(page_offset + gib, gib, rest, prot, page_size=SIZE_2M)

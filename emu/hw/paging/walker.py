@@ -40,9 +40,16 @@ class ControlState:
     pkru: int = 0
     maxphyaddr: int = MAXPHYADDR
     rsvd: int = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "rsvd", rsvd_hi_mask(self.maxphyaddr) | (0 if self.nxe else NX))
+        object.__setattr__(self, "_hash", hash((self.wp, self.smep, self.smap, self.pke, self.la57, self.nxe,
+                                                 self.ac, self.pkru, self.maxphyaddr)))
+
+    def __hash__(self) -> int:
+        # computed once: control states key caches on hot paths (the MMU oracle's sessions)
+        return self._hash
 
     @property
     def levels(self) -> int:

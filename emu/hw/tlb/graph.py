@@ -10,6 +10,7 @@ the tree visitor.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import NamedTuple
 
@@ -17,7 +18,8 @@ from emu.hw.paging import ADDR_MASK, NX, P, PAGE_SIZE, RW, US, G, PagingMode, Ta
 from emu.hw.phys import PhysView
 
 
-_ENTRIES = struct.Struct("<512Q")
+_ENTRY = struct.Struct("<Q")
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 class Path(NamedTuple):
@@ -114,11 +116,17 @@ class TableGraph:
         self._scanned.add(table)
         level = self.mode.levels[depth]
         is_leaf = self.mode.is_leaf
-        for i, e in enumerate(_ENTRIES.unpack_from(self.mem.buf, table)):
+        buf, end, search = self.mem.buf, table + PAGE_SIZE, _NONZERO.search
+        # most slots are empty: a regex finds the next non-zero byte in C
+        m = search(buf, table, end)
+        while m is not None:
+            epa = m.start() & ~7
+            e = _ENTRY.unpack_from(buf, epa)[0]
             if e & P and not is_leaf(level, e):
                 child = e & ADDR_MASK
-                self.parents.setdefault(child, set()).add(table + 8 * i)
+                self.parents.setdefault(child, set()).add(epa)
                 self._scan(child, depth + 1)
+            m = search(buf, epa + 8, end)
 
     def entry_changed(self, epa: int, old: int, new: int, depth: int | None) -> None:
         """Keep the parent links right when the entry at ``epa`` (at

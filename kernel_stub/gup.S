@@ -52,3 +52,98 @@ gup_remote:
 .Lgr_out:
     RESTORE_CALLEE
     ret
+
+# --- GUP-fast ----------------------------------------------------------------
+# gup_fast(mm, addr, write) -> pa of the page, or 0 for the slow path
+# (gup_fast_pte_range, mm/gup.c): a lockless walk of the page tables, no
+# VMA; the PTE must be present, user and, for a write, writable; and the
+# folio must not be secretmem's (gup_fast_folio_allowed: folio_is_secretmem,
+# the check CVE-2024-35872's fix made reliable; inject=gup_fast_secretmem
+# leaves it out)
+gup_fast:
+    push rbx
+    mov rbx, rdx
+    mov rdi, qword ptr [rdi + MM_pgd_va]
+    call lookup_address
+    test rax, rax
+    jz .Lgf_slow
+    cmp edx, PAGE_SHIFT
+    jne .Lgf_slow
+    mov rax, qword ptr [rax]
+    test al, _PAGE_PRESENT
+    jz .Lgf_slow
+    test al, _PAGE_USER
+    jz .Lgf_slow
+    test rbx, rbx
+    jz .Lgf_perm
+    test al, _PAGE_RW
+    jz .Lgf_slow
+.Lgf_perm:
+    movabs rcx, PTE_PFN_MASK
+    and rax, rcx
+    mov rbx, rax
+    .alternative INJECT_GUP_FAST_SECRETMEM, .Lgf_check
+    jmp .Lgf_got
+.Lgf_check:
+    mov rdi, rbx
+    call folio_is_secretmem             # secretmem.S
+    test eax, eax
+    jnz .Lgf_slow
+.Lgf_got:
+    mov rax, rbx
+    pop rbx
+    ret
+.Lgf_slow:
+    xor eax, eax
+    pop rbx
+    ret
+
+# sys_gup_fast_read(uaddr) -> 0 and the user's quadword at uaddr in rdx, or
+# -EFAULT: a project call standing for the kernel's GUP-fast users (direct
+# I/O, vmsplice, io_uring's fixed buffers): get_user_pages_fast
+# (access_ok, then gup_fast, then the slow path, which refuses a secretmem
+# VMA in check_vma_flags), then a read of the page through
+# kmap_local_page, which on x86-64 is its direct-map address.  The read has
+# no exception-table entry: a page out of the direct map is an oops, as the
+# CVE's crash was.
+sys_gup_fast_read:
+    push rbx
+    push r12
+    mov r12, cur_syscall_regs
+    mov r12, qword ptr [r12]
+    mov qword ptr [r12 + PT_RDX], 0
+    mov rbx, rdi
+    mov rax, USER_HALF_END - 8
+    cmp rdi, rax
+    ja .Lgfr_fault
+    GET_CURRENT rdi
+    mov rdi, qword ptr [rdi + TASK_mm]
+    mov rsi, rbx
+    xor edx, edx
+    call gup_fast
+    test rax, rax
+    jnz .Lgfr_read
+    GET_CURRENT rdi
+    mov rdi, qword ptr [rdi + TASK_mm]
+    mov rsi, rbx
+    xor edx, edx
+    xor ecx, ecx
+    call gup_remote                     # the slow path: check_vma_flags
+    test rax, rax
+    js .Lgfr_out
+.Lgfr_read:
+    mov rcx, rbx
+    and ecx, PAGE_SIZE - 8
+    add rax, rcx
+    PA_TO_VA rax
+gup_fast_read_kmap:
+    mov rax, qword ptr [rax]
+    mov qword ptr [r12 + PT_RDX], rax
+    xor eax, eax
+    jmp .Lgfr_out
+.Lgfr_fault:
+    mov rax, -EFAULT
+.Lgfr_out:
+    pop r12
+    pop rbx
+    ret

@@ -59,6 +59,7 @@ sys_mmap:
     mov r14, rcx
     mov r15, r8
     mov rbp, r9
+    xor r8d, r8d                        # the file, once there is one
     test r12, r12
     jz .Lmm_inval
     add r12, 4095
@@ -74,6 +75,10 @@ sys_mmap:
     test rax, rax
     jz .Lmm_badf
     mov r8, rax
+    # MAP_SECRET is for anonymous memory only, checked after the descriptor
+    # as ksys_mmap_pgoff checks MAP_HUGETLB on a file (mm/mmap.c)
+    test r14, MAP_SECRET
+    jnz .Lmm_inval
     cmp qword ptr [r8 + FILE_type], FILE_GUEST_MEMFD
     je .Lmm_gmem
     cmp qword ptr [r8 + FILE_type], FILE_SECRETMEM
@@ -100,6 +105,19 @@ sys_mmap:
     test eax, eax
     jz .Lmm_again
     jmp .Lmm_place
+.Lmm_secret:
+    # MAP_SECRET: an internal secretmem file (secretmem.S), then the same
+    # locked mapping as memfd_secret's, at offset 0 of that file
+    mov rdi, r12
+    mov rsi, r13
+    mov rdx, r14
+    call secretmem_anon_file
+    cmp rax, -4096                      # IS_ERR: -errno, not a file
+    ja .Lmm_out
+    mov r8, rax
+    xor ebp, ebp
+    mov r9, VM_SECRET + VM_LOCKED
+    jmp .Lmm_locked
 .Lmm_gmem:
     mov rdi, r8
     mov rsi, r13
@@ -112,6 +130,8 @@ sys_mmap:
     mov r9, rax
     jmp .Lmm_place
 .Lmm_anon:
+    test r14, MAP_SECRET
+    jnz .Lmm_secret
     test r14, MAP_SHARED
     jz .Lmm_place
     mov r9, VM_SHARED
@@ -177,6 +197,13 @@ sys_mmap:
 .Lmm_nomem:
     mov rax, -ENOMEM
 .Lmm_out:
+    # a MAP_SECRET file that no mapping took goes with the failure
+    test r8, r8
+    jz .Lmm_ret
+    cmp qword ptr [r8 + FILE_refs], 0
+    jne .Lmm_ret
+    mov qword ptr [r8 + FILE_type], 0
+.Lmm_ret:
     RESTORE_CALLEE
     ret
 # sys_mprotect(addr, len, prot): the VMAs lying entirely inside the range take

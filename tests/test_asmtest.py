@@ -24,7 +24,8 @@ from emu.tools.faults import describe_exception
 PROGRAM = "_start:\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
 KNOWN_SWITCHES = "pti, pcid, asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, secretmem"
 USAGE = ("expect needs 'LABEL ok', 'LABEL fault VECTOR [ERRORCODE]', 'LABEL REG=VALUE', 'LABEL space SPACE', "
-         "'LABEL stale [FINDING]', 'LABEL asi [FINDING]', 'exit STATUS' or 'output TEXT'")
+         "'LABEL stale [FINDING]', 'LABEL asi [FINDING]', 'LABEL oops [VECTOR [ERRORCODE]]', 'exit STATUS' or "
+         "'output TEXT'")
 
 
 def parse_one(header: str):
@@ -1261,10 +1262,10 @@ def test_unreadable_files(tmp_path, data, message):
 PREDEFINED = [
     ("SYS_read", 0), ("SYS_write", 1), ("SYS_mmap", 9), ("SYS_munmap", 11), ("SYS_getpid", 39),
     ("SYS_exit", 60), ("SYS_ftruncate", 77), ("SYS_memfd_secret", 447),
-    ("SYS_probe", 1000), ("SYS_direct_map_alias", 1001),
+    ("SYS_probe", 1000), ("SYS_direct_map_alias", 1001), ("SYS_gup_fast_read", 1002),
     ("PROT_NONE", 0), ("PROT_READ", 1), ("PROT_WRITE", 2), ("PROT_EXEC", 4),
     ("MAP_SHARED", 0x1), ("MAP_PRIVATE", 0x2), ("MAP_FIXED", 0x10), ("MAP_ANONYMOUS", 0x20),
-    ("O_CLOEXEC", 0o2000000),
+    ("MAP_SECRET", 0x200000), ("O_CLOEXEC", 0o2000000),
     ("DIRECT_MAP_BASE", 0xFFFF888000000000), ("KERNEL_TEXT", 0xFFFFFFFF81000000),
     ("KERNEL_DATA", 0xFFFFFFFF81600000), ("ENTRY_TEXT", 0xFFFFFFFF81200000),
     ("CPU_ENTRY_AREA", 0xFFFFFE0000000000), ("USER_DATA", 0x600000),

@@ -11,6 +11,8 @@ binding's batch register calls cost ~40 µs, the C API ~1 µs (Unicorn fact 9).
 from __future__ import annotations
 
 import ctypes
+import threading
+import time
 from dataclasses import dataclass
 
 from unicorn import Uc
@@ -184,6 +186,7 @@ class Cpu:
         self.uc.ctl_set_exits([])
         self._snapshot = None
         self._ran = False                                 # no block translated yet
+        self._counted = False                             # Unicorn's count hook not yet added
         self._ec_ctx = None
         self._ec_val = None
         self._cr3_ctx = None
@@ -279,8 +282,32 @@ class Cpu:
         Stops come from the count, hooks (``emu_stop``) and halts only: there
         is no 'until' address (see __init__).
         """
+        if count and not self._counted:
+            # Unicorn adds its count hook at the first counted start, and blocks
+            # translated before it never call it (fact 14): a spin translated by
+            # an uncounted run would never run out
+            self.flush_code_cache()
+            self._counted = True
         self._ran = True
         return C.emu_start(self.hv, _u64(begin), _u64(0), _u64(0), ctypes.c_size_t(count))
+
+    def emu_start_watched(self, begin: int, seconds: float) -> tuple[int, bool]:
+        """Run without an instruction count until a hook or a halt stops the
+        CPU, or until it has run ``seconds`` of wall-clock time; returns
+        (uc_err, whether the time ran out).
+
+        An instruction count costs every instruction a call into Unicorn's
+        count hook (docs/architecture.md, Unicorn fact 14); a watchdog thread
+        costs nothing per instruction.  Unicorn's own timeout starts a thread
+        per run (~0.2 ms each, measured): one thread per process serves here.
+        """
+        self._ran = True
+        token = _WATCHDOG.arm(self.hv, seconds)
+        try:
+            err = C.emu_start(self.hv, _u64(begin), _u64(0), _u64(0), ctypes.c_size_t(0))
+        finally:
+            fired = _WATCHDOG.disarm(token)
+        return err, fired
 
     def emu_stop(self) -> None:
         C.emu_stop(self.hv)
@@ -331,6 +358,48 @@ class Cpu:
         return self._ec_val.value, (None if self._is_int_val is None else bool(self._is_int_val.value))
 
 
+class _Watchdog:
+    """Stops a CPU that has run too long without a stop (one daemon thread
+    for every CPU of the process, started at the first watched run).
+
+    ``uc_emu_stop`` from another thread is how Unicorn's own timeout works.
+    The lock makes arming, disarming and firing exclusive: after
+    :meth:`disarm` returns, the thread can no longer stop that run (nor, by
+    mistake, the next one)."""
+
+    POLL = 0.02
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs: dict[int, list] = {}     # token -> [handle, deadline, fired]
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, hv, seconds: float) -> int:
+        with self._lock:
+            self._next += 1
+            self._runs[self._next] = [hv, time.monotonic() + seconds, False]
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="isoemu-watchdog", daemon=True)
+                self._thread.start()
+            return self._next
+
+    def disarm(self, token: int) -> bool:
+        with self._lock:
+            return self._runs.pop(token)[2]
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.POLL)
+            now = time.monotonic()
+            with self._lock:
+                for run in self._runs.values():
+                    if not run[2] and now >= run[1]:
+                        run[2] = True
+                        C.emu_stop(run[0])
+
+
+_WATCHDOG = _Watchdog()
 _ec_offset: list = []
 _reg_offsets: dict[int, int | None] = {}
 

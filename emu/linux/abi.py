@@ -26,9 +26,9 @@ SYSCALLS = {
     "pread64": 17, "pwrite64": 18, "getrlimit": 97, "ptrace": 101, "setrlimit": 160,
     "prlimit64": 302, "process_vm_readv": 310, "process_vm_writev": 311,
     # project calls (numbers above Linux's range)
-    "probe": 1000, "direct_map_alias": 1001,
+    "probe": 1000, "direct_map_alias": 1001, "gup_fast_read": 1002,
 }
-NR_SYSCALLS_TABLE = 1002          # size of the dispatch table in the stub
+NR_SYSCALLS_TABLE = 1003          # size of the dispatch table in the stub
 
 # errno (positive; syscalls return -errno)
 ERRNO = {"EPERM": 1, "ENOENT": 2, "ESRCH": 3, "EIO": 5, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12,
@@ -42,7 +42,11 @@ SIGNAL_NAMES = {v: k for k, v in SIGNALS.items()}
 # mmap / memfd flags (uapi)
 PROT = {"PROT_NONE": 0, "PROT_READ": 1, "PROT_WRITE": 2, "PROT_EXEC": 4}
 MAP = {"MAP_SHARED": 0x01, "MAP_PRIVATE": 0x02, "MAP_FIXED": 0x10, "MAP_ANONYMOUS": 0x20,
-       "MAP_POPULATE": 0x8000}
+       "MAP_POPULATE": 0x8000,
+       # not in Linux: the value of MAP_EXCLUSIVE in Rapoport's 2019 RFC ("mm: add MAP_EXCLUSIVE to
+       # create exclusive user mappings", include/uapi/asm-generic/mman-common.h), still unused by
+       # mman-common.h and arch/x86's mman.h (docs/secretmem.md, "MAP_SECRET")
+       "MAP_SECRET": 0x200000}
 O_CLOEXEC = 0o2000000
 
 # resource limits (include/uapi/asm-generic/resource.h); the init task's values

@@ -78,6 +78,11 @@ INJECTIONS = {
                            "without its flush",
     "asi_enter_noflush": "the 2019 RFC's asi_enter loads the restricted CR3 with NOFLUSH: PCID 0, shared by "
                          "every restricted table, keeps another session's translations (asi=rfc2019)",
+    "gup_fast_secretmem": "GUP-fast takes a secret page without the folio_is_secretmem check (CVE-2024-35872, "
+                          "fixed by 'mm/secretmem: fix GUP-fast succeeding on secretmem folios'): its user then "
+                          "reads the page through its removed direct-map entry",
+    "secretmem_resize": "ftruncate resizes a secretmem file whose size is set, and zeroes the partial page at "
+                        "the new size through its removed direct-map entry (the panic 84ac013046cc fixed)",
 }
 
 #: the ASI designs (docs/asi.md), as the ``asi`` switch names them

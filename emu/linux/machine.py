@@ -170,6 +170,8 @@ class Machine:
             for s in img.sites_of(f"cr{n}_write"):
                 self.cpu.add_cr_site(s.addr, s.size, n, s.operand)
         self.cpu.hlt_sites = {ins.addr + ins.size for ins in img.insns if ins.mnemonic == "hlt"}
+        # the hypercalls and the console read RIP (events, findings)
+        self.cpu.sync_rip_at([ins.addr for ins in img.insns if ins.mnemonic == "out"])
 
     # the stub's declared hooks (``.hook NAME``) and what observes them:
     # always, and only while someone records events
@@ -415,18 +417,19 @@ class Machine:
         self._sink("syscall_return", nr=nr, ret=ret if ret < 1 << 63 else ret - (1 << 64))
 
     # -- running ---------------------------------------------------------------------------------
-    def run(self, budget: int = DEFAULT_BUDGET) -> RunResult:
+    def run(self, budget: int = DEFAULT_BUDGET, exact: bool = True) -> RunResult:
         """Run until every process has exited (or a stop is requested).
 
         Raises :class:`BudgetExhausted` when ``budget`` instructions did not
         suffice, :class:`Interrupted` on Ctrl-C (SIGINT), :class:`KernelPanic`
         on a stub panic, and :class:`~emu.hw.microcode.TripleFault` on a
-        triple fault.
+        triple fault.  ``exact=False``: the budget only guards against a
+        runaway, and the run is faster (:meth:`emu.hw.microcode.EventLoop.run`).
         """
         self.boot()
         start = len(self.events)
         with self.sigint_stops():
-            reason = self.cpu.run(budget)
+            reason = self.cpu.run(budget, exact)
         if self.tlb is not None:
             self.tlb.audit()
         if reason == "budget":
@@ -447,16 +450,17 @@ class Machine:
         tail = bytes(self.console).decode(errors="replace").strip().splitlines()
         return "kernel panic: " + (" / ".join(tail[-3:]) if tail else "no message")
 
-    def step(self, count: int = 1) -> str:
+    def step(self, count: int = 1, exact: bool = True) -> str:
         """Run at most ``count`` instructions; never raises for the budget.
 
         Returns 'budget' (count reached), 'halt', 'interrupted' (Ctrl-C), or
         the reason a hook gave to :meth:`stop` (e.g. a breakpoint).  For
         debuggers and tracers: the machine stays usable after any of them.
+        ``exact`` as for :meth:`run`.
         """
         self.boot()
         with self.sigint_stops():
-            return self.cpu.run(count)
+            return self.cpu.run(count, exact)
 
     @contextlib.contextmanager
     def sigint_stops(self):

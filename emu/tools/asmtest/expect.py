@@ -15,8 +15,10 @@ runner's record of one process in one run (runner.ProcessRun):
 ``captures(label)``, ``roots(label)``, ``space_name(root)``,
 ``findings_at(label, kind)`` (the TLB model's findings made while the
 instruction at the label ran, or while the kernel handled the system call or
-exception it raised), ``tlb_mode``, ``exit``, ``output`` and
-``expectations`` (those that apply to this configuration).
+exception it raised), ``oops`` (the kernel oops that ended the run while
+handling this process's system call or exception, or None), ``tlb_mode``,
+``exit``, ``output`` and ``expectations`` (those that apply to this
+configuration).
 """
 
 from __future__ import annotations
@@ -273,6 +275,37 @@ def _check_asi(e: Expectation, prepared, obs) -> list[str] | None:
     return [f"got {how}"] + obs.at(e.label)
 
 
+# --- oops -----------------------------------------------------------------------------------
+def _parse_oops(e: Expectation, words: list[str], rest: str) -> None:
+    if len(words) > 2:
+        raise BadExpectation("oops takes at most VECTOR [ERRORCODE], e.g. 'oops 14 0x2'")
+    if words:
+        _parse_fault(e, words, rest)
+
+
+def _describe_oops(e: Expectation) -> str:
+    if e.vector is None:
+        return f"{e.label} oops"
+    return f"{e.label} oops" + _describe_fault(e)[len(f"{e.label} fault"):]
+
+
+def _check_oops(e: Expectation, prepared, obs) -> list[str] | None:
+    if not obs.reached(e.label):
+        return ["not reached"] + obs.at(e.label)
+    oops = obs.oops
+    if oops is None:
+        return ["got no oops: the kernel handled it"] + obs.at(e.label)
+    if oops.rip != obs.image.symbols[e.label]:
+        return [f"got an oops elsewhere: {oops.message}"] + obs.source_of(oops.rip)
+    ev = oops.event
+    if e.vector is not None:
+        if ev is None:
+            return [f"got an oops with no kernel exception before it: {oops.message}"] + obs.at(e.label)
+        if ev.vector != e.vector or (e.error_code is not None and ev.error_code != e.error_code):
+            return ["got an oops after " + obs.kernel_fault_words(ev)] + obs.at(e.label)
+    return None
+
+
 # --- exit, output ---------------------------------------------------------------------------
 def _parse_exit(e: Expectation, words: list[str], rest: str) -> None:
     if len(words) != 1:
@@ -370,6 +403,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("stale", "LABEL stale [FINDING]", True, _parse_stale, _describe_stale, _check_stale),
     Kind("asi", "LABEL asi [FINDING]", True, _parse_asi,
          lambda e: f"{e.label} asi" + (f" {e.finding}" if e.finding else ""), _check_asi),
+    Kind("oops", "LABEL oops [VECTOR [ERRORCODE]]", True, _parse_oops, _describe_oops, _check_oops,
+         group="oops"),
     Kind("exit", "exit STATUS", False, _parse_exit, _describe_exit, _check_exit, _prepare_exit, group="exit",
          headline=_exit_headline),
     Kind("output", "output TEXT", False, _parse_output, lambda e: f"output {e.output}", _check_output,

@@ -25,7 +25,7 @@ from emu.hw.x86 import USER_REGISTERS
 from emu.linux import abi
 from emu.linux.config import nearest
 from emu.linux.layout import layout_for
-from emu.linux.machine import BudgetExhausted, Interrupted, Machine
+from emu.linux.machine import BudgetExhausted, Interrupted, KernelPanic, Machine
 from emu.linux.program import user_symbols
 from emu.tools.asmtest.expect import KINDS, BadExpectation, Expectation
 from emu.tools.asmtest.format import AsmTest, AsmTestError, ProcessSpec, Variant, parse_file
@@ -41,6 +41,16 @@ class Signal:
     signo: int
     rip: int                      # the faulting RIP (sigcontext)
     event: object | None          # the CPL3 exception event behind it
+
+
+@dataclass
+class Oops:
+    """The kernel oops (a stub panic) that ended the run, charged to the user
+    instruction whose system call or exception the kernel was handling."""
+
+    rip: int | None
+    event: object | None          # the last kernel (CPL0) exception before it
+    message: str
 
 
 class _Names:
@@ -85,6 +95,8 @@ class ProcessRun:
         self.entry_rip: int | None = None            # the user instruction that last entered the kernel
         self.findings: list[tuple[int | None, object]] = []   # (user RIP it is charged to, TlbFinding)
         self.asi_findings: list[tuple[int | None, object]] = []   # the same for ASI's (AsiFinding)
+        self.last_kernel_exc = None                  # the last CPL0 exception while this process ran
+        self.oops: Oops | None = None
 
     # -- what the checks read ------------------------------------------------------------------
     def reached(self, label: str) -> int:
@@ -99,6 +111,14 @@ class ProcessRun:
     def at(self, label: str) -> list[str]:
         src = self.runner.source(self, self.image.symbols[label])
         return [src] if src else []
+
+    def source_of(self, addr: int | None) -> list[str]:
+        src = self.runner.source(self, addr) if addr is not None else None
+        return [src] if src else []
+
+    def kernel_fault_words(self, ev) -> str:
+        return describe_exception(ev.vector, ev.error_code, ev.cr2, ev.rip, self.runner.symbol(self, ev.rip),
+                                  ev.space)
 
     def captures(self, label: str) -> list[dict[str, int]]:
         return self.captured.get(label, [])
@@ -210,11 +230,16 @@ class Runner:
         except BudgetExhausted:
             self._machine_failure(f"runaway: the instruction budget of {self.budget:,} ran out")
             return
+        except KernelPanic as e:
+            if not self._expected_oops(str(e)):
+                self._machine_failure(f"the machine stopped: {e}")
+                return
         except GuestError as e:
             self._machine_failure(f"the machine stopped: {e}")
             return
+        oopsed = any(pr.oops is not None for pr in self.procs)
         for pr in self.procs:
-            self._evaluate(pr)
+            self._evaluate(pr, default_exit=not oopsed)
         for f in self.machine_findings:
             what = "TLB" if hasattr(f, "finding") else "ASI"
             self.res.failures.append(Failure(f"unexpected {what} finding outside the test's processes", [f.line()]))
@@ -296,6 +321,20 @@ class Runner:
             pr.entry_rip = ev.get("rip")
             if kind == "exception":
                 pr.last_exc = ev
+        elif kind == "exception" and pr is not None:
+            pr.last_kernel_exc = ev
+
+    def _expected_oops(self, message: str) -> bool:
+        """A panic that a test expects (``LABEL oops``) is an outcome, not a
+        machine failure: it is charged to the process that was running and
+        the instruction whose system call or exception the kernel handled."""
+        if not any(e.kind == "oops" for pr in self.procs for e in pr.expectations):
+            return False
+        pr = self._proc_of(self.m.current_process())
+        if pr is None:
+            return False
+        pr.oops = Oops(pr.entry_rip, pr.last_kernel_exc, message)
+        return True
 
     def _on_finding(self, pr: ProcessRun | None, ev) -> None:
         """Charge a TLB finding to the user instruction it was made at: the
@@ -419,7 +458,7 @@ class Runner:
             details = [f.line()] + ([where] if where else [])
             self.res.failures.append(Failure(f"unexpected ASI finding in process {pr.spec.name}", details))
 
-    def _evaluate(self, pr: ProcessRun) -> None:
+    def _evaluate(self, pr: ProcessRun, default_exit: bool = True) -> None:
         fail = self.res.failures
         if pr.setup_failed:
             fail.append(Failure(f"the runtime of process {pr.spec.name} could not start: {pr.setup_failed}"))
@@ -427,7 +466,11 @@ class Runner:
         self._unexpected(pr)
         self._unexpected_findings(pr)
         exp = pr.expectations
-        if not any(e.kind == "exit" for e in exp):
+        if pr.oops is not None and not any(e.kind == "oops" for e in exp):
+            fail.append(Failure(f"unexpected oops in process {pr.spec.name}: {pr.oops.message}",
+                                pr.source_of(pr.oops.rip)))
+        # a run an oops ended has no exits to expect by default
+        if default_exit and not any(e.kind == "exit" for e in exp):
             default = Expectation(self.t.path, 0, "", "exit", status=parse_expr("0", "exit"))
             pr.prepared[id(default)] = 0
             exp = exp + [default]

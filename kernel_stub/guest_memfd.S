@@ -328,12 +328,23 @@ sys_fallocate:
     mov rax, qword ptr [rbx + FILE_type]
     cmp rax, FILE_GUEST_MEMFD
     je .Lfa_reg
+    cmp rax, FILE_XPFO
+    je .Lfa_reg
     cmp rax, FILE_SECRETMEM
     jne .Lfa_nodev                      # not a regular file (S_ISREG)
 .Lfa_reg:
     mov rax, r13
     add rax, r14
     jo .Lfa_fbig
+    cmp qword ptr [rbx + FILE_type], FILE_XPFO
+    jne .Lfa_not_xpfo
+    mov rdi, rbx
+    mov esi, r12d
+    mov rdx, r13
+    mov rcx, r14
+    call xpfo_fallocate                 # xpfo.S
+    jmp .Lfa_out
+.Lfa_not_xpfo:
     cmp qword ptr [rbx + FILE_type], FILE_GUEST_MEMFD
     jne .Lfa_opnotsupp                  # secretmem has no ->fallocate
     test r12, FALLOC_FL_KEEP_SIZE

@@ -41,6 +41,7 @@ SPACE_CODES = {"A.user": 0, "A.kernel": 1, "A.asi": 2, "B.user": 0}
 
 # va_kind codes of the probe program
 K_ABS, K_SECRET, K_SECRET_DM, K_DATA_DM, K_A_SECRET, K_A_SECRET_DM, K_A_DATA_DM = range(7)
+K_XPFO, K_XPFO_DM, K_A_XPFO, K_A_XPFO_DM = range(7, 11)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ REGIONS = [
     Region("user_data", "USER_DATA, the program's data page (a 'ret' written there)"),
     Region("secret_user", "A's mapping of its memfd_secret page (a 'ret' written there)"),
     Region("secret_direct_map", "the direct-map alias of the secret page"),
+    Region("xpfo_user", "A's mapping of a /dev/xpfo page (fallocate, mmap MAP_SHARED; a 'ret' written there)"),
+    Region("xpfo_direct_map", "the direct-map alias of the /dev/xpfo page"),
     Region("direct_map", "the direct map of kernel data (non-sensitive): probe_data_ret's alias"),
     Region("direct_map_sensitive", "the direct-map alias of A's user data frame"),
     Region("kernel_text", "a 'ret' in kernel text"),
@@ -146,6 +149,8 @@ def region_addresses(m: Machine) -> dict[str, tuple[int, int | str]]:
         "user_data": (K_ABS, abi.USER_DATA),
         "secret_user": (K_SECRET, 0),
         "secret_direct_map": (K_SECRET_DM, 0),
+        "xpfo_user": (K_XPFO, 0),
+        "xpfo_direct_map": (K_XPFO_DM, 0),
         "direct_map": (K_ABS, lay.page_offset + k.kva_to_pa(data_ret)),
         "direct_map_sensitive": (K_DATA_DM, 0),
         "kernel_text": (K_ABS, k.sym("probe_target_ret")),
@@ -167,7 +172,8 @@ def _stack_bottom(lay, task: int) -> int:
 
 def _for_b(kind: int) -> int:
     """B probes A's dynamic addresses."""
-    return {K_SECRET: K_A_SECRET, K_SECRET_DM: K_A_SECRET_DM, K_DATA_DM: K_A_DATA_DM}.get(kind, kind)
+    return {K_SECRET: K_A_SECRET, K_SECRET_DM: K_A_SECRET_DM, K_DATA_DM: K_A_DATA_DM,
+            K_XPFO: K_A_XPFO, K_XPFO_DM: K_A_XPFO_DM}.get(kind, kind)
 
 
 class MatrixMachine:
@@ -245,6 +251,9 @@ class MatrixMachine:
         b_slots = self.b.image.symbols["va_a_secret"]
         for i, v in enumerate(vals):
             m.mem.write_u64(m.pa_of(b_slots + 8 * i, f"{self.b.name}.kernel"), v)
+        for i in range(2):       # and its xpfo page's
+            v = m.read_u64(self.a.image.symbols["va_xpfo"] + 8 * i, "A.kernel")
+            m.mem.write_u64(m.pa_of(self.b.image.symbols["va_a_xpfo"] + 8 * i, f"{self.b.name}.kernel"), v)
         self.stats_at_yield = m.stats()
         self.findings_at_yield = len(m.findings)
         if self._pause:

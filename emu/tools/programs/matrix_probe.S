@@ -7,7 +7,8 @@
 ; vector (0 = no fault), error code, asi exit (1/0), resolved address.
 ; va_kind: 0 absolute, 1 the secret mapping, 2 its direct-map alias,
 ; 3 the direct-map alias of USER_DATA, 4..6 the same three of process A
-; (filled in by Python for process B).
+; (filled in by Python for process B), 7 the /dev/xpfo mapping, 8 its
+; direct-map alias, 9..10 the same two of process A (for process B).
 ;
 ; Every probe is real machine code.  CPL3 faults arrive as SIGSEGV; the
 ; handler records trapno and the error code (see record_error_code) and
@@ -61,6 +62,38 @@ _start:
     mov rdi, USER_DATA
     syscall
     mov qword ptr [rip + va_data_dm], rax
+    ; and a page of /dev/xpfo (open + fallocate + shared mmap): out of the
+    ; direct map from the fallocate on (kernel_stub/xpfo.S)
+    movabs rax, 0x6670782f7665642f      ; "/dev/xpf"
+    push 0x6f                           ; "o"
+    push rax
+    mov rdi, rsp
+    mov esi, O_RDWR
+    xor edx, edx
+    mov eax, SYS_open
+    syscall
+    add rsp, 16
+    mov qword ptr [rip + xpfo_fd], rax
+    mov rdi, rax
+    xor esi, esi
+    xor edx, edx
+    mov r10d, 4096
+    mov eax, SYS_fallocate
+    syscall
+    mov eax, SYS_mmap
+    xor edi, edi
+    mov esi, 4096
+    mov edx, PROT_READ + PROT_WRITE
+    mov r10d, MAP_SHARED
+    mov r8, qword ptr [rip + xpfo_fd]
+    xor r9d, r9d
+    syscall
+    mov qword ptr [rip + va_xpfo], rax
+    mov byte ptr [rax], 0xc3
+    mov rdi, rax
+    mov eax, SYS_direct_map_alias
+    syscall
+    mov qword ptr [rip + va_xpfo_dm], rax
 .Lprobes:
     xor ebx, ebx
     call run_probes
@@ -208,6 +241,7 @@ cur_entry:      .quad 0
 cur_rsp:        .quad 0
 cur_phase:      .quad 0
 secret_fd:      .quad 0
+xpfo_fd:        .quad 0
 sigact:         .zero 32
 ; the dynamic addresses, indexed by va_kind - 1
 va_secret:      .quad 0
@@ -216,4 +250,8 @@ va_data_dm:     .quad 0
 va_a_secret:    .quad 0
 va_a_secret_dm: .quad 0
 va_a_data_dm:   .quad 0
+va_xpfo:        .quad 0
+va_xpfo_dm:     .quad 0
+va_a_xpfo:      .quad 0
+va_a_xpfo_dm:   .quad 0
 .align 64

@@ -158,6 +158,15 @@ class EventLoop(Cpu):
                     self._suppress_block_start = None
                     return
                 self._last_block_start = a
+                if len(fns) == 1:
+                    # the common case in one function: no copy, no loop
+                    try:
+                        fns[0](a)
+                    except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                        if self._error is None:
+                            self._error = e
+                        C.emu_stop(self.hv)
+                    return
                 # all of them, even after a stop request: the suppression
                 # above would keep them from running when the CPU resumes
                 self._call_all(tuple(fns), a, until_stop=False)

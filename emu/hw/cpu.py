@@ -301,6 +301,12 @@ class Cpu:
         costs nothing per instruction.  Unicorn's own timeout starts a thread
         per run (~0.2 ms each, measured): one thread per process serves here.
         """
+        if self._counted:
+            # the other way round (fact 14): Unicorn drops its count hook at an
+            # uncounted start, and blocks translated with calls to it stopped a
+            # run after its first case (seen in the MMU oracle's batches)
+            self.flush_code_cache()
+            self._counted = False
         self._ran = True
         token = _WATCHDOG.arm(self.hv, seconds)
         try:

@@ -1,4 +1,4 @@
-"""The oracle's batch path (emu/dev/mmu_batch.py) against its one-case path.
+"""The oracle's batch paths (emu/dev/mmu_batch.py) against its one-case paths.
 
 The access enumeration (tests/test_mmu_access_enum.py) executes its cases in
 batches: one guest program per session, faults handled in a hook that
@@ -99,6 +99,7 @@ def test_batch_matches_one_case(machine, sample, summary):
             assert mem.read(ram, 0x1000) == ram_before              # every write outside scratch undone
             assert mem.read(oracle.scratch, SIZE_2M) == b"\xcc" * SIZE_2M
             assert oracle.check_batch(root, cases, cpl, ctl) == []  # and the walker agrees
+            assert oracle.check_hw_batch(root, cases, cpl, ctl) == []
             for (va, acc), (bo, bpa) in zip(cases, batch):
                 o = oracle.access(root, va, acc, cpl, ctl)
                 one = (o.vector, o.cr2 if o.vector is not None else S, o.error_code, oracle.last_pa)
@@ -160,6 +161,10 @@ def test_batch_reports_an_injected_walker_disagreement(machine, monkeypatch, cpl
             bad = oracle.check_batch(root, cases, cpl, ctl)
             assert [(d.how, d.va, d.access) for d in bad] == [("batch", *target)], (target, lie)
             assert bad[0].describe().startswith("batch: ")
+            # the probes see a fault that is not one, or another address (not error codes)
+            seen = (lie.fault is None) != (true.fault is None) or (lie.fault is None and lie.pa != true.pa)
+            bad = oracle.check_hw_batch(root, cases, cpl, ctl)
+            assert [(d.how, d.va, d.access) for d in bad] == ([("hw_translate", *target)] if seen else [])
     monkeypatch.undo()
     # a success made a fault or another address, a #PF and a #GP made a
     # translation or another fault

@@ -8,7 +8,10 @@ page table in a :class:`PhysMem`, at CPL0 or CPL3, under any control state
   at the requested CPL and control state (a probe: no instruction runs);
 * :meth:`MmuOracle.access`: a real instruction executed by the CPU --
   ``mov al, [rdi]``, ``mov [rdi], al`` or ``jmp rdi`` -- reporting the
-  exception vector, CR2 and the error code the CPU itself computed.
+  exception vector, CR2 and the error code the CPU itself computed;
+* :meth:`MmuOracle.access_batch` / :meth:`MmuOracle.check_batch`: the same
+  executed accesses for many cases of one session (root, CPL, control
+  state) in one ``emu_start`` (:mod:`emu.dev.mmu_batch`).
 
 It belongs to the CPU layer and talks to Unicorn directly.  The design
 follows what Unicorn 2.1.4 does (docs/architecture.md, Unicorn facts), and what its
@@ -34,7 +37,8 @@ QEMU code (target/i386/excp_helper.c, accel/tcg/cputlb.c) shows:
 
 The page tables under test must leave two top-level slots to the oracle
 (:attr:`MmuOracle.RESERVED_SLOTS`): slot 511 holds the supervisor code
-page and slot 255 the user code page.  :meth:`MmuOracle.install` writes
+page and slot 255 the user code page, each with the batch program's 2 MiB
+page (one frame, mapped in both) right after it.  :meth:`MmuOracle.install` writes
 those two entries into a root.
 
 Leaves may point anywhere, but executed accesses should land beyond RAM

@@ -239,7 +239,7 @@ gmem_truncate:
     ret
 
 # gmem_release(file): the last reference is gone: every page is freed, then
-# the index, then the VM's reference (kvm_gmem_release, evict)
+# the index, the memslots' bindings, then the VM's reference (kvm_gmem_release, evict)
 gmem_release:
     push rbx
     mov rbx, rdi
@@ -250,6 +250,8 @@ gmem_release:
     VA_TO_PA rdi
     xor esi, esi
     call free_page
+    mov rdi, rbx
+    call kvm_gmem_unbind                # kvm_vm.S
     mov rdi, qword ptr [rbx + FILE_pages + 8]
     call file_put
     pop rbx
@@ -328,12 +330,23 @@ sys_fallocate:
     mov rax, qword ptr [rbx + FILE_type]
     cmp rax, FILE_GUEST_MEMFD
     je .Lfa_reg
+    cmp rax, FILE_XPFO
+    je .Lfa_reg
     cmp rax, FILE_SECRETMEM
     jne .Lfa_nodev                      # not a regular file (S_ISREG)
 .Lfa_reg:
     mov rax, r13
     add rax, r14
     jo .Lfa_fbig
+    cmp qword ptr [rbx + FILE_type], FILE_XPFO
+    jne .Lfa_not_xpfo
+    mov rdi, rbx
+    mov esi, r12d
+    mov rdx, r13
+    mov rcx, r14
+    call xpfo_fallocate                 # xpfo.S
+    jmp .Lfa_out
+.Lfa_not_xpfo:
     cmp qword ptr [rbx + FILE_type], FILE_GUEST_MEMFD
     jne .Lfa_opnotsupp                  # secretmem has no ->fallocate
     test r12, FALLOC_FL_KEEP_SIZE

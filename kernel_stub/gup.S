@@ -20,7 +20,7 @@ gup_remote:
     call find_vma
     test rax, rax
     jz .Lgr_fault
-    test qword ptr [rax + VMA_flags], VM_SECRET
+    test qword ptr [rax + VMA_flags], VM_SECRET + VM_XPFO     # xpfo pages: not in the direct map either
     jnz .Lgr_fault
     mov rcx, qword ptr [rax + VMA_prot]
     test r13, r13

@@ -1,12 +1,14 @@
 # /dev/kvm, its VM and vCPU files, and the file calls guest_memfd needs (open,
-# fstat, pread64, pwrite64, ioctl).  After virt/kvm/kvm_main.c, fs/open.c,
+# fstat, pread64, pwrite64, ioctl).  Memslots and vCPUs are in kvm_vm.S.  After virt/kvm/kvm_main.c, fs/open.c,
 # fs/read_write.c, fs/stat.c.  docs/guest_memfd.md.
 
 .text
 
-# open(path, flags, mode): only "/dev/kvm" exists (misc device; any access mode)
+# open(path, flags, mode): "/dev/kvm" (misc device; any access mode), and
+# "/dev/xpfo" (xpfo.S)
 sys_open:
-    sub rsp, 16
+    sub rsp, 24
+    mov qword ptr [rsp + 16], rdi
     mov rsi, rdi
     mov rdi, rsp
     mov edx, 9
@@ -15,7 +17,7 @@ sys_open:
     jnz .Lop_fault
     movabs rax, 0x6d766b2f7665642f      # "/dev/kvm"
     cmp qword ptr [rsp], rax
-    jne .Lop_noent
+    jne .Lop_other
     cmp byte ptr [rsp + 8], 0
     jne .Lop_noent
     mov edi, FILE_KVM
@@ -38,10 +40,15 @@ sys_open:
 .Lop_fault:
     mov rax, -EFAULT
     jmp .Lop_out
+.Lop_other:
+    mov rdi, rsp
+    mov rsi, qword ptr [rsp + 16]
+    call xpfo_open                      # xpfo.S: "/dev/xpfo", else -ENOENT
+    jmp .Lop_out
 .Lop_noent:
     mov rax, -ENOENT
 .Lop_out:
-    add rsp, 16
+    add rsp, 24
     ret
 
 # fstat(fd, statbuf): inode number, mode, links, size and block size
@@ -78,6 +85,8 @@ sys_fstat:
     cmp rcx, FILE_SECRETMEM
     je .Lfs_sized
     cmp rcx, FILE_GUEST_MEMFD
+    je .Lfs_sized
+    cmp rcx, FILE_XPFO
     jne .Lfs_mode
 .Lfs_sized:
     or eax, S_IFREG                     # secretmem_file_create, __kvm_gmem_create
@@ -209,29 +218,10 @@ kvm_file_release:
     mov rax, qword ptr [rdi + FILE_type]
     cmp rax, FILE_GUEST_MEMFD
     je gmem_release
+    cmp rax, FILE_XPFO
+    je xpfo_release                     # xpfo.S
     cmp rax, FILE_KVM_VM
     je kvm_vm_release
     cmp rax, FILE_KVM_VCPU
     je kvm_vcpu_release
-    ret
-
-# --- the VM: memslots ------------------------------------------------------------------
-# kvm_set_memory_region(vm, user region2) -> 0 or -errno (kvm_set_memory_region)
-kvm_set_memory_region:
-    mov rax, -ENOTTY
-    ret
-
-kvm_vm_release:
-    ret
-
-# --- vCPUs -----------------------------------------------------------------------------
-kvm_create_vcpu:
-    mov rax, -ENOTTY
-    ret
-
-kvm_vcpu_ioctl:
-    mov rax, -EINVAL
-    ret
-
-kvm_vcpu_release:
     ret

@@ -74,6 +74,10 @@ handle_user_fault:
     jnz .Lhuf_secret
     test qword ptr [r15 + VMA_flags], VM_GMEM
     jnz .Lhuf_gmem
+    test qword ptr [r15 + VMA_flags], VM_XPFO
+    jnz .Lhuf_xpfo
+    test qword ptr [r15 + VMA_flags], VM_KVM_RUN
+    jnz .Lhuf_vcpu
     xor edi, edi
     mov esi, FRAME_USER
     mov edx, HC_SENSITIVE
@@ -83,10 +87,25 @@ handle_user_fault:
     mov rdx, rax
     mov rcx, qword ptr [r15 + VMA_prot]
     jmp .Lhuf_map
+.Lhuf_vcpu:
+    mov rdi, r15
+    mov rsi, r12
+    call kvm_vcpu_fault                 # kvm_vm.S
+    jmp .Lhuf_file
 .Lhuf_gmem:
     mov rdi, r15
     mov rsi, r12
     call gmem_fault                     # guest_memfd.S
+.Lhuf_file:
+    test rax, rax
+    jz .Lhuf_bus
+    mov rdx, rax
+    mov rcx, qword ptr [r15 + VMA_prot]
+    jmp .Lhuf_map
+.Lhuf_xpfo:
+    mov rdi, r15
+    mov rsi, r12
+    call xpfo_fault                     # xpfo.S
     test rax, rax
     jz .Lhuf_bus
     mov rdx, rax
@@ -152,7 +171,7 @@ unmap_vma:
 .Luv_flush:
     call flush_tlb_one_user
 .Luv_flushed:
-    test qword ptr [r12 + VMA_flags], VM_SECRET + VM_GMEM   # the file owns these pages
+    test qword ptr [r12 + VMA_flags], VM_SECRET + VM_GMEM + VM_XPFO + VM_KVM_RUN   # the file owns these pages
     jnz .Luv_next
     movabs rax, PTE_PFN_MASK
     and r14, rax

@@ -81,6 +81,10 @@ sys_mmap:
     jnz .Lmm_inval
     cmp qword ptr [r8 + FILE_type], FILE_GUEST_MEMFD
     je .Lmm_gmem
+    cmp qword ptr [r8 + FILE_type], FILE_XPFO
+    je .Lmm_xpfo
+    cmp qword ptr [r8 + FILE_type], FILE_KVM_VCPU
+    je .Lmm_vcpu
     cmp qword ptr [r8 + FILE_type], FILE_SECRETMEM
     jne .Lmm_nodev
     # do_mmap (mm/mmap.c): the secretmem mount is noexec, so PROT_EXEC is
@@ -128,6 +132,24 @@ sys_mmap:
     test rax, rax
     js .Lmm_out
     mov r9, rax
+    jmp .Lmm_place
+.Lmm_xpfo:
+    mov rdi, r8
+    mov rsi, r13
+    mov rdx, r14
+    push r8
+    call xpfo_mmap                      # xpfo.S: VMA flags or -errno
+    pop r8
+    test rax, rax
+    js .Lmm_out
+    mov r9, rax
+    jmp .Lmm_place
+.Lmm_vcpu:
+    # kvm_vcpu_mmap: any mapping; its page 0 is the kvm_run page (kvm_vcpu_fault)
+    mov r9, VM_KVM_RUN
+    test r14, MAP_SHARED
+    jz .Lmm_place
+    or r9, VM_SHARED
     jmp .Lmm_place
 .Lmm_anon:
     test r14, MAP_SECRET
@@ -241,7 +263,7 @@ sys_mprotect:
     jb .Lmp_inval
     cmp rdx, r13
     ja .Lmp_inval
-    test qword ptr [rax + VMA_flags], VM_SECRET + VM_GMEM   # noexec mounts
+    test qword ptr [rax + VMA_flags], VM_SECRET + VM_GMEM + VM_XPFO   # noexec mounts
     jz .Lmp_next_check
     test r14, PROT_EXEC
     jnz .Lmp_acces

@@ -4,6 +4,7 @@
 
 # native_flush_tlb_global: INVPCID type 2 (all PCIDs, globals included)
 flush_tlb_all:
+    inc qword ptr [nr_kernel_tlb_flushes]
     cmp qword ptr [feature_invpcid], 0
     je .Lfta_pge
     sub rsp, 16
@@ -93,6 +94,7 @@ flush_tlb_mm_local:
 flush_tlb_kernel_range:
     cmp rsi, TLB_SINGLE_PAGE_FLUSH_CEILING * PAGE_SIZE
     ja flush_tlb_all
+    inc qword ptr [nr_kernel_tlb_flushes]
     push rbx
     push r12
     mov rbx, rdi
@@ -108,3 +110,8 @@ flush_tlb_kernel_range:
     pop r12
     pop rbx
     ret
+
+.data
+# kernel TLB shootdowns (flush_tlb_all, flush_tlb_kernel_range, and the batch
+# flush of xpfo.S): on SMP each is one on_each_cpu round of IPIs
+nr_kernel_tlb_flushes:  .quad 0

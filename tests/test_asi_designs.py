@@ -426,7 +426,7 @@ def test_the_comparison_is_the_measurement():
     # A.kernel reads the same in every design: the full table does not change
     assert "A.kernel is the same in every design" in text
     doc = asi_designs.as_dict(c)
-    assert doc["designs"] == list(DESIGNS) and len(doc["cells"]) == 13 * 3
+    assert doc["designs"] == list(DESIGNS) and len(doc["cells"]) == 18 * 3
 
 
 @pytest.mark.parametrize("design,leaves_at", [("on", "asi_exit"), ("rfc2025", "asi_exit"),

@@ -98,9 +98,11 @@ def test_matrix_json_schema(matrix_json):
                              "inject": "none", "secretmem": "page"}
     assert doc["spaces"] == ["A.user", "A.kernel", "A.asi", "B.user"]
     regions = [r["name"] for r in doc["regions"]]
-    assert regions == ["user_text", "user_data", "secret_user", "secret_direct_map", "direct_map",
+    assert regions == ["user_text", "user_data", "secret_user", "secret_direct_map", "xpfo_user",
+                       "xpfo_direct_map", "direct_map",
                        "direct_map_sensitive", "kernel_text", "kernel_data", "entry_text", "cpu_entry_area",
-                       "kernel_stack", "vmalloc", "secret_direct_map_released"]
+                       "kernel_stack", "vmalloc", "gmem_private_user", "gmem_direct_map",
+                       "gmem_nodm_direct_map", "secret_direct_map_released"]
     assert all(set(r) == {"name", "description"} and r["description"] for r in doc["regions"])
     cpl = {"A.user": 3, "B.user": 3, "A.kernel": 0, "A.asi": 0}
     for c in doc["cells"]:
@@ -172,7 +174,9 @@ def test_stats_text_and_json(capsys):
     names = list(doc["boot"])
     assert names == ["DirectMap4k", "DirectMap2M", "DirectMap1G", "direct_map_level2_splits",
                      "direct_map_level3_splits", "secret_pages", "guest_memfd_pages",
-                     "guest_memfd_unmapped_pages", "guest_memfd_conversions", "asi_exits", "asi_fault_exits",
+                     "guest_memfd_unmapped_pages", "guest_memfd_conversions", "xpfo_pages",
+                     "xpfo_pages_removed", "xpfo_flushes", "xpfo_cache_hits", "xpfo_cached_pages",
+                     "xpfo_pages_restored", "kernel_tlb_flushes", "asi_exits", "asi_fault_exits",
                      "asi_user_return_exits", "asi_context_switch_exits", "asi_tlb_flush_exits",
                      "asi_other_exits", "asi_flush_ibpb", "asi_flush_rsb", "asi_flush_l1d",
                      "asi_critical_findings"] + [f"tlb_{k}" for k in STAT_KEYS]

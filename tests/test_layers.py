@@ -7,7 +7,10 @@ An AST scan of every module's imports, function-level imports included:
 * there is no import cycle between modules, inside a package or across;
 * no module imports another module's private (``_name``) names or reaches
   into them through a module object;
-* no module is longer than 600 lines.
+* no module is longer than 600 lines;
+* only the CPU layer's ``emu.hw.cpu``, ``emu.hw.vmx`` and
+  ``emu.hw.microcode`` touch Unicorn (and ``emu.dev``, whose benchmarks
+  measure raw Unicorn as their baseline and whose oracle is Unicorn's MMU).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("emu.parse", "emu.hw.x86", "emu.hw.descriptors"),
     ("emu.hw.phys", "emu.asm"),
     ("emu.hw.paging", "emu.hw.image"),
-    ("emu.hw.cpu", "emu.hw.tlb"),
+    ("emu.hw.cpu", "emu.hw.tlb", "emu.hw.vmx"),
     ("emu.hw.microcode",),
     ("emu.linux",),
     ("emu.tools",),
@@ -170,6 +173,26 @@ def test_no_import_cycles():
         if v not in index:
             strong(v)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+# who may import unicorn (docs/architecture.md, Layers)
+UNICORN_USERS = ("emu.hw.cpu", "emu.hw.vmx", "emu.hw.microcode", "emu.dev")
+
+
+def _unicorn_importers():
+    for mod, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "unicorn" or n.startswith("unicorn.") for n in names):
+                yield mod, node.lineno
+
+
+def test_only_the_cpu_layer_touches_unicorn():
+    bad = [f"{_rel(MODULES[mod])}:{line}: {mod} imports unicorn" for mod, line in _unicorn_importers()
+           if not any(mod == u or mod.startswith(u + ".") for u in UNICORN_USERS)]
+    assert not bad, "\n".join(bad)
+    assert {"emu.hw.cpu", "emu.hw.vmx"} <= {mod for mod, _ in _unicorn_importers()}
 
 
 def test_no_private_names_across_modules():

@@ -64,8 +64,8 @@ def test_no_mismatch_in_any_configuration(text):
     r = run(text)
     cfg = cfg_of(text)
     assert r.spaces == ["A.user", "A.kernel"] + (["A.asi"] if cfg.asi else []) + ["B.user"]
-    # 13 regions x r/w/x in each of A's spaces; B.user has no released row
-    assert len(r.cells) == 39 * (len(r.spaces) - 1) + 36
+    # 18 regions x r/w/x in each of A's spaces; B.user has no released row
+    assert len(r.cells) == 54 * (len(r.spaces) - 1) + 51
     assert [(c.region, c.space, c.access, c.got.text(), c.want.text()) for c in r.mismatches] == []
 
 
@@ -241,15 +241,18 @@ SMEP_REGRESSION = [
     ("pti=off asi=off", [("user_text", "x", "A.kernel", "ok", "#PF 0x11", "SMEP")]),
     # no NX: SMEP decides every user page, and every fetch fault loses I/D
     ("pti=on nx=off",
-     [(r, "x", s, "ok", w, why) for r in ("user_text", "user_data", "secret_user")
+     [(r, "x", s, "ok", w, why) for r in ("user_text", "user_data", "secret_user", "xpfo_user")
       for s, w, why in (("A.kernel", "#PF 0x11", "SMEP"), ("A.asi", "asi-exit→#PF 0x11", "retried: SMEP"))]
-     + [("secret_user", "x", "B.user", "#PF 0x4", "#PF 0x14", "not present")]
+     + [(r, "x", "B.user", "#PF 0x4", "#PF 0x14", "not present") for r in ("secret_user", "xpfo_user")]
      + [(r, "x", s, "#PF 0x4", "#PF 0x14", "not present")
-        for r in ("secret_direct_map", "direct_map", "direct_map_sensitive", "kernel_text", "kernel_data",
-                  "kernel_stack", "vmalloc")
+        for r in ("secret_direct_map", "xpfo_direct_map", "direct_map", "direct_map_sensitive", "kernel_text",
+                  "kernel_data", "kernel_stack", "vmalloc", "gmem_private_user", "gmem_direct_map",
+                  "gmem_nodm_direct_map")
         for s in ("A.user", "B.user")]
-     + [("secret_direct_map", "x", "A.kernel", "#PF 0x0", "#PF 0x10", "not present"),
-        ("secret_direct_map", "x", "A.asi", "asi-exit→#PF 0x0", "asi-exit→#PF 0x10", "not present, not retried")]
+     + [(r, "x", s, g, w, why) for r in ("secret_direct_map", "xpfo_direct_map", "gmem_private_user",
+                                        "gmem_nodm_direct_map")
+        for s, g, w, why in (("A.kernel", "#PF 0x0", "#PF 0x10", "not present"),
+                             ("A.asi", "asi-exit→#PF 0x0", "asi-exit→#PF 0x10", "not present, not retried"))]
      + [(r, "x", s, "#PF 0x5", "#PF 0x15", "U/S") for r in ("entry_text", "cpu_entry_area")
         for s in ("A.user", "B.user")]
      + [("secret_direct_map_released", "x", "A.user", "#PF 0x4", "#PF 0x14", "not present")]),
@@ -297,17 +300,23 @@ def test_every_execute_target_holds_a_ret():
     mm = matrix.MatrixMachine()
     m = mm.pause_at_yield()
     seen = {}
+    # mapped nowhere: the secret's alias (checked by its own tests), A's
+    # mapping of the private guest_memfd page (its alias is gmem_direct_map)
+    # and the NO_DIRECT_MAP page's alias (read through its frame)
+    unmapped = ("secret_direct_map", "xpfo_direct_map", "secret_direct_map_released", "gmem_private_user")
     for region, space, acc in mm.plans["A"]:
-        if acc != "x" or region in ("secret_direct_map", "secret_direct_map_released"):
+        if acc != "x" or region in unmapped:
             continue
         kind, va = matrix.region_addresses(m)[region]
         if kind != matrix.K_ABS:
             va = m.read_u64(mm.a.image.symbols["va_secret"] + 8 * (kind - 1), "A.kernel")
         elif isinstance(va, str):
             va = mm.a.image.symbols[va]
-        seen[region] = m.read_virt(va, 1, "A.kernel")
-    assert seen == {r: b"\xc3" for r in REGION_NAMES
-                    if r not in ("secret_direct_map", "secret_direct_map_released")}
+        if region == "gmem_nodm_direct_map":
+            seen[region] = m.mem.read(va - m.layout.page_offset, 1)
+        else:
+            seen[region] = m.read_virt(va, 1, "A.kernel")
+    assert seen == {r: b"\xc3" for r in REGION_NAMES if r not in unmapped}
 
 
 # --- the header and --json show every switch -----------------------------------------------------------

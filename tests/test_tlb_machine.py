@@ -146,7 +146,7 @@ def _cli(capsys, *argv):
 def test_cli_matrix_with_findings_fails(capsys):
     rc, out, _ = _cli(capsys, "matrix", "--inject", "secretmem_noflush", "--no-asi")
     assert rc == 1
-    assert "114 cells, 0 mismatches\n4 TLB findings (docs/tlb.md):\n  stale-access pcid 0x001 va " in out
+    assert "159 cells, 0 mismatches\n4 TLB findings (docs/tlb.md):\n  stale-access pcid 0x001 va " in out
     assert "#PF 0x0 stale" in out
     rc, out, _ = _cli(capsys, "matrix", "--json", "--inject", "secretmem_noflush", "--no-asi")
     d = json.loads(out)

@@ -43,6 +43,18 @@ def secret_of(mm):
     return va, pa
 
 
+def xpfo_of(mm):
+    m = mm.m
+    va = m.read_u64(mm.a.image.symbols["va_xpfo"], "A.kernel")
+    return va, m.pa_of(va, "A.user")
+
+
+def gmem_nodm_of(mm):
+    """The frame of A's private NO_DIRECT_MAP guest_memfd page (its alias, noted while shared)."""
+    m = mm.m
+    return m.read_u64(mm.a.image.symbols["va_gmem_nodm_dm"], "A.kernel") - m.layout.page_offset
+
+
 def range_at(d, va):
     hits = [r for r in d.ranges if r.va <= va < r.end]
     assert len(hits) <= 1
@@ -54,8 +66,8 @@ def test_diff_user_kernel_under_pti(paused):
     """A.user against A.kernel (PTI): the user half differs only where the
     kernel's copy of a user PGD entry adds NX (user text: executable only in
     A.user, arch/x86/mm/pti.c pti_set_user_pgtbl); the kernel half that only
-    A.kernel maps is the direct map (less the secret page, mapped by
-    neither), vmalloc (kernel stacks) and the kernel image; the PTI-cloned
+    A.kernel maps is the direct map (less the secret page, the xpfo page and the
+    NO_DIRECT_MAP guest_memfd page, mapped by neither), vmalloc (kernel stacks) and the kernel image; the PTI-cloned
     entry text and cpu_entry_area are the same in both."""
     m = paused.m
     maps = maps_of(m)
@@ -69,6 +81,8 @@ def test_diff_user_kernel_under_pti(paused):
         (abi.USER_DATA, None, None),
         (secret_va, None, None),
         (dm + secret_pa, None, None),                                  # out of the direct map: in neither
+        (dm + xpfo_of(paused)[1], None, None),                         # the xpfo page: likewise
+        (dm + gmem_nodm_of(paused), None, None),                       # NO_DIRECT_MAP guest_memfd: the same
         (dm + k.kva_to_pa(k.sym("probe_data_ret")), "only-b", "kernel_text"),
         (dm + m.pa_of(abi.USER_DATA, "A.user"), "only-b", "user"),
         (k.sym("probe_target_ret"), "only-b", "kernel_text"),
@@ -88,10 +102,11 @@ def test_diff_user_kernel_under_pti(paused):
     assert (r.a.flags & 7, r.b.flags & 7) == (0b101, 0b001)           # user r-x | user r--
     assert {r.what for r in d.ranges} == {"permissions", "only-b"}
     assert [r for r in d.ranges if r.what == "permissions"] == [r]
-    # the direct map: all of RAM but the secret page, only in A.kernel
+    # the direct map: all of RAM but the secret page, the xpfo page and the
+    # NO_DIRECT_MAP guest_memfd page, only in A.kernel
     covered = sum(min(r.end, dm + m.mem.size) - max(r.va, dm) for r in d.ranges
                   if r.va < dm + m.mem.size and r.end > dm)
-    assert covered == m.mem.size - 4096
+    assert covered == m.mem.size - 3 * 4096
 
 
 def test_diff_kernel_asi_is_the_sensitive_memory(paused):
@@ -111,11 +126,12 @@ def test_diff_kernel_asi_is_the_sensitive_memory(paused):
         assert dm <= r.va < r.end <= dm + m.mem.size
         only_kernel.update(range(r.a.pa >> 12, (r.a.pa + r.size) >> 12))
     _, secret_pa = secret_of(paused)
+    _, xpfo_pa = xpfo_of(paused)
     seen = set()
     for pfn in range(m.mem.size >> 12):
         cls = frames.classify(pfn)
         seen.add(cls.sensitivity)
-        if pfn == secret_pa >> 12:
+        if pfn in (secret_pa >> 12, xpfo_pa >> 12, gmem_nodm_of(paused) >> 12):
             assert pfn not in only_kernel                 # removed from the direct map of both
         else:
             assert (pfn in only_kernel) == (cls.sensitivity != "non-sensitive"), (hex(pfn), cls)
@@ -123,7 +139,7 @@ def test_diff_kernel_asi_is_the_sensitive_memory(paused):
 
 
 @pytest.mark.parametrize("argv,status,first", [
-    (["diff", "A.kernel", "B.kernel"], 1, r"A.kernel \(cr3 (0x\w+)\) vs B.kernel \(cr3 (0x\w+)\): 5 ranges differ"),
+    (["diff", "A.kernel", "B.kernel"], 1, r"A.kernel \(cr3 (0x\w+)\) vs B.kernel \(cr3 (0x\w+)\): 6 ranges differ"),
     (["diff", "A.user", "A.kernel", "--no-pti"], 0, r"A.user \(cr3 (0x\w+)\) vs A.kernel \(cr3 \1\): 0 ranges differ"),
 ])
 def test_diff_cli(capsys, argv, status, first):
@@ -136,16 +152,18 @@ def test_diff_cli(capsys, argv, status, first):
 
 def test_diff_processes_json(capsys):
     """A's and B's kernel tables: the user half differs (other frames at the
-    same addresses; A's secret, second data page and stack), the kernel half
-    is shared."""
+    same addresses; A's secret, xpfo page, further data pages and stack), the
+    kernel half is shared."""
     rc, out, _ = run(capsys, "diff", "A.kernel", "B.kernel", "--json")
     doc = json.loads(out)
     got = [(r["start"], r["diff"], r["a"]["frame"]["owner"], r["b"] and r["b"]["frame"]["owner"])
            for r in doc["ranges"]]
     assert got == [("0x400000", "frames", "A", "B"), ("0x600000", "frames", "A", "B"), ("0x601000", "only-a", "A", None),
-                   ("0x7f0000000000", "only-a", "A", None), ("0x7fffffffe000", "only-a", "A", None)]
+                   ("0x7f0000000000", "only-a", "A", None), ("0x7f0000002000", "only-a", "A", None),
+                   ("0x7fffffffe000", "only-a", "A", None)]
     assert doc["ranges"][3]["a"]["frame"] == {"kind": "secret", "owner": "A", "sensitivity": "sensitive"}
-    assert doc["summary"]["ranges"] == 5 and doc["summary"]["bytes"]["frames"] == 8192
+    assert doc["ranges"][4]["a"]["frame"] == {"kind": "xpfo", "owner": "A", "sensitivity": "sensitive"}
+    assert doc["summary"]["ranges"] == 6 and doc["summary"]["bytes"]["frames"] == 8192
 
 
 # --- whereis on the default machine --------------------------------------------------------------

@@ -37,5 +37,5 @@ def add_commands(sub) -> None:
     add_json_args(b, "print JSON: machine, quick, figures (each with targets: [{of, op, value, met}] and met), "
                      "summary")
     b.add_argument("--quick", action="store_true", help="smaller workloads (for smoke tests)")
-    b.add_argument("--only", action="append", metavar="NAME", help="run only the benchmark groups whose name contains NAME (page tables, microcode, machine, tlb, trace, images, frag, startup); repeatable")
+    b.add_argument("--only", action="append", metavar="NAME", help="run only the benchmark groups whose name contains NAME (page tables, microcode, machine, tlb, trace, images, frag, startup, secret); repeatable")
     b.set_defaults(func=cmd_bench)

@@ -175,8 +175,8 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_matrix)
 
     s = sub.add_parser("stats", help="direct-map and isolation counters (Linux's names)",
-                       description="DirectMap4k/2M/1G (kB), direct_map_level2/3_splits, secret pages "
-                                   "and ASI exits of the default machine: after boot, with A's secret "
+                       description="DirectMap4k/2M/1G (kB), direct_map_level2/3_splits, secret, guest_memfd "
+                                   "and /dev/xpfo pages, kernel TLB flushes and ASI exits of the default machine: after boot, with A's secret "
                                    "page mapped, and after its release.",
                        epilog=NUMBERS)
     add_json_args(s, "print {boot, secret_mapped, secret_released}, each {counter: value}")

@@ -53,6 +53,7 @@ class FrameKind(enum.IntEnum):
     SECRET = 7
     SECRET_POOL = 8
     GUEST_MEMFD = 9
+    XPFO = 10
 
 
 _TAIL = 0x80  # kind byte flag: frame is a tail page of a 2M/1G allocation

@@ -31,8 +31,8 @@ SYSCALLS = {
 NR_SYSCALLS_TABLE = 1003          # size of the dispatch table in the stub
 
 # errno (positive; syscalls return -errno)
-ERRNO = {"EPERM": 1, "ENOENT": 2, "ESRCH": 3, "EIO": 5, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12,
-         "EACCES": 13, "EFAULT": 14, "EBUSY": 16, "ENODEV": 19, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24,
+ERRNO = {"EPERM": 1, "ENOENT": 2, "ESRCH": 3, "EINTR": 4, "EIO": 5, "EBADF": 9, "EAGAIN": 11, "ENOMEM": 12,
+         "EACCES": 13, "EFAULT": 14, "EBUSY": 16, "EEXIST": 17, "ENODEV": 19, "EINVAL": 22, "ENFILE": 23, "EMFILE": 24,
          "ENOTTY": 25, "EFBIG": 27, "ESPIPE": 29, "ENOSYS": 38, "EOPNOTSUPP": 95}
 ERRNO_NAMES = {v: k for k, v in ERRNO.items()}
 
@@ -142,6 +142,8 @@ VMA, VMA_SIZE = _struct([("start", 8), ("end", 8), ("prot", 8), ("flags", 8), ("
                          ("pgoff", 8)])
 VM_SHARED, VM_SECRET, VM_LOCKED = 1, 2, 4     # our VMA flag bits
 VM_GMEM = 8                       # a guest_memfd mapping (its pages belong to the file)
+VM_XPFO = 16                      # a /dev/xpfo mapping (likewise; kernel_stub/xpfo.S)
+VM_KVM_RUN = 32                   # a vCPU file's mapping: its kvm_run page
 
 MM, MM_SIZE = _struct([
     ("pgd", 8), ("pgd_va", 8), ("ctx_id", 8), ("tlb_gen", 8), ("asi_pgd", 8), ("asi_pgd_va", 8),
@@ -152,6 +154,9 @@ FILE, FILE_SIZE = _struct([("type", 8), ("refs", 8), ("size", 8), ("flags", 8),
 FILE_CONSOLE, FILE_SECRETMEM = 1, 2
 # /dev/kvm, a VM, a vCPU and a guest_memfd (emu/linux/kvm_abi.py: what their 'pages' hold)
 FILE_KVM, FILE_KVM_VM, FILE_KVM_VCPU, FILE_GUEST_MEMFD = 3, 4, 5, 6
+FILE_XPFO = 7                     # a file opened from /dev/xpfo (docs/xpfo.md)
+XPFO_MAX_BYTES = FILE_MAX_PAGES * pg.PAGE_SIZE   # the xpfo mount's s_maxbytes: one file's page array
+XPFO_CACHE_PAGES = 64             # the cache of unmapped pages that released xpfo pages go to
 
 # per-CPU area: page 0 is cpu_tss_rw (mapped into the PTI user tables), page 1 holds
 # the rest, page 2 the GDT.  The assembler gives the offsets (zero-based section).
@@ -312,6 +317,9 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
               "TASK_SIZE": TASK_SIZE, "MM_SIZE": MM_SIZE, "VMA_SIZE": VMA_SIZE, "FILE_SIZE": FILE_SIZE,
               "TASK_UNUSED": TASK_UNUSED, "TASK_RUNNABLE": TASK_RUNNABLE, "TASK_DEAD": TASK_DEAD,
               "VM_SHARED": VM_SHARED, "VM_SECRET": VM_SECRET, "VM_LOCKED": VM_LOCKED, "VM_GMEM": VM_GMEM,
+              "VM_XPFO": VM_XPFO, "FILE_XPFO": FILE_XPFO, "XPFO_MAX_BYTES": XPFO_MAX_BYTES,
+              "XPFO_CACHE_PAGES": XPFO_CACHE_PAGES,
+              "VM_KVM_RUN": VM_KVM_RUN,
               "FILE_KVM": FILE_KVM, "FILE_KVM_VM": FILE_KVM_VM, "FILE_KVM_VCPU": FILE_KVM_VCPU,
               "FILE_GUEST_MEMFD": FILE_GUEST_MEMFD, "FILE_CONSOLE": FILE_CONSOLE, "FILE_SECRETMEM": FILE_SECRETMEM,
               "NSIG": NSIG, "RLIM_NLIMITS": RLIM_NLIMITS, "NR_OPEN": NR_OPEN, "UIO_MAXIOV": UIO_MAXIOV,

@@ -33,7 +33,9 @@ STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "page_alloc.S", "pgt
               "set_memory.S", "memory.S", "mmap.S", "secretmem.S", "guest_memfd.S", "kvm.S", "syscalls.S", "sched.S",
               "asi.S", "data.S"]
 # the memfd_secret selftest's calls (docs/secretmem.md): resource limits, GUP, ptrace, process_vm_*
-STUB_FILES += ["rlimit.S", "gup.S", "ptrace.S"]
+STUB_FILES += ["rlimit.S", "gup.S", "ptrace.S", "kvm_vm.S"]
+# /dev/xpfo (docs/xpfo.md)
+STUB_FILES += ["xpfo.S"]
 NOP5 = bytes.fromhex("0f1f440000")
 
 
@@ -178,6 +180,13 @@ class Kernel:
             "guest_memfd_pages": self.read_data("nr_gmem_pages"),
             "guest_memfd_unmapped_pages": self.read_data("nr_gmem_unmapped_pages"),
             "guest_memfd_conversions": self.read_data("nr_gmem_conversions"),
+            "xpfo_pages": self.read_data("nr_xpfo_pages"),
+            "xpfo_pages_removed": self.read_data("nr_xpfo_removed"),
+            "xpfo_flushes": self.read_data("nr_xpfo_flushes"),
+            "xpfo_cache_hits": self.read_data("nr_xpfo_cache_hits"),
+            "xpfo_cached_pages": self.read_data("xpfo_cache_count"),
+            "xpfo_pages_restored": self.read_data("nr_xpfo_restored"),
+            "kernel_tlb_flushes": self.read_data("nr_kernel_tlb_flushes"),
             **asi_tables.stats(self),
         }
 

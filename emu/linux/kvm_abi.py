@@ -18,6 +18,8 @@ series not merged in 6.18 (docs/guest_memfd.md says why each value):
 
 from __future__ import annotations
 
+from emu.hw.vmx import EPT_VIOLATION_ACC_WRITE, EXIT_REASONS
+
 KVMIO = 0xAE
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 
@@ -54,7 +56,9 @@ KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
 KVM_MEM_GUEST_MEMFD = 1 << 2                           # kvm_userspace_memory_region2.flags
 KVM_MEMORY_EXIT_FLAG_PRIVATE = 1 << 3
 KVM_EXITS = {"KVM_EXIT_UNKNOWN": 0, "KVM_EXIT_IO": 2, "KVM_EXIT_HLT": 5, "KVM_EXIT_SHUTDOWN": 8,
-             "KVM_EXIT_INTERNAL_ERROR": 17, "KVM_EXIT_MEMORY_FAULT": 39}
+             "KVM_EXIT_INTR": 10, "KVM_EXIT_INTERNAL_ERROR": 17, "KVM_EXIT_MEMORY_FAULT": 39}
+KVM_EXIT_IO_OUT = 1
+KVM_INTERNAL_ERROR_EMULATION = 1
 FALLOC = {"FALLOC_FL_KEEP_SIZE": 0x01, "FALLOC_FL_PUNCH_HOLE": 0x02}
 O_RDWR = 2
 
@@ -65,23 +69,53 @@ STAT_SIZE = 144
 S_IFREG, S_IFCHR = 0o100000, 0o020000
 
 # struct kvm_run: exit_reason at 8, the exit union at 32 (io: direction, size,
-# port, count, data_offset; memory_fault: flags, gpa, size)
+# port, count, data_offset; memory_fault: flags, gpa, size; internal: suberror)
 KVM_RUN = {"exit_reason": 8, "io_direction": 32, "io_size": 33, "io_port": 34, "io_count": 36,
-           "io_data_offset": 40, "memory_fault_flags": 32, "memory_fault_gpa": 40, "memory_fault_size": 48}
-KVM_RUN_IO_DATA = 0x100          # where an OUT's byte is put (data_offset from the start of kvm_run)
+           "io_data_offset": 40, "memory_fault_flags": 32, "memory_fault_gpa": 40, "memory_fault_size": 48,
+           "internal_suberror": 32}
+KVM_RUN_IO_DATA = 0x100          # where an OUT's data is put (data_offset from the start of kvm_run)
+
+# struct kvm_userspace_memory_region2 (include/uapi/linux/kvm.h)
+REGION2 = {"slot": 0, "flags": 4, "guest_phys_addr": 8, "memory_size": 16, "userspace_addr": 24,
+           "guest_memfd_offset": 32, "guest_memfd": 40}
+
+# The guest's shared bit: an access to a guest-physical address with bit 47
+# set is a shared access, without it a private one, as a TDX guest's
+# GPA.SHARED with a 48-bit guest-physical width (KVM: kvm_gfn_direct_bits).
+# docs/guest_memfd.md, "The VM".
+KVM_GPA_SHARED = 1 << 47
 
 # --- the stub's objects (a FILE's 'pages' area holds them: 64 quads) ---------------------
 # guest_memfd: pages[0] the index page's kernel address (512 entries: a page's
 # physical address | GMEM_PRIVATE), pages[1] the VM file it belongs to
 GMEM_MAX_PAGES = 512                                   # at most 2 MiB per guest_memfd
 GMEM_PRIVATE = 1                                       # entry bit 0: the page is private
-# a VM: memslots {flags, gpa, size, uaddr, gmem file, gmem offset} from pages[0]
+# a VM: memslots {flags, gpa, size, uaddr, gmem file, gmem offset} from pages[0];
+# then the number of vCPUs created
 KVM_MAX_MEMSLOTS = 4
 MEMSLOT = {"flags": 0, "gpa": 8, "size": 16, "uaddr": 24, "gmem": 32, "gmem_offset": 40, "used": 48}
 MEMSLOT_SIZE = 56
+VM_NR_VCPUS = KVM_MAX_MEMSLOTS * MEMSLOT_SIZE
+KVM_MAX_VCPUS = 1                                      # one vCPU per VM (docs/guest_memfd.md)
+KVM_MAX_VCPU_IDS = 4096                                # arch/x86/include/asm/kvm_host.h
+X86_EFLAGS_FIXED = 1 << 1                              # RFLAGS bit 1, always set
 # a vCPU: pages[0] the VM file, pages[1] the kvm_run page's physical address,
-# pages[2..19] the registers (kvm_regs order)
+# pages[2..19] the registers (kvm_regs order), then the last VM exit
+# {reason, qualification, gpa, value} as the vCPU device wrote it, and the id
 VCPU_VM, VCPU_RUN, VCPU_REGS = 0, 8, 16
+VCPU_EXIT = {"reason": 160, "qualification": 168, "gpa": 176, "value": 184}
+VCPU_ID = 192
+
+# The vCPU device (``out 0xf1, eax``; docs/architecture.md, the stub contract):
+# eax = the operation, rdi = the vCPU file.  RUN enters the guest with the
+# registers of the vCPU object and returns the basic exit reason (the
+# registers and the exit written back); MAP makes guest-physical page rsi the
+# host frame rdx; ZAP unmaps every guest-physical page; FREE forgets the vCPU.
+PORT_VCPU = 0xF1
+VCPU_OPS = {"VCPU_OP_RUN": 1, "VCPU_OP_MAP": 2, "VCPU_OP_ZAP": 3, "VCPU_OP_FREE": 4}
+#: guest instructions per entry before the VMX-preemption timer exit
+VCPU_TIMESLICE = 100_000
+
 # the kernel's temporary mapping of a page out of the direct map: a fixed slot
 # in vmalloc space, past the kernel stacks (docs/guest_memfd.md)
 GMEM_KMAP_OFFSET = 1 << 30
@@ -104,7 +138,15 @@ def stub_symbols() -> dict[str, int]:
               "KVM_USERSPACE_MEMORY_REGION2_SIZE": KVM_USERSPACE_MEMORY_REGION2_SIZE, "KVM_RUN_IO_DATA": KVM_RUN_IO_DATA,
               "GMEM_MAX_PAGES": GMEM_MAX_PAGES, "GMEM_PRIVATE": GMEM_PRIVATE,
               "KVM_MAX_MEMSLOTS": KVM_MAX_MEMSLOTS, "MEMSLOT_SIZE": MEMSLOT_SIZE,
-              "VCPU_VM": VCPU_VM, "VCPU_RUN": VCPU_RUN, "VCPU_REGS": VCPU_REGS})
+              "VCPU_VM": VCPU_VM, "VCPU_RUN": VCPU_RUN, "VCPU_REGS": VCPU_REGS, "VCPU_ID": VCPU_ID,
+              "VM_NR_VCPUS": VM_NR_VCPUS, "KVM_MAX_VCPUS": KVM_MAX_VCPUS, "KVM_GPA_SHARED": KVM_GPA_SHARED,
+              "KVM_EXIT_IO_OUT": KVM_EXIT_IO_OUT, "KVM_INTERNAL_ERROR_EMULATION": KVM_INTERNAL_ERROR_EMULATION,
+              "PORT_VCPU": PORT_VCPU, "KVM_MAX_VCPU_IDS": KVM_MAX_VCPU_IDS, "X86_EFLAGS_FIXED": X86_EFLAGS_FIXED,
+              "EPT_VIOLATION_ACC_WRITE": EPT_VIOLATION_ACC_WRITE})
+    s.update(VCPU_OPS)
+    s.update(EXIT_REASONS)
+    s.update({f"VCPU_EXIT_{k}": v for k, v in VCPU_EXIT.items()})
+    s.update({f"REGION2_{k}": v for k, v in REGION2.items()})
     s.update({k.upper(): v for k, v in STAT.items()})
     s.update({f"KVM_RUN_{k}": v for k, v in KVM_RUN.items()})
     s.update({f"MEMSLOT_{k}": v for k, v in MEMSLOT.items()})

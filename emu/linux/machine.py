@@ -20,13 +20,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from emu.linux import abi
+from emu.linux import abi, kvm_abi
 from emu.asm import Image
 from emu.errors import AllocError, ConfigError, GuestError
 from emu.linux.config import MachineConfig
 from emu.linux.kernel import KernelBuilder, Process
 from emu.linux.asicheck import AsiCheck
 from emu.linux.tlbcheck import TlbCheck
+from emu.linux.vcpu import VcpuDevice
 from emu.hw.cpu import CpuConfig
 from emu.hw.microcode import System
 from emu.hw.x86 import vector_name
@@ -103,6 +104,7 @@ class Machine:
         self.exit_hooks: list[Callable[["Machine", Process], None]] = []
         self.tlb: TlbCheck | None = None           # the TLB model's checks (config.tlb != "off")
         self.asi: AsiCheck | None = None           # ASI findings and flush events (config.asi != "off")
+        self.vcpus = VcpuDevice(self)               # the device KVM_RUN enters guests through
         self._listeners: list[Callable[[Event], None]] = []
         self._roots: dict[int, str] = {}
         for name, prog in programs:
@@ -151,6 +153,7 @@ class Machine:
                        rip=k.sym("ret_from_fork"), rsp=first.stack_top - abi.PT_SIZE)
         cpu.ports[abi.PORT_HYPERCALL] = self._hypercall
         cpu.ports[abi.PORT_CONSOLE] = self._console
+        cpu.ports[kvm_abi.PORT_VCPU] = self.vcpus.port
         self._name_roots()
         if cfg.tlb != "off":
             # before the CR3 sites: every one of them then feeds the model
@@ -475,6 +478,7 @@ class Machine:
 
         def on_sigint(signum, frame):
             cpu.stop("interrupted")
+            self.vcpus.stop()
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:

@@ -33,7 +33,8 @@ def user_symbols(layout: Layout) -> dict[str, int]:
     s["O_CLOEXEC"] = abi.O_CLOEXEC
     s.update({k: i for i, k in enumerate(abi.RLIMITS)})
     s.update(abi.PTRACE)
-    s.update({"RLIM_INFINITY": abi.RLIM_INFINITY, "MLOCK_LIMIT": abi.MLOCK_LIMIT})
+    s.update({"RLIM_INFINITY": abi.RLIM_INFINITY, "MLOCK_LIMIT": abi.MLOCK_LIMIT,
+              "XPFO_MAX_BYTES": abi.XPFO_MAX_BYTES})
     s.update(kvm_abi.stub_symbols())
     s["GMEM_KMAP_VA"] = layout.vmalloc_start + kvm_abi.GMEM_KMAP_OFFSET
     s.update({

@@ -41,6 +41,8 @@ SPACE_CODES = {"A.user": 0, "A.kernel": 1, "A.asi": 2, "B.user": 0}
 
 # va_kind codes of the probe program
 K_ABS, K_SECRET, K_SECRET_DM, K_DATA_DM, K_A_SECRET, K_A_SECRET_DM, K_A_DATA_DM = range(7)
+K_XPFO, K_XPFO_DM, K_A_XPFO, K_A_XPFO_DM = range(7, 11)
+K_GMEM, K_GMEM_DM, K_GMEM_NODM_DM, K_A_GMEM, K_A_GMEM_DM, K_A_GMEM_NODM_DM = range(11, 17)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ REGIONS = [
     Region("user_data", "USER_DATA, the program's data page (a 'ret' written there)"),
     Region("secret_user", "A's mapping of its memfd_secret page (a 'ret' written there)"),
     Region("secret_direct_map", "the direct-map alias of the secret page"),
+    Region("xpfo_user", "A's mapping of a /dev/xpfo page (fallocate, mmap MAP_SHARED; a 'ret' written there)"),
+    Region("xpfo_direct_map", "the direct-map alias of the /dev/xpfo page"),
     Region("direct_map", "the direct map of kernel data (non-sensitive): probe_data_ret's alias"),
     Region("direct_map_sensitive", "the direct-map alias of A's user data frame"),
     Region("kernel_text", "a 'ret' in kernel text"),
@@ -72,6 +76,9 @@ REGIONS = [
     Region("cpu_entry_area", "the cpu_entry_area's read-only GDT page: probe_cea_ret"),
     Region("kernel_stack", "A's kernel stack (vmalloc space, VMAP_STACK): the current stack"),
     Region("vmalloc", "B's kernel stack (vmalloc space): another task's"),
+    Region("gmem_private_user", "A's mapping of a guest_memfd page made private (a 'ret' written while shared)"),
+    Region("gmem_direct_map", "the direct-map alias of that private guest_memfd page"),
+    Region("gmem_nodm_direct_map", "the direct-map alias of a private NO_DIRECT_MAP guest_memfd page"),
     Region("secret_direct_map_released", "the secret's direct-map alias after munmap and close"),
 ]
 REGION_NAMES = [r.name for r in REGIONS]
@@ -146,6 +153,8 @@ def region_addresses(m: Machine) -> dict[str, tuple[int, int | str]]:
         "user_data": (K_ABS, abi.USER_DATA),
         "secret_user": (K_SECRET, 0),
         "secret_direct_map": (K_SECRET_DM, 0),
+        "xpfo_user": (K_XPFO, 0),
+        "xpfo_direct_map": (K_XPFO_DM, 0),
         "direct_map": (K_ABS, lay.page_offset + k.kva_to_pa(data_ret)),
         "direct_map_sensitive": (K_DATA_DM, 0),
         "kernel_text": (K_ABS, k.sym("probe_target_ret")),
@@ -157,6 +166,9 @@ def region_addresses(m: Machine) -> dict[str, tuple[int, int | str]]:
         # the lowest byte of A's and of B's THREAD_SIZE stack (kernel.py's slots)
         "kernel_stack": (K_ABS, _stack_bottom(lay, 0)),
         "vmalloc": (K_ABS, _stack_bottom(lay, 1)),
+        "gmem_private_user": (K_GMEM, 0),
+        "gmem_direct_map": (K_GMEM_DM, 0),
+        "gmem_nodm_direct_map": (K_GMEM_NODM_DM, 0),
         "secret_direct_map_released": (K_SECRET_DM, 0),
     }
 
@@ -167,7 +179,9 @@ def _stack_bottom(lay, task: int) -> int:
 
 def _for_b(kind: int) -> int:
     """B probes A's dynamic addresses."""
-    return {K_SECRET: K_A_SECRET, K_SECRET_DM: K_A_SECRET_DM, K_DATA_DM: K_A_DATA_DM}.get(kind, kind)
+    return {K_SECRET: K_A_SECRET, K_SECRET_DM: K_A_SECRET_DM, K_DATA_DM: K_A_DATA_DM,
+            K_XPFO: K_A_XPFO, K_XPFO_DM: K_A_XPFO_DM, K_GMEM: K_A_GMEM, K_GMEM_DM: K_A_GMEM_DM,
+            K_GMEM_NODM_DM: K_A_GMEM_NODM_DM}.get(kind, kind)
 
 
 class MatrixMachine:
@@ -241,10 +255,12 @@ class MatrixMachine:
         m = self.m
         if m.current_process() is not self.a:
             return
-        vals = [m.read_u64(self.a.image.symbols["va_secret"] + 8 * i, "A.kernel") for i in range(3)]
-        b_slots = self.b.image.symbols["va_a_secret"]
-        for i, v in enumerate(vals):
-            m.mem.write_u64(m.pa_of(b_slots + 8 * i, f"{self.b.name}.kernel"), v)
+        for a_slot, b_slot, n in (("va_secret", "va_a_secret", 3), ("va_xpfo", "va_a_xpfo", 2),
+                                  ("va_gmem", "va_a_gmem", 3)):
+            vals = [m.read_u64(self.a.image.symbols[a_slot] + 8 * i, "A.kernel") for i in range(n)]
+            b_slots = self.b.image.symbols[b_slot]
+            for i, v in enumerate(vals):
+                m.mem.write_u64(m.pa_of(b_slots + 8 * i, f"{self.b.name}.kernel"), v)
         self.stats_at_yield = m.stats()
         self.findings_at_yield = len(m.findings)
         if self._pause:

@@ -189,6 +189,17 @@ MAPPINGS: list[MapRow] = [
            (ASI, R19, ABSENT, "the 2019 RFC's KVM-class table has no user half")),
     *_rows("secret_direct_map",
            (U + KA, "", ABSENT, "secretmem.c: set_direct_map_invalid_noflush")),
+    *_rows("xpfo_user",
+           (("A.user",), "", USER_RW, "/dev/xpfo + fallocate + mmap(MAP_SHARED), PROT_READ|PROT_WRITE"),
+           (B, "", ABSENT, "A's mapping; B never mapped it"),
+           (K, "pti=off", USER_RW, "one page table"),
+           (K, PTI, USER_RW.kernel_copy(), "pti.c __pti_set_user_pgtbl"),
+           (ASI, "pti=off " + V2, USER_RW, "asi_clone_user_pgtbl: the userspace class maps user addresses"),
+           (ASI, PTI + " asi=on", USER_RW.kernel_copy(), "asi_clone_user_pgtbl of the kernel PGD's entries"),
+           (ASI, R19, ABSENT, "the 2019 RFC's KVM-class table has no user half")),
+    *_rows("xpfo_direct_map",
+           (U + KA, "", ABSENT, "/dev/xpfo (Lutomirski's proposal): the fallocate batch removes it from the "
+                                "direct map")),
     *_rows("direct_map",
            (U, FULL, KERNEL_RW, "one page table"),
            (U, PTI, ABSENT, "pti.c clones no direct map"),
@@ -240,6 +251,22 @@ MAPPINGS: list[MapRow] = [
            (K, "", KERNEL_RW, "VMAP_STACK: another task's stack, PAGE_KERNEL"),
            (ASI, V2, KERNEL_RW, "ASI's global table shares vmalloc space"),
            (ASI, R19, ABSENT, "the 2019 RFC maps only the current stack")),
+    # guest_memfd (docs/guest_memfd.md): a page made private leaves every
+    # user mapping; its direct-map alias stays unless the guest_memfd is
+    # NO_DIRECT_MAP (the direct-map-removal series); guest memory is sensitive
+    *_rows("gmem_private_user",
+           (U + KA, "", ABSENT, "guest_memfd conversion to private: unmap_mapping_range zaps A's "
+                                "mapping (B never mapped it)")),
+    *_rows("gmem_direct_map",
+           (U, FULL, KERNEL_RW, "one page table"),
+           (U, PTI, ABSENT, "pti.c clones no direct map"),
+           (U, R25, ABSENT, "the restricted table: guest memory is sensitive"),
+           (K, "", KERNEL_RW, "the direct map: guest_memfd pages stay in it without NO_DIRECT_MAP"),
+           (ASI, "", ABSENT, "guest memory is sensitive: not in ASI's tables (the 2019 RFC's has no "
+                             "direct map)")),
+    *_rows("gmem_nodm_direct_map",
+           (U + KA, "", ABSENT, "the direct-map-removal series: the page left the direct map when "
+                                "allocated (kvm_gmem_folio_zap_direct_map)")),
     *_rows("secret_direct_map_released",
            (("A.user",), FULL, KERNEL_RW, "one page table"),
            (("A.user",), PTI, ABSENT, "pti.c clones no direct map"),

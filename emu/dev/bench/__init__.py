@@ -9,10 +9,10 @@ report.
 """
 
 from emu.dev.bench.core import BENCHES, best, bench, figure, parse_targets, run_bench
-from emu.dev.bench import paging, machine, tlb, trace, images, frag, startup
+from emu.dev.bench import paging, machine, tlb, trace, images, frag, startup, secret
 
 #: the group modules, in report order (importing one registers its groups)
-GROUPS = (paging, machine, tlb, trace, images, frag, startup)
+GROUPS = (paging, machine, tlb, trace, images, frag, startup, secret)
 from emu.dev.bench.trace import BENCH_PROGRAM
 
 __all__ = ["BENCHES", "BENCH_PROGRAM", "GROUPS", "bench", "best", "figure", "parse_targets", "run_bench"]

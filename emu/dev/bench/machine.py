@@ -1,4 +1,4 @@
-"""Raw-Unicorn baselines, the microcode on a bare system, and the stub: system calls, probes, secret memory, the matrix."""
+"""Raw-Unicorn baselines, the microcode on a bare system, and the stub: system calls, probes, the matrix."""
 
 from __future__ import annotations
 
@@ -158,32 +158,6 @@ def time_program(cfg, src: str, n: int) -> float:
 GETPID = "    mov eax, SYS_getpid\n    syscall\n"
 _PROBE = ("    mov eax, SYS_probe\n    mov rdi, {va}\n    xor esi, esi\n    mov edx, {space}\n"
           "    syscall\n")
-_SECRET = """    mov eax, SYS_memfd_secret
-    xor edi, edi
-    syscall
-    mov r12, rax
-    mov eax, SYS_ftruncate
-    mov rdi, r12
-    mov esi, 4096
-    syscall
-    mov eax, SYS_mmap
-    xor edi, edi
-    mov esi, 4096
-    mov edx, PROT_READ + PROT_WRITE
-    mov r10d, MAP_SHARED
-    mov r8, r12
-    xor r9d, r9d
-    syscall
-    mov r13, rax
-    mov byte ptr [rax], 1
-    mov eax, SYS_munmap
-    mov rdi, r13
-    mov esi, 4096
-    syscall
-    mov eax, SYS_close
-    mov rdi, r12
-    syscall
-"""
 
 
 @bench("machine")
@@ -209,10 +183,7 @@ def bench_machine(quick: bool) -> list[dict]:
         per = time_program(MachineConfig(), loop_program(_PROBE.format(va=va, space=space), n), n)
         figs.append(figure(f"probes_per_s (SYS_probe: {what})", 1 / per, "1/s", baseline=raw_rate,
                            baseline_name="raw Unicorn syscall loop, hook only redirects RIP", target=">= 1e5"))
-    k = max(n // 20, 100)
-    per = time_program(MachineConfig(), loop_program(_SECRET, k), k)
-    figs.append(figure("secret_page_lifecycles_per_s (memfd_secret, ftruncate, mmap, first-touch fault "
-                       "removing the direct map, munmap, close restoring it)", 1 / per, "1/s"))
+    # the secret page's lifecycle is in the secret group (emu/dev/bench/secret.py)
     dt, _ = best(lambda: len(run_matrix().cells), 2)
     cells = len(run_matrix().cells)
     figs.append(figure("matrix_seconds (boot + every cell, default machine)", dt, "s", target="< 2"))

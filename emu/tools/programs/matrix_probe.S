@@ -7,7 +7,10 @@
 ; vector (0 = no fault), error code, asi exit (1/0), resolved address.
 ; va_kind: 0 absolute, 1 the secret mapping, 2 its direct-map alias,
 ; 3 the direct-map alias of USER_DATA, 4..6 the same three of process A
-; (filled in by Python for process B).
+; (filled in by Python for process B), 7 the /dev/xpfo mapping, 8 its
+; direct-map alias, 9..10 the same two of process A; 11 the mapping of a
+; guest_memfd page made private, 12 its direct-map alias, 13 the alias of a
+; private NO_DIRECT_MAP guest_memfd page, 14..16 the same three of process A.
 ;
 ; Every probe is real machine code.  CPL3 faults arrive as SIGSEGV; the
 ; handler records trapno and the error code (see record_error_code) and
@@ -15,6 +18,7 @@
 ; go through SYS_probe, which touches the address in kernel mode with an
 ; exception-table fixup.
 
+.include "kvm.inc"
 .text
 _start:
     ; a 'ret' at the start of USER_DATA: the target of execute probes of
@@ -61,6 +65,51 @@ _start:
     mov rdi, USER_DATA
     syscall
     mov qword ptr [rip + va_data_dm], rax
+    ; and a page of /dev/xpfo (open + fallocate + shared mmap): out of the
+    ; direct map from the fallocate on (kernel_stub/xpfo.S)
+    movabs rax, 0x6670782f7665642f      ; "/dev/xpf"
+    push 0x6f                           ; "o"
+    push rax
+    mov rdi, rsp
+    mov esi, O_RDWR
+    xor edx, edx
+    mov eax, SYS_open
+    syscall
+    add rsp, 16
+    mov qword ptr [rip + xpfo_fd], rax
+    mov rdi, rax
+    xor esi, esi
+    xor edx, edx
+    mov r10d, 4096
+    mov eax, SYS_fallocate
+    syscall
+    mov eax, SYS_mmap
+    xor edi, edi
+    mov esi, 4096
+    mov edx, PROT_READ + PROT_WRITE
+    mov r10d, MAP_SHARED
+    mov r8, qword ptr [rip + xpfo_fd]
+    xor r9d, r9d
+    syscall
+    mov qword ptr [rip + va_xpfo], rax
+    mov byte ptr [rax], 0xc3
+    mov rdi, rax
+    mov eax, SYS_direct_map_alias
+    syscall
+    mov qword ptr [rip + va_xpfo_dm], rax
+    ; two guest_memfd pages of a VM (docs/guest_memfd.md), shared at first
+    ; to write a 'ret' (the execute probes' target) and note their aliases,
+    ; then private: conversion zaps A's mapping; the second page is
+    ; NO_DIRECT_MAP, out of the direct map since its allocation
+    kvm_vm r12
+    gmem_fd r13, r12, PAGE_SIZE, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
+    lea rbx, [rip + va_gmem]
+    lea rbp, [rip + va_gmem_dm]
+    call gmem_page
+    gmem_fd r13, r12, PAGE_SIZE, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED | GUEST_MEMFD_FLAG_NO_DIRECT_MAP
+    lea rbx, [rip + gmem_nodm_map]
+    lea rbp, [rip + va_gmem_nodm_dm]
+    call gmem_page
 .Lprobes:
     xor ebx, ebx
     call run_probes
@@ -87,6 +136,19 @@ matrix_done:
     mov eax, SYS_exit
     xor edi, edi
     syscall
+
+; gmem_page(r13 a guest_memfd of one page, rbx where to note its mapping,
+; rbp where to note its direct-map alias): map, 'ret', alias, made private
+gmem_page:
+    gmem_map r14, r13, PAGE_SIZE
+    mov byte ptr [r14], 0xc3
+    mov qword ptr [rbx], r14
+    mov eax, SYS_direct_map_alias
+    mov rdi, r14
+    syscall
+    mov qword ptr [rbp], rax
+    gmem_convert .Lgmem_private, r13, 0, PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE
+    ret
 
 install:
     mov eax, SYS_rt_sigaction
@@ -208,6 +270,7 @@ cur_entry:      .quad 0
 cur_rsp:        .quad 0
 cur_phase:      .quad 0
 secret_fd:      .quad 0
+xpfo_fd:        .quad 0
 sigact:         .zero 32
 ; the dynamic addresses, indexed by va_kind - 1
 va_secret:      .quad 0
@@ -216,4 +279,15 @@ va_data_dm:     .quad 0
 va_a_secret:    .quad 0
 va_a_secret_dm: .quad 0
 va_a_data_dm:   .quad 0
+va_xpfo:        .quad 0
+va_xpfo_dm:     .quad 0
+va_a_xpfo:      .quad 0
+va_a_xpfo_dm:   .quad 0
+va_gmem:        .quad 0
+va_gmem_dm:     .quad 0
+va_gmem_nodm_dm: .quad 0
+va_a_gmem:      .quad 0
+va_a_gmem_dm:   .quad 0
+va_a_gmem_nodm_dm: .quad 0
+gmem_nodm_map:  .quad 0
 .align 64

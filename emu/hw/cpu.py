@@ -95,6 +95,14 @@ HOOK_KINDS = {
                                                ctypes.c_void_p), None),
     "block": (UC.UC_HOOK_BLOCK, ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint64, ctypes.c_uint32,
                                                  ctypes.c_void_p), None),
+    # (uc, access kind, address, size, value, user data); with paging on the
+    # address is physical (Unicorn fact 7); "unmapped" returns False to stop
+    "mem": (UC.UC_HOOK_MEM_READ | UC.UC_HOOK_MEM_WRITE,
+            ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_int, ctypes.c_uint64, ctypes.c_int, ctypes.c_int64,
+                             ctypes.c_void_p), None),
+    "unmapped": (UC.UC_HOOK_MEM_UNMAPPED,
+                 ctypes.CFUNCTYPE(ctypes.c_bool, uc_engine, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
+                                  ctypes.c_int64, ctypes.c_void_p), None),
 }
 
 

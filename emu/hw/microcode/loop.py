@@ -257,11 +257,10 @@ class EventLoop(Cpu):
         self.executed = 0
         self._deliver_pending_irq()
         left = budget
-        # tlb=lazy counts always: its served accesses single-step (tlbsites.py),
-        # and one cell of the lazy matrix with secretmem_noflush came out
-        # differently uncounted (a user fetch: #PF 0x15 instead of 0x14), not
-        # yet explained (docs/performance.md, "The budget")
-        counting = exact or self.tlb_lazy
+        # tlb=lazy's served accesses single-step counted in the middle of an
+        # uncounted run (tlbsites.py): the CPU layer flushes translated blocks
+        # at each switch (Unicorn fact 14)
+        counting = exact
         guard_end = None if counting else time.monotonic() + GUARD_SECONDS
         while left > 0 and not self.stop_reason:
             rip = self.reg("rip")

@@ -430,9 +430,15 @@ kvm_vcpu_run:
     mov eax, VCPU_OP_ZAP
     out PORT_VCPU, eax
 .Lvr_enter:
+    call kvm_asi_enter
     mov rdi, rbx
     mov eax, VCPU_OP_RUN
     out PORT_VCPU, eax
+    push rax
+    .alternative !INJECT_ASI_KVM_LATE_RELAX, .Lvr_exit
+    call kvm_asi_relax
+.Lvr_exit:
+    pop rax
     cmp eax, EXIT_REASON_HLT
     je .Lvr_hlt
     cmp eax, EXIT_REASON_IO_INSTRUCTION
@@ -477,6 +483,10 @@ kvm_vcpu_run:
     jz .Lvr_enter
     jns .Lvr_done
 .Lvr_out:
+    push rax
+    call kvm_asi_relax
+    call kvm_asi_exit
+    pop rax
     pop r12
     pop rbx
     ret

@@ -85,6 +85,10 @@ INJECTIONS = {
                           "reads the page through its removed direct-map entry",
     "secretmem_resize": "ftruncate resizes a secretmem file whose size is set, and zeroes the partial page at "
                         "the new size through its removed direct-map entry (the panic 84ac013046cc fixed)",
+    "asi_kvm_no_enter": "KVM_RUN enters the guest without entering the KVM class's restricted space: the "
+                        "guest runs beside the whole kernel mapped (asi=on, rfc2025, rfc2019)",
+    "asi_kvm_late_relax": "KVM_RUN relaxes only after the VM exit is handled: the exit handlers run in the "
+                          "KVM class's critical section (asi=on, rfc2025)",
 }
 
 #: the ASI designs (docs/asi.md), as the ``asi`` switch names them

@@ -98,12 +98,12 @@ asi_exit:
 
 # --- the KVM class ---------------------------------------------------------------
 # kvm_asi_enter(): before each VM entry, as the 2025 RFC v2's vcpu_enter_guest
-# (arch/x86/kvm/x86.c there) calls asi_enter(vcpu->kvm->asi) just before
-# entering the guest: the KVM class's domain of the VMM's mm, its critical
-# section running through the guest until kvm_asi_relax().  The 2019 RFC
-# starts a session instead (its 25/26 "KVM: x86/asi: Switch to KVM address
-# space on entry to guest"), which the exit handlers' first access outside its
-# table aborts.  Counts the entries made restricted (asi_kvm_entries).
+# (arch/x86/kvm/x86.c there) calls asi_enter() just before entering the
+# guest: the KVM class's domain of the VMM's mm, its critical section running
+# through the guest until kvm_asi_relax().  The 2019 RFC starts a session
+# instead (its KVM patches enter the KVM address space on the way into the
+# guest, so that the VM-exit handlers run isolated), which the exit handlers'
+# first access outside its table aborts.  Counts the entries made restricted (asi_kvm_entries).
 kvm_asi_enter:
     .alternative !INJECT_ASI_KVM_NO_ENTER, .Lkae_done
     mov rax, qword ptr [asi_design]

@@ -10,6 +10,9 @@ declared hooks:
   critical section"); here it is a finding: an ``asi_finding`` event and an
   :class:`AsiFinding` in ``Machine.asi_findings`` (beside the TLB model's
   ``Machine.findings``).  Counted by the stub in ``asi_critical_findings``.
+* each VM entry (the vCPU device calls :meth:`AsiCheck.check_vm_entry`): the
+  machine's own check, not the RFC's, that the guest runs from the KVM
+  class's restricted space; otherwise a ``vm-entry-unrestricted`` finding.
 * ``asi_flush`` (asi_uarch_flush): one flush of the 2025 RFC's taint policy,
   an ``asi_flush`` event with ``flush`` = ``ibpb``, ``rsb`` or ``l1d`` and the
   CPU's taints before it.  Counted by the stub in ``asi_flush_counts``; the

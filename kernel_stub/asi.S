@@ -44,14 +44,19 @@
 asi_enter:
     cmp qword ptr [asi_design], ASI_DESIGN_RFC2019
     je asi2019_enter
-    mov rsi, qword ptr [asi_class_id]
+    GET_CURRENT rax
+    mov rcx, qword ptr [asi_class_id]
+    jmp .Laec_set
 # asi_enter_class(mm, class): the 2025 mechanics' asi_enter(asi) for mm's
 # domain of a class (the RFC's mm->asi[class]); the task's target remembers
-# both, so an interrupt's asi_intr_exit re-enters the same class
+# both, so an interrupt's asi_intr_exit re-enters the same class.  Like
+# asi_enter, clobbers rax, rcx and rdi only.
 asi_enter_class:
     GET_CURRENT rax
+    mov rcx, rsi
+.Laec_set:
     mov qword ptr [rax + TASK_asi_target], rdi
-    mov qword ptr [rax + TASK_asi_class], rsi
+    mov qword ptr [rax + TASK_asi_class], rcx
     jmp __asi_enter
 
 # asi_relax(): leave the critical section, stay on the restricted tables
@@ -240,18 +245,18 @@ __asi_enter:
     mov rdi, qword ptr [rax + TASK_asi_target]
     test rdi, rdi
     jz .Lae_done
-    mov rsi, qword ptr [rax + TASK_asi_class]
+    mov rcx, qword ptr [rax + TASK_asi_class]
     cmp qword ptr gs:[asi_curr], rdi
     jne .Lae_load
-    cmp qword ptr gs:[asi_curr_class], rsi
+    cmp qword ptr gs:[asi_curr_class], rcx
     je .Lae_done
 .Lae_load:
     mov qword ptr gs:[asi_curr], rdi
-    mov qword ptr gs:[asi_curr_class], rsi
-    push rsi
+    mov qword ptr gs:[asi_curr_class], rcx
+    push rcx
     push rdi
     .alternative ASI_RFC2025, .Lae_cr3
-    mov rdi, rsi
+    mov rdi, rcx
     call asi_maybe_flush_control
 .Lae_cr3:
     mov rdi, qword ptr [rsp]
@@ -268,10 +273,9 @@ __asi_enter:
     .cr3_write
     mov cr3, rax
     pop rdi                     # (not a jump target: the write is seen where the next block starts)
-    pop rsi
+    pop rdi                     # the class
     .alternative ASI_RFC2025, .Lae_done
-    mov rdi, rsi
-    push rsi
+    push rdi
     call asi_maybe_flush_data
     pop rdi
     imul rdi, rdi, 24

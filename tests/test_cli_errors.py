@@ -136,3 +136,22 @@ def test_help_states_the_number_rule(capsys, cmd, words):
     out = " ".join(capsys.readouterr().out.split())
     for w in words:
         assert w in out
+
+
+def test_each_command_builds_from_its_own_module():
+    """main() builds only the module of the command given (docs/performance.md):
+    the table of commands names exactly the full parser's commands, each in
+    the module that defines it, and a one-module parser knows that command."""
+    import argparse
+
+    from emu.cli.main import COMMANDS, build_parser
+
+    def commands(parser):
+        [action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return list(action.choices)
+
+    assert sorted(commands(build_parser())) == sorted(COMMANDS)
+    for command, module in COMMANDS.items():
+        assert command in commands(build_parser(command)), (command, module)
+        others = [c for c, m in COMMANDS.items() if m != module]
+        assert not set(others) & set(commands(build_parser(command))), command

@@ -21,6 +21,7 @@ error.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import pickle
 import sys
@@ -52,11 +53,15 @@ def salt() -> str:
     """What besides the sources decides an image: versions and the linker's code."""
     global _salt
     if _salt is None:
-        import capstone
-        import keystone
-
-        h = hashlib.sha256(f"{_FORMAT} {VERSION} {sys.version_info[:3]} {keystone.__version__} "
-                           f"{capstone.__version__}".encode())
+        h = hashlib.sha256(f"{_FORMAT} {VERSION} {sys.version_info[:3]}".encode())
+        # keystone and capstone as installed, without importing them (a warm
+        # start never loads them): each package's files, stamped; a new
+        # release or a reinstall writes them anew
+        for name in ("keystone", "capstone"):
+            spec = importlib.util.find_spec(name)
+            for f in sorted(Path(spec.origin).parent.iterdir()) if spec and spec.origin else ():
+                st = f.stat()
+                h.update(f"{name}/{f.name} {st.st_size} {st.st_mtime_ns}".encode())
         for f in sorted(Path(__file__).parent.glob("*.py")):
             h.update(f.name.encode() + f.read_bytes())
         _salt = h.hexdigest()

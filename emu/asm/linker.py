@@ -8,19 +8,22 @@ import hashlib
 import re
 import struct
 
-import keystone
-
 from emu.asm import cache as disk_cache
-from emu.asm.checks import resolve_sites, verify
 from emu.asm.data import check_constants, data_bytes, data_size, evaluate_constants
-from emu.asm.diagnose import diagnose
-from emu.asm.engines import ks_asm, reset_engines
 from emu.asm.image import SYM_PREFIX, Image, Section, Stmt
 from emu.asm.source import IDENT, SourceParser, demangle
 from emu.asm.syntax import keystone_insn_text
 from emu.errors import AsmError
 
 _IMAGE_CACHE: dict[str, Image] = {}
+
+
+def ks_asm(text: str, base: int) -> bytes:
+    """keystone's assembly of ``text`` at ``base`` (emu/asm/engines.py), which
+    loads keystone: only a link that misses the caches gets here."""
+    from emu.asm.engines import ks_asm as assemble
+
+    return assemble(text, base)
 
 
 class _Inconsistent(Exception):
@@ -64,6 +67,7 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
         except _Inconsistent as e:
             if attempt:
                 raise AsmError(f"keystone produced an inconsistent layout twice: {e}") from None
+            from emu.asm.engines import reset_engines
             reset_engines()
     if cache:
         _IMAGE_CACHE[key] = img
@@ -72,6 +76,8 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
 
 
 def _link(sources, layout, predefined, include_dirs, default_section, nobits, required_sites, key) -> Image:
+    # keystone and capstone are loaded on a cache miss only: a warm start never needs them
+    from emu.asm.checks import resolve_sites, verify
     p = SourceParser(include_dirs or [])
     for name, text in sources:
         p.parse(name, text, default_section)
@@ -288,6 +294,8 @@ def _alignment(st: Stmt, predefined: dict[str, int]) -> int | None:
 
 def _assemble_section(sec: Section, p: SourceParser, lines: list[str | None], values: dict[str, int],
                       env: dict[str, int], pads: dict[tuple[str, int], int]) -> tuple[list[int], bytes]:
+    import keystone
+
     own = {lab for st in sec.stmts for lab in st.labels}
     body = []
     fill = ".fill {}, 1, 0x90" if "text" in sec.name else ".zero {}"     # NOPs in code, as gas does
@@ -321,6 +329,10 @@ def _assemble_section(sec: Section, p: SourceParser, lines: list[str | None], va
 def _locate_error(sec: Section, lines: list[str | None], values, env, own, err) -> AsmError:
     """Find the statement keystone choked on by assembling the instructions
     one at a time, and say what is wrong with it (emu/asm/diagnose.py)."""
+    import keystone
+
+    from emu.asm.diagnose import diagnose
+
     placeholder = {lab: values.get(lab, sec.base) for lab in own}
     for st, line in zip(sec.stmts, lines):
         if st.kind != "insn":

@@ -21,15 +21,33 @@ class SyntaxProblem(Exception):
     pass
 
 
-def _registers() -> frozenset[str]:
-    from capstone import x86_const
-    regs = {name[8:].lower() for name in dir(x86_const)
-            if name.startswith("X86_REG_") and name != "X86_REG_ENDING"}
-    regs |= {f"st({i})" for i in range(8)}
-    return frozenset(regs)
+class _Registers:
+    """Every x86 register name capstone knows, and st(0)..st(7): read at the
+    first question, so that loading a linked image from the cache never loads
+    capstone (docs/performance.md)."""
+
+    _names: frozenset[str] | None = None
+
+    def _get(self) -> frozenset[str]:
+        if self._names is None:
+            from capstone import x86_const
+            regs = {name[8:].lower() for name in dir(x86_const)
+                    if name.startswith("X86_REG_") and name != "X86_REG_ENDING"}
+            regs |= {f"st({i})" for i in range(8)}
+            self._names = frozenset(regs)
+        return self._names
+
+    def __contains__(self, name) -> bool:
+        return name in self._get()
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
-REGISTERS = _registers()
+REGISTERS = _Registers()
 GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi") + tuple(f"r{i}" for i in range(8, 16))
 GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi") + tuple(f"r{i}d" for i in range(8, 16))
 #: registers a memory operand may name

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import os
 import re
 import sys
 
 from emu.version import VERSION
-from emu.cli import bench, debug, frag, image, machine, paging, test, trace, views
 from emu.cli.common import config_from_args, has_machine_args
 from emu.errors import IsoemuError
 
@@ -89,7 +89,11 @@ def _subparser(parser: Parser, command: str | None):
 
 
 # --- entry point ----------------------------------------------------------------
-def build_parser() -> Parser:
+def build_parser(command: str | None = None) -> Parser:
+    """The whole command line, or (``command``, one of :data:`COMMANDS`) only
+    the module that defines it: a command imports what it needs and no more
+    (the debugger's, the tracer's and the pictures' modules stay unloaded for
+    ``isoemu matrix``; docs/performance.md)."""
     p = Parser(
         prog="isoemu",
         description="x86-64 paging emulator: Linux PTI, ASI and memfd_secret in a kernel stub run "
@@ -99,17 +103,29 @@ def build_parser() -> Parser:
     p.add_argument("--version", action="version", version=f"isoemu {VERSION}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    for mod in COMMAND_MODULES:
-        mod.add_commands(sub)
+    names = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
+    for name in names:
+        importlib.import_module(f"emu.cli.{name}").add_commands(sub)
     return p
 
 
-# Modules that add subcommands, in the order 'isoemu --help' lists them.
-COMMAND_MODULES = (machine, paging, views, frag, image, trace, debug, test, bench)
+# Modules (emu.cli.NAME) that add subcommands, in the order 'isoemu --help' lists them.
+COMMAND_MODULES = ("machine", "paging", "views", "frag", "image", "trace", "debug", "test", "bench")
+# each command's module (tests/test_cli_errors.py checks it against the full parser)
+COMMANDS = {"matrix": "machine", "stats": "machine", "run": "machine", "walk": "paging", "ptdump": "paging",
+            "check": "paging", "spaces": "paging", "diff": "views", "whereis": "views", "report": "views",
+            "frag": "frag", "image": "image", "trace": "trace", "debug": "debug", "test": "test",
+            "bench": "bench"}
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command word, if it comes first (as every command's usage has it)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_of(argv))
     try:
         args, extras = parser.parse_known_args(argv)
         if extras:

@@ -39,7 +39,7 @@ RFLAGS_IF, RFLAGS_AC = RF_IF, RF_AC
 __all__ = ["C", "Cpu", "CpuConfig", "GPR_NAMES", "HOOK_KINDS", "MODELS", "MSR_EFER", "MSR_FMASK", "MSR_FS_BASE",
            "MSR_GS_BASE", "MSR_KERNEL_GS_BASE", "MSR_LSTAR", "MSR_STAR", "OneReg", "REG_IDS", "RFLAGS_AC",
            "RFLAGS_IF", "RFLAGS_RESERVED", "RegBatch", "context_offset", "ends_translation_block",
-           "error_code_offset", "exception_is_int_offset"]
+           "error_code_offset", "exception_is_int_offset", "old_exception_offset"]
 
 # Register file order used by the fast batch calls.
 GPR_NAMES = GPRS_DISPLAY
@@ -341,9 +341,10 @@ class Cpu:
         self._cr3_ctx.value = value & 0xFFFFFFFFFFFFFFFF
         C.context_restore(self.hv, self._ec_ptr)
 
-    def last_exception(self) -> tuple[int | None, bool | None]:
+    def last_exception(self, saved: bool = False) -> tuple[int | None, bool | None]:
         """(error code, raised by a software interrupt) of the exception just
-        raised, from one context save; each is None if not calibrated."""
+        raised, from one context save into the scratch buffer (``saved``: it
+        holds the current state already); each is None if not calibrated."""
         off = error_code_offset()
         if off is None:
             return None, None
@@ -352,7 +353,8 @@ class Cpu:
             self._ec_val = ctypes.c_int32.from_address(addr + off)
             isoff = exception_is_int_offset()
             self._is_int_val = None if isoff is None else ctypes.c_int32.from_address(addr + isoff)
-        C.context_save(self.hv, self._ec_ptr)
+        if not saved:
+            C.context_save(self.hv, self._ec_ptr)
         return self._ec_val.value, (None if self._is_int_val is None else bool(self._is_int_val.value))
 
 
@@ -439,7 +441,7 @@ def error_code_offset() -> int | None:
         return _ec_offset[0]
     import struct
 
-    from emu.hw.paging import NX, P, PS, RW
+    from emu.hw.paging import NX, P, PS, RW, VEC_PF
 
     mem = PhysMem(32 << 20)
     cpu = Cpu(mem)
@@ -483,7 +485,16 @@ def error_code_offset() -> int | None:
     is_int = None
     if off is not None and [int.from_bytes(b[off + 4:off + 8], "little") for b in blobs] == [0] * 4 + [1] * 2:
         is_int = off + 4
-    _ec_offset.extend((off, is_int))
+    # QEMU's env->old_exception (the exception in flight, which makes the
+    # next #PF a #DF; target/i386/excp_helper.c check_exception) follows:
+    # 14 after each #PF, -1 (the snapshot's) after INT n and INT3
+    old = None
+    if off is not None:
+        want = [VEC_PF] * 4 + [0xFFFFFFFF] * 2
+        olds = [o for o in range(off + 8, min(off + 256, size - 4), 4)
+                if [int.from_bytes(b[o:o + 4], "little") for b in blobs] == want]
+        old = olds[0] if len(olds) == 1 else None
+    _ec_offset.extend((off, is_int, old))
     return _ec_offset[0]
 
 
@@ -492,3 +503,10 @@ def exception_is_int_offset() -> int | None:
     with :func:`error_code_offset`), or None if it was not where expected."""
     error_code_offset()
     return _ec_offset[1]
+
+
+def old_exception_offset() -> int | None:
+    """Offset of QEMU's ``env->old_exception`` (the exception in flight) in a
+    saved context (calibrated with :func:`error_code_offset`), or None."""
+    error_code_offset()
+    return _ec_offset[2]

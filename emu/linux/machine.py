@@ -30,6 +30,7 @@ from emu.linux.tlbcheck import TlbCheck
 from emu.linux.vcpu import VcpuDevice
 from emu.hw.cpu import CpuConfig
 from emu.hw.microcode import System
+from emu.hw.microcode import loop as event_loop
 from emu.hw.x86 import vector_name
 from emu.hw.paging import ADDR_MASK, ControlState, Fault, error_code_words, read_virt, translate
 from emu.hw.phys import FrameKind
@@ -437,6 +438,9 @@ class Machine:
             self.tlb.audit()
         if reason == "budget":
             raise BudgetExhausted(f"instruction budget of {budget:,} exhausted at {self.where()}")
+        if reason == "guard":
+            raise BudgetExhausted(f"runaway: no end within {event_loop.GUARD_SECONDS:g} s (the guard of an uncounted run), "
+                                  f"stopped near {self.where()}")
         if reason == "interrupted":
             raise Interrupted(f"interrupted at {self.where()}, after at least {self.cpu.executed:,} "
                               f"instructions")

@@ -8,7 +8,8 @@ events through one callback (``sink(kind, **fields)``) and I/O ports through
 
 Modules: :mod:`~emu.hw.microcode.loop` (the event loop and its hooks),
 :mod:`~emu.hw.microcode.regs` (the register file of a transition),
-:mod:`~emu.hw.microcode.syscall` (SYSCALL, entering CPL 0),
+:mod:`~emu.hw.microcode.syscall` (SYSCALL),
+:mod:`~emu.hw.microcode.transition` (entering CPL 0: one context save, patch, restore),
 :mod:`~emu.hw.microcode.delivery` (exceptions and interrupts),
 :mod:`~emu.hw.microcode.cr3` (CR3-write sites),
 :mod:`~emu.hw.microcode.tlbsites` (what feeds the TLB model),
@@ -38,6 +39,10 @@ class System(SyscallStep, Delivery, Cr3Sites, TlbSites, InvalidOpcode, EventLoop
 
     def __init__(self, mem, config=None, sink=None):
         super().__init__(mem, config, sink)
+        self.transition_variant = None      # None: ISOEMU_TRANSITION or the default (transition.py)
+        self.entry = None                   # the KernelEntry, made by boot_state
+        self._fast_syscall = self._fast_fault = None
+        self.walker_cross_check = True      # compare each #PF with the reference walker
         self.add_hook("intr", self._guard(self._on_intr))
         self.add_hook("syscall", self._guard(self._on_syscall))
         self.add_hook("out", self._guard(self._on_out))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from emu.errors import GuestError
 from emu.hw.x86 import RF_IF as RFLAGS_IF
-from emu.hw.microcode.regs import FRAME5, FRAME6, QQ, V_CR2, V_CR3, V_CS, V_RFLAGS, V_RIP, V_RSP, V_SS, Q, RegFile
+from emu.hw.microcode.plan import FaultEntry
+from emu.hw.microcode.regs import FRAME5, FRAME6, QQ, V_CR2, V_CR3, V_CS, V_RFLAGS, V_RIP, V_RSP, V_SS, Q
 from emu.hw.paging import PF_I, PF_U, PF_W, READ, VEC_GP, VEC_PF, ControlState, Fault, read_virt, write_virt
 from emu.hw.x86 import CONTRIBUTORY, ERROR_CODE_VECTORS, vector_name
 
@@ -27,11 +28,27 @@ class Delivery:
 
     # -- exceptions and interrupts -----------------------------------------------------------
     def _on_intr(self, uch, intno, ud):
+        fast = self._fast_fault
+        if fast is not None:
+            if self.entry.requested == "check":
+                return self.entry.compare_fast("delivery", lambda: fast(intno), lambda: self._intr_general(intno),
+                                               48 if intno in ERROR_CODE_VECTORS else 40)
+            if fast(intno):
+                return
+        self._intr_general(intno)
+
+    def _intr_general(self, intno: int) -> None:
+        try:
+            self._intr_entry(intno)
+        finally:
+            self.entry.saved = False    # the context saved by this hook never serves another
+
+    def _intr_entry(self, intno: int) -> None:
         r = self.regs
-        r.read()
+        self._read_for_entry("delivery")
         rip = r["rip"]
         cpl = r["cs"] & 3
-        cpu_ec, is_int = self.last_exception()
+        cpu_ec, is_int = self.last_exception(saved=self.entry.saved)
         # INT n / INT3 / INTO: QEMU's exception_is_int says so; the
         # instruction bytes give the length (and decide when uncalibrated)
         soft_len = 0 if is_int is False else self._software_len(intno, rip, cpl)
@@ -42,7 +59,7 @@ class Delivery:
             ec = cpu_ec
             if intno == VEC_PF:
                 cr2 = r["cr2"]
-                self._cross_check(cr2, ec, r)
+                self.cross_check(r["cr3"], cr2, ec, self.ctl())
                 if self.tlb is not None and self._stale_fault(cr2, ec):
                     return                      # lazy mode: the access goes through the stale translation
         self.deliver(intno, ec, cr2=cr2, software=software, reported=True, soft_len=soft_len)
@@ -61,14 +78,16 @@ class Delivery:
             return 2
         return 0
 
-    def _cross_check(self, cr2: int, ec: int, r: RegFile) -> None:
-        """The walker must fault the same way as the CPU did."""
+    def cross_check(self, cr3: int, cr2: int, ec: int, ctl: ControlState) -> None:
+        """The walker must fault the same way as the CPU did (its walks are
+        cached while the entries they read are unchanged: WalkCache)."""
+        if not self.walker_cross_check:
+            return
         access = 2 if ec & PF_I else (1 if ec & PF_W else 0)
         cpl = 3 if ec & PF_U else 0
-        ctl = self.ctl()
         if ctl.pke:
             return              # PKRU is not readable here; trust the CPU
-        w = self.walks.translate(r["cr3"], cr2, access, cpl, ctl)
+        w = self.walks.translate(cr3, cr2, access, cpl, ctl)
         if not w.fault or w.error_code != ec:
             self.mmu_disagreements += 1
             self.sink("mmu_disagreement", va=cr2, cpu_error_code=ec,
@@ -160,7 +179,11 @@ class Delivery:
         mv[V_CS] = selector
         if new_cpl != cpl:
             mv[V_SS] = new_cpl        # a NULL selector with RPL = new CPL
-        self._enter_cpl0()
+        self._enter_cpl0("delivery", cr2=cr2 is not None)
+        e = self.entry
+        if self._fast_fault is None and e.variant in ("inplace", "check") and e.L is not None \
+                and "delivery" not in e.unverified:
+            self._fast_fault = FaultEntry(self)
 
     def _nested(self, first: int, chain: tuple, f: Fault) -> None:
         """A fault while delivering ``first`` (SDM Table 6-5; -1 for a

@@ -11,9 +11,9 @@ stops the CPU and :meth:`EventLoop.run` re-raises it.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
-import capstone
 from unicorn import unicorn_const as UC
 
 from emu.errors import GuestError
@@ -26,8 +26,8 @@ from emu.hw.paging import ControlState, WalkCache, control_state_of
 #: waits at most one slice, about 0.1 s of untraced guest code
 SLICE = 8_000_000
 #: a run that need not count (``exact=False``) runs uncounted for at most this
-#: long between stops; then it counts, from a whole budget (docs/performance.md)
-WATCH_SECONDS = 0.25
+#: long in all; then it ends as a runaway (docs/performance.md, "The budget")
+GUARD_SECONDS = 10.0
 
 
 class EventLoop(Cpu):
@@ -57,9 +57,8 @@ class EventLoop(Cpu):
         self._last_block_start: int | None = None     # the block-start hook that fired last
         self._suppress_block_start: int | None = None
         self.hlt_sites: set[int] | None = None        # addresses right after each 'hlt' (see _halted)
-        self._decode_cache: dict[tuple[int, bytes], capstone.CsInsn] = {}
-        self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        self._cs.detail = True
+        self._decode_cache: dict[tuple[int, bytes], object] = {}     # (rip, bytes) -> capstone's CsInsn
+        self._cs_engine = None                        # capstone, made at the first decode
         self.mmu_disagreements = 0
         self.pending_irqs: list[int] = []
         self.last_user_exception: tuple | None = None
@@ -77,6 +76,17 @@ class EventLoop(Cpu):
         self._actions: list[Callable[[], None]] = []  # work a hook left for the run loop
         self._user_snapshot = None                    # a clean CPL-3 context (lazy mode)
         self._cr_shadow: dict[int, int] = {}          # last value of CR0 and CR4 seen at a site
+
+    @property
+    def _cs(self):
+        """capstone, loaded at the first instruction Python decodes (an invalid
+        opcode, a fault's instruction): a run that needs none never loads it."""
+        if self._cs_engine is None:
+            import capstone
+
+            self._cs_engine = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+            self._cs_engine.detail = True
+        return self._cs_engine
 
     # -- hooks ------------------------------------------------------------------------
     def _guard(self, fn, retval=None):
@@ -148,6 +158,15 @@ class EventLoop(Cpu):
                     self._suppress_block_start = None
                     return
                 self._last_block_start = a
+                if len(fns) == 1:
+                    # the common case in one function: no copy, no loop
+                    try:
+                        fns[0](a)
+                    except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                        if self._error is None:
+                            self._error = e
+                        C.emu_stop(self.hv)
+                    return
                 # all of them, even after a stop request: the suppression
                 # above would keep them from running when the CPU resumes
                 self._call_all(tuple(fns), a, until_stop=False)
@@ -225,13 +244,13 @@ class EventLoop(Cpu):
         when a hook raised).
 
         ``exact=False``, for a budget that only guards against a runaway
-        guest: the run starts without counting instructions (a count costs
-        every instruction a call into Unicorn, fact 13) and a watchdog stops
-        it after :data:`WATCH_SECONDS` without a stop; from then on it counts,
-        with the whole ``budget`` still to go.  A runaway guest is still
-        bounded (by that time plus the budget) and Ctrl-C still stops it
-        (within that time); a guest that ends sooner gives the same result as
-        an exact run that did not run out.
+        guest: the run counts no instructions (a count costs every
+        instruction a call into Unicorn, fact 14); a watchdog bounds it to
+        :data:`GUARD_SECONDS` of wall-clock time instead, and a run that
+        reaches it ends with the reason 'guard'.  That stop comes from
+        another thread, at any instruction: the run is never continued after
+        it (Unicorn fact 14).  Ctrl-C stops it at the next hook that runs
+        Python, or at the guard.
         """
         self.stop_reason = None
         self._error = None
@@ -243,6 +262,7 @@ class EventLoop(Cpu):
         # differently uncounted (a user fetch: #PF 0x15 instead of 0x14), not
         # yet explained (docs/performance.md, "The budget")
         counting = exact or self.tlb_lazy
+        guard_end = None if counting else time.monotonic() + GUARD_SECONDS
         while left > 0 and not self.stop_reason:
             rip = self.reg("rip")
             # a block-start hook that fired for the instruction at RIP before the
@@ -254,8 +274,9 @@ class EventLoop(Cpu):
             if counting:
                 err = self.emu_start(rip, n)
             else:
-                err, timed_out = self.emu_start_watched(rip, WATCH_SECONDS)
-                counting = timed_out
+                err, timed_out = self.emu_start_watched(rip, max(guard_end - time.monotonic(), 0.0))
+                if timed_out and not self.stop_reason:
+                    self.stop_reason = "guard"
             try:
                 for fn in tuple(self.run_observers):
                     fn(False)
@@ -286,7 +307,7 @@ class EventLoop(Cpu):
             elif n:
                 left -= n                 # the slice ran to its end
                 self.executed += n
-            # else: an uncounted slice the watchdog (or a bare stop) ended
+            # else: an uncounted run a hook stopped without a reason: it goes on
             if self.stop_reason:
                 break
         if self.stop_reason:

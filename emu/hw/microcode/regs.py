@@ -21,6 +21,7 @@ _SLOT = 16
 # value indices in RegFile.mv of the registers delivery touches
 V_RIP, V_RSP, V_RFLAGS, V_CS, V_SS, V_CR2, V_CR3 = (2 * IDX[n] for n in ("rip", "rsp", "rflags", "cs", "ss", "cr2",
                                                                         "cr3"))
+V_RCX, V_R11, V_RAX, V_CR0, V_CR4 = (2 * IDX[n] for n in ("rcx", "r11", "rax", "cr0", "cr4"))
 Q = struct.Struct("<Q")
 QQ = struct.Struct("<QQ")
 FRAME5 = struct.Struct("<5Q")

@@ -14,7 +14,9 @@ import ctypes
 from unicorn import x86_const as X
 
 from emu.errors import GuestError
-from emu.hw.cpu import C, context_offset, error_code_offset
+from emu.hw.cpu import context_offset, error_code_offset
+from emu.hw.microcode.regs import V_CS, V_R11, V_RCX, V_RFLAGS, V_RIP, V_SS
+from emu.hw.microcode.transition import KernelEntry
 from emu.hw.x86 import MSR_FMASK, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR
 from emu.hw.paging import ControlState
 
@@ -51,6 +53,11 @@ class SyscallStep:
         off = context_offset(X.UC_X86_REG_CR3)
         self._cr3_slot = None if off is None else \
             ctypes.c_uint64.from_address(self._snapshot_ctx.value + off)
+        self.snapshot_regs = {"cr0": self.reg("cr0"), "cr4": self.reg("cr4"),
+                              "kernel_gs_base": self.msr(MSR_KERNEL_GS_BASE)}
+        self.entry = KernelEntry(self, self.transition_variant)
+        self._fast_syscall = None       # made after the first SYSCALL verified the in-place entry
+        self._fast_fault = None         # plan.py, after the first delivery verified it
         self.set_reg("rip", rip)
 
     def _cr3_slot_of(self, ctx) -> ctypes.c_uint64:
@@ -59,39 +66,64 @@ class SyscallStep:
 
     # -- SYSCALL (SDM: SYSCALL—Fast System Call) ------------------------------------------------
     def _on_syscall(self, uch, ud):
+        fast = self._fast_syscall
+        if fast is not None and not self._want_events and not self.tlb_lazy:
+            if self.entry.requested == "check":
+                return self.entry.compare_fast("syscall", fast, self._syscall_general, 0)
+            if fast():
+                self._last_block_start = None
+                return
+        self._syscall_general()
+
+    def _syscall_general(self) -> None:
+        try:
+            self._syscall_entry()
+        finally:
+            self.entry.saved = False    # the context saved by this hook never serves another
+
+    def _syscall_entry(self) -> None:
         if self.tlb_lazy and self._user_snapshot is None:
             # a clean CPL-3 context, for the lazy mode's user accesses (tlbsites.py)
             self._user_snapshot = self.uc.context_save()
             self._user_snapshot_ctx = ctypes.c_void_p(ctypes.cast(self._user_snapshot.context,
                                                                   ctypes.c_void_p).value)
         r = self.regs
-        r.read()
-        rip, flags = r["rip"], r["rflags"]
+        mv = r.mv
+        self._read_for_entry("syscall")
+        rip, flags = mv[V_RIP], mv[V_RFLAGS]
         if self._want_events:
             self.sink("syscall", nr=r["rax"], rip=rip, cr3=r["cr3"], cpl=r["cs"] & 3,
                       args=(r["rdi"], r["rsi"], r["rdx"], r["r10"], r["r8"], r["r9"]))
-        r["rcx"] = rip + 2
-        r["r11"] = flags
-        r["rflags"] = (flags & ~self.fmask) | 2
-        r["cs"] = (self.star >> 32) & 0xFFFC
-        r["ss"] = ((self.star >> 32) & 0xFFFC) + 8
-        r["rip"] = self.lstar - 2          # Unicorn adds 2 after the hook (Unicorn fact 4)
-        self._enter_cpl0()
+        mv[V_RCX] = (rip + 2) & 0xFFFFFFFFFFFFFFFF
+        mv[V_R11] = flags
+        mv[V_RFLAGS] = (flags & ~self.fmask) | 2
+        mv[V_CS] = (self.star >> 32) & 0xFFFC
+        mv[V_SS] = ((self.star >> 32) & 0xFFFC) + 8
+        mv[V_RIP] = self.lstar - 2          # Unicorn adds 2 after the hook (Unicorn fact 4)
+        self._enter_cpl0("syscall", rcx_r11=True)
+        e = self.entry
+        if self._fast_syscall is None and e.variant in ("inplace", "check") and e.L is not None \
+                and "syscall" not in e.unverified:
+            self._fast_syscall = e.make_syscall(self.lstar, self.fmask, self.star)
 
-    def _enter_cpl0(self) -> None:
-        """The snapshot restore that makes CPL 0, then the real register state.
+    def _read_for_entry(self, kind: str) -> None:
+        """The registers a kernel entry needs into ``self.regs``: all of them
+        when events are built, the lazy TLB mode keeps the state, or the
+        entry path needs them (transition.py); else only ENTRY_READ."""
+        e = self.entry
+        if e.full_read(kind) or self._want_events or self.tlb_lazy:
+            self.regs.read()
+        else:
+            e.read_entry_regs(kind)
+
+    def _enter_cpl0(self, kind: str = "delivery", rcx_r11: bool = False, cr2: bool = False) -> None:
+        """Make the state in ``self.regs`` current at CPL 0 (transition.py:
+        the snapshot's CPL, the exception in flight cleared).
 
         RIP changes here without a block start: no block-start hook fired for
         the new RIP yet.
 
-        CR3 goes into the snapshot before the restore, so the TLB survives the
-        transition as it does on hardware (SYSCALL and exception entry do not
-        flush)."""
+        CR3 stays as it is, so the TLB survives the transition as it does on
+        hardware (SYSCALL and exception entry do not flush)."""
         self._last_block_start = None
-        if self._cr3_slot is not None:
-            self._cr3_slot.value = self.regs["cr3"]
-            C.context_restore(self.hv, self._snapshot_ctx)
-            self.regs.write_except_cr3()
-        else:
-            C.context_restore(self.hv, self._snapshot_ctx)
-            self.regs.write()
+        self.entry.enter(kind, rcx_r11, cr2)

@@ -119,13 +119,13 @@ class TlbSites:
                 fn("invpcid")
 
     # -- page faults against the model ---------------------------------------------------------------
-    def _stale_fault(self, cr2: int, ec: int) -> bool:
+    def _stale_fault(self, cr2: int, ec: int, ctl=None) -> bool:
         """A #PF the tables gave: a stale translation that would have
         allowed the access is a finding; in lazy mode the access goes
         through it.  True if the fault is not delivered (lazy mode)."""
         access = 2 if ec & 16 else (1 if ec & 2 else 0)
         cpl = 3 if ec & 4 else 0
-        rec = self.tlb.stale_for(cr2, access, cpl, self.ctl())
+        rec = self.tlb.stale_for(cr2, access, cpl, self.ctl() if ctl is None else ctl)
         if rec is None:
             return False
         served = self.serves(cpl)

@@ -26,6 +26,8 @@ direct_pages_count_2m:  .quad 0     # boot
 direct_pages_count_1g:  .quad 0     # boot
 direct_map_level2_splits: .quad 0
 direct_map_level3_splits: .quad 0
+direct_map_level2_collapses: .quad 0 # collapse=on: PTE tables folded into 2M pages (41d88484c71c)
+direct_map_level3_collapses: .quad 0 # and PMD tables into 1G pages
 nr_secret_pages:        .quad 0
 asi_exits:              .quad 0     # every asi_exit() that switched CR3
 # the same exits by reason (enum asi_exit_reason order: ASI_EXIT_*)
@@ -41,11 +43,12 @@ asi_critical_findings:  .quad 0     # sensitive accesses from a critical section
 asi_kvm_entries:        .quad 0     # VM entries made from the KVM class's restricted space
 asi_taint_policy:       .zero 24 * 2 # boot: {prevent_control, protect_data, set} per class
 
-# secretmem's pool of 2 MiB blocks (the PMD-size cache of the memfd_secret
-# series, v2..v16): pages are handed out 4 KiB at a time; each page leaves
-# the direct map on its own, so a block costs at most one 2M->4K split.
-secret_pool_block:      .zero 8 * SECRET_POOL_BLOCKS         # physical base of each 2 MiB block (0 = none)
-secret_pool_used:       .zero 64 * SECRET_POOL_BLOCKS     # 512-bit bitmap per block: page in use
+# the unmapped allocator (unmapped.S, docs/frag.md)
+unmapped_strategy:      .quad 0     # boot: UNMAPPED_PAGE, _PMD_CACHE, _RESERVED or _ALLOC (unmapped=)
+unmapped_collapse_on:   .quad 0     # boot: collapse=on
+nr_unmapped_blocks:     .quad 0     # 2 MiB blocks out of the direct map in its caches (boot: the pool's)
+# its blocks: {pa (0: a free slot), owner, pages in use, 512-bit map}; boot: the reserved pool's
+unmapped_blocks:        .zero UBLK_SIZE * UNMAPPED_MAX_BLOCKS
 
 # The fault matrix's execute probe of kernel data and of its direct-map alias
 # (emu/tools/matrix.py): a 'ret', so that a fetch the page tables allow

@@ -95,8 +95,9 @@ kvm_gmem_create:
 
 # gmem_get_page(file, index) -> pa of the page at index, allocated and zeroed
 # on first use (kvm_gmem_get_folio, clear_highpage), or 0 when memory is out.
-# With NO_DIRECT_MAP the page then leaves the direct map, with its flush, as
-# the series' kvm_gmem_folio_zap_direct_map does.
+# With NO_DIRECT_MAP the page comes from the unmapped allocator (unmapped.S):
+# zeroed, out of the direct map and flushed, as the series'
+# kvm_gmem_folio_zap_direct_map leaves it.
 gmem_get_page:
     SAVE_CALLEE
     mov rbx, rdi
@@ -105,6 +106,16 @@ gmem_get_page:
     mov rax, qword ptr [r13]
     and rax, -PAGE_SIZE
     jnz .Lggp_out
+    test qword ptr [rbx + FILE_flags], GUEST_MEMFD_FLAG_NO_DIRECT_MAP
+    jz .Lggp_mapped
+    mov rdi, rbx
+    mov esi, FRAME_GUEST_MEMFD
+    call unmapped_page_alloc
+    test rax, rax
+    jz .Lggp_out
+    inc qword ptr [nr_gmem_unmapped_pages]
+    jmp .Lggp_store
+.Lggp_mapped:
     xor edi, edi
     mov esi, FRAME_GUEST_MEMFD
     mov edx, HC_SENSITIVE
@@ -115,50 +126,40 @@ gmem_get_page:
     mov rdi, rax
     PA_TO_VA rdi
     call clear_page
-    test qword ptr [rbx + FILE_flags], GUEST_MEMFD_FLAG_NO_DIRECT_MAP
-    jz .Lggp_store
-    mov rdi, r14
-    call set_direct_map_invalid_noflush
-    test rax, rax
-    jnz .Lggp_undo
-    inc qword ptr [nr_gmem_unmapped_pages]
-    mov rdi, r14
-    PA_TO_VA rdi
-    mov esi, PAGE_SIZE
-    .alternative !INJECT_GMEM_NOFLUSH, .Lggp_store
-    call flush_tlb_kernel_range
-.Lggp_store:
-    or qword ptr [r13], r14
-    inc qword ptr [nr_gmem_pages]
     mov rax, r14
-    jmp .Lggp_out
-.Lggp_undo:
-    mov rdi, r14
-    mov esi, HC_SENSITIVE
-    call free_page
-    xor eax, eax
+.Lggp_store:
+    or qword ptr [r13], rax
+    inc qword ptr [nr_gmem_pages]
 .Lggp_out:
     RESTORE_CALLEE
     ret
 
 # gmem_free_page(file, pa): truncation's end of a page (free_folio): with
-# NO_DIRECT_MAP its direct-map entry comes back first (the series'
-# kvm_gmem_free_folio), then the page goes back to the allocator
+# NO_DIRECT_MAP it is first cleared through a temporary mapping (its contents
+# never reappear in the direct map), then goes back to the unmapped allocator
+# (the series' kvm_gmem_free_folio restores the direct map); else it goes
+# back to the page allocator
 gmem_free_page:
     push rbx
+    push r12
+    mov r12, rdi
     mov rbx, rsi
-    test qword ptr [rdi + FILE_flags], GUEST_MEMFD_FLAG_NO_DIRECT_MAP
+    test qword ptr [r12 + FILE_flags], GUEST_MEMFD_FLAG_NO_DIRECT_MAP
     jz .Lgfp_free
     mov rdi, rbx
     call gmem_scrub_unmapped
-    mov rdi, rbx
-    call set_direct_map_default_noflush
+    mov rdi, r12
+    mov rsi, rbx
+    call unmapped_page_free
     dec qword ptr [nr_gmem_unmapped_pages]
+    jmp .Lgfp_done
 .Lgfp_free:
     mov rdi, rbx
     mov esi, HC_SENSITIVE
     call free_page
+.Lgfp_done:
     dec qword ptr [nr_gmem_pages]
+    pop r12
     pop rbx
     ret
 
@@ -246,6 +247,8 @@ gmem_release:
     xor esi, esi
     mov edx, GMEM_MAX_PAGES
     call gmem_truncate
+    mov rdi, rbx
+    call unmapped_release               # the file's cache goes (unmapped=pmd-cache)
     mov rdi, qword ptr [rbx + FILE_pages]
     VA_TO_PA rdi
     xor esi, esi

@@ -1,112 +1,14 @@
-# Secret memory (memfd_secret): the page pool, first-touch faults that take a
-# page out of the direct map, and release.  After mm/secretmem.c.
+# Secret memory (memfd_secret): first-touch faults that take a page out of the
+# direct map, and release.  After mm/secretmem.c; the pages come from the
+# unmapped allocator (unmapped.S), whose strategy is the unmapped= switch.
 
 .text
 
-# secret_pool_alloc() -> pa of a free 4 KiB page from the 2 MiB block pool
-secret_pool_alloc:
-    push rbx
-    xor ebx, ebx
-.Lspa_block:
-    cmp rbx, SECRET_POOL_BLOCKS
-    jae .Lspa_refill
-    mov rax, qword ptr [secret_pool_block + rbx * 8]
-    test rax, rax
-    jz .Lspa_next
-    imul rdx, rbx, 64
-    mov rdi, secret_pool_used
-    add rdi, rdx
-    xor ecx, ecx
-.Lspa_word:
-    mov rsi, qword ptr [rdi + rcx * 8]
-    not rsi
-    bsf rsi, rsi
-    jnz .Lspa_take
-    inc ecx
-    cmp ecx, 8
-    jb .Lspa_word
-.Lspa_next:
-    inc rbx
-    jmp .Lspa_block
-.Lspa_take:
-    bts qword ptr [rdi + rcx * 8], rsi
-    shl rcx, 6
-    add rcx, rsi
-    shl rcx, PAGE_SHIFT
-    add rax, rcx
-    pop rbx
-    ret
-.Lspa_refill:
-    xor ebx, ebx
-.Lspa_free_slot:
-    cmp rbx, SECRET_POOL_BLOCKS
-    jae .Lspa_none
-    cmp qword ptr [secret_pool_block + rbx * 8], 0
-    je .Lspa_grow
-    inc rbx
-    jmp .Lspa_free_slot
-.Lspa_grow:
-    mov edi, PMD_SHIFT - PAGE_SHIFT
-    mov esi, FRAME_SECRET_POOL
-    mov edx, HC_SENSITIVE
-    call hc_alloc
-    test rax, rax
-    jz .Lspa_none
-    mov qword ptr [secret_pool_block + rbx * 8], rax
-    xor ebx, ebx
-    jmp .Lspa_block
-.Lspa_none:
-    xor eax, eax
-    pop rbx
-    ret
-
-# secret_pool_free(pa): the page goes back to its block
-secret_pool_free:
-    mov rax, rdi
-    and rax, -PMD_SIZE
-    xor ecx, ecx
-.Lspf_loop:
-    cmp rcx, SECRET_POOL_BLOCKS
-    jae .Lspf_done
-    cmp qword ptr [secret_pool_block + rcx * 8], rax
-    je .Lspf_found
-    inc rcx
-    jmp .Lspf_loop
-.Lspf_found:
-    imul rcx, rcx, 64
-    mov rdx, rdi
-    sub rdx, rax
-    shr rdx, PAGE_SHIFT
-    mov rax, secret_pool_used
-    add rax, rcx
-    btr qword ptr [rax], rdx
-.Lspf_done:
-    ret
-
-# secret_page_alloc() -> pa of a zeroed 4 KiB page, or 0: one page from the
-# allocator (mainline, secretmem=page), or from the pool of 2 MiB blocks
-# (secretmem=pmd-cache, the v6 series' cache)
-secret_page_alloc:
-    .alternative SECRETMEM_PMD_CACHE, .Lspa_page
-    jmp secret_pool_alloc
-.Lspa_page:
-    xor edi, edi
-    mov esi, FRAME_SECRET
-    mov edx, HC_SENSITIVE
-    jmp alloc_page
-
-# secret_page_free(pa): back to where secret_page_alloc took it from
-secret_page_free:
-    .alternative SECRETMEM_PMD_CACHE, .Lspf_page
-    jmp secret_pool_free
-.Lspf_page:
-    mov esi, HC_SENSITIVE
-    jmp free_page
-
 # secretmem_fault(vma, addr) -> pa of the page (allocated on first touch), or
-# 0 beyond the file size (SIGBUS) or when out of memory.  Order as
-# secretmem_fault: zeroed page, set_direct_map_invalid_noflush, add to the
-# page cache, flush_tlb_kernel_range.
+# 0 beyond the file size (SIGBUS) or when out of memory.  As secretmem_fault:
+# a zeroed page out of the direct map, flushed (unmapped_page_alloc: with
+# unmapped=page, set_direct_map_invalid_noflush then flush_tlb_kernel_range),
+# then added to the page cache.
 secretmem_fault:
     SAVE_CALLEE
     mov rbx, rdi
@@ -124,58 +26,26 @@ secretmem_fault:
     mov rax, qword ptr [r12 + FILE_pages + r13 * 8]
     test rax, rax
     jnz .Lsf_done
-    call secret_page_alloc
+    mov rdi, r12
+    mov esi, FRAME_SECRET
+    call unmapped_page_alloc
     test rax, rax
     jz .Lsf_none
-    mov r14, rax
-    mov rdi, rax
-    PA_TO_VA rdi
-    call clear_page
-    mov rdi, r14
-    call set_direct_map_invalid_noflush
-    test rax, rax
-    jnz .Lsf_undo
-    mov qword ptr [r12 + FILE_pages + r13 * 8], r14
+    mov qword ptr [r12 + FILE_pages + r13 * 8], rax
     inc qword ptr [nr_secret_pages]
-    mov rdi, r14
-    PA_TO_VA rdi
-    mov esi, PAGE_SIZE
-    .alternative !INJECT_SECRETMEM_NOFLUSH, .Lsf_flushed
-    call flush_tlb_kernel_range
-.Lsf_flushed:
-    mov rax, r14
     jmp .Lsf_done
-.Lsf_undo:
-    mov rdi, r14
-    call secret_page_free
 .Lsf_none:
     xor eax, eax
 .Lsf_done:
     RESTORE_CALLEE
     ret
 
-# secret_release_page(pa): secretmem_free_folio: back into the direct map,
-# then zeroed through it, then freed (the order 6f86d0534fdd restored:
-# a page never goes back to the allocator while out of the direct map)
+# secret_release_page(file, pa): secretmem_free_folio: the page goes back to
+# the unmapped allocator (unmapped=page: into the direct map, zeroed through
+# it, then freed: the order 6f86d0534fdd restored)
 secret_release_page:
-    push rbx
-    mov rbx, rdi
-    .alternative !INJECT_SECRETMEM_FREE_BEFORE_RESTORE, .Lsrp_free_first
-    call set_direct_map_default_noflush
-    mov rdi, rbx
-    PA_TO_VA rdi
-    call clear_page
-    mov rdi, rbx
-    call secret_page_free
-    jmp .Lsrp_done
-.Lsrp_free_first:
-    mov rdi, rbx
-    call secret_page_free
-    mov rdi, rbx
-    call set_direct_map_default_noflush
-.Lsrp_done:
+    call unmapped_page_free
     dec qword ptr [nr_secret_pages]
-    pop rbx
     ret
 
 # --- MAP_SECRET: secret memory without a descriptor ------------------------------------

@@ -90,15 +90,19 @@ file_put:
     xor r12, r12
 .Lfp_page:
     cmp r12, FILE_MAX_PAGES
-    jae .Lfp_clear
-    mov rdi, qword ptr [rbx + FILE_pages + r12 * 8]
-    test rdi, rdi
+    jae .Lfp_release
+    mov rsi, qword ptr [rbx + FILE_pages + r12 * 8]
+    test rsi, rsi
     jz .Lfp_next
     mov qword ptr [rbx + FILE_pages + r12 * 8], 0
+    mov rdi, rbx
     call secret_release_page
 .Lfp_next:
     inc r12
     jmp .Lfp_page
+.Lfp_release:
+    mov rdi, rbx
+    call unmapped_release               # the file's cache goes (unmapped=pmd-cache)
     jmp .Lfp_clear
 .Lfp_other:
     mov rdi, rbx

@@ -22,7 +22,7 @@ from emu.tools.asmtest.headers import HeaderError, header_of
 from emu.tools.faults import describe_exception
 
 PROGRAM = "_start:\n    mov eax, SYS_exit\n    xor edi, edi\n    syscall\n"
-KNOWN_SWITCHES = "pti, pcid, asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, secretmem"
+KNOWN_SWITCHES = "pti, pcid, asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, unmapped, unmapped_pool, collapse"
 USAGE = ("expect needs 'LABEL ok', 'LABEL fault VECTOR [ERRORCODE]', 'LABEL REG=VALUE', 'LABEL space SPACE', "
          "'LABEL stale [FINDING]', 'LABEL asi [FINDING]', 'LABEL oops [VECTOR [ERRORCODE]]', 'exit STATUS' or "
          "'output TEXT'")

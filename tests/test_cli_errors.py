@@ -49,7 +49,7 @@ CASES = [
     # --set, and flags that contradict it
     (["stats", "--set", "pti=maybe"], "pti=maybe: use one of on, off, auto"),
     (["matrix", "--set", "ptii=off"], "unknown machine switch 'ptii' (did you mean 'pti'?); known: pti, pcid, "
-                                      "asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, secretmem"),
+                                      "asi, smep, smap, pke, nx, invpcid, la57, ram, tlb, inject, unmapped, unmapped_pool, collapse"),
     (["stats", "--set", "pti"], "--set 'pti': write KEY=VALUE (e.g. pti=off)"),
     (["stats", "--set", "pti=off,pti=on"], "--set: pti is given twice (off and on)"),
     (["stats", "--set", "pti=off", "--set", "pti=on"], "--set: pti is given twice (off and on)"),

@@ -95,7 +95,7 @@ def test_matrix_json_schema(matrix_json):
     # every machine switch, as a test header or --set writes it
     assert doc["config"] == {"pti": "auto", "pcid": "on", "asi": "on", "smep": "on", "smap": "on", "pke": "off",
                              "nx": "on", "invpcid": "on", "la57": "off", "ram": "256M", "tlb": "check",
-                             "inject": "none", "secretmem": "page"}
+                             "inject": "none", "unmapped": "page", "unmapped_pool": "16M", "collapse": "off"}
     assert doc["spaces"] == ["A.user", "A.kernel", "A.asi", "B.user"]
     regions = [r["name"] for r in doc["regions"]]
     assert regions == ["user_text", "user_data", "secret_user", "secret_direct_map", "xpfo_user",
@@ -173,13 +173,16 @@ def test_stats_text_and_json(capsys):
     assert rc == 0 and set(doc) == {"boot", "secret_mapped", "secret_released"}
     names = list(doc["boot"])
     assert names == ["DirectMap4k", "DirectMap2M", "DirectMap1G", "direct_map_level2_splits",
-                     "direct_map_level3_splits", "secret_pages", "guest_memfd_pages",
+                     "direct_map_level3_splits", "direct_map_level2_collapses", "direct_map_level3_collapses",
+                     "unmapped_blocks", "secret_pages", "guest_memfd_pages",
                      "guest_memfd_unmapped_pages", "guest_memfd_conversions", "xpfo_pages",
                      "xpfo_pages_removed", "xpfo_flushes", "xpfo_cache_hits", "xpfo_cached_pages",
                      "xpfo_pages_restored", "kernel_tlb_flushes", "asi_exits", "asi_fault_exits",
                      "asi_user_return_exits", "asi_context_switch_exits", "asi_tlb_flush_exits",
                      "asi_other_exits", "asi_flush_ibpb", "asi_flush_rsb", "asi_flush_l1d",
-                     "asi_critical_findings", "asi_kvm_entries"] + [f"tlb_{k}" for k in STAT_KEYS]
+                     "asi_critical_findings", "asi_kvm_entries"] + [f"tlb_{k}" for k in STAT_KEYS] + \
+        ["unmapped_tlb_full_flushes", "unmapped_tlb_cr4_flushes", "unmapped_tlb_invlpg",
+         "unmapped_tlb_entries_invalidated"]
     assert all(list(doc[p]) == names for p in doc)
     assert [doc[p]["secret_pages"] for p in ("boot", "secret_mapped", "secret_released")] == [0, 1, 0]
     rc, out, _ = run(capsys, "stats")

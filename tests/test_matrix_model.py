@@ -73,7 +73,7 @@ def test_the_product_covers_every_switch_that_changes_a_cell():
     """The switches outside PRODUCT change no expectation: the probes run
     STAC, touch only protection key 0, and neither flushes, addresses, the
     TLB model nor where secret pages come from decide an outcome."""
-    for text in [t for n in ("smap", "pke", "invpcid", "la57", "tlb", "secretmem") for t in _flips(n)]:
+    for text in [t for n in ("smap", "pke", "invpcid", "la57", "tlb", "collapse") for t in _flips(n)]:
         flipped = cfg_of(text)
         for region, space, acc in itertools.product(REGION_NAMES, matrix_model.USER_SPACES + ("A.kernel", "A.asi"),
                                                     ACCESSES):

@@ -101,7 +101,8 @@ def test_every_cr3_write_of_the_stub_is_declared():
         assert len(cr3) == 15 and sum(s.noflush for s in cr3) == 8
         assert {s.name for s in img.sites_of("hook")} == {
             "exit", "asi_fault_exit", "asi2019_fault_exit", "asi_abort", "asi_critical_access", "asi_flush",
-            "syscall_return", "pgtable_write", "return_to_user_sysret", "return_to_user_iret"}
+            "syscall_return", "pgtable_write", "return_to_user_sysret", "return_to_user_iret", "unmapped_enter",
+            "unmapped_leave"}
         assert all(ends_translation_block(s.after) for s in img.sites_of("hook"))
 
 

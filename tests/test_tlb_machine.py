@@ -24,7 +24,7 @@ CLEAN = [
     dict(pti=False, asi=False),
     dict(pti=False, asi=False, pcid=False),
     dict(la57=True),
-    dict(secretmem="pmd-cache"),
+    dict(unmapped="pmd-cache"),
 ]
 
 

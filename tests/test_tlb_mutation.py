@@ -186,8 +186,8 @@ CONFIGS = {
     "pti+pcid+asi": "invpcid=off",
     "pti": "asi=off,pcid=off",
     "nopti": "pti=off,asi=off",
-    "pmd-cache": "asi=off,secretmem=pmd-cache",
-    "pmd-cache+noinvpcid": "asi=off,secretmem=pmd-cache,invpcid=off",
+    "pmd-cache": "asi=off,unmapped=pmd-cache",
+    "pmd-cache+noinvpcid": "asi=off,unmapped=pmd-cache,invpcid=off",
 }
 
 # --- mutants ------------------------------------------------------------------------------------------

@@ -4,11 +4,14 @@
 ; kernel's read of the page's direct-map alias faults (#PF 0x0, not present)
 ; while the page is allocated, and succeeds once a punched hole freed it.  The
 ; same page of a guest_memfd without the flag stays in the direct map.
-; isoemu: asi=off
+; That is unmapped=page; every cache keeps the punched page out of the direct
+; map (pmd-cache until the file is released).
+; isoemu: asi=off unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: probe_plain rax=0
 ; expect: probe_removed rax=-EFAULT rdx=0x0 r9=14
 ; expect: punch rax=0
-; expect: probe_restored rax=0
+; expect[unmapped=page]: probe_restored rax=0
+; expect[unmapped=pmd-cache|reserved|unmapped-alloc]: probe_restored rax=-EFAULT rdx=0x0
 .include "kvm.inc"
 .include "isoemu.inc"
 .text

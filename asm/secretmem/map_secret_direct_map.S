@@ -12,7 +12,8 @@
 ; address is gone (#PF 0x4), and the TLB model has nothing to report: each
 ; direct-map change was flushed.  Then the same cycle 40 times: more than the
 ; 32 files the stub has, so each munmap released its internal file.
-; isoemu: asi=on|off
+; This is unmapped=page (mainline); the other strategies are asm/unmapped/.
+; isoemu: asi=on|off unmapped=page
 ; expect: no_alias rax=-EFAULT
 ; expect: touch ok
 ; expect: owner rbx=0x5ec2e7

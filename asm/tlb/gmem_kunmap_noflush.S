@@ -5,7 +5,8 @@
 ; the translation of the temporary slot may survive the unmap: the page is
 ; then freed while cached (freed-while-cached, charged to the fallocate), and
 ; a kernel read of the slot afterwards is a stale access.
-; isoemu: asi=off inject=gmem_kunmap_noflush
+; With unmapped=page the punched page is freed at once (a cache would keep it).
+; isoemu: asi=off inject=gmem_kunmap_noflush unmapped=page
 ; expect: punch rax=0
 ; expect: punch stale freed-while-cached
 ; expect: probe_slot stale stale-access

@@ -6,7 +6,8 @@
 ; stale translation serve it (r10 = 0x5a).  ASI off: asi_exit's CR3 write
 ; would flush the kernel PCID and hide it (docs/tlb.md).  At exit the page is
 ; freed while that translation may still be cached (freed-while-cached).
-; isoemu: asi=off inject=gmem_noflush tlb=check|lazy
+; The same with unmapped=pmd-cache, whose flush left out is the block's.
+; isoemu: asi=off inject=gmem_noflush tlb=check|lazy unmapped=page|pmd-cache
 ; expect: probe_read stale stale-access
 ; expect[tlb=check]: probe_read rax=-EFAULT rdx=0x0 r9=14
 ; expect[tlb=lazy]: probe_read rax=0 r10=0x5a

@@ -5,7 +5,8 @@
 ; direct map breaks its next owner.  With the order reversed
 ; (inject=secretmem_free_before_restore) the release, when the last reference to
 ; the file goes at close, frees the page first: freed-out-of-direct-map.
-; isoemu: inject=secretmem_free_before_restore|none asi=off
+; The order is the page strategy's (unmapped=page): the caches keep the page out.
+; isoemu: inject=secretmem_free_before_restore|none asi=off unmapped=page
 ; expect: unmap rax=0
 ; expect: close rax=0
 ; expect[inject=secretmem_free_before_restore]: close stale freed-out-of-direct-map

@@ -4,7 +4,8 @@
 ; (inject=secretmem_free_before_restore) the page goes back to the allocator
 ; while it is out of the direct map: freed-out-of-direct-map, charged to the
 ; munmap.  Either way the alias reads again afterwards.
-; isoemu: inject=secretmem_free_before_restore|none asi=off
+; The order is the page strategy's (unmapped=page): the caches keep the page out.
+; isoemu: inject=secretmem_free_before_restore|none asi=off unmapped=page
 ; expect: touch ok
 ; expect: unmap rax=0
 ; expect[inject=secretmem_free_before_restore]: unmap stale freed-out-of-direct-map

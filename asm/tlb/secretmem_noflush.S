@@ -8,7 +8,10 @@
 ; flushes the kernel PCID and would hide the missing flush (docs/tlb.md).  At exit
 ; the secret page goes back to the allocator while that translation may still be
 ; cached (freed-while-cached).
-; isoemu: asi=off inject=secretmem_noflush tlb=check|lazy
+; With unmapped=pmd-cache the flush left out is the block's, with the same
+; result; unmapped=reserved has no flush to leave out (the pool left the direct
+; map at boot), and unmapped-alloc keeps its block at exit (asm/unmapped/).
+; isoemu: asi=off inject=secretmem_noflush tlb=check|lazy unmapped=page|pmd-cache
 ; expect: touch ok
 ; expect: probe_read stale stale-access
 ; expect[tlb=check]: probe_read rax=-EFAULT rdx=0x0 r9=14

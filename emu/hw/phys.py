@@ -215,6 +215,17 @@ class FrameAllocator:
             self.mem.zero(pfn << PAGE_SHIFT, n << PAGE_SHIFT)
         return pfn << PAGE_SHIFT
 
+    def alloc_at(self, pa: int, kind: FrameKind, order: int = 0, owner: str | None = None) -> int:
+        """Allocate the frame of ``PAGE_SIZE << order`` at ``pa``: another
+        allocator's choice replayed (the stub-versus-model cross-check)."""
+        n, pfn = 1 << order, pa >> PAGE_SHIFT
+        if order not in self.ORDERS or pa % (PAGE_SIZE << order) or pfn + n > self.nframes \
+                or self.kind[pfn:pfn + n].count(0) != n:
+            raise AllocError(f"cannot allocate the {(PAGE_SIZE << order) >> 10} KiB frame at {pa:#x}: "
+                             f"not aligned, beyond RAM or not free")
+        self._claim(pfn, n, kind, owner)
+        return pa
+
     def reserve(self, pa: int, size: int, kind: FrameKind, owner: str | None = None) -> None:
         """Claim a fixed physical range (e.g. where the kernel image lives)."""
         if pa % PAGE_SIZE or size % PAGE_SIZE or size <= 0:

@@ -16,6 +16,7 @@ from emu.hw.paging import mode_for
 from emu.linux.layout import Layout
 from emu.hw.phys import FrameKind
 from emu.linux import kvm_abi
+from emu.linux.config import UNMAPPED_STRATEGIES
 
 # --- syscalls -------------------------------------------------------------------
 SYSCALLS = {
@@ -178,7 +179,12 @@ SIGFRAME_SIZE = SIGFRAME_INFO + SIGINFO_SIZE
 SI_SIGNO, SI_ERRNO, SI_CODE, SI_ADDR = 0, 4, 8, 16
 SEGV_MAPERR, SEGV_ACCERR = 1, 2
 
-SECRET_POOL_BLOCKS = 8            # 2 MiB blocks in secretmem's pool
+# the unmapped allocator (kernel_stub/unmapped.S): its table of 2 MiB blocks out of the direct
+# map, each {pa, owner (a file, or UNMAPPED_SHARED), pages in use, a 512-bit map of them, and
+# of the pages freed by a user of a shared cache and not cleared since}
+UNMAPPED_MAX_BLOCKS = 64
+UBLK, UBLK_SIZE = _struct([("pa", 8), ("owner", 8), ("used", 8), ("map", 64), ("dirty", 64)])
+UNMAPPED_SHARED = 1               # the owner of a cache every user draws from (reserved, unmapped-alloc)
 EX_TYPE_DEFAULT, EX_TYPE_CALL = 0, 1
 EX_TABLE_MAX = 128
 
@@ -330,7 +336,8 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
               "ASI_PCID_SHIFT": X86_CR3_ASI_PCID_BITS_SHIFT, "ASI_CLASS_USERSPACE": ASI_CLASS_USERSPACE,
               "ASI_CLASS_KVM": ASI_CLASS_KVM, "RSB_CLEAR_LOOPS": RSB_CLEAR_LOOPS,
               "NR_ASI_EXIT_REASONS": len(ASI_EXIT_REASONS),
-              "THREAD_SIZE": THREAD_SIZE, "SECRET_POOL_BLOCKS": SECRET_POOL_BLOCKS,
+              "THREAD_SIZE": THREAD_SIZE, "UNMAPPED_MAX_BLOCKS": UNMAPPED_MAX_BLOCKS,
+              "UBLK_SIZE": UBLK_SIZE, "UNMAPPED_SHARED": UNMAPPED_SHARED,
               "EX_TYPE_DEFAULT": EX_TYPE_DEFAULT, "EX_TYPE_CALL": EX_TYPE_CALL,
               "EX_TABLE_MAX": EX_TABLE_MAX,
               "PAGE_OFFSET": layout.page_offset, "MMAP_BASE": MMAP_BASE,
@@ -354,6 +361,10 @@ def asm_symbols(layout: Layout) -> dict[str, int]:
     s.update({f"MM_{k}": v for k, v in MM.items()})
     s.update({f"VMA_{k}": v for k, v in VMA.items()})
     s.update({f"FILE_{k}": v for k, v in FILE.items()})
+    s.update({f"UBLK_{k}": v for k, v in UBLK.items()})
+    # UNMAPPED_PAGE, UNMAPPED_PMD_CACHE, UNMAPPED_RESERVED, UNMAPPED_ALLOC: the boot word unmapped_strategy
+    s.update({"UNMAPPED_" + n.upper().replace("-", "_").removeprefix("UNMAPPED_"): i
+              for i, n in enumerate(UNMAPPED_STRATEGIES)})
     s.update({f"SC_{k}": v for k, v in SC.items()})
     s.update({k: i for i, k in enumerate(RLIMITS)})
     s.update(PTRACE)

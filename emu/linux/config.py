@@ -30,6 +30,8 @@ from emu.parse import parse_size
 MIN_RAM = 32 << 20
 #: the CPU models in use have a 40-bit physical address width (1 TiB)
 MAX_RAM = 1 << 40
+#: unmapped=reserved: the largest pool (the stub's table of 2 MiB blocks, abi.UNMAPPED_MAX_BLOCKS)
+MAX_POOL = 128 << 20
 
 
 class PtiMode(enum.StrEnum):
@@ -62,18 +64,20 @@ class Switch:
 
 #: what each injection leaves out (docs/tlb.md): the flush or ordering Linux gets right
 INJECTIONS = {
-    "secretmem_noflush": "secretmem's fault path removes the page from the direct map without "
-                         "flush_tlb_kernel_range",
+    "secretmem_noflush": "secretmem's pages leave the direct map without flush_tlb_kernel_range (the "
+                         "unmapped allocator's flush of the page, or of the block with a cache)",
     "munmap_noflush": "munmap and mprotect change user PTEs without flushing the range",
     "pti_user_noflush": "SWITCH_TO_USER_CR3 always sets NOFLUSH: the user PCID's pending flush is never honoured",
-    "secretmem_free_before_restore": "releasing a secret page frees it before its direct-map entry is "
-                                     "restored (the order 6f86d0534fdd fixed)",
+    "secretmem_free_before_restore": "the unmapped allocator's page strategy frees a page before its "
+                                     "direct-map entry is restored (the order 6f86d0534fdd fixed in secretmem)",
     "asi_unmap_noflush": "ASI's unmap of a non-sensitive page skips its flush",
     "asi_exit_noflush": "asi_exit loads the full kernel CR3 with NOFLUSH: the kernel PCID keeps what it "
                         "cached before ASI was entered (asi=on, rfc2025; the RFC never sets NOFLUSH on a "
                         "transition)",
-    "gmem_noflush": "guest_memfd's NO_DIRECT_MAP allocation removes the page from the direct map without "
-                    "flush_tlb_kernel_range",
+    "gmem_noflush": "guest_memfd's NO_DIRECT_MAP pages leave the direct map without flush_tlb_kernel_range "
+                    "(the unmapped allocator's flush of the page, or of the block with a cache)",
+    "collapse_noflush": "collapse=on: a page table folded back into a large page is freed without "
+                        "flush_tlb_all (41d88484c71c flushes before the tables go back)",
     "gmem_kunmap_noflush": "the temporary kernel mapping of a page out of the direct map is unmapped "
                            "without its flush",
     "xpfo_noflush": "/dev/xpfo's fallocate removes its batch of pages from the direct map without the "
@@ -90,6 +94,9 @@ INJECTIONS = {
     "asi_kvm_late_relax": "KVM_RUN relaxes only after the VM exit is handled: the exit handlers run in the "
                           "KVM class's critical section (asi=on, rfc2025)",
 }
+
+#: the unmapped allocator's strategies (kernel_stub/unmapped.S, docs/frag.md), in the stub's numbering
+UNMAPPED_STRATEGIES = ("page", "pmd-cache", "reserved", "unmapped-alloc")
 
 #: the ASI designs (docs/asi.md), as the ``asi`` switch names them
 ASI_DESIGNS = {
@@ -120,11 +127,20 @@ SWITCHES: dict[str, Switch] = {s.name: s for s in (
            "access the tables refuse goes through a stale translation)", ("off", "check", "lazy")),
     Switch("inject", "names", "omissions injected in the stub, comma-separated, or none: "
            + ", ".join(INJECTIONS), tuple(INJECTIONS)),
-    Switch("secretmem", "choice", "where secret pages come from: page (mainline mm/secretmem.c: one page "
-           "per fault) or pmd-cache (the v6 series' per-file cache of 2 MiB blocks)", ("page", "pmd-cache")),
+    Switch("unmapped", "choice", "where pages taken out of the direct map come from (memfd_secret, guest_memfd "
+           "NO_DIRECT_MAP): page (mainline mm/secretmem.c: split on demand), pmd-cache (memfd_secret v6: a "
+           "per-file cache of whole 2 MiB pages), reserved (a pool set aside at boot), unmapped-alloc "
+           "(Rapoport's unmapped_alloc: one cache of whole 2 MiB blocks); docs/frag.md", UNMAPPED_STRATEGIES),
+    Switch("unmapped_pool", "size", f"unmapped=reserved: the pool set aside at boot, whole 2 MiB blocks, at most "
+           f"{MAX_POOL >> 20}M and half of RAM (e.g. 16M)"),
+    Switch("collapse", "bool", "fold a direct-map table back into a large page when its block is whole "
+           "again (x86's 41d88484c71c)"),
 )}
 
 _ON = {"on": True, "off": False}
+#: switches that were renamed: a header or --set naming one is refused with the new name
+RENAMED = {"secretmem": "secretmem= is now unmapped= (page, pmd-cache, reserved, unmapped-alloc): the "
+                        "strategy applies to every user of memory taken out of the direct map"}
 
 
 class AsiDesign(str):
@@ -154,7 +170,9 @@ class MachineConfig:
     invpcid: bool = True
     tlb: str = "check"
     inject: frozenset = frozenset()
-    secretmem: str = "page"
+    unmapped: str = "page"
+    unmapped_pool: int = 16 << 20
+    collapse: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "pti", _pti_mode(self.pti))
@@ -177,9 +195,12 @@ class MachineConfig:
             if name not in INJECTIONS:
                 raise ConfigError(f"unknown injection {name!r}{nearest(name, INJECTIONS)}; "
                                   f"known: {', '.join(INJECTIONS)}")
-        for key in ("tlb", "secretmem"):
+        for key in ("tlb", "unmapped"):
             if getattr(self, key) not in SWITCHES[key].choices:
                 raise ConfigError(f"{key}={getattr(self, key)}: use one of {', '.join(SWITCHES[key].choices)}")
+        if self.unmapped_pool % (2 << 20) or not 2 << 20 <= self.unmapped_pool <= min(MAX_POOL, self.ram // 2):
+            raise ConfigError(f"unmapped_pool={_fmt_size(self.unmapped_pool)}: use whole 2 MiB blocks, at most "
+                              f"{MAX_POOL >> 20}M and half of RAM ({_fmt_size(self.ram // 2)})")
         if self.ram % (2 << 20):
             raise ConfigError(f"RAM size {_fmt_size(self.ram)} is not a multiple of 2 MiB")
         if not MIN_RAM <= self.ram <= MAX_RAM:
@@ -220,8 +241,7 @@ class MachineConfig:
         """The stub's patchable features (``.alternative FEATURE``): the
         hardware and configuration ones, and one INJECT_NAME per injection."""
         feats = {"PTI": bool(self.pti), "PCID": self.pcid, "ASI": self.asi_on, "LA57": self.la57,
-                 "ASI_RFC2019": self.asi == "rfc2019", "ASI_RFC2025": self.asi == "rfc2025",
-                 "SECRETMEM_PMD_CACHE": self.secretmem == "pmd-cache"}
+                 "ASI_RFC2019": self.asi == "rfc2019", "ASI_RFC2025": self.asi == "rfc2025"}
         feats.update({f"INJECT_{n.upper()}": n in self.inject for n in INJECTIONS})
         return feats
 
@@ -287,6 +307,8 @@ def parse_switch(name: str, text: str) -> tuple[str, object]:
     nearest known switch or the values it takes."""
     key = name.strip().lower()
     sw = SWITCHES.get(key)
+    if key in RENAMED:
+        raise ConfigError(RENAMED[key])
     if sw is None:
         raise ConfigError(f"unknown machine switch {name!r}{nearest(key, SWITCHES)}; "
                           f"known: {', '.join(SWITCHES)}")
@@ -308,7 +330,8 @@ def parse_switch(name: str, text: str) -> tuple[str, object]:
                 raise ConfigError(f"{key}={text}: unknown name {n!r}{nearest(n, sw.choices)}; "
                                   f"known: {', '.join(sw.choices)}")
         return key, frozenset(names)
-    return key, parse_size(t, f"{key} size", lo=MIN_RAM, hi=MAX_RAM)
+    lo, hi = (MIN_RAM, MAX_RAM) if key == "ram" else (2 << 20, MAX_POOL)
+    return key, parse_size(t, f"{key} size", lo=lo, hi=hi)
 
 
 def parse_assignments(items, what: str = "--set") -> dict[str, str]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from emu.linux import abi
 from emu.linux import asi as asi_tables
+from emu.linux import unmapped
 from emu.asm import Image, link
 from emu.errors import ConfigError
 from emu.linux.config import MachineConfig
@@ -30,7 +31,7 @@ from emu.hw.phys import PAGE_SIZE, SIZE_1G, SIZE_2M, FrameKind, PhysMem
 
 STUB_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernel_stub")
 STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "page_alloc.S", "pgtable.S", "tlb.S",
-              "set_memory.S", "memory.S", "mmap.S", "secretmem.S", "guest_memfd.S", "kvm.S", "syscalls.S", "sched.S",
+              "set_memory.S", "memory.S", "mmap.S", "unmapped.S", "secretmem.S", "guest_memfd.S", "kvm.S", "syscalls.S", "sched.S",
               "asi.S", "data.S"]
 # the memfd_secret selftest's calls (docs/secretmem.md): resource limits, GUP, ptrace, process_vm_*
 STUB_FILES += ["rlimit.S", "gup.S", "ptrace.S", "kvm_vm.S"]
@@ -176,6 +177,7 @@ class Kernel:
             "DirectMap1G": self.read_data("direct_pages_count_1g") * 1048576,
             "direct_map_level2_splits": self.read_data("direct_map_level2_splits"),
             "direct_map_level3_splits": self.read_data("direct_map_level3_splits"),
+            **unmapped.stats(self),
             "secret_pages": self.read_data("nr_secret_pages"),
             "guest_memfd_pages": self.read_data("nr_gmem_pages"),
             "guest_memfd_unmapped_pages": self.read_data("nr_gmem_unmapped_pages"),
@@ -230,6 +232,7 @@ class KernelBuilder:
         self.k = k = Kernel(cfg, mem, lay, img, init, None, lay.kernel_text + abi.KSECTIONS[".data..percpu"])
         self._patch_alternatives()
         self._map_direct(init)
+        unmapped.boot(k, cfg)
         self._map_kernel_image(init)
         self._cpu_entry_area(init)
         self._espfix(init)
@@ -328,7 +331,7 @@ class KernelBuilder:
         k.write_data("next_ctx_id", 1)
         asi_tables.init_data(k, cfg)
         counts = {12: 0, 21: 0, 30: 0}
-        for leaf in k.init_pgd.leaves(lay.page_offset, lay.page_offset + self.mem.size):
+        for leaf in k.init_pgd.leaves(lay.page_offset, lay.page_offset + self.mem.size, nonpresent=True):
             counts[{4096: 12, SIZE_2M: 21, SIZE_1G: 30}[leaf.size]] += 1
         k.write_data("direct_pages_count_4k", counts[12])
         k.write_data("direct_pages_count_2m", counts[21])

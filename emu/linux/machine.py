@@ -27,6 +27,7 @@ from emu.linux.config import MachineConfig
 from emu.linux.kernel import KernelBuilder, Process
 from emu.linux.asicheck import AsiCheck
 from emu.linux.tlbcheck import TlbCheck
+from emu.linux.unmapped import UnmappedFlushes
 from emu.linux.vcpu import VcpuDevice
 from emu.hw.cpu import CpuConfig
 from emu.hw.microcode import System
@@ -104,6 +105,7 @@ class Machine:
         self.cpu: System | None = None
         self.exit_hooks: list[Callable[["Machine", Process], None]] = []
         self.tlb: TlbCheck | None = None           # the TLB model's checks (config.tlb != "off")
+        self.unmapped_flushes: UnmappedFlushes | None = None   # flushes inside the unmapped allocator
         self.asi: AsiCheck | None = None           # ASI findings and flush events (config.asi != "off")
         self.vcpus = VcpuDevice(self)               # the device KVM_RUN enters guests through
         self._listeners: list[Callable[[Event], None]] = []
@@ -159,6 +161,7 @@ class Machine:
         if cfg.tlb != "off":
             # before the CR3 sites: every one of them then feeds the model
             self.tlb = TlbCheck(self)
+            self.unmapped_flushes = UnmappedFlushes(self, self.tlb)
         self._install_cr3_sites()
         self._install_probes()
         if cfg.asi_on:
@@ -515,6 +518,7 @@ class Machine:
         s = self.kernel.stats()
         if self.tlb is not None:
             s.update({f"tlb_{k}": v for k, v in self.tlb.stats().items()})
+            s.update(self.unmapped_flushes.stats())
         return s
 
     @property

@@ -163,6 +163,9 @@ R25 = "asi=rfc2025"
 # user half)
 V2 = "asi=on|rfc2025"
 R19 = "asi=rfc2019"
+# a released secret page: back in the direct map, or kept out by a shared cache (kernel_stub/unmapped.S)
+RESTORED = "unmapped=page|pmd-cache"
+KEPT = "unmapped=reserved|unmapped-alloc"
 # With PTI the user PGD maps only what pti.c clones.
 MAPPINGS: list[MapRow] = [
     *_rows("user_text",
@@ -268,10 +271,12 @@ MAPPINGS: list[MapRow] = [
            (U + KA, "", ABSENT, "the direct-map-removal series: the page left the direct map when "
                                 "allocated (kvm_gmem_folio_zap_direct_map)")),
     *_rows("secret_direct_map_released",
-           (("A.user",), FULL, KERNEL_RW, "one page table"),
-           (("A.user",), PTI, ABSENT, "pti.c clones no direct map"),
-           (("A.user",), R25, ABSENT, "the restricted table: the frame stays sensitive"),
-           (K, "", KERNEL_RW, "secretmem.c secretmem_free_folio: set_direct_map_default_noflush"),
+           (("A.user",), f"{FULL} {RESTORED}", KERNEL_RW, "one page table"),
+           (("A.user",), f"{PTI} {RESTORED}", ABSENT, "pti.c clones no direct map"),
+           (("A.user",), f"{R25} {RESTORED}", ABSENT, "the restricted table: the frame stays sensitive"),
+           (K, RESTORED, KERNEL_RW, "secretmem.c secretmem_free_folio: set_direct_map_default_noflush "
+                                    "(pmd-cache: the file's blocks restored at release)"),
+           (("A.user",) + K, KEPT, ABSENT, "unmapped.S: a shared cache keeps the released page out of the direct map"),
            (ASI, "", ABSENT, "the frame stays sensitive (the ASI RFC); the 2019 RFC's table has no "
                              "direct map")),
 ]

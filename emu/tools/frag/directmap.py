@@ -36,6 +36,7 @@ from emu.hw.phys import SIZE_2M, PhysMem
 from emu.hw.tlb import Tlb
 from emu.hw.x86 import CR4_PCIDE, CR4_PGE
 from emu.linux.directmap import map_direct
+from emu.linux.kvm_abi import GMEM_KMAP_OFFSET
 from emu.linux.layout import layout_for
 
 #: arch/x86/mm/tlb.c: flush_tlb_kernel_range flushes everything above this many pages
@@ -69,6 +70,7 @@ class DirectMap:
                        "direct_map_level2_collapses": 0, "direct_map_level3_collapses": 0,
                        "tlb_flush_all": 0, "tlb_flush_pages": 0, "tlb_flush_ranges": 0}
         self.skip_flush = False            # a strategy bug the invariant tests inject
+        self.scrub_va = self.lay.vmalloc_start + GMEM_KMAP_OFFSET
 
     # -- entries ----------------------------------------------------------------------
     def va(self, pa: int) -> int:
@@ -115,6 +117,14 @@ class DirectMap:
                 return epa, e
             self.split(pa)
 
+    def make_read_only(self, pa: int) -> None:
+        """set_memory_ro's reach into the direct map for the 2 MiB page at
+        ``pa`` (cpa_process_alias on the kernel image: its alias loses RW;
+        a 1G page above it is split first).  A boot-time change: not counted
+        as a flush of the experiment."""
+        epa, e = self._down_to(pa, 21)
+        self._write(epa, e & ~RW)
+
     # -- set_direct_map_*_noflush --------------------------------------------------------
     def unmap_page(self, pa: int) -> None:
         epa, e = self._down_to(pa, 12)
@@ -160,6 +170,14 @@ class DirectMap:
             self.events["tlb_flush_pages"] += 1
             if self.tlb:
                 self.tlb.invlpg(self.va(pa + i * PAGE_SIZE))
+
+    def scrub(self) -> None:
+        """A page out of the direct map cleared through the temporary kernel
+        mapping (kernel_stub/guest_memfd.S gmem_kmap): the slot's PTE is
+        cleared afterwards and flushed with one INVLPG."""
+        self.events["tlb_flush_pages"] += 1
+        if self.tlb:
+            self.tlb.invlpg(self.scrub_va)
 
     def flush_all(self) -> None:
         """flush_tlb_all: INVPCID type 2 (everything, globals too)."""

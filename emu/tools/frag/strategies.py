@@ -25,6 +25,14 @@ allocate a page (``alloc``), free it (``free``), an owner gone
   out of the direct map as blocks; a block whose pages are all free goes
   back (restored as one 2M page) beyond one kept in reserve, and all of
   them under memory pressure (its shrinker).
+
+A page handed out again from a cache other owners draw from (``reserved``,
+``unmapped-alloc``) was freed by someone else: it is cleared on the way out
+through a temporary kernel mapping, one INVLPG (:meth:`DirectMap.scrub`),
+as kernel_stub/unmapped.S does (a fresh block was cleared through the
+direct map before it left); ``pmd-cache`` keeps a freed page with its file
+(v6 cleared the blocks when the file was released, through the direct map
+once they were back in it).
 """
 
 from __future__ import annotations
@@ -112,20 +120,22 @@ class PageStrategy(Strategy):
 class Block:
     """A 2 MiB block of a cache: which of its pages are handed out."""
 
-    __slots__ = ("pa", "used", "free", "listed")
+    __slots__ = ("pa", "used", "free", "listed", "dirty")
 
     def __init__(self, pa: int):
         self.pa = pa
         self.used = 0
         self.listed = True                    # on the cache's list of blocks with a free page
+        self.dirty: set[int] = set()          # freed pages not cleared since (a shared cache's)
         self.free = list(range(pa + SIZE_2M - PAGE_SIZE, pa - 1, -PAGE_SIZE))   # lowest first out
 
 
 class BlockCache:
     """Blocks taken out of the direct map whole; pages handed out from them."""
 
-    def __init__(self, strategy: Strategy):
+    def __init__(self, strategy: Strategy, shared: bool = False):
         self.s = strategy
+        self.shared = shared
         self.blocks: dict[int, Block] = {}
         self.partial: list[Block] = []         # blocks with a free page (a stack)
 
@@ -143,7 +153,11 @@ class BlockCache:
             self.partial.append(b)
         b = self.partial[-1]
         b.used += 1
-        return b.free.pop()
+        pa = b.free.pop()
+        if pa in b.dirty:
+            b.dirty.discard(pa)
+            self.s.dm.scrub()
+        return pa
 
     def give(self, pa: int) -> Block:
         b = self.blocks[block_of(pa)]
@@ -152,6 +166,8 @@ class BlockCache:
             b.listed = True
             self.partial.append(b)
         b.free.append(pa)
+        if self.shared:
+            b.dirty.add(pa)
         return b
 
     def drop(self, b: Block) -> None:
@@ -208,7 +224,7 @@ class UnmappedAllocStrategy(Strategy):
 
     def __init__(self, dm, collapse=False, pool=0):
         super().__init__(dm, collapse, pool)
-        self.cache = BlockCache(self)
+        self.cache = BlockCache(self, shared=True)
         self.free_blocks: list[Block] = []
 
     def alloc(self, owner):
@@ -255,6 +271,7 @@ class ReservedStrategy(Strategy):
         self.lo = ram - self.size
         self.free_pages: list[int] = []
         self.used: set[int] = set()
+        self.dirty: set[int] = set()          # freed pages not cleared since
 
     def boot(self):
         dm = self.dm
@@ -269,11 +286,15 @@ class ReservedStrategy(Strategy):
             return None
         pa = self.free_pages.pop()
         self.used.add(pa)
+        if pa in self.dirty:
+            self.dirty.discard(pa)
+            self.dm.scrub()
         return pa
 
     def free(self, pa, owner):
         self.used.remove(pa)
         self.free_pages.append(pa)
+        self.dirty.add(pa)
 
     def stranded(self):
         return len(self.free_pages)

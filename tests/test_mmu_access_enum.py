@@ -200,18 +200,12 @@ def run_grid(oracle: MmuOracle, grid: Grid, root: int, vas: list[int], ctls: lis
             # the walker once per case (the tables are pristine for both oracles:
             # the A/D bits the CPU sets do not change a verdict)
             walks = [translate(mem, root, va, acc, cpl, ctl) for va, acc in cases]
+            codes |= {w.error_code for w in walks if w.fault is not None and w.vector == 14}
             # hw_translate first: the CPU stays parked at this CPL and state ...
-            for (va, acc), w in zip(cases, walks):
-                d = oracle.check_hw(root, va, acc, cpl, ctl, w)
-                if d:
-                    bad.append(d)
-                if w.fault is not None and w.vector == 14:
-                    codes.add(w.error_code)
-            # ... then each case as a real instruction (each run restores the snapshot)
-            for (va, acc), w in zip(cases, walks):
-                d = oracle.check_access(root, va, acc, cpl, ctl, w)
-                if d:
-                    bad.append(d)
+            bad += oracle.check_hw_batch(root, cases, cpl, ctl, walks)
+            # ... then every case as a real instruction, in one guest program
+            # (emu/dev/mmu_batch.py: one emu_start for the session)
+            bad += oracle.check_batch(root, cases, cpl, ctl, walks)
     return len(ctls) * 2 * len(cases), bad, codes
 
 

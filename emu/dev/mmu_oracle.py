@@ -8,7 +8,10 @@ page table in a :class:`PhysMem`, at CPL0 or CPL3, under any control state
   at the requested CPL and control state (a probe: no instruction runs);
 * :meth:`MmuOracle.access`: a real instruction executed by the CPU --
   ``mov al, [rdi]``, ``mov [rdi], al`` or ``jmp rdi`` -- reporting the
-  exception vector, CR2 and the error code the CPU itself computed.
+  exception vector, CR2 and the error code the CPU itself computed;
+* :meth:`MmuOracle.access_batch` / :meth:`MmuOracle.check_batch`: the same
+  executed accesses for many cases of one session (root, CPL, control
+  state) in one ``emu_start`` (:mod:`emu.dev.mmu_batch`).
 
 It belongs to the CPU layer and talks to Unicorn directly.  The design
 follows what Unicorn 2.1.4 does (docs/architecture.md, Unicorn facts), and what its
@@ -34,7 +37,8 @@ QEMU code (target/i386/excp_helper.c, accel/tcg/cputlb.c) shows:
 
 The page tables under test must leave two top-level slots to the oracle
 (:attr:`MmuOracle.RESERVED_SLOTS`): slot 511 holds the supervisor code
-page and slot 255 the user code page.  :meth:`MmuOracle.install` writes
+page and slot 255 the user code page, each with the batch program's 2 MiB
+page (one frame, mapped in both) right after it.  :meth:`MmuOracle.install` writes
 those two entries into a root.
 
 Leaves may point anywhere, but executed accesses should land beyond RAM
@@ -47,85 +51,22 @@ write anywhere else in RAM is undone after the run.
 from __future__ import annotations
 
 import ctypes
-from typing import NamedTuple
 
 from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
+from emu.dev.mmu_batch import BatchRuns
+from emu.dev.mmu_verdict import Disagreement, HarnessError, Outcome, agrees, describe_ctl
 from emu.hw.cpu import Cpu, CpuConfig, RegBatch
 from emu.hw.cpu import error_code_offset
 from emu.hw.x86 import CR0_WP, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_NXE, MSR_EFER, MSR_STAR, RFLAGS_RESERVED
 from emu.hw.x86 import RF_AC as RFLAGS_AC
-from emu.errors import GuestError
-from emu.hw.paging import (A, ACCESS_NAMES, mode_for, D, FETCH, MAXPHYADDR, READ, RW, US, VEC_GP, VEC_PF, WRITE,
+from emu.hw.paging import (A, mode_for, D, FETCH, MAXPHYADDR, PS, READ, RW, US, VEC_GP, VEC_PF, WRITE,
                      ControlState, Fault, P, Translation, parse_access, translate)
 from emu.hw.phys import SIZE_2M, FrameKind, PhysMem
 
 __all__ = ["MmuOracle", "Outcome", "Disagreement", "HarnessError", "describe_ctl"]
-
-
-class HarnessError(GuestError):
-    """The oracle's own machinery misbehaved (not a verdict about the tables)."""
-
-
-class Outcome(NamedTuple):
-    """What the CPU did with one executed access.
-
-    ``vector`` is None when the access got through the MMU (the instruction
-    completed, or touched physical memory beyond RAM); 14 (#PF) or 13 (#GP)
-    otherwise.  ``cr2`` is CR2 after the run (the snapshot's CR2, see
-    :attr:`MmuOracle.CR2_SENTINEL`, if no #PF wrote it).  ``error_code`` is
-    the CPU's own error code for a fault, None for no fault or when the
-    error-code offset could not be calibrated.
-    """
-
-    vector: int | None
-    cr2: int
-    error_code: int | None
-
-
-def describe_ctl(ctl: ControlState) -> str:
-    """``WP=1 SMEP=1 SMAP=0 AC=0 NXE=1 PKE=1 PKRU=0x4``: the state a case ran under."""
-    return (f"WP={ctl.wp:d} SMEP={ctl.smep:d} SMAP={ctl.smap:d} AC={ctl.ac:d} NXE={ctl.nxe:d} "
-            f"PKE={ctl.pke:d} PKRU={ctl.pkru:#x}")
-
-
-def _walker_verdict(w: Translation | Fault) -> str:
-    if w.fault is None:
-        return f"translation to {w.pa:#x} ({w.size >> 10} KiB page)"
-    return w.describe()
-
-
-class Disagreement(NamedTuple):
-    """One case where the walker and the CPU differ, with everything to replay it."""
-
-    how: str                    # "hw_translate" or "access"
-    root: int
-    va: int
-    access: int
-    cpl: int
-    ctl: ControlState
-    walker: Translation | Fault
-    cpu: object                 # hw_translate's address (or None), or an Outcome
-    cpu_pa: int | None = None   # physical address the executed access touched, if seen
-
-    def describe(self) -> str:
-        steps = "  ".join(f"{s.level}[{s.index}]@{s.entry_pa:#x}={s.entry:#018x}" for s in self.walker.steps)
-        if self.how == "hw_translate":
-            cpu = "fault" if self.cpu is None else f"translation to {self.cpu:#x}"
-        else:
-            o = self.cpu
-            if o.vector is None:
-                cpu = "no fault" + (f" (touched {self.cpu_pa:#x})" if self.cpu_pa is not None else "")
-            else:
-                ec = "?" if o.error_code is None else f"{o.error_code:#x}"
-                cpu = f"vector {o.vector}, error code {ec}, CR2 {o.cr2:#x}"
-        return (f"{self.how}: {ACCESS_NAMES[self.access]} {self.va:#x} at CPL{self.cpl}, "
-                f"{describe_ctl(self.ctl)}, {self.walker.levels}-level root {self.root:#x}\n"
-                f"  walk:   {steps or '(none: not canonical)'}\n"
-                f"  walker: {_walker_verdict(self.walker)}\n"
-                f"  cpu:    {cpu}")
 
 
 # --- harness code -----------------------------------------------------------
@@ -195,7 +136,7 @@ def _top_slot_va(slot: int, levels: int) -> int:
     return mode.sign_extend(slot << mode.top_shift)
 
 
-class MmuOracle:
+class MmuOracle(BatchRuns):
     """Unicorn's MMU, driven at a chosen CPL and control state, for any root.
 
     ``levels`` 5 uses the Icelake-Server model (LA57); 4 uses Skylake-Server.
@@ -230,14 +171,16 @@ class MmuOracle:
         return self.mem.frames.alloc(FrameKind.PGTABLE, 0, "mmu-oracle")
 
     def _chain(self, va: int, code_pa: int, table_flags: int, leaf_flags: int) -> int:
-        """Tables below the top level mapping one code page at ``va``;
+        """Tables below the top level mapping one code page at ``va`` and the
+        batch program's 2 MiB page right after it (:mod:`emu.dev.mmu_batch`);
         returns the table the top-level entry points to."""
         first = t = self._table()
         for level in mode_for(self.levels).levels[1:-1]:
             shift = level.shift
             nt = self._table()
             self.mem.write_u64(t + 8 * ((va >> shift) & 511), nt | table_flags)
-            t = nt
+            pd, t = t, nt
+        self.mem.write_u64(pd + 8 * (((va + SIZE_2M) >> shift) & 511), self._prog | leaf_flags | PS)
         self.mem.write_u64(t + 8 * ((va >> 12) & 511), code_pa | leaf_flags)
         return first
 
@@ -251,6 +194,7 @@ class MmuOracle:
         upage = mem.frames.alloc(FrameKind.USER, 0, "mmu-oracle")
         mem.write(kpage, kcode)
         mem.write(upage, ucode)
+        self._prog = mem.frames.alloc(FrameKind.USER, 9, "mmu-oracle batch program")
         # Entries with A and D already set: the CPU never needs to write them.
         # Supervisor code (SMEP-safe, never a data target); user code (fetch
         # only, so protection keys never apply).  No XD: NXE may be off.
@@ -292,9 +236,9 @@ class MmuOracle:
         self.last_outcome: Outcome | None = None   # of the last check_access
         self.last_walk: Translation | Fault | None = None  # walker's verdict in the last check
         self._undo: list[tuple[int, bytes]] = []
-        self.uc.hook_add(UC.UC_HOOK_INTR, self._on_intr)
-        self.uc.hook_add(UC.UC_HOOK_MEM_READ | UC.UC_HOOK_MEM_WRITE, self._on_mem)
-        self.uc.hook_add(UC.UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        cpu.add_hook("intr", self._on_intr)
+        cpu.add_hook("mem", self._on_mem)
+        cpu.add_hook("unmapped", self._on_unmapped)
 
         self._in = RegBatch(cpu, [getattr(X, f"UC_X86_REG_{r.upper()}") for r in _IN_REGS])
         self._out = RegBatch(cpu, [getattr(X, f"UC_X86_REG_{r.upper()}") for r in _OUT_REGS])
@@ -306,21 +250,32 @@ class MmuOracle:
             ctypes.c_int32.from_address(ctypes.cast(self._snapshot.context, ctypes.c_void_p).value
                                         + self._ec_off).value = self.EC_SENTINEL
         self._session = None
+        self._batch_setup(self._prog)
 
     # -- hooks -------------------------------------------------------------------
-    def _on_intr(self, uc, intno, _user_data):
+    # (raw C callbacks, Cpu.add_hook; while a batch runs, its own handlers)
+    def _on_intr(self, _uch, intno, _user_data):
+        if self._b_active:
+            self._b_on_intr(intno)
+            return
         if self._vector is None:
             self._vector = intno
-        uc.emu_stop()
+        self.cpu.emu_stop()
 
-    def _on_mem(self, uc, kind, addr, size, value, _user_data):
+    def _on_mem(self, _uch, kind, addr, size, _value, _user_data):
         # with paging on, memory hooks see physical addresses (Unicorn fact 7)
+        if self._b_active:
+            self._b_on_mem(kind == UC.UC_MEM_WRITE, addr, size)
+            return
         self._pa = addr
         if kind == UC.UC_MEM_WRITE and not self.in_scratch(addr) and 0 <= addr < self.mem.size:
             self._undo.append((addr, self.mem.read(addr, size)))
 
-    def _on_unmapped(self, uc, kind, addr, size, value, _user_data):
-        self._pa = addr
+    def _on_unmapped(self, _uch, _kind, addr, _size, _value, _user_data):
+        if self._b_active:
+            self._b_on_unmapped(addr)
+        else:
+            self._pa = addr
         return False
 
     # -- running -------------------------------------------------------------------
@@ -383,6 +338,7 @@ class MmuOracle:
             raise HarnessError(f"could not park the CPU at CPL{cpl} (err {err}, vector {self._vector}, "
                                f"rip {rip:#x}, cs {cs:#x}); is the root {root:#x} sane?")
         self._session = key
+        self._save_session()
 
     def flush_tlb(self) -> None:
         """Call after editing tables between :meth:`hw_translate` calls."""
@@ -476,16 +432,9 @@ class MmuOracle:
         o = self.access(root, va, acc, cpl, ctl)
         self.last_outcome = o
         pa = self.last_pa
-        if w.fault is None:
-            ok = o.vector is None and (pa is None or pa == w.pa)
-        elif w.vector == VEC_PF:
-            ok = (o.vector == VEC_PF and o.cr2 == va & 0xFFFFFFFFFFFFFFFF
-                  and (o.error_code is None or o.error_code == w.error_code))
-        else:
-            # #GP(0) for a non-canonical address: CR2 keeps its old value
-            ok = (o.vector == VEC_GP and o.cr2 == self.CR2_SENTINEL
-                  and (o.error_code is None or o.error_code == 0))
-        return None if ok else Disagreement("access", root, va, acc, cpl, ctl, w, o, pa)
+        if agrees(w, o, pa, va, self.CR2_SENTINEL):
+            return None
+        return Disagreement("access", root, va, acc, cpl, ctl, w, o, pa)
 
     @property
     def error_codes_available(self) -> bool:

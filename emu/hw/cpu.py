@@ -95,6 +95,14 @@ HOOK_KINDS = {
                                                ctypes.c_void_p), None),
     "block": (UC.UC_HOOK_BLOCK, ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_uint64, ctypes.c_uint32,
                                                  ctypes.c_void_p), None),
+    # (uc, access kind, address, size, value, user data); with paging on the
+    # address is physical (Unicorn fact 7); "unmapped" returns False to stop
+    "mem": (UC.UC_HOOK_MEM_READ | UC.UC_HOOK_MEM_WRITE,
+            ctypes.CFUNCTYPE(None, uc_engine, ctypes.c_int, ctypes.c_uint64, ctypes.c_int, ctypes.c_int64,
+                             ctypes.c_void_p), None),
+    "unmapped": (UC.UC_HOOK_MEM_UNMAPPED,
+                 ctypes.CFUNCTYPE(ctypes.c_bool, uc_engine, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
+                                  ctypes.c_int64, ctypes.c_void_p), None),
 }
 
 
@@ -301,6 +309,12 @@ class Cpu:
         costs nothing per instruction.  Unicorn's own timeout starts a thread
         per run (~0.2 ms each, measured): one thread per process serves here.
         """
+        if self._counted:
+            # the other way round (fact 14): Unicorn drops its count hook at an
+            # uncounted start, and blocks translated with calls to it stopped a
+            # run after its first case (seen in the MMU oracle's batches)
+            self.flush_code_cache()
+            self._counted = False
         self._ran = True
         token = _WATCHDOG.arm(self.hv, seconds)
         try:

@@ -166,40 +166,36 @@ R19 = "asi=rfc2019"
 # a released secret page: back in the direct map, or kept out by a shared cache (kernel_stub/unmapped.S)
 RESTORED = "unmapped=page|pmd-cache"
 KEPT = "unmapped=reserved|unmapped-alloc"
+
+
+def _user_mapping_in_kernel_tables(prot: Mapping) -> tuple:
+    """How a user mapping with ``prot`` looks from A's kernel-side tables: the
+    rows every user region shares."""
+    return ((K, "pti=off", prot, "one page table"),
+            (K, PTI, prot.kernel_copy(), "pti.c __pti_set_user_pgtbl"),
+            (ASI, "pti=off " + V2, prot, "asi_clone_user_pgtbl: the userspace class maps user addresses"),
+            (ASI, PTI + " asi=on", prot.kernel_copy(), "asi_clone_user_pgtbl of the kernel PGD's entries"),
+            (ASI, R19, ABSENT, "the 2019 RFC's KVM-class table has no user half"))
+
+
 # With PTI the user PGD maps only what pti.c clones.
 MAPPINGS: list[MapRow] = [
     *_rows("user_text",
            (U, "", USER_RX, "the program's text: PROT_READ|PROT_EXEC"),
-           (K, "pti=off", USER_RX, "one page table"),
-           (K, PTI, USER_RX.kernel_copy(), "pti.c __pti_set_user_pgtbl"),
-           (ASI, "pti=off " + V2, USER_RX, "asi_clone_user_pgtbl: the userspace class maps user addresses"),
-           (ASI, PTI + " asi=on", USER_RX.kernel_copy(), "asi_clone_user_pgtbl of the kernel PGD's entries"),
-           (ASI, R19, ABSENT, "the 2019 RFC's KVM-class table has no user half")),
+           *_user_mapping_in_kernel_tables(USER_RX)),
     *_rows("user_data",
            (U, "", USER_RW, "the program's data: PROT_READ|PROT_WRITE"),
-           (K, "pti=off", USER_RW, "one page table"),
-           (K, PTI, USER_RW.kernel_copy(), "pti.c __pti_set_user_pgtbl"),
-           (ASI, "pti=off " + V2, USER_RW, "asi_clone_user_pgtbl: the userspace class maps user addresses"),
-           (ASI, PTI + " asi=on", USER_RW.kernel_copy(), "asi_clone_user_pgtbl of the kernel PGD's entries"),
-           (ASI, R19, ABSENT, "the 2019 RFC's KVM-class table has no user half")),
+           *_user_mapping_in_kernel_tables(USER_RW)),
     *_rows("secret_user",
            (("A.user",), "", USER_RW, "memfd_secret + mmap(MAP_SHARED), PROT_READ|PROT_WRITE"),
            (B, "", ABSENT, "A's mapping; B never mapped it"),
-           (K, "pti=off", USER_RW, "one page table"),
-           (K, PTI, USER_RW.kernel_copy(), "pti.c __pti_set_user_pgtbl"),
-           (ASI, "pti=off " + V2, USER_RW, "asi_clone_user_pgtbl: the userspace class maps user addresses"),
-           (ASI, PTI + " asi=on", USER_RW.kernel_copy(), "asi_clone_user_pgtbl of the kernel PGD's entries"),
-           (ASI, R19, ABSENT, "the 2019 RFC's KVM-class table has no user half")),
+           *_user_mapping_in_kernel_tables(USER_RW)),
     *_rows("secret_direct_map",
            (U + KA, "", ABSENT, "secretmem.c: set_direct_map_invalid_noflush")),
     *_rows("xpfo_user",
            (("A.user",), "", USER_RW, "/dev/xpfo + fallocate + mmap(MAP_SHARED), PROT_READ|PROT_WRITE"),
            (B, "", ABSENT, "A's mapping; B never mapped it"),
-           (K, "pti=off", USER_RW, "one page table"),
-           (K, PTI, USER_RW.kernel_copy(), "pti.c __pti_set_user_pgtbl"),
-           (ASI, "pti=off " + V2, USER_RW, "asi_clone_user_pgtbl: the userspace class maps user addresses"),
-           (ASI, PTI + " asi=on", USER_RW.kernel_copy(), "asi_clone_user_pgtbl of the kernel PGD's entries"),
-           (ASI, R19, ABSENT, "the 2019 RFC's KVM-class table has no user half")),
+           *_user_mapping_in_kernel_tables(USER_RW)),
     *_rows("xpfo_direct_map",
            (U + KA, "", ABSENT, "/dev/xpfo (Lutomirski's proposal): the fallocate batch removes it from the "
                                 "direct map")),

@@ -39,12 +39,24 @@
 
 # --- the common entry points ------------------------------------------------------
 
-# asi_enter(mm)
+# asi_enter(mm): the per-process domain (the userspace class; the 2019 RFC's
+# KVM-class session)
 asi_enter:
     cmp qword ptr [asi_design], ASI_DESIGN_RFC2019
     je asi2019_enter
     GET_CURRENT rax
+    mov rcx, qword ptr [asi_class_id]
+    jmp .Laec_set
+# asi_enter_class(mm, class): the 2025 mechanics' asi_enter(asi) for mm's
+# domain of a class (the RFC's mm->asi[class]); the task's target remembers
+# both, so an interrupt's asi_intr_exit re-enters the same class.  Like
+# asi_enter, clobbers rax, rcx and rdi only.
+asi_enter_class:
+    GET_CURRENT rax
+    mov rcx, rsi
+.Laec_set:
     mov qword ptr [rax + TASK_asi_target], rdi
+    mov qword ptr [rax + TASK_asi_class], rcx
     jmp __asi_enter
 
 # asi_relax(): leave the critical section, stay on the restricted tables
@@ -87,6 +99,51 @@ asi_exit:
     pop rdi
     call asi_count_exit
 .Lax_done:
+    ret
+
+# --- the KVM class ---------------------------------------------------------------
+# kvm_asi_enter(): before each VM entry, as the 2025 RFC v2's vcpu_enter_guest
+# (arch/x86/kvm/x86.c there) calls asi_enter() just before entering the
+# guest: the KVM class's domain of the VMM's mm, its critical section running
+# through the guest until kvm_asi_relax().  The 2019 RFC starts a session
+# instead (its KVM patches enter the KVM address space on the way into the
+# guest, so that the VM-exit handlers run isolated), which the exit handlers'
+# first access outside its table aborts.  Counts the entries made restricted (asi_kvm_entries).
+kvm_asi_enter:
+    .alternative !INJECT_ASI_KVM_NO_ENTER, .Lkae_done
+    mov rax, qword ptr [asi_design]
+    cmp rax, ASI_DESIGN_OFF
+    je .Lkae_done
+    inc qword ptr [asi_kvm_entries]
+    GET_CURRENT rdi
+    mov rdi, qword ptr [rdi + TASK_mm]
+    cmp rax, ASI_DESIGN_RFC2019
+    je asi2019_enter
+    mov esi, ASI_CLASS_KVM
+    jmp asi_enter_class
+.Lkae_done:
+    ret
+
+# kvm_asi_relax(): right after the VM exit (the RFC's asi_relax() after
+# vmx_vcpu_run returns): the exit handlers run relaxed, still restricted, and
+# leave through a #PF exit when they touch sensitive memory.  Nothing with
+# the 2019 RFC (no critical section; an exception aborts the session).
+kvm_asi_relax:
+    cmp qword ptr [asi_design], ASI_DESIGN_RFC2019
+    je .Lkar_done
+    jmp asi_relax
+.Lkar_done:
+    ret
+
+# kvm_asi_exit(): KVM_RUN returns to the VMM.  The 2019 RFC ends a session
+# still active (ASI_EXIT_MISC); the 2025 mechanics leave it to the way back to
+# user mode (today's model exits there, rfc2025 enters the userspace class).
+kvm_asi_exit:
+    cmp qword ptr [asi_design], ASI_DESIGN_RFC2019
+    jne .Lkax_done
+    mov edi, ASI_EXIT_MISC
+    jmp asi2019_exit
+.Lkax_done:
     ret
 
 # asi_count_exit(reason)
@@ -188,12 +245,18 @@ __asi_enter:
     mov rdi, qword ptr [rax + TASK_asi_target]
     test rdi, rdi
     jz .Lae_done
+    mov rcx, qword ptr [rax + TASK_asi_class]
     cmp qword ptr gs:[asi_curr], rdi
+    jne .Lae_load
+    cmp qword ptr gs:[asi_curr_class], rcx
     je .Lae_done
+.Lae_load:
     mov qword ptr gs:[asi_curr], rdi
+    mov qword ptr gs:[asi_curr_class], rcx
+    push rcx
     push rdi
     .alternative ASI_RFC2025, .Lae_cr3
-    mov rdi, qword ptr [asi_class_id]
+    mov rdi, rcx
     call asi_maybe_flush_control
 .Lae_cr3:
     mov rdi, qword ptr [rsp]
@@ -202,8 +265,7 @@ __asi_enter:
     je .Lae_write
     mov rcx, qword ptr gs:[tlbstate_loaded_mm_asid]
     lea rax, [rax + rcx + 1]
-    mov rcx, asi_class_id
-    mov rcx, qword ptr [rcx]
+    mov rcx, qword ptr [rsp + 8]
     inc rcx
     shl rcx, ASI_PCID_SHIFT
     or rax, rcx
@@ -211,10 +273,11 @@ __asi_enter:
     .cr3_write
     mov cr3, rax
     pop rdi                     # (not a jump target: the write is seen where the next block starts)
+    pop rdi                     # the class
     .alternative ASI_RFC2025, .Lae_done
-    mov rdi, qword ptr [asi_class_id]
+    push rdi
     call asi_maybe_flush_data
-    mov rdi, qword ptr [asi_class_id]
+    pop rdi
     imul rdi, rdi, 24
     mov rax, asi_taint_policy
     mov rax, qword ptr [rax + rdi + 16]

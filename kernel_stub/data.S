@@ -40,6 +40,7 @@ asi_other_exits:        .quad 0     # any other: SYS_probe's full-table probes, 
                                     # interrupts and the end of its sessions
 asi_flush_counts:       .zero 8 * 3 # ASI_FLUSH_IBPB, _RSB, _L1D issued by the taint policy
 asi_critical_findings:  .quad 0     # sensitive accesses from a critical section (the RFC's VM_WARN)
+asi_kvm_entries:        .quad 0     # VM entries made from the KVM class's restricted space
 asi_taint_policy:       .zero 24 * 2 # boot: {prevent_control, protect_data, set} per class
 
 # the unmapped allocator (unmapped.S, docs/frag.md)
@@ -88,6 +89,7 @@ tlbstate_next_asid:     .quad 1
 tlbstate_invalidate_other: .quad 0
 tlbstate_ctxs:          .zero 16 * 6         # TLB_NR_DYN_ASIDS x {ctx_id, tlb_gen}
 asi_curr:               .quad 0              # the mm whose restricted PGD is loaded
+asi_curr_class:         .quad 0              # the class it is loaded for (ASI_CLASS_*: its PCID bits)
 asi_taints:             .quad 0              # the 2025 RFC's asi_taints (ASI_TAINT_*)
 asi2019_state:          .quad 0              # the 2019 RFC's cpu_asi_session: state,
 asi2019_mm:             .quad 0              #   the mm whose restricted table the session uses,

@@ -430,9 +430,15 @@ kvm_vcpu_run:
     mov eax, VCPU_OP_ZAP
     out PORT_VCPU, eax
 .Lvr_enter:
+    call kvm_asi_enter
     mov rdi, rbx
     mov eax, VCPU_OP_RUN
     out PORT_VCPU, eax
+    push rax
+    .alternative !INJECT_ASI_KVM_LATE_RELAX, .Lvr_exit
+    call kvm_asi_relax
+.Lvr_exit:
+    pop rax
     cmp eax, EXIT_REASON_HLT
     je .Lvr_hlt
     cmp eax, EXIT_REASON_IO_INSTRUCTION
@@ -477,6 +483,10 @@ kvm_vcpu_run:
     jz .Lvr_enter
     jns .Lvr_done
 .Lvr_out:
+    push rax
+    call kvm_asi_relax
+    call kvm_asi_exit
+    pop rax
     pop r12
     pop rbx
     ret
@@ -594,9 +604,16 @@ kvm_tdp_page_fault:
     shr rsi, PAGE_SHIFT
     ret
 
-# hva_to_pfn(hva, write) -> pa of the VMM's page at hva, faulted in if need be
-# (hva_to_pfn_slow -> get_user_pages), or -EFAULT: no VMA, secret memory
-# (check_vma_flags), a write to a VMA without PROT_WRITE, a fault that fails
+# hva_to_pfn(hva, write) -> pa of the VMM's page at hva, faulted in if need be,
+# or -EFAULT (virt/kvm/kvm_main.c).  An ordinary VMA goes through GUP
+# (hva_to_pfn_slow -> get_user_pages), whose check_vma_flags refuses secret
+# memory.  An xpfo VMA is a device mapping that GUP refuses too (gup.S, as
+# check_vma_flags refuses VM_PFNMAP), so KVM takes the page from the VMA's page
+# table instead (hva_to_pfn_remapped: follow_pfnmap_start, fixup_user_fault
+# when nothing is mapped yet): the xpfo file's own page, never its direct-map
+# alias (docs/xpfo.md, "Backing a VM").  Either way -EFAULT for no VMA, a write
+# to a VMA without PROT_WRITE, or a fault that fails (an xpfo page beyond the
+# size or never fallocated: SIGBUS).
 hva_to_pfn:
     SAVE_CALLEE
     mov rbx, rdi
@@ -608,8 +625,11 @@ hva_to_pfn:
     call find_vma
     test rax, rax
     jz .Lhp_fault
+    test qword ptr [rax + VMA_flags], VM_XPFO
+    jnz .Lhp_remapped                   # VM_IO | VM_PFNMAP: hva_to_pfn_remapped
     test qword ptr [rax + VMA_flags], VM_SECRET
     jnz .Lhp_fault
+.Lhp_remapped:
     test r12, r12
     jz .Lhp_look
     test qword ptr [rax + VMA_prot], PROT_WRITE

@@ -347,7 +347,8 @@ ERROR_CASES = [
     ("; expect: probe stale stale-access freed-while-cached",
      "stale takes at most one finding kind, e.g. 'stale stale-access'"),
     ("; expect: probe asi sensitive-access", "unknown ASI finding 'sensitive-access' (did you mean "
-     "'sensitive-access-in-critical-section'?); known: sensitive-access-in-critical-section"),
+     "'sensitive-access-in-critical-section'?); known: sensitive-access-in-critical-section, "
+     "vm-entry-unrestricted"),
     ("; expect: probe asi sensitive-access-in-critical-section again",
      "asi takes at most one finding kind, e.g. 'asi sensitive-access-in-critical-section'"),
     ("; expect: exit", "exit needs a STATUS from 0 to 255"),

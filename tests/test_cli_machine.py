@@ -180,7 +180,7 @@ def test_stats_text_and_json(capsys):
                      "xpfo_pages_restored", "kernel_tlb_flushes", "asi_exits", "asi_fault_exits",
                      "asi_user_return_exits", "asi_context_switch_exits", "asi_tlb_flush_exits",
                      "asi_other_exits", "asi_flush_ibpb", "asi_flush_rsb", "asi_flush_l1d",
-                     "asi_critical_findings"] + [f"tlb_{k}" for k in STAT_KEYS] + \
+                     "asi_critical_findings", "asi_kvm_entries"] + [f"tlb_{k}" for k in STAT_KEYS] + \
         ["unmapped_tlb_full_flushes", "unmapped_tlb_cr4_flushes", "unmapped_tlb_invlpg",
          "unmapped_tlb_entries_invalidated"]
     assert all(list(doc[p]) == names for p in doc)

@@ -136,7 +136,8 @@ NSIG = 32
 TASK, TASK_SIZE = _struct([
     ("state", 8), ("pid", 8), ("mm", 8), ("sp", 8), ("stack_top", 8), ("exit_code", 8),
     ("killed_by", 8), ("asi_target", 8), ("asi_nest", 8), ("comm", 16),
-    ("files", 8 * MAX_FDS), ("sighand", 24 * NSIG), ("ptracer", 8), ("rlim", 16 * 16), ("pad", 8 * 8)])
+    ("files", 8 * MAX_FDS), ("sighand", 24 * NSIG), ("ptracer", 8), ("rlim", 16 * 16), ("asi_class", 8),
+    ("pad", 7 * 8)])
 TASK_UNUSED, TASK_RUNNABLE, TASK_DEAD = 0, 1, 2
 
 VMA, VMA_SIZE = _struct([("start", 8), ("end", 8), ("prot", 8), ("flags", 8), ("file", 8),

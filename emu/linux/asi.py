@@ -142,4 +142,5 @@ def stats(k) -> dict[str, int]:
     base = k.sym("asi_flush_counts")
     out.update({f"asi_flush_{name}": k.read_q(base + 8 * i) for i, name in enumerate(abi.ASI_FLUSHES)})
     out["asi_critical_findings"] = k.read_data("asi_critical_findings")
+    out["asi_kvm_entries"] = k.read_data("asi_kvm_entries")
     return out

@@ -10,6 +10,9 @@ declared hooks:
   critical section"); here it is a finding: an ``asi_finding`` event and an
   :class:`AsiFinding` in ``Machine.asi_findings`` (beside the TLB model's
   ``Machine.findings``).  Counted by the stub in ``asi_critical_findings``.
+* each VM entry (the vCPU device calls :meth:`AsiCheck.check_vm_entry`): the
+  machine's own check, not the RFC's, that the guest runs from the KVM
+  class's restricted space; otherwise a ``vm-entry-unrestricted`` finding.
 * ``asi_flush`` (asi_uarch_flush): one flush of the 2025 RFC's taint policy,
   an ``asi_flush`` event with ``flush`` = ``ibpb``, ``rsb`` or ``l1d`` and the
   CPU's taints before it.  Counted by the stub in ``asi_flush_counts``; the
@@ -24,8 +27,11 @@ from emu.hw.paging import error_code_words
 from emu.linux import abi
 
 FINDING_KIND = "sensitive-access-in-critical-section"
+#: the machine's own check at each VM entry (not the RFC's): the guest must run
+#: from the KVM class's restricted space, the point of the class
+VM_ENTRY_KIND = "vm-entry-unrestricted"
 #: every kind of ASI finding (asm tests: ``; expect: LABEL asi [FINDING]``)
-ASI_FINDINGS = (FINDING_KIND,)
+ASI_FINDINGS = (FINDING_KIND, VM_ENTRY_KIND)
 _TAINT_NAMES = {v: k.removeprefix("ASI_TAINT_").lower() for k, v in abi.ASI_TAINTS.items()}
 
 
@@ -47,6 +53,8 @@ class AsiFinding:
     pid: int | None
 
     def line(self) -> str:
+        if self.kind == VM_ENTRY_KIND:
+            return f"{self.kind}: the guest entered from {self.space} at {self.symbol}"
         return (f"{self.kind}: {self.address:#x} ({error_code_words(self.error_code)}) at {self.symbol} "
                 f"in {self.space}")
 
@@ -85,6 +93,24 @@ class AsiCheck:
         self.findings.append(f)
         m.emit("asi_finding", rip=rip, finding=f.kind, address=f.address, error_code=f.error_code,
                restricted=space)
+
+    def check_vm_entry(self) -> None:
+        """At each VM entry (the vCPU device's RUN, from kvm_vcpu_run): the
+        host must be on the current process's restricted table, loaded for
+        the KVM class (its per-CPU ``asi_curr_class``; the 2019 RFC's table is
+        the KVM class's only).  Otherwise the guest runs beside the whole
+        kernel mapped: a ``vm-entry-unrestricted`` finding, charged like the
+        RFC's warning to the system call being handled (``KVM_RUN``)."""
+        m = self.m
+        p = m.current_process()
+        space = m.space_of(m.cpu.reg("cr3"))
+        if space == self._restricted_space(p) and (
+                m.config.asi == "rfc2019" or m.kernel.read_percpu("asi_curr_class") == abi.ASI_CLASS_KVM):
+            return
+        rip = m.cpu.reg("rip")
+        f = AsiFinding(VM_ENTRY_KIND, 0, 0, rip, m.symbolize(rip), space, p.pid if p else None)
+        self.findings.append(f)
+        m.emit("asi_finding", rip=rip, finding=f.kind, address=0, error_code=0, restricted=space)
 
     def _restricted_space(self, p) -> str:
         return f"{p.name}.asi" if p is not None else "?"

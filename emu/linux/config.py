@@ -89,6 +89,10 @@ INJECTIONS = {
                           "reads the page through its removed direct-map entry",
     "secretmem_resize": "ftruncate resizes a secretmem file whose size is set, and zeroes the partial page at "
                         "the new size through its removed direct-map entry (the panic 84ac013046cc fixed)",
+    "asi_kvm_no_enter": "KVM_RUN enters the guest without entering the KVM class's restricted space: the "
+                        "guest runs beside the whole kernel mapped (asi=on, rfc2025, rfc2019)",
+    "asi_kvm_late_relax": "KVM_RUN relaxes only after the VM exit is handled: the exit handlers run in the "
+                          "KVM class's critical section (asi=on, rfc2025)",
 }
 
 #: the unmapped allocator's strategies (kernel_stub/unmapped.S, docs/frag.md), in the stub's numbering

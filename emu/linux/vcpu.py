@@ -70,6 +70,8 @@ class VcpuDevice:
             # entered, and the exit is the timer's
             ex = VmExit(EXIT_REASON_PREEMPTION_TIMER)
         else:
+            if self.m.asi is not None:
+                self.m.asi.check_vm_entry()
             self.running = v
             try:
                 regs, ex = v.run(regs, self.timeslice)

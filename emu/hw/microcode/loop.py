@@ -22,9 +22,10 @@ from emu.hw.x86 import RF_AC as RFLAGS_AC
 from emu.hw.microcode.regs import RegFile
 from emu.hw.paging import ControlState, WalkCache, control_state_of
 
-#: instructions per ``emu_start``: a stop requested by a signal handler (Ctrl-C)
-#: waits at most one slice, about 0.1 s of untraced guest code
-SLICE = 8_000_000
+#: instructions per counted ``emu_start``: a stop requested by a signal handler
+#: (Ctrl-C) waits at most one slice, a few hundredths of a second of untraced
+#: guest code on a quiet host (8M, before, took up to ~1 s on a loaded one)
+SLICE = 2_000_000
 #: a run that need not count (``exact=False``) runs uncounted for at most this
 #: long in all; then it ends as a runaway (docs/performance.md, "The budget")
 GUARD_SECONDS = 10.0

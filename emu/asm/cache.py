@@ -33,7 +33,7 @@ from emu.version import VERSION
 #: what this process did with the cache (tests read it)
 STATS = {"hits": 0, "misses": 0, "writes": 0, "stale": 0}
 
-_FORMAT = 1
+_FORMAT = 2                # 2: sections without their parsed statements
 _salt: str | None = None
 
 

@@ -171,6 +171,10 @@ def _link(sources, layout, predefined, include_dirs, default_section, nobits, re
             raise AsmError(f"{f}:{ln}: .alternative target must be a label in the same section")
         alternatives.append((a, feature))
     sites = resolve_sites(p.sites, p.stmts, addrs, insns, required_sites)
+    # the parsed statements served the link only: an image without them is half
+    # the size, and half the time to load from the cache (docs/performance.md)
+    for sec in sections.values():
+        sec.stmts = []
     return Image(sections, symbols, lines, extable, alternatives, insns, key, frozenset(values), sites), p.included
 
 

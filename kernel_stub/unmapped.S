@@ -1,6 +1,6 @@
 # The unmapped allocator: pages taken out of the direct map, for every user of
-# such memory (memfd_secret, guest_memfd NO_DIRECT_MAP; MAP_SECRET and
-# /dev/xpfo may call it too).  One machine switch picks the strategy
+# such memory (memfd_secret and MAP_SECRET, guest_memfd NO_DIRECT_MAP,
+# /dev/xpfo).  One machine switch picks the strategy
 # (unmapped=, the boot word unmapped_strategy; docs/frag.md):
 #
 #   page            mm/secretmem.c (5.14+): one page from the page allocator,
@@ -30,9 +30,15 @@
 # The API: unmapped_page_alloc(owner, kind) -> pa (zeroed, out of the direct
 # map and flushed) or 0; unmapped_page_free(owner, pa); unmapped_release(owner)
 # when the owner (a file) is gone.  'owner' is any address that names the user
-# (a FILE); 'kind' the FRAME_* kind of the page (FRAME_SECRET,
-# FRAME_GUEST_MEMFD), which also selects the user's flush injection.  All three
-# pass through unmapped_call, whose two hooks let Python count the TLB model's
+# (a FILE; /dev/xpfo's is the device, xpfo_cache, since its cache outlives its
+# files); 'kind' the FRAME_* kind of the page (FRAME_SECRET, FRAME_GUEST_MEMFD,
+# FRAME_XPFO), which also selects the user's flush injection.
+# unmapped_page_alloc_noflush(owner, kind) is unmapped_page_alloc for a caller
+# that flushes a batch itself (xpfo_fallocate, as cpa_flush does once for a
+# set_memory range): under `page` the page leaves the direct map unflushed and
+# the caller owes the flush; the block strategies' pages come flushed anyway
+# (their block's one flush at refill, or none for the boot pool), so it
+# differs only under `page`.  All four pass through unmapped_call, whose two hooks let Python count the TLB model's
 # flushes issued inside the allocator (Machine.stats: unmapped_tlb_*).
 
 .text
@@ -49,10 +55,18 @@ unmapped_release:
     mov eax, 2
     jmp unmapped_call
 
+unmapped_page_alloc_noflush:
+    mov eax, 3
+    jmp unmapped_call
+
 unmapped_call:
     .hook unmapped_enter
+    xor edx, edx
     test eax, eax
     jz .Luc_alloc
+    mov edx, 1
+    cmp eax, 3
+    je .Luc_alloc
     cmp eax, 1
     je .Luc_free
     call unmapped_release_owner
@@ -73,19 +87,24 @@ unmapped_flush:
     cmp edx, FRAME_SECRET
     je .Lufl_skip
 .Lufl_gmem:
-    .alternative INJECT_GMEM_NOFLUSH, .Lufl_flush
+    .alternative INJECT_GMEM_NOFLUSH, .Lufl_xpfo
     cmp edx, FRAME_GUEST_MEMFD
+    je .Lufl_skip
+.Lufl_xpfo:
+    .alternative INJECT_XPFO_NOFLUSH, .Lufl_flush
+    cmp edx, FRAME_XPFO
     je .Lufl_skip
 .Lufl_flush:
     jmp flush_tlb_kernel_range
 .Lufl_skip:
     ret
 
-# unmapped_alloc_page(owner, kind) -> pa or 0
+# unmapped_alloc_page(owner, kind, noflush) -> pa or 0
 unmapped_alloc_page:
     SAVE_CALLEE
     mov r12, rdi
     mov r13, rsi
+    mov r15, rdx
     mov rax, qword ptr [unmapped_strategy]
     cmp rax, UNMAPPED_PAGE
     je .Luap_page
@@ -123,6 +142,9 @@ unmapped_alloc_page:
     call set_direct_map_invalid_noflush
     test rax, rax
     jnz .Luap_undo
+    mov rax, r14
+    test r15, r15
+    jnz .Luap_out                       # the caller flushes its batch
     mov rdi, r14
     PA_TO_VA rdi
     mov esi, PAGE_SIZE

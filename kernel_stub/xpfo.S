@@ -9,6 +9,10 @@
 # An xpfo file is a FILE of type FILE_XPFO: FILE_size is i_size, FILE_pages[i]
 # the physical address of page i (0: none).  xpfo_cache holds pages that are
 # out of the direct map, flushed and zeroed: freed xpfo pages go there first.
+# Pages come from the unmapped allocator (unmapped.S, docs/frag.md), owner
+# xpfo_cache (the device), so every unmapped= strategy applies: under `page`
+# through unmapped_page_alloc_noflush, the batch paying its one flush; the
+# block strategies hand out pages already flushed with their block.
 
 .text
 
@@ -64,8 +68,9 @@ xpfo_open:
 # s_maxbytes is XPFO_MAX_BYTES (-EFBIG past it); no hole punching
 # (-EOPNOTSUPP: memory comes back only at release); page-aligned offset and
 # length (-EINVAL).  Every missing page in the range is taken from the cache,
-# or allocated, zeroed and removed from the direct map without a flush; then
-# one flush covers every page removed (xpfo_flush_batch).  Without
+# or from the unmapped allocator (unmapped_page_alloc_noflush: zeroed, out of
+# the direct map); under unmapped=page one flush then covers every page
+# removed (xpfo_flush_batch), the block strategies' pages came flushed.  Without
 # FALLOC_FL_KEEP_SIZE the size grows to the range's end.
 xpfo_fallocate:
     SAVE_CALLEE
@@ -102,33 +107,22 @@ xpfo_fallocate:
     inc qword ptr [nr_xpfo_cache_hits]
     jmp .Lxf_store
 .Lxf_new:
-    xor edi, edi
+    mov rdi, xpfo_cache                 # the owner: the device, whose cache outlives files
     mov esi, FRAME_XPFO
-    mov edx, HC_SENSITIVE
-    call alloc_page
+    call unmapped_page_alloc_noflush
     test rax, rax
     jz .Lxf_nomem
-    mov qword ptr [rsp + r15 * 8], rax
-    mov rdi, rax
-    PA_TO_VA rdi
-    call clear_page
-    mov rdi, qword ptr [rsp + r15 * 8]
-    call set_direct_map_invalid_noflush
-    test rax, rax
-    jnz .Lxf_undo
-    mov rax, qword ptr [rsp + r15 * 8]
-    inc r15
     inc qword ptr [nr_xpfo_removed]
+    cmp qword ptr [unmapped_strategy], UNMAPPED_PAGE
+    jne .Lxf_store                      # a block strategy's page came flushed
+    mov qword ptr [rsp + r15 * 8], rax  # page: the batch owes its flush
+    inc r15
 .Lxf_store:
     mov qword ptr [rbx + FILE_pages + r13 * 8], rax
     inc qword ptr [nr_xpfo_pages]
 .Lxf_next:
     inc r13
     jmp .Lxf_page
-.Lxf_undo:
-    mov rdi, qword ptr [rsp + r15 * 8]
-    mov esi, HC_SENSITIVE
-    call free_page
 .Lxf_nomem:
     mov rbp, -ENOMEM
 .Lxf_flush:
@@ -232,8 +226,9 @@ xpfo_fault:
 # through the temporary mapping (guest_memfd.S gmem_scrub_unmapped: map,
 # clear, unmap with its local flush), then goes to the cache while it has
 # room (still out of the direct map: no flush now, none at its next use), or
-# else back to the direct map and to the allocator (a not-present entry made
-# present needs no flush, as secretmem_free_folio's restore).
+# else back to the unmapped allocator (unmapped_page_free: under `page` back
+# into the direct map, which needs no flush, and freed; the block strategies
+# keep it out, in their cache).
 xpfo_release:
     push rbx
     push r12
@@ -257,11 +252,9 @@ xpfo_release:
     inc qword ptr [xpfo_cache_count]
     jmp .Lxr_next
 .Lxr_restore:
-    mov rdi, r13
-    call set_direct_map_default_noflush
-    mov rdi, r13
-    mov esi, HC_SENSITIVE
-    call free_page
+    mov rdi, xpfo_cache
+    mov rsi, r13
+    call unmapped_page_free
     inc qword ptr [nr_xpfo_restored]
 .Lxr_next:
     inc r12
@@ -274,9 +267,9 @@ xpfo_release:
 
 .data
 nr_xpfo_pages:          .quad 0     # pages xpfo files hold now
-nr_xpfo_removed:        .quad 0     # pages taken out of the direct map (since boot)
+nr_xpfo_removed:        .quad 0     # pages taken from the unmapped allocator (since boot)
 nr_xpfo_flushes:        .quad 0     # flushes the batches paid (since boot)
 nr_xpfo_cache_hits:     .quad 0     # pages served from the cache (since boot)
-nr_xpfo_restored:       .quad 0     # pages returned to the direct map (since boot)
+nr_xpfo_restored:       .quad 0     # pages given back to the unmapped allocator (since boot)
 xpfo_cache_count:       .quad 0     # pages in the cache now
 xpfo_cache:             .zero 8 * XPFO_CACHE_PAGES   # out of the direct map, flushed, zeroed

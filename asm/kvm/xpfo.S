@@ -10,7 +10,7 @@
 ; between and after the runs, and the TLB model has no finding.  A guest
 ; access to the page beyond the size is a memory-fault exit (the fault is
 ; SIGBUS: KVM_PFN_ERR_FAULT, -EFAULT), without the PRIVATE flag.
-; isoemu: asi=off
+; isoemu: asi=off unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: slot rax=0
 ; expect: probe_before rax=-EFAULT rdx=0x0 r9=14
 ; expect: run1 rax=0

@@ -6,8 +6,10 @@
 ; #PF 0x0); tlb=lazy lets the stale translation serve it (r10 = 0, the byte
 ; the zeroing left).  ASI off: asi_exit's CR3 write would flush the kernel
 ; PCID and hide it (docs/tlb.md).  The page then goes to the cache, not to
-; the allocator, so nothing is freed while cached.
-; isoemu: asi=off inject=xpfo_noflush tlb=check|lazy
+; the allocator, so nothing is freed while cached.  Under unmapped=pmd-cache
+; and unmapped-alloc the flush left out is the block's refill flush (the
+; allocator's, for FRAME_XPFO); reserved's pool never had one to leave out.
+; isoemu: asi=off inject=xpfo_noflush tlb=check|lazy unmapped=page|pmd-cache|unmapped-alloc
 ; expect: probe_read stale stale-access
 ; expect[tlb=check]: probe_read rax=-EFAULT rdx=0x0 r9=14
 ; expect[tlb=lazy]: probe_read rax=0 r10=0

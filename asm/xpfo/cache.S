@@ -3,6 +3,7 @@
 ; tests/test_xpfo.py).  Two pages written with 0x77 and released come back
 ; zeroed to a new file, and still out of the direct map: the alias of the new
 ; page is the old one's (the cache is a stack), and it faults.
+; isoemu: unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: reused rbx=0 r15=0
 ; expect: same_page rax=0
 ; expect: probe_reused rax=-EFAULT rdx=0x0 r9=14

@@ -6,7 +6,7 @@
 ; kernel would touch the page through the direct map: -EFAULT).  Released
 ; into the cache, the page stays out of the direct map: the alias still
 ; faults.  An ordinary page's alias reads fine.
-; isoemu: asi=off|on
+; isoemu: asi=off|on unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: probe_plain rax=0
 ; expect: probe_read rax=-EFAULT rdx=0x0 r9=14
 ; expect: probe_write rax=-EFAULT rdx=0x2 r9=14

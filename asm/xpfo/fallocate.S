@@ -7,6 +7,7 @@
 ; length page-aligned (-EINVAL).  Sizes of 1, 33 (the single-page flush
 ; ceiling), 34 and 64 pages (the whole of s_maxbytes) succeed; without
 ; KEEP_SIZE the size grows to the end of the range, with it the size stays.
+; isoemu: unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: one_page rax=0
 ; expect: ceiling rax=0
 ; expect: past_ceiling rax=0

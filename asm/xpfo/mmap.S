@@ -5,6 +5,7 @@
 ; pages come from fallocate, so an access beyond the size, or to a page of a
 ; file never fallocated, is SIGBUS (#PF 0x4/0x6 not present, turned into
 ; SIGBUS; the runner resumes after it).
+; isoemu: unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: exec rax=-EPERM
 ; expect: private rax=-EINVAL
 ; expect: last_inside ok

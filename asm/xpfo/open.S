@@ -5,6 +5,7 @@
 ; (-EINVAL: vfs_read/vfs_write without FMODE_CAN_READ/WRITE), no positional
 ; I/O (-ESPIPE: alloc_file_pseudo sets no FMODE_PREAD/PWRITE), no ioctl
 ; (-ENOTTY); fstat says S_IFREG, the size, and a different inode per open.
+; isoemu: unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: open1 rax=3
 ; expect: open2 rax=4
 ; expect: too_long rax=-ENOENT

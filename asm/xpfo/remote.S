@@ -6,6 +6,7 @@
 ; -EFAULT; A's ordinary data word is peeked fine, and A's xpfo page keeps
 ; what A wrote.  B has no mapping of it at all (the matrix's xpfo_user row
 ; from B.user).
+; isoemu: unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: touch ok
 ; expect: yield rax=0
 ; expect: check rbx=0x5ec2e7

@@ -3,6 +3,7 @@
 ; direct map before they left it), take a pattern and read it back whole.
 ; Removing the pages from the kernel's direct map takes nothing from the
 ; user's mapping.
+; isoemu: unmapped=page|pmd-cache|reserved|unmapped-alloc
 ; expect: zeroed rbx=0 r15=0
 ; expect: sums rbx=0x2a8000 r15=0
 .include "kvm.inc"

@@ -81,7 +81,7 @@ INJECTIONS = {
     "gmem_kunmap_noflush": "the temporary kernel mapping of a page out of the direct map is unmapped "
                            "without its flush",
     "xpfo_noflush": "/dev/xpfo's fallocate removes its batch of pages from the direct map without the "
-                    "batch's one flush",
+                    "batch's one flush (the block's refill flush under unmapped=pmd-cache/unmapped-alloc)",
     "asi_enter_noflush": "the 2019 RFC's asi_enter loads the restricted CR3 with NOFLUSH: PCID 0, shared by "
                          "every restricted table, keeps another session's translations (asi=rfc2019)",
     "gup_fast_secretmem": "GUP-fast takes a secret page without the folio_is_secretmem check (CVE-2024-35872, "

@@ -63,7 +63,7 @@ def stats(k) -> dict[str, int]:
 
 
 #: unmapped_call's operations (the eax the three entry points load)
-OPS = ("alloc", "free", "release")
+OPS = ("alloc", "free", "release", "alloc_noflush")
 
 
 class UnmappedFlushes:

@@ -47,11 +47,22 @@ class InvalidOpcode:
         r.read()
         rip = r["rip"]
         cpl = r["cs"] & 3
+        if self._bytes_at(rip, cpl, len(_STUB_INVPCID)) == _STUB_INVPCID:
+            # the stub's own form (kernel_stub/tlb.S), read without loading capstone
+            ea = self._read_reg(X.UC_X86_REG_RSP)
+            return self._invpcid_do(self._read_reg(X.UC_X86_REG_RAX), ea, len(_STUB_INVPCID), r, cpl)
         ins = self._decode(rip, cpl)
         if ins is not None and ins.mnemonic == "invpcid":
             return self._invpcid(ins, r, cpl)
         self.deliver(6, None, reported=True)
         return True
+
+    def _bytes_at(self, rip: int, cpl: int, n: int) -> bytes | None:
+        """``n`` code bytes at ``rip`` within its page, or None."""
+        if (rip & 0xFFF) + n > 0x1000:
+            return None
+        t = self.walks.translate(self.regs["cr3"], rip, 2, cpl, self.ctl())
+        return None if t.fault else self.mem.read(t.pa, n)
 
     def _decode(self, rip: int, cpl: int):
         t = self.walks.translate(self.regs["cr3"], rip, 2, cpl, self.ctl())
@@ -73,8 +84,6 @@ class InvalidOpcode:
     def _invpcid(self, ins, r: RegFile, cpl: int) -> bool:
         """INVPCID (SDM Vol. 2A).  Unicorn's TLB has no PCID tags, so every
         type flushes the whole TLB: never less than the instruction asks."""
-        from capstone import x86_const as CX
-
         ops = ins.operands
         type_ = self._read_reg(_uc_reg(ins.reg_name(ops[0].reg)))
         m = ops[1].mem
@@ -83,7 +92,10 @@ class InvalidOpcode:
             ea += self._read_reg(_uc_reg(ins.reg_name(m.base)))
         if m.index:
             ea += self._read_reg(_uc_reg(ins.reg_name(m.index))) * m.scale
-        ea &= 0xFFFFFFFFFFFFFFFF
+        return self._invpcid_do(type_, ea & 0xFFFFFFFFFFFFFFFF, ins.size, r, cpl)
+
+    def _invpcid_do(self, type_: int, ea: int, size: int, r: RegFile, cpl: int) -> bool:
+        """INVPCID of ``type_`` with its descriptor at ``ea``; ``size``: the instruction's."""
         if cpl != 0 or type_ > 3:
             self.deliver(VEC_GP, 0, reported=True)
             return True
@@ -98,12 +110,15 @@ class InvalidOpcode:
         if pcid >> 12 or (type_ == 0 and not canon) or (not pcide and type_ in (0, 1) and pcid):
             self.deliver(VEC_GP, 0, reported=True)
             return True
-        del CX
         self.sink("invpcid", rip=r["rip"], type=type_, pcid=pcid & 0xFFF, addr=addr)
         self.flush_tlb()
         self._after_invpcid(type_, pcid & 0xFFF, addr)
-        self._write_reg(X.UC_X86_REG_RIP, r["rip"] + ins.size)
+        self._write_reg(X.UC_X86_REG_RIP, r["rip"] + size)
         return True
+
+
+#: 'invpcid rax, [rsp]', the only form the stub uses (66 0f 38 82 /r, ModRM 04, SIB 24)
+_STUB_INVPCID = bytes.fromhex("660f38820424")
 
 
 def _uc_reg(name: str) -> int:

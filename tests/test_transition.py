@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from emu.cli.main import main
-from emu.dev.bare import bare_system
+from emu.dev.bare import loop_system, run_loop
 from emu.hw.microcode.plan import FaultEntry
 from emu.hw.microcode.transition import ENV, KernelEntry, TransitionMismatch, layout
 from emu.hw.paging import Fault
@@ -18,45 +18,12 @@ from emu.linux.config import MachineConfig
 from emu.tools.matrix import run_matrix
 
 
-# a SYSCALL loop and a #PF loop (the bench's microcode group runs the same)
-KERNEL = """
-entry_syscall:
-    cmp eax, 1
-    je .Lhalt
-    sysretq
-.Lhalt:
-    hlt
-page_fault:
-    add rsp, 8
-    add qword ptr [rsp], 2
-    iretq
-"""
-USER = """
-syscalls:
-    syscall
-    dec rbx
-    jnz syscalls
-    mov eax, 1
-    syscall
-faults:
-    mov al, byte ptr [rsi]
-    dec rbx
-    jnz faults
-    mov eax, 1
-    syscall
-"""
-
-
 def bare(variant: str, **kw):
-    b = bare_system(KERNEL, USER, gates={14: "page_fault"}, lstar="entry_syscall", **kw)
+    """The bench's SYSCALL and #PF loops on a bare system (emu/dev/bare.py);
+    ``run_loop`` raises unless a loop halts with every round done."""
+    b = loop_system(**kw)
     assert b.cpu.entry is not None
     return b
-
-
-def run_loop(b, label: str, n: int) -> None:
-    b.start_user(label, rbx=n, rax=0, rsi=0x10000000)
-    assert b.cpu.run(6 * n + 16) == "halt"
-    assert b.cpu.reg("rbx") == 0
 
 
 def test_layout_verified_on_this_build():
@@ -210,8 +177,7 @@ def test_cross_check_reports_an_injected_disagreement(monkeypatch, variant, on, 
 
 def test_cross_check_event():
     events = []
-    b = bare_system(KERNEL, USER, gates={14: "page_fault"}, lstar="entry_syscall",
-                    sink=lambda kind, **f: events.append((kind, f)))
+    b = loop_system(sink=lambda kind, **f: events.append((kind, f)))
     b.cpu.walks = LyingWalker(b.cpu.walks, 0x10000000 >> 12)
     run_loop(b, "faults", 1)
     found = [f for k, f in events if k == "mmu_disagreement"]

@@ -103,3 +103,48 @@ def bare_system(kernel_src: str, user_src: str, *, gates: dict[int, str | tuple[
                    lstar=kimg.symbols[lstar] if lstar else KERNEL_TEXT, fmask=abi.SYSCALL_FMASK,
                    gs_base=0, kernel_gs_base=0, rip=KERNEL_TEXT, rsp=KERNEL_STACK_TOP)
     return Bare(cpu, kimg, uimg, pt, data)
+
+
+# A SYSCALL loop and a #PF loop, each ending in the SYSCALL that halts:
+# `isoemu bench`'s microcode group times them, tests/test_transition.py checks
+# every transition of them.
+LOOP_KERNEL = """
+entry_syscall:
+    cmp eax, 1
+    je .Lhalt
+    sysretq
+.Lhalt:
+    hlt
+page_fault:
+    add rsp, 8
+    add qword ptr [rsp], 2
+    iretq
+"""
+LOOP_USER = """
+syscalls:
+    syscall
+    dec rbx
+    jnz syscalls
+    mov eax, 1
+    syscall
+faults:
+    mov al, byte ptr [rsi]
+    dec rbx
+    jnz faults
+    mov eax, 1
+    syscall
+"""
+
+
+def loop_system(**kw) -> Bare:
+    """The bare system running :data:`LOOP_KERNEL` and :data:`LOOP_USER`."""
+    return bare_system(LOOP_KERNEL, LOOP_USER, gates={14: "page_fault"}, lstar="entry_syscall", **kw)
+
+
+def run_loop(b: Bare, label: str, n: int) -> int:
+    """``n`` rounds of the loop at ``label`` (``syscalls`` or ``faults``: every
+    load of the unmapped RSI faults); raises if it does not finish."""
+    b.start_user(label, rbx=n, rax=0, rsi=0x10000000)
+    if b.cpu.run(6 * n + 16) != "halt" or b.cpu.reg("rbx") != 0:
+        raise RuntimeError(f"bare {label} loop did not finish")
+    return n

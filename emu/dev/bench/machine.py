@@ -75,53 +75,19 @@ faults:
 
 
 # --- the microcode on a bare system ---------------------------------
-_BARE_KERNEL = """
-entry_syscall:
-    cmp eax, 1
-    je .Lhalt
-    sysretq
-.Lhalt:
-    hlt
-page_fault:
-    add rsp, 8
-    add qword ptr [rsp], 2
-    iretq
-"""
-_BARE_USER = """
-syscalls:
-    syscall
-    dec rbx
-    jnz syscalls
-    mov eax, 1
-    syscall
-faults:
-    mov al, byte ptr [rsi]
-    dec rbx
-    jnz faults
-    mov eax, 1
-    syscall
-"""
-
-
 @bench("microcode")
 def bench_microcode(quick: bool) -> list[dict]:
-    from emu.dev.bare import bare_system
+    from emu.dev.bare import loop_system, run_loop
 
     n = 5000 if quick else 50000
     raw = _RawLoop()
-    b = bare_system(_BARE_KERNEL, _BARE_USER, gates={14: "page_fault"}, lstar="entry_syscall")
-
-    def bare(label: str) -> int:
-        b.start_user(label, rbx=n, rax=0, rsi=0x10000000)
-        if b.cpu.run(6 * n + 16) != "halt" or b.cpu.reg("rbx") != 0:
-            raise RuntimeError(f"bench: bare {label} loop did not finish")
-        return n
+    b = loop_system()
 
     figs = []
     for label, name, target in (
             ("syscalls", "bare_syscall_round_trips_per_s (SYSCALL microcode + sysret)", "ratio <= 2"),
             ("faults", "bare_faults_per_s (#PF through the IDT + iretq)", ">= 1e5, ratio <= 2")):
-        dt, k = best(lambda: bare(label))
+        dt, k = best(lambda: run_loop(b, label, n))
         bdt, bk = best(lambda: raw.run(label, n))
         figs.append(figure(name, k / dt, "1/s", baseline=bk / bdt,
                            baseline_name="raw Unicorn loop, hook only redirects RIP", target=target))

@@ -47,7 +47,7 @@ class InvalidOpcode:
         r.read()
         rip = r["rip"]
         cpl = r["cs"] & 3
-        if self._bytes_at(rip, cpl, len(_STUB_INVPCID)) == _STUB_INVPCID:
+        if self._code_bytes(rip, cpl, len(_STUB_INVPCID)) == _STUB_INVPCID:
             # the stub's own form (kernel_stub/tlb.S), read without loading capstone
             ea = self._read_reg(X.UC_X86_REG_RSP)
             return self._invpcid_do(self._read_reg(X.UC_X86_REG_RAX), ea, len(_STUB_INVPCID), r, cpl)
@@ -57,23 +57,24 @@ class InvalidOpcode:
         self.deliver(6, None, reported=True)
         return True
 
-    def _bytes_at(self, rip: int, cpl: int, n: int) -> bytes | None:
-        """``n`` code bytes at ``rip`` within its page, or None."""
-        if (rip & 0xFFF) + n > 0x1000:
-            return None
-        t = self.walks.translate(self.regs["cr3"], rip, 2, cpl, self.ctl())
-        return None if t.fault else self.mem.read(t.pa, n)
-
-    def _decode(self, rip: int, cpl: int):
+    def _code_bytes(self, rip: int, cpl: int, n: int) -> bytes | None:
+        """Up to ``n`` code bytes at ``rip`` (fewer if the next page is not
+        executable), or None if ``rip``'s own page is not."""
         t = self.walks.translate(self.regs["cr3"], rip, 2, cpl, self.ctl())
         if t.fault:
             return None
-        avail = min(15, 4096 - (t.pa & 0xFFF))
+        avail = min(n, 4096 - (t.pa & 0xFFF))
         code = self.mem.read(t.pa, avail)
-        if avail < 15:
+        if avail < n:
             t2 = self.walks.translate(self.regs["cr3"], rip + avail, 2, cpl, self.ctl())
             if not t2.fault:
-                code += self.mem.read(t2.pa, 15 - avail)
+                code += self.mem.read(t2.pa, n - avail)
+        return code
+
+    def _decode(self, rip: int, cpl: int):
+        code = self._code_bytes(rip, cpl, 15)
+        if code is None:
+            return None
         key = (rip, code)
         ins = self._decode_cache.get(key)
         if ins is None:

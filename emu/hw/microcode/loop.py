@@ -97,11 +97,16 @@ class EventLoop(Cpu):
             try:
                 return fn(*args)
             except BaseException as e:   # noqa: BLE001 - re-raised by run()
-                if self._error is None:
-                    self._error = e
-                C.emu_stop(self.hv)
+                self._hook_failed(e)
                 return retval
         return wrapped
+
+    def _hook_failed(self, e: BaseException) -> None:
+        """A hook raised: keep the first error and stop the CPU; run() re-raises
+        it (Python exceptions cannot cross a ctypes callback)."""
+        if self._error is None:
+            self._error = e
+        C.emu_stop(self.hv)
 
     def _call_all(self, fns, a: int, until_stop: bool) -> None:
         """Run hook functions in order.  The first exception stops the CPU
@@ -110,9 +115,7 @@ class EventLoop(Cpu):
             try:
                 f(a)
             except BaseException as e:   # noqa: BLE001 - re-raised by run()
-                if self._error is None:
-                    self._error = e
-                C.emu_stop(self.hv)
+                self._hook_failed(e)
                 return
             if until_stop and self.stop_reason is not None:
                 return
@@ -164,9 +167,7 @@ class EventLoop(Cpu):
                     try:
                         fns[0](a)
                     except BaseException as e:   # noqa: BLE001 - re-raised by run()
-                        if self._error is None:
-                            self._error = e
-                        C.emu_stop(self.hv)
+                        self._hook_failed(e)
                     return
                 # all of them, even after a stop request: the suppression
                 # above would keep them from running when the CPU resumes
@@ -209,9 +210,7 @@ class EventLoop(Cpu):
             try:
                 fn(a, size)
             except BaseException as e:   # noqa: BLE001
-                if self._error is None:
-                    self._error = e
-                C.emu_stop(self.hv)
+                self._hook_failed(e)
         h = self.add_hook("block", hook)
         self._code_hooks[h] = None
         self.flush_code_cache()
@@ -258,11 +257,10 @@ class EventLoop(Cpu):
         self.executed = 0
         self._deliver_pending_irq()
         left = budget
-        # tlb=lazy's served accesses single-step counted in the middle of an
-        # uncounted run (tlbsites.py): the CPU layer flushes translated blocks
-        # at each switch (Unicorn fact 14)
-        counting = exact
-        guard_end = None if counting else time.monotonic() + GUARD_SECONDS
+        # (tlb=lazy's served accesses single-step counted in the middle of an
+        # uncounted run, tlbsites.py: the CPU layer flushes translated blocks
+        # at each switch, Unicorn fact 14)
+        guard_end = None if exact else time.monotonic() + GUARD_SECONDS
         while left > 0 and not self.stop_reason:
             rip = self.reg("rip")
             # a block-start hook that fired for the instruction at RIP before the
@@ -270,10 +268,11 @@ class EventLoop(Cpu):
             self._suppress_block_start = rip if rip == self._last_block_start else None
             for fn in tuple(self.run_observers):
                 fn(True)
-            n = min(left, SLICE) if counting else 0
-            if counting:
+            if exact:
+                n = min(left, SLICE)
                 err = self.emu_start(rip, n)
             else:
+                n = 0
                 err, timed_out = self.emu_start_watched(rip, max(guard_end - time.monotonic(), 0.0))
                 if timed_out and not self.stop_reason:
                     self.stop_reason = "guard"

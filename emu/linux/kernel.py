@@ -34,9 +34,9 @@ STUB_FILES = ["macros.S", "entry_64.S", "lib.S", "traps.S", "page_alloc.S", "pgt
               "set_memory.S", "memory.S", "mmap.S", "unmapped.S", "secretmem.S", "guest_memfd.S", "kvm.S", "syscalls.S", "sched.S",
               "asi.S", "data.S"]
 # the memfd_secret selftest's calls (docs/secretmem.md): resource limits, GUP, ptrace, process_vm_*
-STUB_FILES += ["rlimit.S", "gup.S", "ptrace.S", "kvm_vm.S"]
-# /dev/xpfo (docs/xpfo.md)
-STUB_FILES += ["xpfo.S"]
+STUB_FILES += ["rlimit.S", "gup.S", "ptrace.S"]
+# the VM's memslots, vCPU and KVM_RUN (docs/guest_memfd.md, "The VM"), and /dev/xpfo (docs/xpfo.md)
+STUB_FILES += ["kvm_vm.S", "xpfo.S"]
 NOP5 = bytes.fromhex("0f1f440000")
 
 

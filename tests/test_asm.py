@@ -577,8 +577,8 @@ def test_the_matrix_probe_links():
         assemble_program(src, "matrix_probe.S", layout_for(levels), {"PROBE_COUNT": 3})
 
 
-@pytest.mark.parametrize("name,src", _embedded_sources(_repo("emu", "dev", "bench", "machine.py"),
-                                                       ("SOURCE", "_BARE_KERNEL", "_BARE_USER")))
+@pytest.mark.parametrize("name,src", _embedded_sources(_repo("emu", "dev", "bench", "machine.py"), ("SOURCE",))
+                         + _embedded_sources(_repo("emu", "dev", "bare.py"), ("LOOP_KERNEL", "LOOP_USER")))
 def test_the_bench_and_bare_sources_link(name, src):
     link([(name, src + "\n__trampoline:\n    iretq\n")], {".text": 0xFFFFFFFF81000000}, cache=False)
 

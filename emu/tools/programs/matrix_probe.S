@@ -46,21 +46,10 @@ _start:
     mov rdi, qword ptr [rip + secret_fd]
     mov esi, 4096
     syscall
-    mov eax, SYS_mmap
-    xor edi, edi
-    mov esi, 4096
-    mov edx, PROT_READ + PROT_WRITE
-    mov r10d, MAP_SHARED
     mov r8, qword ptr [rip + secret_fd]
-    xor r9d, r9d
-    syscall
-    mov qword ptr [rip + va_secret], rax
-    ; a 'ret': the target of execute probes of the secret and its alias
-    mov byte ptr [rax], 0xc3
-    mov rdi, rax
-    mov eax, SYS_direct_map_alias
-    syscall
-    mov qword ptr [rip + va_secret_dm], rax
+    lea rbx, [rip + va_secret]
+    lea rbp, [rip + va_secret_dm]
+    call shared_page
     mov eax, SYS_direct_map_alias
     mov rdi, USER_DATA
     syscall
@@ -83,20 +72,10 @@ _start:
     mov r10d, 4096
     mov eax, SYS_fallocate
     syscall
-    mov eax, SYS_mmap
-    xor edi, edi
-    mov esi, 4096
-    mov edx, PROT_READ + PROT_WRITE
-    mov r10d, MAP_SHARED
     mov r8, qword ptr [rip + xpfo_fd]
-    xor r9d, r9d
-    syscall
-    mov qword ptr [rip + va_xpfo], rax
-    mov byte ptr [rax], 0xc3
-    mov rdi, rax
-    mov eax, SYS_direct_map_alias
-    syscall
-    mov qword ptr [rip + va_xpfo_dm], rax
+    lea rbx, [rip + va_xpfo]
+    lea rbp, [rip + va_xpfo_dm]
+    call shared_page
     ; two guest_memfd pages of a VM (docs/guest_memfd.md), shared at first
     ; to write a 'ret' (the execute probes' target) and note their aliases,
     ; then private: conversion zaps A's mapping; the second page is
@@ -136,6 +115,25 @@ matrix_done:
     mov eax, SYS_exit
     xor edi, edi
     syscall
+
+; shared_page(r8 a file of one page, rbx where to note its mapping, rbp
+; where to note its direct-map alias): a shared read-write mapping, and a
+; 'ret' at its first byte, the target of the execute probes of both
+shared_page:
+    mov eax, SYS_mmap
+    xor edi, edi
+    mov esi, 4096
+    mov edx, PROT_READ + PROT_WRITE
+    mov r10d, MAP_SHARED
+    xor r9d, r9d
+    syscall
+    mov qword ptr [rbx], rax
+    mov byte ptr [rax], 0xc3
+    mov rdi, rax
+    mov eax, SYS_direct_map_alias
+    syscall
+    mov qword ptr [rbp], rax
+    ret
 
 ; gmem_page(r13 a guest_memfd of one page, rbx where to note its mapping,
 ; rbp where to note its direct-map alias): map, 'ret', alias, made private

@@ -171,8 +171,10 @@ class Machine:
         """Every CR3 write the stub declares (``.cr3_write [noflush]``)."""
         img = self.kernel.image
         self._cr3_insns = {s.addr: s.name for s in img.sites_of("cr3_write")}
+        to_user = returns_to_user(img)
         for s in img.sites_of("cr3_write"):
-            self.cpu.add_cr3_site(s.addr, s.operand, s.size, may_set_noflush=s.noflush)
+            self.cpu.add_cr3_site(s.addr, s.operand, s.size, may_set_noflush=s.noflush,
+                                  returns_to_user=s.addr + s.size in to_user)
         for n in (0, 4):
             for s in img.sites_of(f"cr{n}_write"):
                 self.cpu.add_cr_site(s.addr, s.size, n, s.operand)
@@ -562,3 +564,29 @@ def describe_fault(ev: Event) -> str:
     if ev.error_code is not None:
         return f"{vector_name(ev.vector)}({ev.error_code:#x})"
     return vector_name(ev.vector)
+
+
+#: what may run between a CR3 write and the return to user mode for the
+#: write to count as one that returns (no branch, no CR3 read, no port I/O)
+_TO_USER_STRAIGHT = {"nop", "pop", "push", "mov", "swapgs"}
+_TO_USER_RETURNS = {"sysretq", "sysret", "iretq"}
+
+
+def returns_to_user(img: Image) -> set[int]:
+    """The addresses right after CR3 writes from which straight-line code
+    reaches SYSRET or IRET, moving nothing from a control register: PTI's
+    switch to the user CR3 (``SWITCH_TO_USER_CR3_STACK``).  The CPU may keep
+    NOFLUSH in Unicorn's CR3 until the next kernel entry after those
+    (emu/hw/microcode/cr3.py)."""
+    at = {ins.addr: ins for ins in img.insns}
+    out = set()
+    for s in img.sites_of("cr3_write"):
+        a = s.addr + s.size
+        while (ins := at.get(a)) is not None:
+            if ins.mnemonic in _TO_USER_RETURNS:
+                out.add(s.addr + s.size)
+                break
+            if ins.mnemonic not in _TO_USER_STRAIGHT or "cr" in ins.op_str:
+                break
+            a += ins.size
+    return out

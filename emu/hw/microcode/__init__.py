@@ -44,6 +44,6 @@ class System(SyscallStep, Delivery, Cr3Sites, TlbSites, InvalidOpcode, EventLoop
         self._fast_syscall = self._fast_fault = None
         self.walker_cross_check = True      # compare each #PF with the reference walker
         self.add_hook("intr", self._guard(self._on_intr))
-        self.add_hook("syscall", self._guard(self._on_syscall))
+        self.add_hook("syscall", self._guard(self._on_syscall, settle=False))   # settles itself
         self.add_hook("out", self._guard(self._on_out))
         self.add_hook("invalid", self._guard(self._on_invalid, True))

@@ -4,6 +4,14 @@
 SDM Vol. 3A 4.10.4.1).  Every site the stub declares ``.cr3_write
 noflush`` gets the bit stripped after the write (docs/architecture.md, the
 stub contract; with LA57, before it: the 5-level walk does not mask it).
+
+After a write that returns to user mode (``returns_to_user``: the Linux
+layer says which sites do) and while no one records events, the strip is
+deferred: the bit stays in Unicorn's CR3, which no guest instruction reads
+before the next kernel entry and the 4-level walk masks (Unicorn facts 5
+and 11), and is cleared at the first Python hook of any kind (the SYSCALL
+entry does it in the context it restores anyway), at the end of the run
+(docs/performance.md, "The deferred NOFLUSH strip").
 """
 
 from __future__ import annotations
@@ -16,14 +24,23 @@ from emu.hw.x86 import CR4_PCIDE
 class Cr3Sites:
     """Mixed into :class:`emu.hw.microcode.System`."""
 
-    def add_cr3_site(self, addr: int, reg: str, size: int, may_set_noflush: bool = True) -> None:
+    #: when to defer the strip after a return to user: "quiet" (while no one
+    #: records events: the default), "never", or "always" (events too: the
+    #: equivalence test's proof that every observer sees the stripped value,
+    #: tests/test_noflush_defer.py)
+    defer_noflush = "quiet"
+
+    def add_cr3_site(self, addr: int, reg: str, size: int, may_set_noflush: bool = True,
+                     returns_to_user: bool = False) -> None:
         """A 'mov cr3, reg' instruction (found by scanning the kernel's code).
 
         Where the value may carry NOFLUSH (bit 63), the instruction after it
         clears the bit from CR3: hardware never stores it, Unicorn does (fact
         5).  QEMU ends a translated block at every CR write, so that is a
         block-start hook, free elsewhere.  The write itself is observed (a
-        ``cr3_write`` event) only while events are wanted.
+        ``cr3_write`` event) only while events are wanted.  ``returns_to_user``:
+        the instructions after it reach SYSRET or IRET to user mode without
+        reading CR3 (the strip may wait for the next kernel entry).
         """
         self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, may_set_noflush)
         if may_set_noflush and self.config.la57:
@@ -33,7 +50,8 @@ class Cr3Sites:
             self.add_code_hook(addr, self._noflush_before)
             self.add_block_start_hook(addr + size, self._noflush_after)
         elif may_set_noflush:
-            self.add_block_start_hook(addr + size, self._strip_noflush)
+            self.add_block_start_hook(addr + size, self._strip_noflush_to_user if returns_to_user
+                                      else self._strip_noflush)
         elif self.tlb is not None or self.cr3_observers:
             self.add_block_start_hook(addr + size, self._cr3_written)
         self._informational_cr3.append(addr)
@@ -102,3 +120,24 @@ class Cr3Sites:
             # the guest's write flushed Unicorn's TLB already (with or
             # without NOFLUSH): do not flush a second time
             self.write_cr3_keep_tlb(val & ~(1 << 63))
+
+    def _strip_noflush_to_user(self, addr: int) -> None:
+        """After a 'mov cr3' that returns to user mode: the strip deferred
+        while no one records events (:meth:`settle_cr3` does it)."""
+        val = self._reg(X.UC_X86_REG_CR3).read()
+        self._tell_cr3(val)
+        if val >> 63:
+            d = self.defer_noflush
+            if d == "quiet" and not self._want_events or d == "always":
+                self._cr3_deferred = True
+            else:
+                self.write_cr3_keep_tlb(val & ~(1 << 63))
+
+    def settle_cr3(self) -> None:
+        """Clear a deferred NOFLUSH from Unicorn's CR3 (without a TLB flush):
+        before any Python code reads the CPU's state.  The hook wrappers
+        (loop.py) and the run loop call it; a no-op when nothing is deferred."""
+        if self._cr3_deferred:
+            self._cr3_deferred = False
+            reg = self._reg(X.UC_X86_REG_CR3)
+            self.write_cr3_keep_tlb(reg.read() & ~(1 << 63))

@@ -55,6 +55,7 @@ class EventLoop(Cpu):
         self._block_starts: dict[int, list] = {}      # addr -> [fn]: add_block_start_hook
         self._block_start_handles: dict[int, int] = {}  # addr -> its Unicorn block hook
         self._pending_restore: tuple | None = None    # LA57: (register, value with NOFLUSH)
+        self._cr3_deferred = False                    # Unicorn's CR3 holds a NOFLUSH to strip (cr3.py)
         self._last_block_start: int | None = None     # the block-start hook that fired last
         self._suppress_block_start: int | None = None
         self.hlt_sites: set[int] | None = None        # addresses right after each 'hlt' (see _halted)
@@ -90,11 +91,14 @@ class EventLoop(Cpu):
         return self._cs_engine
 
     # -- hooks ------------------------------------------------------------------------
-    def _guard(self, fn, retval=None):
+    def _guard(self, fn, retval=None, settle: bool = True):
         """Python exceptions cannot cross a ctypes callback: keep the first one
-        and stop the CPU; run() re-raises it."""
+        and stop the CPU; run() re-raises it.  ``settle``: a deferred NOFLUSH
+        is cleared first (cr3.py; the SYSCALL step clears it itself)."""
         def wrapped(*args):
             try:
+                if settle and self._cr3_deferred:
+                    self.settle_cr3()
                 return fn(*args)
             except BaseException as e:   # noqa: BLE001 - re-raised by run()
                 self._hook_failed(e)
@@ -133,6 +137,8 @@ class EventLoop(Cpu):
             fns: list = []
 
             def hook(uch, a, size, ud):
+                if self._cr3_deferred:
+                    self.settle_cr3()
                 self._call_all([f for _, f in fns], a, until_stop=True)
             h = self.add_hook("code", hook, addr, addr)
             self._code_hooks[h] = addr
@@ -158,6 +164,8 @@ class EventLoop(Cpu):
             fns = self._block_starts[addr] = []
 
             def hook(uch, a, size, ud):
+                if self._cr3_deferred:
+                    self.settle_cr3()
                 if self._suppress_block_start == a:
                     self._suppress_block_start = None
                     return
@@ -208,6 +216,8 @@ class EventLoop(Cpu):
         """Call fn(addr, size) at the start of every translated block executed."""
         def hook(uch, a, size, ud):
             try:
+                if self._cr3_deferred:
+                    self.settle_cr3()
                 fn(a, size)
             except BaseException as e:   # noqa: BLE001
                 self._hook_failed(e)
@@ -276,6 +286,8 @@ class EventLoop(Cpu):
                 err, timed_out = self.emu_start_watched(rip, max(guard_end - time.monotonic(), 0.0))
                 if timed_out and not self.stop_reason:
                     self.stop_reason = "guard"
+            if self._cr3_deferred:
+                self.settle_cr3()           # what every reader sees (cr3.py)
             try:
                 for fn in tuple(self.run_observers):
                     fn(False)

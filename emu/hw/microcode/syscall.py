@@ -69,10 +69,15 @@ class SyscallStep:
         fast = self._fast_syscall
         if fast is not None and not self._want_events and not self.tlb_lazy:
             if self.entry.requested == "check":
+                self.settle_cr3()
                 return self.entry.compare_fast("syscall", fast, self._syscall_general, 0)
             if fast():
+                # the context it restored has CR3 without NOFLUSH (a deferred
+                # strip, cr3.py, done for free)
+                self._cr3_deferred = False
                 self._last_block_start = None
                 return
+        self.settle_cr3()
         self._syscall_general()
 
     def _syscall_general(self) -> None:

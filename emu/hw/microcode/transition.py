@@ -58,6 +58,7 @@ _SEG = 24                 # sizeof(SegmentCache): selector, base, limit, flags
 _CC_FLAGS = 0x8D5         # OF SF ZF AF PF CF: QEMU keeps them in cc_src
 _DF = 0x400
 _M64 = 0xFFFFFFFFFFFFFFFF
+_NO_NOFLUSH = _M64 >> 1    # CR3 without bit 63
 
 
 class TransitionMismatch(GuestError):
@@ -391,7 +392,7 @@ class KernelEntry:
         pack = struct.Struct(f"<QQQQQIi{len(tail)}s").pack_into
         head, entry_rip = L.rip, (lstar - 2) & _M64     # Unicorn adds 2 after the hook
         cc_op, s_old, old = L.cc_op_eflags, self._s_old, L.old_exception // 4
-        i_rip, i_rcx, i_r11, i_cr0, i_cr4 = i.rip, i.rcx, i.r11, i.cr0, i.cr4
+        i_rip, i_rcx, i_r11, i_cr0, i_cr4, i_cr3 = i.rip, i.rcx, i.r11, i.cr0, i.cr4, i.cr3
         s_cr0, s_cr4 = self._s_cr0, self._s_cr4
         save, restore, read = C.context_save, C.context_restore, C.reg_read
         hv, ptr, rf_id, rf_ptr = self.cpu.hv, self._ptr, self._rf_id, self._rf_ptr
@@ -408,6 +409,7 @@ class KernelEntry:
             f = mv[V_RFLAGS]
             q[i_rcx] = (q[i_rip] + 2) & _M64
             q[i_r11] = f
+            q[i_cr3] &= _NO_NOFLUSH         # a deferred NOFLUSH strip (cr3.py): hardware never stores it
             f = (f & keep) | 2
             pack(b, head, entry_rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, tail)
             d[old] = s_old

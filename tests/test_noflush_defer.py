@@ -66,7 +66,7 @@ def test_the_sites_that_return_to_user():
     m = Machine(MachineConfig(), programs=[("A", LOOP)], record_events=False)
     m.boot()
     assert sorted(m.symbolize(a) for a in returns_to_user(m.kernel.image)) == \
-        ["swapgs_restore_regs_and_return_to_usermode+0x89", "syscall_return_via_sysret+0x78"]
+        ["swapgs_restore_regs_and_return_to_usermode+0x86", "syscall_return_via_sysret+0x75"]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
@@ -101,9 +101,10 @@ def test_loop_equal(monkeypatch, deferrals, cfg, exact, events):
     assert (deferrals["n"] >= 50) == bool(cfg.pcid and cfg.pti and not cfg.la57), deferrals
 
 
-def test_asm_suite_equal(monkeypatch, deferrals):
-    """Every asm test's variants: results, events, findings, counters and the
-    final registers, with the strip always deferred and never."""
+def asm_suite(monkeypatch, setups: dict) -> dict[str, list]:
+    """Every asm test's variants under each setup (a name and a function
+    that switches it on): results, events, findings, counters and the final
+    registers, per variant."""
     runs: dict[str, list] = {}
     real_build, real_run = asm_runner.Runner.build, asm_runner.Runner.run
 
@@ -118,22 +119,31 @@ def test_asm_suite_equal(monkeypatch, deferrals):
         m = self.m
         regs = m.cpu.regs
         regs.read()
-        runs[mode].append((self.variant.name(self.t.path), [f.lines() for f in self.res.failures], self._log,
+        runs[name].append((self.variant.name(self.t.path), [f.lines() for f in self.res.failures], self._log,
                            m.stats(), [f.line() for f in m.findings], dict(regs.snapshot())))
     monkeypatch.setattr(asm_runner.Runner, "build", build)
     monkeypatch.setattr(asm_runner.Runner, "run", run)
     tests = discover(["asm/"])
-    for mode in ("always", "never"):
-        runs[mode] = []
-        monkeypatch.setattr(Cr3Sites, "defer_noflush", mode)
-        n = deferrals["n"]
+    for name, setup in setups.items():
+        runs[name] = []
+        setup()
         for t in tests:
             asm_runner.run_variants(t)
-        if mode == "always":
-            assert deferrals["n"] > 1000
-        else:
-            assert deferrals["n"] == n
-    assert len(runs["always"]) > 150
+        assert len(runs[name]) > 150
+    return runs
+
+
+def test_asm_suite_equal(monkeypatch, deferrals):
+    """Every asm test's variants, the strip always deferred and never."""
+    counts = {}
+
+    def mode(m):
+        def setup():
+            counts[m] = deferrals["n"]
+            monkeypatch.setattr(Cr3Sites, "defer_noflush", m)
+        return setup
+    runs = asm_suite(monkeypatch, {"always": mode("always"), "never": mode("never")})
+    assert counts["never"] > 1000 and deferrals["n"] == counts["never"], (counts, deferrals)
     for a, b in zip(runs["always"], runs["never"], strict=True):
         assert a == b, a[0]
 
@@ -197,3 +207,25 @@ def test_a_run_stopped_in_user_mode(monkeypatch, cfg):
     assert got["always"] == got["never"]
     # some of them stopped in user mode, where the strip was deferred
     assert any(r["cs"] & 3 == 3 for r in got["always"])
+
+
+# --- the TLB model's returns to user mode (emu/linux/tlbcheck.py) -------------------------------
+def test_user_return_at_cr3_equal(monkeypatch):
+    """With PTI the model learns of a return to user mode at the CR3 write
+    to the user PGD, instead of from the return_to_user hooks and the next
+    CR3 write observed: the same findings, events and counters in the asm
+    suite (pti_user_noflush.S is found at user return) and the matrix."""
+    from emu.linux.tlbcheck import TlbCheck
+
+    def at_cr3(on):
+        return lambda: monkeypatch.setattr(TlbCheck, "user_return_at_cr3", on)
+    runs = asm_suite(monkeypatch, {"cr3": at_cr3(True), "hooks": at_cr3(False)})
+    for a, b in zip(runs["cr3"], runs["hooks"], strict=True):
+        assert a == b, a[0]
+    assert any("stale-at-user-return" in line for r in runs["cr3"] for line in r[4])
+    for cfg in CONFIGS:
+        got = {}
+        for on in (True, False):
+            monkeypatch.setattr(TlbCheck, "user_return_at_cr3", on)
+            got[on] = [c.__dict__ for c in run_matrix(cfg).cells]
+        assert got[True] == got[False]

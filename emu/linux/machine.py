@@ -158,6 +158,7 @@ class Machine:
         cpu.ports[abi.PORT_CONSOLE] = self._console
         cpu.ports[kvm_abi.PORT_VCPU] = self.vcpus.port
         self._name_roots()
+        self.user_return_cr3_sites = returns_to_user(k.image)
         if cfg.tlb != "off":
             # before the CR3 sites: every one of them then feeds the model
             self.tlb = TlbCheck(self)
@@ -171,10 +172,9 @@ class Machine:
         """Every CR3 write the stub declares (``.cr3_write [noflush]``)."""
         img = self.kernel.image
         self._cr3_insns = {s.addr: s.name for s in img.sites_of("cr3_write")}
-        to_user = returns_to_user(img)
         for s in img.sites_of("cr3_write"):
             self.cpu.add_cr3_site(s.addr, s.operand, s.size, may_set_noflush=s.noflush,
-                                  returns_to_user=s.addr + s.size in to_user)
+                                  returns_to_user=s.addr in self.user_return_cr3_sites)
         for n in (0, 4):
             for s in img.sites_of(f"cr{n}_write"):
                 self.cpu.add_cr_site(s.addr, s.size, n, s.operand)
@@ -573,7 +573,7 @@ _TO_USER_RETURNS = {"sysretq", "sysret", "iretq"}
 
 
 def returns_to_user(img: Image) -> set[int]:
-    """The addresses right after CR3 writes from which straight-line code
+    """The CR3 writes (their addresses) after which straight-line code
     reaches SYSRET or IRET, moving nothing from a control register: PTI's
     switch to the user CR3 (``SWITCH_TO_USER_CR3_STACK``).  The CPU may keep
     NOFLUSH in Unicorn's CR3 until the next kernel entry after those
@@ -584,7 +584,7 @@ def returns_to_user(img: Image) -> set[int]:
         a = s.addr + s.size
         while (ins := at.get(a)) is not None:
             if ins.mnemonic in _TO_USER_RETURNS:
-                out.add(s.addr + s.size)
+                out.add(s.addr)
                 break
             if ins.mnemonic not in _TO_USER_STRAIGHT or "cr" in ins.op_str:
                 break

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import asdict, dataclass, field
 
+from emu.errors import GuestError
 from emu.hw.paging import ADDR_MASK, PAGE_SIZE, ControlState, P, A, D, mode_for, translate
 from emu.hw.phys import FrameKind
 from emu.hw.tlb import FINDINGS, Finding, Tlb
@@ -112,10 +113,17 @@ class TlbCheck:
         for site in img.sites_of("invlpg"):
             cpu.add_invlpg_site(site.addr, site.size, site.operand)
         m.hook_site("pgtable_write", self._on_entry_write)
-        m.hook_site("return_to_user_sysret", self._on_return_to_user)
-        m.hook_site("return_to_user_iret", self._on_return_to_user)
+        if cfg.pti and self.user_return_at_cr3:
+            # the switch to the user CR3 is the return (machine.returns_to_user)
+            if not m.user_return_cr3_sites:
+                raise GuestError("PTI: no CR3 write of the stub returns to user mode (machine.returns_to_user)")
+            cpu.user_return_observers.append(self.model.user_return)
+        else:
+            m.hook_site("return_to_user_sysret", self._on_return_to_user)
+            m.hook_site("return_to_user_iret", self._on_return_to_user)
+            if cfg.pti:
+                cpu.cr3_observers.append(self._on_cr3)
         cpu.invalidation_observers.append(self.audit)
-        cpu.cr3_observers.append(self._on_cr3)
 
     # -- entry writes ----------------------------------------------------------------------------
     def _on_entry_write(self, addr: int) -> None:
@@ -172,6 +180,13 @@ class TlbCheck:
                 return
 
     # -- returns to user mode --------------------------------------------------------------------------
+    #: with PTI, the model learns of a return to user mode at the CR3 write
+    #: that enters the user PGD (one call, after the model was told the
+    #: write); False: from the return_to_user hooks and the next CR3 write
+    #: with the user PGD's bit, as before (the equivalence test's reference,
+    #: tests/test_noflush_defer.py)
+    user_return_at_cr3 = True
+
     def _on_return_to_user(self, addr: int) -> None:
         if self.m.config.pti:
             self._returning = True          # the user PCID is entered by the CR3 write to come

@@ -40,9 +40,13 @@ class Cr3Sites:
         block-start hook, free elsewhere.  The write itself is observed (a
         ``cr3_write`` event) only while events are wanted.  ``returns_to_user``:
         the instructions after it reach SYSRET or IRET to user mode without
-        reading CR3 (the strip may wait for the next kernel entry).
+        reading CR3 (the strip may wait for the next kernel entry), and
+        :attr:`user_return_observers` are called once the write is told.
         """
         self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, may_set_noflush)
+        self._cr3_one = self._reg(X.UC_X86_REG_CR3)
+        if returns_to_user:
+            self._to_user_sites.add(addr)
         if may_set_noflush and self.config.la57:
             # the 5-level walk does not mask bit 63 (docs/architecture.md,
             # Unicorn fact 6): strip it from the register before the write,
@@ -52,6 +56,8 @@ class Cr3Sites:
         elif may_set_noflush:
             self.add_block_start_hook(addr + size, self._strip_noflush_to_user if returns_to_user
                                       else self._strip_noflush)
+        elif returns_to_user:
+            self.add_block_start_hook(addr + size, self._cr3_written_to_user)
         elif self.tlb is not None or self.cr3_observers:
             self.add_block_start_hook(addr + size, self._cr3_written)
         self._informational_cr3.append(addr)
@@ -88,9 +94,20 @@ class Cr3Sites:
         self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
                   pcid=(val & 0xFFF) if pcide else None)
 
+    # The functions below run at every CR3 write (four in a PTI+ASI system
+    # call): each tells the TLB model and the observers inline.
     def _cr3_written(self, addr: int) -> None:
         """After a 'mov cr3' whose value never carries NOFLUSH."""
-        self._tell_cr3(self._reg(X.UC_X86_REG_CR3).read())
+        val = self._cr3_one.read()
+        if self.tlb is not None:
+            self.tlb.cr3_written(val)
+        for fn in self.cr3_observers:
+            fn(val)
+
+    def _cr3_written_to_user(self, addr: int) -> None:
+        self._cr3_written(addr)
+        for fn in self.user_return_observers:
+            fn()
 
     def _tell_cr3(self, value: int) -> None:
         if self.tlb is not None:
@@ -102,6 +119,9 @@ class Cr3Sites:
         reg = self._reg(self.cr3_sites[addr][0])
         val = reg.read()
         self._tell_cr3(val)
+        if addr in self._to_user_sites:
+            for fn in self.user_return_observers:
+                fn()
         if val >> 63:
             reg.write(val & ~(1 << 63))
             self._pending_restore = (reg, val)
@@ -114,8 +134,11 @@ class Cr3Sites:
 
     def _strip_noflush(self, addr: int) -> None:
         """After a 'mov cr3': CR3 as hardware holds it, without bit 63."""
-        val = self._reg(X.UC_X86_REG_CR3).read()
-        self._tell_cr3(val)
+        val = self._cr3_one.read()
+        if self.tlb is not None:
+            self.tlb.cr3_written(val)
+        for fn in self.cr3_observers:
+            fn(val)
         if val >> 63:
             # the guest's write flushed Unicorn's TLB already (with or
             # without NOFLUSH): do not flush a second time
@@ -124,8 +147,13 @@ class Cr3Sites:
     def _strip_noflush_to_user(self, addr: int) -> None:
         """After a 'mov cr3' that returns to user mode: the strip deferred
         while no one records events (:meth:`settle_cr3` does it)."""
-        val = self._reg(X.UC_X86_REG_CR3).read()
-        self._tell_cr3(val)
+        val = self._cr3_one.read()
+        if self.tlb is not None:
+            self.tlb.cr3_written(val)
+        for fn in self.cr3_observers:
+            fn(val)
+        for fn in self.user_return_observers:
+            fn()
         if val >> 63:
             d = self.defer_noflush
             if d == "quiet" and not self._want_events or d == "always":
@@ -139,5 +167,4 @@ class Cr3Sites:
         (loop.py) and the run loop call it; a no-op when nothing is deferred."""
         if self._cr3_deferred:
             self._cr3_deferred = False
-            reg = self._reg(X.UC_X86_REG_CR3)
-            self.write_cr3_keep_tlb(reg.read() & ~(1 << 63))
+            self.write_cr3_keep_tlb(self._cr3_one.read() & ~(1 << 63))

@@ -75,6 +75,9 @@ class EventLoop(Cpu):
         self.serve_scratch: list[int] = []            # frames for the lazy mode's private tables
         self.invalidation_observers: list[Callable[[str], None]] = []
         self.cr3_observers: list[Callable[[int], None]] = []
+        # called after a CR3 write that returns to user mode (cr3.py), once it is told
+        self.user_return_observers: list[Callable[[], None]] = []
+        self._to_user_sites: set[int] = set()
         self._actions: list[Callable[[], None]] = []  # work a hook left for the run loop
         self._user_snapshot = None                    # a clean CPL-3 context (lazy mode)
         self._cr_shadow: dict[int, int] = {}          # last value of CR0 and CR4 seen at a site

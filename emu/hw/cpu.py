@@ -195,6 +195,7 @@ class Cpu:
         self._snapshot = None
         self._ran = False                                 # no block translated yet
         self._counted = False                             # Unicorn's count hook not yet added
+        self._rip_sync: dict[int, int | None] = {}       # addr -> empty code hook while uncounted (sync_rip_at)
         self._ec_ctx = None
         self._ec_val = None
         self._cr3_ctx = None
@@ -284,6 +285,32 @@ class Cpu:
         C.context_restore(self.hv, self._snapshot_ctx)
 
     # -- execution --------------------------------------------------------------
+    def sync_rip_at(self, addrs) -> None:
+        """Let hooks and devices read the exact RIP at each instruction of ``addrs``.
+
+        QEMU writes RIP back before an instruction only where it needs to
+        (docs/architecture.md, Unicorn fact 15): a kernel OUT at CPL 0 would
+        leave the port handler the RIP some earlier block left.  In an
+        uncounted run an empty code hook at each address makes Unicorn write
+        it.  In a counted run the count hook does it before every instruction,
+        and every code hook in Unicorn's list costs every counted instruction
+        a check (fact 13): there the empty hooks are taken out.
+        """
+        for addr in addrs:
+            if addr not in self._rip_sync:
+                self._rip_sync[addr] = None if self._counted else self.add_hook("code", _nothing, addr, addr)
+        self.flush_code_cache()
+
+    def _rip_sync_hooks(self, on: bool) -> None:
+        """Add (uncounted) or remove (counted) the hooks of :meth:`sync_rip_at`;
+        the caller flushes the translated blocks."""
+        for addr, h in self._rip_sync.items():
+            if on and h is None:
+                self._rip_sync[addr] = self.add_hook("code", _nothing, addr, addr)
+            elif not on and h is not None:
+                self.del_hook(h)
+                self._rip_sync[addr] = None
+
     def emu_start(self, begin: int, count: int) -> int:
         """Run at most ``count`` instructions; returns the uc_err status.
 
@@ -294,6 +321,7 @@ class Cpu:
             # Unicorn adds its count hook at the first counted start, and blocks
             # translated before it never call it (fact 14): a spin translated by
             # an uncounted run would never run out
+            self._rip_sync_hooks(False)
             self.flush_code_cache()
             self._counted = True
         self._ran = True
@@ -313,6 +341,7 @@ class Cpu:
             # the other way round (fact 14): Unicorn drops its count hook at an
             # uncounted start, and blocks translated with calls to it stopped a
             # run after its first case (seen in the MMU oracle's batches)
+            self._rip_sync_hooks(True)
             self.flush_code_cache()
             self._counted = False
         self._ran = True
@@ -370,6 +399,10 @@ class Cpu:
         if not saved:
             C.context_save(self.hv, self._ec_ptr)
         return self._ec_val.value, (None if self._is_int_val is None else bool(self._is_int_val.value))
+
+
+def _nothing(uch, address, size, user_data) -> None:
+    """A code hook's only effect: RIP written back before the instruction (fact 15)."""
 
 
 class _Watchdog:

@@ -139,6 +139,13 @@ class OneReg:
         C.reg_read(self._h, self._id, self._p)
         return self._v.value
 
+    def read_whole(self) -> int:
+        """As :meth:`read`, for a register narrower than 64 bits too (a
+        selector: Unicorn writes only its low bytes)."""
+        self._v.value = 0
+        C.reg_read(self._h, self._id, self._p)
+        return self._v.value
+
     def write(self, value: int) -> None:
         self._v.value = value & 0xFFFFFFFFFFFFFFFF
         C.reg_write(self._h, self._id, self._p)
@@ -202,6 +209,7 @@ class Cpu:
         self._out = _u64()
         self.gprs = RegBatch(self, _GPR_IDS)
         self._callbacks: dict[int, object] = {}       # hook handle -> C callback (kept alive)
+        self._by_name: dict[str, OneReg] = {}         # reg(): name -> its raw reader
 
     # -- hooks (through the C API: no per-call binding overhead) ------------------------
     def add_hook(self, kind: str, fn, begin: int = 1, end: int = 0) -> int:
@@ -224,9 +232,14 @@ class Cpu:
         if self._callbacks.pop(h, None) is not None:
             _uc_hook_del(self.handle, ctypes.c_size_t(h))
 
-    # -- registers (binding; not for hot paths) ----------------------------------
+    # -- registers -----------------------------------------------------------------
     def reg(self, name: str) -> int:
-        return self.uc.reg_read(REG_IDS[name])
+        """A register of :data:`REG_IDS` by name, with one raw C call (the
+        binding's ``reg_read`` costs several Python calls per read)."""
+        one = self._by_name.get(name)
+        if one is None:
+            one = self._by_name[name] = OneReg(self, REG_IDS[name])
+        return one.read_whole()
 
     def set_reg(self, name: str, value: int) -> None:
         self.uc.reg_write(REG_IDS[name], value & 0xFFFFFFFFFFFFFFFF)

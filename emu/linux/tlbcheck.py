@@ -119,8 +119,10 @@ class TlbCheck:
                 raise GuestError("PTI: no CR3 write of the stub returns to user mode (machine.returns_to_user)")
             cpu.user_return_observers.append(self.model.user_return)
         else:
-            m.hook_site("return_to_user_sysret", self._on_return_to_user)
-            m.hook_site("return_to_user_iret", self._on_return_to_user)
+            # without PTI the hook is the return (the model's own function: one call)
+            on_return = self._on_return_to_user if cfg.pti else self.model.user_return
+            m.hook_site("return_to_user_sysret", on_return)
+            m.hook_site("return_to_user_iret", on_return)
             if cfg.pti:
                 cpu.cr3_observers.append(self._on_cr3)
         cpu.invalidation_observers.append(self.audit)
@@ -188,10 +190,8 @@ class TlbCheck:
     user_return_at_cr3 = True
 
     def _on_return_to_user(self, addr: int) -> None:
-        if self.m.config.pti:
-            self._returning = True          # the user PCID is entered by the CR3 write to come
-        else:
-            self.model.user_return()
+        """PTI, the reference way (``user_return_at_cr3`` False)."""
+        self._returning = True          # the user PCID is entered by the CR3 write to come
 
     def _on_cr3(self, value: int) -> None:
         if self._returning and value & PAGE_SIZE:          # PTI's user PGD: CR3 bit 12

@@ -448,8 +448,11 @@ class Tlb:
     def note_stale_access(self, r: Cached, va: int, now: str, served: bool) -> Finding | None:
         return self._find("stale-access", r, va, now, served=served, once=False)
 
-    def user_return(self) -> None:
-        """Entering CPL 3: the PCID entered must not hold a stale user translation."""
+    def user_return(self, rip: int = 0) -> None:
+        """Entering CPL 3: the PCID entered must not hold a stale user
+        translation.  Once per system call: nothing to look at without records."""
+        if not self.records:
+            return
         for pcid in (self.cur_pcid, GLOBAL):
             for r in self.records.get(pcid, ()):
                 if r.kind == "tlb" and r.user:

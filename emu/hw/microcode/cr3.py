@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
+from emu.hw.microcode.live import cr3_access
 from emu.hw.x86 import CR4_PCIDE
 
 
@@ -44,7 +45,9 @@ class Cr3Sites:
         :attr:`user_return_observers` are called once the write is told.
         """
         self.cr3_sites[addr] = (getattr(X, f"UC_X86_REG_{reg.upper()}"), size, may_set_noflush)
-        self._cr3_one = self._reg(X.UC_X86_REG_CR3)
+        if self._cr3 is None:
+            # CR3 in the live CPU state where verified (live.py): no C call per access
+            self._cr3 = cr3_access(self)
         if returns_to_user:
             self._to_user_sites.add(addr)
         if may_set_noflush and self.config.la57:
@@ -119,7 +122,7 @@ class Cr3Sites:
     # call): each tells the TLB model and the observers inline.
     def _cr3_written(self, addr: int) -> None:
         """After a 'mov cr3' whose value never carries NOFLUSH."""
-        val = self._cr3_one.read()
+        val = self._cr3.value
         if self.tlb is not None:
             self.tlb.cr3_written(val)
         for fn in self.cr3_observers:
@@ -155,7 +158,7 @@ class Cr3Sites:
 
     def _strip_noflush(self, addr: int) -> None:
         """After a 'mov cr3': CR3 as hardware holds it, without bit 63."""
-        val = self._cr3_one.read()
+        val = self._cr3.value
         if self.tlb is not None:
             self.tlb.cr3_written(val)
         for fn in self.cr3_observers:
@@ -163,12 +166,12 @@ class Cr3Sites:
         if val >> 63:
             # the guest's write flushed Unicorn's TLB already (with or
             # without NOFLUSH): do not flush a second time
-            self.write_cr3_keep_tlb(val & ~(1 << 63))
+            self._cr3.value = val & ~(1 << 63)
 
     def _strip_noflush_to_user(self, addr: int) -> None:
         """After a 'mov cr3' that returns to user mode: the strip deferred
         while no one records events (:meth:`settle_cr3` does it)."""
-        val = self._cr3_one.read()
+        val = self._cr3.value
         if self.tlb is not None:
             self.tlb.cr3_written(val)
         for fn in self.cr3_observers:
@@ -180,7 +183,7 @@ class Cr3Sites:
             if d == "quiet" and not self._want_events or d == "always":
                 self._cr3_deferred = True
             else:
-                self.write_cr3_keep_tlb(val & ~(1 << 63))
+                self._cr3.value = val & ~(1 << 63)
 
     def settle_cr3(self) -> None:
         """Clear a deferred NOFLUSH from Unicorn's CR3 (without a TLB flush):
@@ -188,4 +191,5 @@ class Cr3Sites:
         (loop.py) and the run loop call it; a no-op when nothing is deferred."""
         if self._cr3_deferred:
             self._cr3_deferred = False
-            self.write_cr3_keep_tlb(self._cr3_one.read() & ~(1 << 63))
+            cr3 = self._cr3
+            cr3.value = cr3.value & ~(1 << 63)

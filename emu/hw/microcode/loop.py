@@ -57,6 +57,7 @@ class EventLoop(Cpu):
         self._block_start_handles: dict[int, int] = {}  # addr -> its Unicorn block hook
         self._pending_restore: tuple | None = None    # LA57: (register, value with NOFLUSH)
         self._cr3_deferred = False                    # Unicorn's CR3 holds a NOFLUSH to strip (cr3.py)
+        self._cr3 = None                              # CR3's reader and writer (live.py), made with the sites
         self._last_block_start: int | None = None     # the block-start hook that fired last
         self._suppress_block_start: int | None = None
         self.hlt_sites: set[int] | None = None        # addresses right after each 'hlt' (see _halted)

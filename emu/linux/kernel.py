@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 
 from emu.linux import abi
+from emu.linux import bootcache
 from emu.linux import asi as asi_tables
 from emu.linux import unmapped
 from emu.asm import Image, link
@@ -223,6 +224,15 @@ class KernelBuilder:
 
     # -- the build ----------------------------------------------------------------
     def build(self) -> Kernel:
+        """The kernel in this builder's fresh RAM; a configuration built twice
+        in this process is copied from what it built (emu/linux/bootcache.py)."""
+        k = bootcache.restore(self)
+        if k is None:
+            k = self._build()
+            bootcache.built(self)
+        return k
+
+    def _build(self) -> Kernel:
         cfg, lay, mem, img = self.cfg, self.lay, self.mem, self.image
         mem.frames.reserve(abi.KERNEL_PHYS, abi.KERNEL_IMAGE_SIZE, FrameKind.KERNEL_TEXT, "kernel")
         for name, sec in img.sections.items():

@@ -63,6 +63,9 @@ def kernel_layout(lay: Layout) -> dict[str, int]:
 
 
 _LINKED: dict[tuple, Image] = {}
+#: a layout's section addresses and the stub's constants (emu/linux/abi.py, fixed for the
+#: process), with their part of _LINKED's key: made once per layout, not at every boot
+_LAYOUT_KEYS: dict[Layout, tuple] = {}
 
 
 def link_kernel(lay: Layout) -> Image:
@@ -78,11 +81,14 @@ def link_kernel(lay: Layout) -> Image:
         except OSError:
             continue
         stats.append((name, st.st_mtime_ns, st.st_size))
-    sections, symbols = kernel_layout(lay), abi.asm_symbols(lay)
-    key = (tuple(stats), tuple(sorted(sections.items())), tuple(sorted(symbols.items())))
+    got = _LAYOUT_KEYS.get(lay)
+    if got is None:
+        sections, symbols = kernel_layout(lay), abi.asm_symbols(lay)
+        got = _LAYOUT_KEYS[lay] = (sections, symbols, tuple(sorted(sections.items())), tuple(sorted(symbols.items())))
+    key = (tuple(stats), got[2], got[3])
     img = _LINKED.get(key)
     if img is None:
-        img = _LINKED[key] = link(stub_sources(), sections, symbols, include_dirs=[STUB_DIR],
+        img = _LINKED[key] = link(stub_sources(), dict(got[0]), dict(got[1]), include_dirs=[STUB_DIR],
                                   required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
     return img
 

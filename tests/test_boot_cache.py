@@ -227,3 +227,30 @@ def test_a_value_the_cache_does_not_know_is_refused():
         bootcache.built(second)
     for b in (first, second):
         b.mem.close()
+
+
+def test_the_register_file_is_what_it_was():
+    """RegFile's ids, slots and write-back set, made from module-level tables:
+    the arrays a per-instance construction made (the old one, here)."""
+    import ctypes
+
+    from unicorn import x86_const as X
+
+    from emu.hw.microcode import regs as R
+    from emu.hw.x86 import MSR_KERNEL_GS_BASE
+
+    rf = R.RegFile(ctypes.c_void_p(0))
+    ids = [getattr(X, f"UC_X86_REG_{n.upper()}") for n in R._GPRS + R._OTHERS]
+    ids += [X.UC_X86_REG_MSR, X.UC_X86_REG_MXCSR] + [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
+    n = len(ids)
+    base = ctypes.addressof(rf.buf)
+    keep = [i for i in range(n) if R.STATE_NAMES[i] != "cr3"]
+    assert rf.n.value == n and list(rf.ids) == ids and len(rf.buf) == 16 * n
+    assert list(rf.ptrs) == [base + 16 * i for i in range(n)]
+    assert rf.wn.value == len(keep) and list(rf.wids) == [ids[i] for i in keep]
+    assert list(rf.wptrs) == [base + 16 * i for i in keep]
+    assert rf.msr == R.IDX["kernel_gs_base"] and rf._rid.value == MSR_KERNEL_GS_BASE
+    assert rf.slot == {name: 2 * i + (1 if i == rf.msr else 0) for i, name in enumerate(R.STATE_NAMES)}
+    assert ctypes.addressof(rf.q) == base and len(rf.q) == 2 * n and len(rf.mv) == 2 * n
+    other = R.RegFile(ctypes.c_void_p(0))
+    assert ctypes.addressof(other.buf) != base and other.slot is not rf.slot

@@ -89,7 +89,7 @@ def machine_state(m: Machine) -> dict:
                                          for a, fns in cpu._block_starts.items()),
                   "code": sorted((a, len(fns)) for a, (h, fns) in cpu._at_addr.items()),
                   "cr3_sites": repr(sorted(cpu.cr3_sites.items())),
-                  "hlt_sites": sorted(cpu.hlt_sites), "rip_synced": sorted(cpu._rip_synced),
+                  "hlt_sites": sorted(cpu.hlt_sites), "rip_sync": sorted((a, h is None) for a, h in cpu._rip_sync.items()),
                   "ports": sorted(cpu.ports)},
     }
     if m.tlb is not None:

@@ -75,12 +75,14 @@ def link_kernel(lay: Layout) -> Image:
     has its own caches, in memory and on disk, keyed by the sources
     (docs/assembler.md)."""
     stats = []
-    for name in sorted(os.listdir(STUB_DIR)):
-        try:
-            st = os.stat(os.path.join(STUB_DIR, name))
-        except OSError:
-            continue
-        stats.append((name, st.st_mtime_ns, st.st_size))
+    with os.scandir(STUB_DIR) as entries:          # one listing, one stat per file (as os.stat: links followed)
+        for e in entries:
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            stats.append((e.name, st.st_mtime_ns, st.st_size))
+    stats.sort()                                   # by name (names are unique)
     got = _LAYOUT_KEYS.get(lay)
     if got is None:
         sections, symbols = kernel_layout(lay), abi.asm_symbols(lay)

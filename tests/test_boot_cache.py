@@ -254,3 +254,24 @@ def test_the_register_file_is_what_it_was():
     assert ctypes.addressof(rf.q) == base and len(rf.q) == 2 * n and len(rf.mv) == 2 * n
     other = R.RegFile(ctypes.c_void_p(0))
     assert ctypes.addressof(other.buf) != base and other.slot is not rf.slot
+
+
+@pytest.mark.parametrize("name", ["default", "unmapped=reserved"])
+def test_pages_found_through_pagemap_are_every_non_zero_page(name, monkeypatch):
+    """The recording reads only the frames the host backed (/proc/self/pagemap):
+    the same pages as reading every allocated frame, and as a scan of all RAM."""
+    kb = KernelBuilder(MachineConfig(**CONFIGS[name]))
+    kb._build()
+    got = bootcache._Built(kb).pages
+    buf, zero = kb.mem.buf, bytes(4096)
+    every = [pa for pa in range(0, kb.mem.size, 4096) if buf[pa:pa + 4096] != zero]
+    assert [pa for start, data in got for pa in range(start, start + len(data), 4096)] == every
+    monkeypatch.setattr(bootcache, "_touched", lambda mem, lo, hi: range(lo, hi))
+    assert bootcache._Built(kb).pages == got
+    kb.mem.close()
+
+
+def test_runs_of_marks():
+    for marks, want in ((b"", []), (b"\x00", []), (b"\x01", [(5, 6)]), (b"\x01\x01\x00\x01", [(5, 7), (8, 9)]),
+                        (b"\x00\x01\x01\x01", [(6, 9)])):
+        assert bootcache._runs(marks, 5) == want

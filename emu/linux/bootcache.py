@@ -22,7 +22,6 @@ allocator, the kernel's state and the CPU's registers.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from emu.hw.paging import PageTable, PagingMode, Policy
 from emu.hw.phys import PAGE_SIZE, PhysMem
@@ -34,9 +33,12 @@ MAX_KEPT = 32
 
 _seen: set = set()             # keys built once in this process
 _kept: dict = {}               # key -> _Built
-_NONZERO_RUN = re.compile(rb"[^\x00]+")
+_NONZERO = bytes([0] + [1] * 255)
 _ZERO_PAGE = bytes(PAGE_SIZE)
+#: a /proc/self/pagemap entry's top byte: page present (bit 63) or swapped (bit 62)
+_IN_USE = bytes(int(b & 0xC0 != 0) for b in range(256))
 #: values kept as they are: immutable (frozen dataclasses, enums, ints, strings)
+_SCALARS = frozenset({int, str, bool, type(None)})
 _IMMUTABLE = (int, str, bytes, bool, float, type(None), frozenset, PagingMode, Policy, Layout, MachineConfig)
 
 
@@ -71,6 +73,37 @@ def built(kb) -> None:
     _kept[key] = _Built(kb)
 
 
+def _touched(mem, lo: int, hi: int):
+    """The frames of [lo, hi) the host ever backed: present or swapped out in
+    /proc/self/pagemap (Documentation/admin-guide/mm/pagemap.rst).  A page of
+    the private anonymous RAM that was never touched is neither and reads as
+    zeros; reading it here would fault it in (most of the reserved kernel
+    image is such pages).  Without pagemap: every frame."""
+    first = mem.host_address // PAGE_SIZE + lo
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            f.seek(first * 8)
+            entries = f.read((hi - lo) * 8)
+    except OSError:
+        return range(lo, hi)
+    if len(entries) != (hi - lo) * 8:
+        return range(lo, hi)
+    return [pfn for a, b in _runs(entries[7::8].translate(_IN_USE), lo) for pfn in range(a, b)]
+
+
+def _runs(marks: bytes, offset: int = 0) -> list[tuple[int, int]]:
+    """[a, b) (plus ``offset``) of each run of 1 bytes in ``marks`` (0 and 1 bytes only): memchr, not Python per byte."""
+    out = []
+    a = marks.find(1)
+    while a >= 0:
+        b = marks.find(0, a)
+        if b < 0:
+            b = len(marks)
+        out.append((offset + a, offset + b))
+        a = marks.find(1, b)
+    return out
+
+
 # -- values ---------------------------------------------------------------------------------------
 def _immutable(v) -> bool:
     return isinstance(v, _IMMUTABLE) or (isinstance(v, tuple) and all(_immutable(x) for x in v))
@@ -80,12 +113,13 @@ def _freeze(v, where: str):
     """A recorded value: ('v', immutable) or ('c', container type, a private copy)."""
     if _immutable(v):
         return ("v", v)
-    if isinstance(v, (bytearray, list, set, dict)):
-        items = v.items() if isinstance(v, dict) else ((None, x) for x in v)
-        for a, b in items:
-            if not _immutable(a) or not _immutable(b):
-                raise AssertionError(f"boot cache: {where} holds a {type(b).__name__}: teach emu/linux/bootcache.py")
-        return ("c", type(v), bytes(v) if isinstance(v, bytearray) else type(v)(v))
+    if isinstance(v, bytearray):
+        return ("c", bytearray, bytes(v))
+    if isinstance(v, (list, set, dict)):
+        for x in (*v.keys(), *v.values()) if isinstance(v, dict) else v:
+            if type(x) not in _SCALARS and not _immutable(x):
+                raise AssertionError(f"boot cache: {where} holds a {type(x).__name__}: teach emu/linux/bootcache.py")
+        return ("c", type(v), type(v)(v))
     raise AssertionError(f"boot cache: {where} is a {type(v).__name__}: teach emu/linux/bootcache.py")
 
 
@@ -104,8 +138,8 @@ class _Built:
         # RAM: only frames the build allocated or reserved can hold what it wrote
         # (tests/test_boot_cache.py compares all of RAM)
         frames, buf, pages = mem.frames, mem.buf, []
-        for m in _NONZERO_RUN.finditer(frames.kind):
-            for pfn in range(m.start(), m.end()):
+        for lo, hi in _runs(frames.kind.translate(_NONZERO)):      # frames of any kind but FREE
+            for pfn in _touched(mem, lo, hi):
                 pa = pfn * PAGE_SIZE
                 data = buf[pa:pa + PAGE_SIZE]
                 if data == _ZERO_PAGE:

@@ -275,3 +275,14 @@ def test_runs_of_marks():
     for marks, want in ((b"", []), (b"\x00", []), (b"\x01", [(5, 6)]), (b"\x01\x01\x00\x01", [(5, 7), (8, 9)]),
                         (b"\x00\x01\x01\x01", [(6, 9)])):
         assert bootcache._runs(marks, 5) == want
+
+
+def test_a_large_guest_is_not_kept(monkeypatch):
+    monkeypatch.setattr(bootcache, "MAX_RAM_KEPT", 128 << 20)
+    cfg = MachineConfig(ram=256 << 20, pcid=False, smep=False)
+    bootcache.clear()
+    for _ in range(3):
+        kb = KernelBuilder(cfg)
+        kb.build()
+        kb.mem.close()
+    assert not bootcache._kept

@@ -31,6 +31,10 @@ from emu.linux.layout import Layout
 #: configurations kept at once (the asm suite uses a few dozen; each is ~0.2 MB)
 MAX_KEPT = 32
 
+#: larger guests are not kept: their allocator's tables (a byte per frame, twice)
+#: would be copied at every boot, and kept (256 MiB each for 1 TiB)
+MAX_RAM_KEPT = 64 << 30
+
 _seen: set = set()             # keys built once in this process
 _kept: dict = {}               # key -> _Built
 _NONZERO = bytes([0] + [1] * 255)
@@ -65,7 +69,7 @@ def built(kb) -> None:
     """``kb`` has just built its kernel: record it if this is the second
     build of its configuration in this process."""
     key = _key(kb)
-    if key not in _seen:
+    if key not in _seen or kb.cfg.ram > MAX_RAM_KEPT:
         _seen.add(key)
         return
     if len(_kept) >= MAX_KEPT:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from emu.hw.microcode.cr3 import Cr3Sites
-from emu.linux.machine import Machine, MachineConfig, returns_to_user
+from emu.linux.machine import Machine, MachineConfig
+from emu.linux.tlbcheck import returns_to_user
 from emu.tools.asmtest import runner as asm_runner
 from emu.tools.asmtest.command import discover
 from emu.tools.matrix import run_matrix

@@ -26,7 +26,7 @@ from emu.errors import AllocError, ConfigError, GuestError
 from emu.linux.config import MachineConfig
 from emu.linux.kernel import KernelBuilder, Process
 from emu.linux.asicheck import AsiCheck
-from emu.linux.tlbcheck import TlbCheck
+from emu.linux.tlbcheck import TlbCheck, returns_to_user
 from emu.linux.unmapped import UnmappedFlushes
 from emu.linux.vcpu import VcpuDevice
 from emu.hw.cpu import CpuConfig
@@ -580,29 +580,3 @@ def describe_fault(ev: Event) -> str:
     if ev.error_code is not None:
         return f"{vector_name(ev.vector)}({ev.error_code:#x})"
     return vector_name(ev.vector)
-
-
-#: what may run between a CR3 write and the return to user mode for the
-#: write to count as one that returns (no branch, no CR3 read, no port I/O)
-_TO_USER_STRAIGHT = {"nop", "pop", "push", "mov", "swapgs"}
-_TO_USER_RETURNS = {"sysretq", "sysret", "iretq"}
-
-
-def returns_to_user(img: Image) -> set[int]:
-    """The CR3 writes (their addresses) after which straight-line code
-    reaches SYSRET or IRET, moving nothing from a control register: PTI's
-    switch to the user CR3 (``SWITCH_TO_USER_CR3_STACK``).  The CPU may keep
-    NOFLUSH in Unicorn's CR3 until the next kernel entry after those
-    (emu/hw/microcode/cr3.py)."""
-    at = {ins.addr: ins for ins in img.insns}
-    out = set()
-    for s in img.sites_of("cr3_write"):
-        a = s.addr + s.size
-        while (ins := at.get(a)) is not None:
-            if ins.mnemonic in _TO_USER_RETURNS:
-                out.add(s.addr)
-                break
-            if ins.mnemonic not in _TO_USER_STRAIGHT or "cr" in ins.op_str:
-                break
-            a += ins.size
-    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import asdict, dataclass, field
 
+from emu.asm import Image
 from emu.errors import GuestError
 from emu.hw.cpu import REG_IDS, RegBatch
 from emu.hw.paging import ADDR_MASK, PAGE_SIZE, ControlState, P, A, D, WalkCache, mode_for, translate
@@ -121,9 +122,9 @@ class TlbCheck:
         self._ctl = ControlState(la57=cfg.la57, smap=False)
         m.hook_site("pgtable_write", self._on_entry_write)
         if cfg.pti and self.user_return_at_cr3:
-            # the switch to the user CR3 is the return (machine.returns_to_user)
+            # the switch to the user CR3 is the return (returns_to_user)
             if not m.user_return_cr3_sites:
-                raise GuestError("PTI: no CR3 write of the stub returns to user mode (machine.returns_to_user)")
+                raise GuestError("PTI: no CR3 write of the stub returns to user mode (returns_to_user)")
             cpu.user_return_observers.append(self.model.user_return)
         else:
             # without PTI the hook is the return (the model's own function: one call)
@@ -258,3 +259,29 @@ class TlbCheck:
         for k, v in self.extra.items():
             s[f"finding_{k}"] = s.get(f"finding_{k}", 0) + v
         return s
+
+
+#: what may run between a CR3 write and the return to user mode for the
+#: write to count as one that returns (no branch, no CR3 read, no port I/O)
+_TO_USER_STRAIGHT = {"nop", "pop", "push", "mov", "swapgs"}
+_TO_USER_RETURNS = {"sysretq", "sysret", "iretq"}
+
+
+def returns_to_user(img: Image) -> set[int]:
+    """The CR3 writes (their addresses) after which straight-line code
+    reaches SYSRET or IRET, moving nothing from a control register: PTI's
+    switch to the user CR3 (``SWITCH_TO_USER_CR3_STACK``).  The CPU may keep
+    NOFLUSH in Unicorn's CR3 until the next kernel entry after those
+    (emu/hw/microcode/cr3.py)."""
+    at = {ins.addr: ins for ins in img.insns}
+    out = set()
+    for s in img.sites_of("cr3_write"):
+        a = s.addr + s.size
+        while (ins := at.get(a)) is not None:
+            if ins.mnemonic in _TO_USER_RETURNS:
+                out.add(s.addr)
+                break
+            if ins.mnemonic not in _TO_USER_STRAIGHT or "cr" in ins.op_str:
+                break
+            a += ins.size
+    return out

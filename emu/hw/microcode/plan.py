@@ -19,6 +19,7 @@ import ctypes
 import struct
 
 from emu.hw.cpu import error_code_offset, exception_is_int_offset
+from emu.hw.microcode.lazyflags import ARITH_DF, DF
 from emu.hw.paging import PF_I, PF_U, PF_W, READ, VEC_PF, WRITE, control_state_of
 from emu.hw.x86 import ERROR_CODE_VECTORS
 
@@ -49,36 +50,44 @@ class FaultEntry:
         self.ec = error_code_offset() // 4
         self.is_int = exception_is_int_offset() // 4
         self.cross: dict = {}        # the walker's agreeing #PF walks: key -> entries it read
-        self._run = self._make()
+        self.run = self._make()     # run(vector) -> bool: called by the interrupt hook
 
     def __call__(self, vector: int) -> bool:
-        return self._run(vector)
+        return self.run(vector)
 
     def _make(self):
         """The fast entry as one closure (constants as locals: it runs at
-        every fault)."""
+        every fault).  It works on the entry's fast buffer: the live CPU
+        state, or a context saved here and restored by the patch
+        (transition.py, ``KernelEntry._setup_fast``)."""
         s, e = self.sys, self.e
-        q, d, i = e.view()
-        L = e.L
+        _, q, d, i = e.view()
         words, buf, plans, cross = self.words, self.buf, self.plans, self.cross
         is_int, ec_at = self.is_int, self.ec
         i_cr3, i_rip, i_rsp, i_cs, i_ss, i_cr0, i_cr4, i_cr2 = i.cr3, i.rip, i.rsp, i.cs, i.ss, i.cr0, i.cr4, i.cr2
+        i_ef, i_op, i_dst, i_src, i_src2, i_df = i.eflags, i.cc_op, i.cc_dst, i.cc_src, i.cc_src2, i.df
         s_cr0, s_cr4 = e.snapshot_cr0_cr4()
-        save, read_rflags = e.save, e.read_rflags
+        save, read_rflags, live = e.save, e.read_rflags, e.live
+        compute = {op: fn for op, fn in enumerate(e.compute) if fn is not None}.get
+        not_arith = ~ARITH_DF & _M64
         unpack_q, pack5, pack6 = _Q.unpack_from, struct.Struct("<5Q").pack_into, struct.Struct("<6Q").pack_into
         build = self._build
         rest = e.entry_patcher()
         with_ec = frozenset(ERROR_CODE_VECTORS)
-        old = L.old_exception // 4
 
         def run(vector: int) -> bool:
             if s._want_events or s.tlb_lazy:
                 return False
-            save()
+            if not live:
+                save()
             cr0, cr4 = q[i_cr0], q[i_cr4]
             if d[is_int] or cr0 != s_cr0 or cr4 != s_cr4:
                 return False
-            f = read_rflags()
+            fn = compute(d[i_op])
+            if fn is None:
+                f = read_rflags()
+            else:
+                f = ((q[i_ef] & not_arith) | fn(q[i_dst], q[i_src], q[i_src2]) | (d[i_df] & DF)) & 0xFFFFFFFF
             cr3, rip, rsp = q[i_cr3], q[i_rip], q[i_rsp]
             cs, ss = d[i_cs] & 0xFFFF, d[i_ss] & 0xFFFF
             cpl = cs & 3
@@ -135,7 +144,7 @@ class FaultEntry:
             nf = f & _CLEAR
             if not plan.trap:
                 nf &= ~_IF
-            rest(plan.handler, new_rsp, nf, plan.selector, plan.new_cpl if plan.new_cpl != cpl else ss, old)
+            rest(plan.handler, new_rsp, nf, plan.selector, plan.new_cpl if plan.new_cpl != cpl else ss)
             s._last_block_start = None
             return True
         return run

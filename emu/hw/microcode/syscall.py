@@ -65,15 +65,28 @@ class SyscallStep:
         return ctypes.c_uint64.from_address(ctx.value + context_offset(X.UC_X86_REG_CR3))
 
     # -- SYSCALL (SDM: SYSCALL—Fast System Call) ------------------------------------------------
-    def _on_syscall(self, uch, ud):
-        fast = self._fast_syscall
-        if fast is not None and not self._want_events and not self.tlb_lazy:
-            if self.entry.requested == "check":
-                return self.entry.compare_fast("syscall", fast, self._syscall_general, 0)
-            if fast():
-                self._last_block_start = None
-                return
-        self._syscall_general()
+    def _syscall_hook(self):
+        """The SYSCALL hook: Unicorn's callback calls this closure, which
+        calls the fast entry (``_fast_syscall``, transition.py) when there
+        is one and nothing needs the general path; the guard is part of it
+        (one Python frame fewer at every SYSCALL).  Python exceptions cannot
+        cross a ctypes callback: the first one is kept and the CPU stopped
+        (``_hook_failed``)."""
+        me = self
+        failed = self._hook_failed
+
+        def hook(uch, ud):
+            try:
+                fast = me._fast_syscall
+                if fast is not None and not me._want_events and not me.tlb_lazy:
+                    if me.entry.requested == "check":
+                        return me.entry.compare_fast("syscall", fast, me._syscall_general, 0)
+                    if fast():
+                        return
+                me._syscall_general()
+            except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                failed(e)
+        return hook
 
     def _syscall_general(self) -> None:
         try:

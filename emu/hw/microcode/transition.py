@@ -47,13 +47,18 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.errors import GuestError
-from emu.hw.cpu import C, MODELS, context_offset, old_exception_offset
+from emu.hw.cpu import C, MODELS, context_offset, live_state_address, old_exception_offset
+from emu.hw.microcode import lazyflags
 from emu.hw.microcode.regs import (IDX, STATE_NAMES, V_CR0, V_CR2, V_CR3, V_CR4, V_CS, V_R11, V_RCX, V_RFLAGS,
                                    V_RIP, V_RSP, V_SS)
 from emu.hw.x86 import MSR_EFER, MSR_KERNEL_GS_BASE
 
 VARIANTS = ("inplace", "api", "slow", "check")
 ENV = "ISOEMU_TRANSITION"
+# the fast entries' two shortcuts, each on unless named here (comma-separated):
+# "live" (patch the live CPU state, not a saved copy), "flags" (RFLAGS from
+# the lazy-flag fields, not through the API); for comparison and the tests
+ENV_OFF = "ISOEMU_ENTRY_OFF"
 _SEG = 24                 # sizeof(SegmentCache): selector, base, limit, flags
 _CC_FLAGS = 0x8D5         # OF SF ZF AF PF CF: QEMU keeps them in cc_src
 _DF = 0x400
@@ -92,6 +97,8 @@ class Layout:
         self.ss = self.segs + 2 * _SEG
         self.cr2 = cr2
         self.old_exception = old_exception
+        self.cc_dst = rip + 16
+        self.cc_src2 = rip + 32
         self.cc_op_eflags: int | None = None     # QEMU's CC_OP_EFLAGS, read at verification
 
 
@@ -319,7 +326,7 @@ class KernelEntry:
         class Ix:
             pass
         i = self._ix = Ix()
-        for name in ("rip", "eflags", "cc_src", "cr2"):
+        for name in ("rip", "eflags", "cc_dst", "cc_src", "cc_src2", "cr2"):
             setattr(i, name, getattr(L, name) // 8)
         i.cr0, i.cr3, i.cr4 = (L.cr2 - 16) // 8, (L.cr2 + 8) // 8, (L.cr2 + 16) // 8
         for name in ("rsp", "rcx", "r11"):
@@ -332,58 +339,93 @@ class KernelEntry:
         self._rf_id = ctypes.c_int(X.UC_X86_REG_RFLAGS)
         self._rf_ptr = ctypes.c_void_p(ctypes.addressof(regs.buf) + 16 * IDX["rflags"])
         self._patch_restore = self._make_patch()
-        self.syscall = None
+        self._setup_fast()
 
-    # -- the pieces of a fast entry (plan.py) ----------------------------------------------
+    # -- the pieces of a fast entry (the SYSCALL closure, plan.py) -------------------------
+    def _setup_fast(self) -> None:
+        """The buffer the fast entries work on: the live CPU state where
+        :func:`emu.hw.cpu.live_state_address` found and checked it (no save,
+        no restore: the patch is the entry), else the scratch context
+        (saved, patched, restored).  And how they get RFLAGS: computed from
+        the lazy-flag fields for every ``cc_op`` :func:`lazyflags.verified`
+        kept, else through the API."""
+        off = {w.strip() for w in os.environ.get(ENV_OFF, "").split(",") if w.strip()}
+        unknown = off - {"live", "flags"}
+        if unknown:
+            raise GuestError(f"{ENV_OFF}={','.join(sorted(off))}: expected 'live' and/or 'flags'")
+        live = None if "live" in off else live_state_address(self.cpu)
+        self.live = live is not None
+        at = live if live is not None else self._ptr.value
+        raw = (ctypes.c_char * self._size).from_address(at)
+        self._fb = memoryview(raw).cast("B")
+        self._fq = self._fb[:self._size // 8 * 8].cast("Q")
+        self._fd = self._fb[:self._size // 4 * 4].cast("I")
+        self.compute = (None,) * lazyflags.CC_OP_NB if "flags" in off else lazyflags.verified(self.L)
+
     def view(self):
-        """(64-bit view, 32-bit view, field indices) of the save buffer."""
-        return self._qq, self._dd, self._ix
+        """(byte, 64-bit and 32-bit views, field indices) of the fast
+        entries' buffer (see :meth:`_setup_fast`)."""
+        return self._fb, self._fq, self._fd, self._ix
 
     def save(self) -> None:
-        C.context_save(self.cpu.hv, self._ptr)
-
-    def snapshot_controls(self) -> bool:
-        """Are CR0 and CR4 in the save buffer the snapshot's (whose hflags
-        mirror their bits)?"""
-        q, i = self._qq, self._ix
-        return q[i.cr0] == self._s_cr0 and q[i.cr4] == self._s_cr4
+        """Make the fast entries' buffer current (nothing to do when it is the
+        live state)."""
+        if not self.live:
+            C.context_save(self.cpu.hv, self._ptr)
 
     def read_rflags(self) -> int:
         C.reg_read(self.cpu.hv, self._rf_id, self._rf_ptr)
         return self._regs.mv[V_RFLAGS]
 
+    def rflags_now(self) -> int:
+        """RFLAGS as the API reads it, from the fast buffer (current: after
+        :meth:`save`) -- the code the fast entries inline."""
+        q, d, i = self._fq, self._fd, self._ix
+        op = d[i.cc_op]
+        fn = self.compute[op] if op < len(self.compute) else None
+        if fn is None:
+            return self.read_rflags()
+        return ((q[i.eflags] & ~lazyflags.ARITH_DF) | fn(q[i.cc_dst], q[i.cc_src], q[i.cc_src2])
+                | (d[i.df] & _DF)) & 0xFFFFFFFF
+
     def snapshot_cr0_cr4(self) -> tuple[int, int]:
         return self._s_cr0, self._s_cr4
 
     def entry_patcher(self):
-        """fn(rip, rsp, rflags, cs, ss, _) patching the saved buffer into a
-        CPL-0 entry and restoring it (the buffer holds the state at the
-        fault, CR0/CR4 the snapshot's: plan.py checked)."""
+        """fn(rip, rsp, rflags, cs, ss) patching the fast buffer into a CPL-0
+        entry (and restoring it unless it is the live state); the buffer
+        holds the state at the fault, CR0/CR4 the snapshot's: plan.py
+        checked."""
         L = self.L
-        b, q, d = self._bb, self._qq, self._dd
+        b, q, d = self._fb, self._fq, self._fd
         s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
         flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + _SEG]
         cs_rest, ss_rest = s[L.cs + 4:L.cs + _SEG], s[L.ss + 4:L.ss + _SEG]
         pack = struct.Struct(f"<QQQQQIi8s{_SEG}sI{_SEG - 4}sI{_SEG - 4}s").pack_into
         head, cc_op, s_old, i_rsp = L.rip, L.cc_op_eflags, self._s_old, self._ix.rsp
-        restore, hv, ptr = C.context_restore, self.cpu.hv, self._ptr
+        old = L.old_exception // 4
+        restore, hv, ptr, live = C.context_restore, self.cpu.hv, self._ptr, self.live
         me = self
 
-        def patch(rip: int, rsp: int, f: int, cs: int, ss: int, old: int) -> None:
+        def patch(rip: int, rsp: int, f: int, cs: int, ss: int) -> None:
             pack(b, head, rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, flags8, es,
                  cs & 0xFFFF, cs_rest, ss & 0xFFFF, ss_rest)
             q[i_rsp] = rsp
             d[old] = s_old
-            restore(hv, ptr)
+            if not live:
+                restore(hv, ptr)
             me.entries += 1
         return patch
 
     def make_syscall(self, lstar: int, fmask: int, star: int):
-        """SYSCALL in one function (SDM Vol. 2B, SYSCALL): save, RFLAGS read
-        through the API, RCX/R11/RFLAGS/RIP/CS/SS patched, restore.  For the
-        cheap case only (no events, no lazy TLB mode, verified in place)."""
+        """SYSCALL in one function (SDM Vol. 2B, SYSCALL): RFLAGS (computed
+        or read), RCX/R11/RFLAGS/RIP/CS/SS, the CPL and the exception in
+        flight patched into the fast buffer (:meth:`_setup_fast`).  For the
+        cheap case only (no events, no lazy TLB mode, verified in place);
+        returns False, having changed nothing, when CR0/CR4 are not the
+        snapshot's."""
         L, i = self.L, self._ix
-        b, q, d = self._bb, self._qq, self._dd
+        b, q, d = self._fb, self._fq, self._fd
         s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
         cs, ss = (star >> 32) & 0xFFFC, ((star >> 32) & 0xFFFC) + 8
         tail = (s[L.hflags:L.hflags + 8] + s[L.segs:L.segs + _SEG] + cs.to_bytes(4, "little")
@@ -392,27 +434,37 @@ class KernelEntry:
         head, entry_rip = L.rip, (lstar - 2) & _M64     # Unicorn adds 2 after the hook
         cc_op, s_old, old = L.cc_op_eflags, self._s_old, L.old_exception // 4
         i_rip, i_rcx, i_r11, i_cr0, i_cr4 = i.rip, i.rcx, i.r11, i.cr0, i.cr4
+        i_ef, i_op, i_dst, i_src, i_src2, i_df = i.eflags, i.cc_op, i.cc_dst, i.cc_src, i.cc_src2, i.df
         s_cr0, s_cr4 = self._s_cr0, self._s_cr4
         save, restore, read = C.context_save, C.context_restore, C.reg_read
-        hv, ptr, rf_id, rf_ptr = self.cpu.hv, self._ptr, self._rf_id, self._rf_ptr
+        hv, ptr, rf_id, rf_ptr, live = self.cpu.hv, self._ptr, self._rf_id, self._rf_ptr, self.live
         mv = self._regs.mv
         keep = ~fmask & _M64
+        compute = {op: fn for op, fn in enumerate(self.compute) if fn is not None}.get
+        not_arith = ~lazyflags.ARITH_DF & _M64
+        cpu = self.cpu
         me = self
 
         def syscall() -> bool:
-            """False (nothing done) when CR0/CR4 are not the snapshot's."""
-            save(hv, ptr)
+            if not live:
+                save(hv, ptr)
             if q[i_cr0] != s_cr0 or q[i_cr4] != s_cr4:
                 return False
-            read(hv, rf_id, rf_ptr)
-            f = mv[V_RFLAGS]
+            fn = compute(d[i_op])
+            if fn is None:
+                read(hv, rf_id, rf_ptr)
+                f = mv[V_RFLAGS]
+            else:
+                f = ((q[i_ef] & not_arith) | fn(q[i_dst], q[i_src], q[i_src2]) | (d[i_df] & _DF)) & 0xFFFFFFFF
             q[i_rcx] = (q[i_rip] + 2) & _M64
             q[i_r11] = f
             f = (f & keep) | 2
             pack(b, head, entry_rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, tail)
             d[old] = s_old
-            restore(hv, ptr)
+            if not live:
+                restore(hv, ptr)
             me.entries += 1
+            cpu._last_block_start = None
             return True
         return syscall
 

@@ -433,8 +433,7 @@ class KernelEntry:
         pack = struct.Struct(f"<QQQQQIi{len(tail)}s").pack_into
         head, entry_rip = L.rip, (lstar - 2) & _M64     # Unicorn adds 2 after the hook
         cc_op, s_old, old = L.cc_op_eflags, self._s_old, L.old_exception // 4
-        i_rip, i_rcx, i_r11, i_cr0, i_cr4 = i.rip, i.rcx, i.r11, i.cr0, i.cr4
-        i_ef, i_op, i_dst, i_src, i_src2, i_df = i.eflags, i.cc_op, i.cc_dst, i.cc_src, i.cc_src2, i.df
+        i_rcx, i_r11, i_cr0, i_cr4 = i.rcx, i.r11, i.cr0, i.cr4
         s_cr0, s_cr4 = self._s_cr0, self._s_cr4
         save, restore, read = C.context_save, C.context_restore, C.reg_read
         hv, ptr, rf_id, rf_ptr, live = self.cpu.hv, self._ptr, self._rf_id, self._rf_ptr, self.live
@@ -445,18 +444,21 @@ class KernelEntry:
         cpu = self.cpu
         me = self
 
+        head7 = struct.Struct("<QQQQQIi").unpack_from
+
         def syscall() -> bool:
             if not live:
                 save(hv, ptr)
             if q[i_cr0] != s_cr0 or q[i_cr4] != s_cr4:
                 return False
-            fn = compute(d[i_op])
+            rip, f, dst, src, src2, op, df = head7(b, head)
+            fn = compute(op)
             if fn is None:
                 read(hv, rf_id, rf_ptr)
                 f = mv[V_RFLAGS]
             else:
-                f = ((q[i_ef] & not_arith) | fn(q[i_dst], q[i_src], q[i_src2]) | (d[i_df] & _DF)) & 0xFFFFFFFF
-            q[i_rcx] = (q[i_rip] + 2) & _M64
+                f = ((f & not_arith) | fn(dst, src, src2) | (df & _DF)) & 0xFFFFFFFF
+            q[i_rcx] = (rip + 2) & _M64
             q[i_r11] = f
             f = (f & keep) | 2
             pack(b, head, entry_rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, tail)

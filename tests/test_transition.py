@@ -239,8 +239,9 @@ def test_flags_of_real_instructions_in_check_mode(monkeypatch):
 def test_check_mode_catches_a_wrong_flags_computation(monkeypatch, label, kind):
     """An error in the flags computation that the start-up check did not
     see (injected after it: CF inverted for every cc_op; the loops leave
-    CC_OP_EFLAGS, QEMU having computed the flags for the jnz) is caught by
-    check mode: in R11 at a SYSCALL, in the frame at a #PF."""
+    CC_OP_EFLAGS, QEMU having computed the flags for the jnz, and a table
+    not this module's own turns off its inline case) is caught by check
+    mode: in R11 at a SYSCALL, in the frame at a #PF."""
     monkeypatch.setenv(ENV, "check")
     real = lazyflags.verified
 

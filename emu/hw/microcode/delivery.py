@@ -39,7 +39,7 @@ class Delivery:
             try:
                 fast = me._fast_fault
                 if fast is not None:
-                    if me.entry.requested == "check":
+                    if me._entry_check:
                         return me.entry.compare_fast("delivery", lambda: fast.run(intno),
                                                      lambda: me._intr_general(intno),
                                                      48 if intno in ERROR_CODE_VECTORS else 40)

@@ -148,6 +148,14 @@ def _table() -> list:
 COMPUTE = tuple(_table())
 
 
+def inline_eflags(table) -> int:
+    """The cc_op the fast entries compute inline (CC_OP_EFLAGS: the flags
+    are ``cc_src``), or -1 when ``table`` does not hold this module's
+    function for it (not verified, or replaced by a test)."""
+    op = CC_OP["EFLAGS"]
+    return op if table[op] is COMPUTE[op] else -1
+
+
 def rflags(compute, eflags: int, cc_op: int, dst: int, src: int, src2: int, df: int) -> int | None:
     """``cpu_compute_eflags`` from the fields (``df`` as stored: 1 or -1 as
     an unsigned or signed 32-bit value); None if ``cc_op`` is not handled

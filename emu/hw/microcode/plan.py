@@ -19,7 +19,7 @@ import struct
 from operator import itemgetter
 
 from emu.hw.cpu import error_code_offset, exception_is_int_offset
-from emu.hw.microcode.lazyflags import ARITH_DF, DF
+from emu.hw.microcode.lazyflags import ARITH_DF, DF, inline_eflags
 from emu.hw.paging import PF_I, PF_U, PF_W, READ, VEC_PF, WRITE, control_state_of
 from emu.hw.x86 import ERROR_CODE_VECTORS
 
@@ -87,6 +87,7 @@ class FaultEntry:
         pke = ctls[0].pke
         save, read_rflags, live = e.save, e.read_rflags, e.live
         compute = {op: fn for op, fn in enumerate(e.compute) if fn is not None}.get
+        eflags_op = inline_eflags(e.compute)
         not_arith = ~ARITH_DF & _M64
         unpack_q, pack5, pack6 = _Q.unpack_from, struct.Struct("<5Q").pack_into, struct.Struct("<6Q").pack_into
         build = self._build
@@ -101,11 +102,14 @@ class FaultEntry:
             if d[is_int] or q[i_cr0] != s_cr0 or q[i_cr4] != s_cr4:
                 return False
             rip, f, dst, src, src2, op, df = head7(b, head)
-            fn = compute(op)
-            if fn is None:
-                f = read_rflags()
+            if op == eflags_op:             # the usual case: QEMU computed the flags before the fault
+                f = ((f & not_arith) | src | (df & DF)) & 0xFFFFFFFF
             else:
-                f = ((f & not_arith) | fn(dst, src, src2) | (df & DF)) & 0xFFFFFFFF
+                fn = compute(op)
+                if fn is None:
+                    f = read_rflags()
+                else:
+                    f = ((f & not_arith) | fn(dst, src, src2) | (df & DF)) & 0xFFFFFFFF
             cr3, rsp = q[i_cr3], q[i_rsp]
             cs, ss = d[i_cs] & 0xFFFF, d[i_ss] & 0xFFFF
             cpl = cs & 3

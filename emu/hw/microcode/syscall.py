@@ -56,6 +56,7 @@ class SyscallStep:
         self.snapshot_regs = {"cr0": self.reg("cr0"), "cr4": self.reg("cr4"),
                               "kernel_gs_base": self.msr(MSR_KERNEL_GS_BASE)}
         self.entry = KernelEntry(self, self.transition_variant)
+        self._entry_check = self.entry.requested == "check"     # the hooks compare every fast entry
         self._fast_syscall = None       # made after the first SYSCALL verified the in-place entry
         self._fast_fault = None         # plan.py, after the first delivery verified it
         self.set_reg("rip", rip)
@@ -79,7 +80,7 @@ class SyscallStep:
             try:
                 fast = me._fast_syscall
                 if fast is not None and not me._want_events and not me.tlb_lazy:
-                    if me.entry.requested == "check":
+                    if me._entry_check:
                         return me.entry.compare_fast("syscall", fast, me._syscall_general, 0)
                     if fast():
                         return

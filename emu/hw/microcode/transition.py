@@ -440,6 +440,7 @@ class KernelEntry:
         mv = self._regs.mv
         keep = ~fmask & _M64
         compute = {op: fn for op, fn in enumerate(self.compute) if fn is not None}.get
+        eflags_op = lazyflags.inline_eflags(self.compute)
         not_arith = ~lazyflags.ARITH_DF & _M64
         cpu = self.cpu
         me = self
@@ -452,12 +453,15 @@ class KernelEntry:
             if q[i_cr0] != s_cr0 or q[i_cr4] != s_cr4:
                 return False
             rip, f, dst, src, src2, op, df = head7(b, head)
-            fn = compute(op)
-            if fn is None:
-                read(hv, rf_id, rf_ptr)
-                f = mv[V_RFLAGS]
+            if op == eflags_op:             # the usual case: QEMU computed the flags for a jcc
+                f = ((f & not_arith) | src | (df & _DF)) & 0xFFFFFFFF
             else:
-                f = ((f & not_arith) | fn(dst, src, src2) | (df & _DF)) & 0xFFFFFFFF
+                fn = compute(op)
+                if fn is None:
+                    read(hv, rf_id, rf_ptr)
+                    f = mv[V_RFLAGS]
+                else:
+                    f = ((f & not_arith) | fn(dst, src, src2) | (df & _DF)) & 0xFFFFFFFF
             q[i_rcx] = (rip + 2) & _M64
             q[i_r11] = f
             f = (f & keep) | 2

@@ -10,8 +10,8 @@ import pytest
 
 from emu.cli.main import main
 from emu.dev.bare import bare_system, loop_system, run_loop
-from emu.hw.cpu import _check_live, live_state_address
 from emu.hw.microcode import lazyflags
+from emu.hw.microcode.context import check_live, live_state_address
 from emu.hw.microcode.plan import FaultEntry
 from emu.hw.microcode.transition import ENV, ENV_OFF, KernelEntry, TransitionMismatch, layout
 from emu.hw.paging import Fault
@@ -261,8 +261,8 @@ def test_live_state_found_and_checked():
     base = live_state_address(cpu)
     assert base is not None and cpu.entry.live
     size = len(cpu.entry._fb)
-    assert not _check_live(cpu, base + 8, 40, size)
-    assert _check_live(cpu, base, 40, size)
+    assert not check_live(cpu, base + 8, 40, size)
+    assert check_live(cpu, base, 40, size)
 
 
 def test_unknown_variant_is_one_clear_error(monkeypatch):

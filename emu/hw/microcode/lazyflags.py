@@ -169,16 +169,16 @@ def rflags(compute, eflags: int, cc_op: int, dst: int, src: int, src2: int, df: 
 # --- verification against the API ------------------------------------------------------
 def _cases(rng: random.Random) -> list[tuple[int, int, int]]:
     """(cc_dst, cc_src, cc_src2) triples: the edges of every operand size
-    (0, 1, the sign bits and the values beside them, all ones), with and
-    without the high garbage a narrow operation leaves, and random values."""
-    edges = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
-             0x7FFFFFFFFFFFFFFF, 0x8000000000000000, _M64, 0x10, 0x0F]
-    out = [(d, s, s2) for d in edges for s in (0, 1, 0x80, 0x8000000000000000, _M64) for s2 in (0, 1)]
-    out += [(d, s, 0) for d in (0, 0x10, 0xEF) for s in edges]
-    for _ in range(64):
+    (0, 1, the sign bits and the values beside them, all ones: with the
+    high garbage a narrow operation leaves), each with four sources and a
+    carry in of 0 or 1, and random values."""
+    edges = [0, 1, 2, 0x0F, 0x10, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
+             0x7FFFFFFFFFFFFFFF, 0x8000000000000000, _M64]
+    out = [(d, s, (k + j) & 1) for k, d in enumerate(edges)
+           for j, s in enumerate((0, 1, 0x8000000000000000, _M64))]
+    for _ in range(16):
         out.append((rng.getrandbits(64), rng.getrandbits(64), rng.getrandbits(1)))
         out.append((rng.getrandbits(64), rng.getrandbits(64), rng.getrandbits(64)))
-        out.append((rng.getrandbits(8), rng.getrandbits(8), rng.getrandbits(1)))
     return out
 
 
@@ -188,7 +188,7 @@ _verified: list = []
 def verified(L) -> tuple:
     """:data:`COMPUTE` with the entries that disagree with QEMU's own
     computation (read through the API) replaced by None; computed once per
-    process.  ``L``: the verified :class:`emu.hw.microcode.transition.Layout`."""
+    process.  ``L``: the verified :class:`emu.hw.microcode.context.Layout`."""
     if not _verified:
         _verified.append(check_table(COMPUTE, L))
     return _verified[0]
@@ -211,7 +211,9 @@ def check_table(table, L, cases=None) -> tuple:
     hv, ptr = ctypes.c_void_p(uc._uch.value), ctypes.c_void_p(addr)
     buf = (ctypes.c_char * size).from_address(addr)
     out = ctypes.c_uint64()
+    outp = ctypes.byref(out)
     rid = ctypes.c_int(X.UC_X86_REG_RFLAGS)
+    restore, read = C.context_restore, C.reg_read
     pack = struct.Struct("<QQQQIi").pack_into
     rng = random.Random(14)
     cases = _cases(rng) if cases is None else cases
@@ -226,9 +228,9 @@ def check_table(table, L, cases=None) -> tuple:
             ef = eflags[k % len(eflags)]
             df = -1 if k & 1 else 1
             pack(buf, L.eflags, ef, dst, src, src2, op, df)
-            C.context_restore(hv, ptr)
-            C.reg_read(hv, rid, ctypes.byref(out))
-            if out.value != rflags(table, ef, op, dst, src, src2, df & _M32):
+            restore(hv, ptr)
+            read(hv, rid, outp)
+            if out.value != ((ef & ~ARITH_DF) | fn(dst, src, src2) | (df & DF)) & _M32:
                 keep[op] = None
                 break
     return tuple(keep)

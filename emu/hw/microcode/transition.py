@@ -41,14 +41,13 @@ import ctypes
 import os
 import struct
 
-from unicorn import Uc
-from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.errors import GuestError
-from emu.hw.cpu import C, MODELS, context_offset, live_state_address, old_exception_offset
+from emu.hw.cpu import C
 from emu.hw.microcode import lazyflags
+from emu.hw.microcode.context import CC_FLAGS, DF, SEG, layout, live_state_address
 from emu.hw.microcode.regs import (IDX, STATE_NAMES, V_CR0, V_CR2, V_CR3, V_CR4, V_CS, V_R11, V_RCX, V_RFLAGS,
                                    V_RIP, V_RSP, V_SS)
 from emu.hw.x86 import MSR_EFER, MSR_KERNEL_GS_BASE
@@ -59,9 +58,7 @@ ENV = "ISOEMU_TRANSITION"
 # "live" (patch the live CPU state, not a saved copy), "flags" (RFLAGS from
 # the lazy-flag fields, not through the API); for comparison and the tests
 ENV_OFF = "ISOEMU_ENTRY_OFF"
-_SEG = 24                 # sizeof(SegmentCache): selector, base, limit, flags
-_CC_FLAGS = 0x8D5         # OF SF ZF AF PF CF: QEMU keeps them in cc_src
-_DF = 0x400
+_SEG, _CC_FLAGS, _DF = SEG, CC_FLAGS, DF
 _M64 = 0xFFFFFFFFFFFFFFFF
 
 
@@ -74,115 +71,6 @@ def requested_variant() -> str:
     if v not in VARIANTS:
         raise GuestError(f"{ENV}={v!r}: expected one of {', '.join(VARIANTS)}")
     return v
-
-
-# --- the saved-context layout -----------------------------------------------------------
-class Layout:
-    """Offsets in a saved context of the fields an in-place entry patches
-    (QEMU's ``CPUX86State``, target/i386/cpu.h: regs[16], eip, eflags,
-    cc_dst, cc_src, cc_src2, cc_op, df, hflags, hflags2, segs[6], ..., cr[5])."""
-
-    def __init__(self, rax: int, rip: int, cr2: int, old_exception: int):
-        self.gpr = {n: rax + 8 * i for i, n in enumerate(
-            ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))}
-        self.rip = rip
-        self.eflags = rip + 8
-        self.cc_src = rip + 24
-        self.cc_op = rip + 40          # uint32
-        self.df = rip + 44             # int32: 1, or -1 with DF set
-        self.hflags = rip + 48         # uint32 hflags, uint32 hflags2
-        self.segs = rip + 56           # ES, CS, SS, DS, FS, GS
-        self.cs = self.segs + _SEG
-        self.ss = self.segs + 2 * _SEG
-        self.cr2 = cr2
-        self.old_exception = old_exception
-        self.cc_dst = rip + 16
-        self.cc_src2 = rip + 32
-        self.cc_op_eflags: int | None = None     # QEMU's CC_OP_EFLAGS, read at verification
-
-
-_layout: list = []
-
-
-def layout() -> Layout | None:
-    """The verified layout of this Unicorn build, found once per process; None
-    if any offset is not where QEMU's layout puts it or the API disagrees."""
-    if not _layout:
-        _layout.append(_find_layout())
-    return _layout[0]
-
-
-def _find_layout() -> Layout | None:
-    off = {n: context_offset(getattr(X, f"UC_X86_REG_{n.upper()}"))
-           for n in ("rax", "rcx", "rsp", "r11", "rip", "cr0", "cr2", "fs_base")}
-    old = old_exception_offset()
-    if None in off.values() or old is None:
-        return None
-    L = Layout(off["rax"], off["rip"], off["cr2"], old)
-    # the offsets found one by one must sit where the struct puts them
-    if (off["rip"] != off["rax"] + 128 or off["rcx"] != L.gpr["rcx"] or off["rsp"] != L.gpr["rsp"]
-            or off["r11"] != L.gpr["r11"] or off["cr0"] != L.segs + 10 * _SEG
-            or off["fs_base"] != L.segs + 4 * _SEG + 8):
-        return None
-    return L if _verify(L) else None
-
-
-def _verify(L: Layout) -> bool:
-    """Write registers through the API and read them in the saved context;
-    patch the context and read them back through the API after a restore."""
-    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, MODELS["skylake-server"])
-    size = uclib.uc_context_size(uc._uch)
-    ctx = uc.context_save()
-    addr = ctypes.cast(ctx.context, ctypes.c_void_p).value
-    hv = ctypes.c_void_p(uc._uch.value)
-    buf = (ctypes.c_char * size).from_address(addr)
-    q = memoryview(buf).cast("B")
-    u64 = lambda o: int.from_bytes(q[o:o + 8], "little")            # noqa: E731
-    u32 = lambda o: int.from_bytes(q[o:o + 4], "little")            # noqa: E731
-    regs = {"rip": (X.UC_X86_REG_RIP, L.rip), "cr2": (X.UC_X86_REG_CR2, L.cr2)}
-    regs.update({n: (getattr(X, f"UC_X86_REG_{n.upper()}"), o) for n, o in L.gpr.items()})
-    for i, (name, (rid, o)) in enumerate(regs.items()):
-        v = 0x0123_4567_89AB_C000 + 0x1111 * i
-        uc.reg_write(rid, v)
-        C.context_save(hv, ctypes.c_void_p(addr))
-        if u64(o) != v:
-            return False
-        q[o:o + 8] = (v ^ 0x5A5A00).to_bytes(8, "little")
-        C.context_restore(hv, ctypes.c_void_p(addr))
-        if uc.reg_read(rid) != v ^ 0x5A5A00:
-            return False
-    # RFLAGS: QEMU keeps the arithmetic flags in cc_src and DF in df; the
-    # patch must leave the fields exactly as the API's write does
-    for v in (0x2, 0x246, 0xAD7, 0x602, 0x40283, 0x10002):
-        uc.reg_write(X.UC_X86_REG_RFLAGS, v)
-        C.context_save(hv, ctypes.c_void_p(addr))
-        want = bytes(q[L.eflags:L.hflags])
-        if L.cc_op_eflags is None:
-            L.cc_op_eflags = u32(L.cc_op)
-        uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2 if v != 0x2 else 0x8D7)
-        uc.reg_write(X.UC_X86_REG_RAX, v)
-        uc.reg_write(X.UC_X86_REG_RAX, 0)
-        C.context_save(hv, ctypes.c_void_p(addr))
-        patch_rflags(q, L, v)
-        got = bytes(q[L.eflags:L.hflags])
-        # cc_dst and cc_src2 are don't-cares under CC_OP_EFLAGS
-        for o in (L.eflags, L.cc_src, L.cc_op, L.df):
-            a, b = o - L.eflags, o - L.eflags + (8 if o < L.cc_op else 4)
-            if want[a:b] != got[a:b]:
-                return False
-        C.context_restore(hv, ctypes.c_void_p(addr))
-        if uc.reg_read(X.UC_X86_REG_RFLAGS) != v:
-            return False
-    return True
-
-
-def patch_rflags(q, L: Layout, v: int) -> None:
-    """RFLAGS into a saved context as QEMU's own write stores it."""
-    q[L.eflags:L.eflags + 8] = v.to_bytes(8, "little")
-    q[L.cc_src:L.cc_src + 8] = (v & _CC_FLAGS).to_bytes(8, "little")
-    q[L.cc_op:L.cc_op + 4] = L.cc_op_eflags.to_bytes(4, "little")
-    q[L.df:L.df + 4] = (0xFFFFFFFF if v & _DF else 1).to_bytes(4, "little")
 
 
 # --- the entry itself ----------------------------------------------------------------------
@@ -344,7 +232,7 @@ class KernelEntry:
     # -- the pieces of a fast entry (the SYSCALL closure, plan.py) -------------------------
     def _setup_fast(self) -> None:
         """The buffer the fast entries work on: the live CPU state where
-        :func:`emu.hw.cpu.live_state_address` found and checked it (no save,
+        :func:`emu.hw.microcode.context.live_state_address` found and checked it (no save,
         no restore: the patch is the entry), else the scratch context
         (saved, patched, restored).  And how they get RFLAGS: computed from
         the lazy-flag fields for every ``cc_op`` :func:`lazyflags.verified`

@@ -1391,7 +1391,30 @@ def test_ctrl_c_stops_a_long_run(tmp_path):
     within 2 s, naming where the guest was and which test it ran."""
     write(tmp_path / "a.S", PASSING)
     write(tmp_path / "spin.S", SPIN)
-    p = subprocess.Popen([isoemu_script(), "test", "a.S", "spin.S"], cwd=tmp_path, stdout=subprocess.PIPE,
+    status, first, out, err = interrupt(["test", "-j", "1", "a.S", "spin.S"], tmp_path)
+    assert (status, first) == (130, "PASS a.S\n")
+    assert re.fullmatch(r"1 passed, 0 failed in [0-9.]+ s \(interrupted\)\n", out), out
+    assert re.fullmatch(r"isoemu: interrupted at RIP 0x400000 \(A:_start\), CPL 3, space A\.user, after at "
+                        r"least [0-9,]+ instructions, in spin\.S\n", err), err
+
+
+def test_ctrl_c_stops_the_worker_processes(tmp_path):
+    """The same with -j 2: the workers are stopped (none left behind), the
+    summary says how far the run went, the message names the file."""
+    write(tmp_path / "a.S", PASSING)
+    write(tmp_path / "spin.S", SPIN)
+    write(tmp_path / "z.S", PASSING)
+    status, first, out, err = interrupt(["test", "-j", "2", "a.S", "spin.S", "z.S"], tmp_path)
+    assert (status, first) == (130, "PASS a.S\n")
+    assert re.fullmatch(r"1 passed, 0 failed in [0-9.]+ s \(interrupted\)\n", out), out
+    assert err == "isoemu: interrupted, in spin.S (the worker processes stopped)\n"
+    leftover = subprocess.run(["pgrep", "-f", f"{isoemu_script()} test -j 2 a.S"], capture_output=True)
+    assert leftover.stdout == b""
+
+
+def interrupt(argv: list[str], cwd) -> tuple[int, str, str, str]:
+    """Run isoemu, SIGINT it a second after its first line: (status, first line, the rest, stderr)."""
+    p = subprocess.Popen([isoemu_script(), *argv], cwd=cwd, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
         first = p.stdout.readline()              # a.S done: spin.S is being built or run
@@ -1401,10 +1424,27 @@ def test_ctrl_c_stops_a_long_run(tmp_path):
     finally:
         p.kill()
     out, err = p.communicate()
-    assert (status, first) == (130, "PASS a.S\n")
-    assert re.fullmatch(r"1 passed, 0 failed in [0-9.]+ s \(interrupted\)\n", out), out
-    assert re.fullmatch(r"isoemu: interrupted at RIP 0x400000 \(A:_start\), CPL 3, space A\.user, after at "
-                        r"least [0-9,]+ instructions, in spin\.S\n", err), err
+    return status, first, out, err
+
+
+def test_jobs_give_the_same_lines_in_the_same_order(tmp_path):
+    """-j 3 over passing and failing files, with and without -x: exactly the
+    lines and the status of -j 1 (the summary's time aside)."""
+    import io
+
+    for name, src in (("d/a.S", PASSING), ("d/b.S", FAILING), ("d/c.S", PASSING), ("d/e.S", FAILING),
+                      ("d/m.S", MATRIX_FILE)):
+        write(tmp_path / name, src)
+    runs = {}
+    for jobs in (1, 3):
+        for exitfirst in (False, True):
+            out = io.StringIO()
+            status = run_paths([str(tmp_path / "d")], out, exitfirst=exitfirst, jobs=jobs)
+            lines = out.getvalue().splitlines()
+            runs[jobs, exitfirst] = (status, lines[:-1], re.sub(r" in [0-9.]+ s$", "", lines[-1]))
+    assert runs[1, False] == runs[3, False] and runs[1, True] == runs[3, True]
+    assert runs[1, False][0] == 1 and runs[1, False][2] == "3 passed, 3 failed"
+    assert runs[1, True][2] == "1 passed, 1 failed"
 
 
 def test_discover_order(tmp_path):

@@ -117,3 +117,25 @@ def test_cr3_fixup_keeps_the_tlb_a_register_write_flushes_it():
     assert cpu.hw_translate(0x600123) == old                  # still cached
     cpu.set_reg("cr3", root)
     assert cpu.hw_translate(0x600123) == new_frame + 0x123    # the write flushed
+
+
+
+@pytest.mark.parametrize("steps", [0, 3, 40, 400])
+def test_reg_reads_what_the_binding_reads(steps):
+    """Cpu.reg (one raw C call per read) against Unicorn's own binding, for
+    every named register, with stale high bits left in each reader's buffer
+    (a selector fills only its low 16 bits)."""
+    from emu.hw.cpu import REG_IDS
+    from emu.linux.machine import Machine
+
+    m = Machine(programs=[("A", "_start:\n    mov eax, SYS_getpid\n    syscall\n    mov eax, SYS_exit\n"
+                                "    xor edi, edi\n    syscall\n")])
+    m.boot()
+    m.step(steps)
+    cpu = m.cpu
+    for n in REG_IDS:
+        cpu.reg(n)
+        cpu._by_name[n]._v.value = 0xFFFF_0000_0000_0000
+    got = {n: cpu.reg(n) for n in REG_IDS}
+    assert got == {n: cpu.uc.reg_read(i) for n, i in REG_IDS.items()}
+    assert got["ss"] < 0x10000 and got["cr3"] != 0

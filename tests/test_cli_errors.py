@@ -79,6 +79,9 @@ CASES = [
     (["run", "PROG", "--json", "--jsonl"], "--json and --jsonl: choose one"),
     (["run", "PROG", "--name", "x-y"], "process name 'x-y': use letters, digits and _"),
     (["run", "NOSUCH"], "cannot read NOSUCH: No such file or directory"),
+    # test
+    (["test", "-j", "0", "PROG"], "--jobs '0': expected a number of processes, 1 or more"),
+    (["test", "--jobs", "two", "PROG"], "--jobs 'two': expected a number of processes, 1 or more"),
 ]
 
 

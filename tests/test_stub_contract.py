@@ -188,6 +188,26 @@ def test_the_stubs_alternatives_are_jumps_within_their_section(levels):
         assert img.section_of(target) is sec and target in labels, feature
 
 
+@pytest.mark.parametrize("levels", [4, 5])
+def test_no_branch_of_the_stub_lands_after_a_cr3_write(levels):
+    """The hooks after each 'mov cr3' (NOFLUSH stripped, the TLB model told,
+    the cr3_write event: emu/hw/microcode/cr3.py) take every arrival there
+    for the end of that write: no direct branch, call or alternative may
+    target the instruction after one."""
+    import capstone
+
+    img = link_kernel(layout_for(levels))
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    targets = {int(ins.op_str, 16) for ins in img.insns
+               if (ins.mnemonic.startswith("j") or ins.mnemonic == "call") and ins.op_str.startswith("0x")}
+    for addr, _ in img.alternatives:
+        sec = img.section_of(addr)
+        targets.add(int(next(cs.disasm(sec.data[addr - sec.base:addr - sec.base + 5], addr)).op_str, 16))
+    assert len(targets) > 100
+    after = {s.addr + s.size for s in img.sites_of("cr3_write")}
+    assert len(after) == 15 and not after & targets
+
+
 def test_declared_instructions_are_checked_like_any_other():
     """A site declaration does not exempt its instruction from the strict
     reading (docs/assembler.md)."""

@@ -10,10 +10,20 @@ from emu.cli.common import add_machine_args, machine_settings
 def cmd_test(args) -> int:
     from emu.parse import parse_count
     from emu.tools.asmtest import run_paths
+    from emu.tools.asmtest.command import default_jobs
 
     budget = parse_count(args.budget, "--budget") if args.budget is not None else None
+    jobs = default_jobs() if args.jobs is None else _jobs(args.jobs)
     return run_paths(args.paths, sys.stdout, exitfirst=args.exitfirst, overrides=machine_settings(args),
-                     budget=budget)
+                     budget=budget, jobs=jobs)
+
+
+def _jobs(text: str) -> int:
+    from emu.errors import ConfigError
+
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--jobs {text!r}: expected a number of processes, 1 or more")
+    return int(text)
 
 
 def add_commands(sub) -> None:
@@ -26,6 +36,9 @@ def add_commands(sub) -> None:
                     "interrupted (Ctrl-C).  Reference: docs/asm-tests.md.")
     t.add_argument("paths", nargs="+", metavar="PATH", help="a test file, or a directory searched for *.S")
     t.add_argument("-x", "--exitfirst", action="store_true", help="stop after the first failing test")
+    t.add_argument("-j", "--jobs", metavar="N",
+                   help="run N test files at once in worker processes (default: one per CPU; "
+                        "the output is in the same order as with -j 1)")
     t.add_argument("--budget", metavar="COUNT",
                    help="instruction budget of every test, over its headers (e.g. 10M)")
     add_machine_args(t.add_argument_group(

@@ -139,6 +139,13 @@ class OneReg:
         C.reg_read(self._h, self._id, self._p)
         return self._v.value
 
+    def read_whole(self) -> int:
+        """As :meth:`read`, for a register narrower than 64 bits too (a
+        selector: Unicorn writes only its low bytes)."""
+        self._v.value = 0
+        C.reg_read(self._h, self._id, self._p)
+        return self._v.value
+
     def write(self, value: int) -> None:
         self._v.value = value & 0xFFFFFFFFFFFFFFFF
         C.reg_write(self._h, self._id, self._p)
@@ -195,12 +202,14 @@ class Cpu:
         self._snapshot = None
         self._ran = False                                 # no block translated yet
         self._counted = False                             # Unicorn's count hook not yet added
+        self._rip_sync: dict[int, int | None] = {}       # addr -> empty code hook while uncounted (sync_rip_at)
         self._ec_ctx = None
         self._ec_val = None
         self._cr3_ctx = None
         self._out = _u64()
         self.gprs = RegBatch(self, _GPR_IDS)
         self._callbacks: dict[int, object] = {}       # hook handle -> C callback (kept alive)
+        self._by_name: dict[str, OneReg] = {}         # reg(): name -> its raw reader
 
     # -- hooks (through the C API: no per-call binding overhead) ------------------------
     def add_hook(self, kind: str, fn, begin: int = 1, end: int = 0) -> int:
@@ -223,9 +232,14 @@ class Cpu:
         if self._callbacks.pop(h, None) is not None:
             _uc_hook_del(self.handle, ctypes.c_size_t(h))
 
-    # -- registers (binding; not for hot paths) ----------------------------------
+    # -- registers -----------------------------------------------------------------
     def reg(self, name: str) -> int:
-        return self.uc.reg_read(REG_IDS[name])
+        """A register of :data:`REG_IDS` by name, with one raw C call (the
+        binding's ``reg_read`` costs several Python calls per read)."""
+        one = self._by_name.get(name)
+        if one is None:
+            one = self._by_name[name] = OneReg(self, REG_IDS[name])
+        return one.read_whole()
 
     def set_reg(self, name: str, value: int) -> None:
         self.uc.reg_write(REG_IDS[name], value & 0xFFFFFFFFFFFFFFFF)
@@ -284,6 +298,32 @@ class Cpu:
         C.context_restore(self.hv, self._snapshot_ctx)
 
     # -- execution --------------------------------------------------------------
+    def sync_rip_at(self, addrs) -> None:
+        """Let hooks and devices read the exact RIP at each instruction of ``addrs``.
+
+        QEMU writes RIP back before an instruction only where it needs to
+        (docs/architecture.md, Unicorn fact 15): a kernel OUT at CPL 0 would
+        leave the port handler the RIP some earlier block left.  In an
+        uncounted run an empty code hook at each address makes Unicorn write
+        it.  In a counted run the count hook does it before every instruction,
+        and every code hook in Unicorn's list costs every counted instruction
+        a check (fact 13): there the empty hooks are taken out.
+        """
+        for addr in addrs:
+            if addr not in self._rip_sync:
+                self._rip_sync[addr] = None if self._counted else self.add_hook("code", _nothing, addr, addr)
+        self.flush_code_cache()
+
+    def _rip_sync_hooks(self, on: bool) -> None:
+        """Add (uncounted) or remove (counted) the hooks of :meth:`sync_rip_at`;
+        the caller flushes the translated blocks."""
+        for addr, h in self._rip_sync.items():
+            if on and h is None:
+                self._rip_sync[addr] = self.add_hook("code", _nothing, addr, addr)
+            elif not on and h is not None:
+                self.del_hook(h)
+                self._rip_sync[addr] = None
+
     def emu_start(self, begin: int, count: int) -> int:
         """Run at most ``count`` instructions; returns the uc_err status.
 
@@ -294,6 +334,7 @@ class Cpu:
             # Unicorn adds its count hook at the first counted start, and blocks
             # translated before it never call it (fact 14): a spin translated by
             # an uncounted run would never run out
+            self._rip_sync_hooks(False)
             self.flush_code_cache()
             self._counted = True
         self._ran = True
@@ -313,6 +354,7 @@ class Cpu:
             # the other way round (fact 14): Unicorn drops its count hook at an
             # uncounted start, and blocks translated with calls to it stopped a
             # run after its first case (seen in the MMU oracle's batches)
+            self._rip_sync_hooks(True)
             self.flush_code_cache()
             self._counted = False
         self._ran = True
@@ -370,6 +412,10 @@ class Cpu:
         if not saved:
             C.context_save(self.hv, self._ec_ptr)
         return self._ec_val.value, (None if self._is_int_val is None else bool(self._is_int_val.value))
+
+
+def _nothing(uch, address, size, user_data) -> None:
+    """A code hook's only effect: RIP written back before the instruction (fact 15)."""
 
 
 class _Watchdog:

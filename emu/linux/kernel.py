@@ -118,6 +118,7 @@ class Kernel:
     processes: list[Process] = field(default_factory=list)
     cea: dict[str, int] = field(default_factory=dict)
     stack_pages: dict[int, int] = field(default_factory=dict)   # kernel stack page -> frame
+    _current_task_pa: int | None = field(default=None, repr=False)   # current_task(): where it reads
 
     # -- guest memory helpers ------------------------------------------------------
     def sym(self, name: str) -> int:
@@ -161,7 +162,12 @@ class Kernel:
         self.write_q(self.percpu_va(sym), value)
 
     def current_task(self) -> int:
-        return self.read_percpu("pcpu_current_task")
+        """The running task (every event asks): its per-CPU slot's physical
+        address is fixed from the build on (the image's .data), so found once."""
+        pa = self._current_task_pa
+        if pa is None:
+            pa = self._current_task_pa = self.kva_to_pa(self.percpu_va("pcpu_current_task"))
+        return self.mem.read_u64(pa)
 
     def process_by_task(self, task: int) -> Process | None:
         for p in self.processes:

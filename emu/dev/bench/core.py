@@ -4,6 +4,7 @@ figure goes in a ``@bench`` group function)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from typing import Callable
@@ -29,6 +30,12 @@ def best(fn: Callable[[], int], repeat: int = 3) -> tuple[float, int]:
         n = fn()
         fastest = min(fastest, time.perf_counter() - t)
     return fastest, n
+
+
+def asm_root() -> str | None:
+    """The repository's asm/ directory, or None (an installed package has none)."""
+    root = os.path.join(os.path.abspath(__file__).rsplit(os.sep, 4)[0], "asm")      # <checkout>/emu/dev/bench/core.py
+    return root if os.path.isdir(root) else None
 
 
 def figure(name: str, value: float, unit: str, *, baseline: float | None = None,

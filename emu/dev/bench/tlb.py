@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from emu.dev.bench.core import bench, best, figure
+from emu.dev.bench.core import asm_root, bench, best, figure
 from emu.dev.bench.machine import GETPID, loop_program, time_program
 
 
@@ -61,8 +61,8 @@ def _asm_suite() -> list[str]:
     """The repository's asm/ tests (none in an installed package), without asm/tlb."""
     import os
 
-    root = os.path.join(os.path.abspath(__file__).rsplit(os.sep, 4)[0], "asm")      # <checkout>/emu/dev/bench/tlb.py
-    if not os.path.isdir(root):
+    root = asm_root()
+    if root is None:
         return []
     from emu.tools.asmtest.command import discover
 

@@ -50,22 +50,43 @@ class Cr3Sites:
         if value:
             self._hook_informational()
         else:
-            # every code hook costs each instruction a little: drop the idle ones
             for addr in list(self._info_hooked):
-                self.del_code_hook(self._info_hooked.pop(addr))
+                self.del_block_start_hook(self._info_hooked.pop(addr), self._on_cr3_write)
 
     def _hook_informational(self) -> None:
         for addr in self._informational_cr3:
             if addr not in self._info_hooked:
-                # first: the event sees the value before any NOFLUSH stripping
-                self._info_hooked[addr] = self.add_code_hook(addr, self._on_cr3_write, first=True)
+                # after the write, at the block the CR write ends (Unicorn fact 13):
+                # a code hook at the 'mov cr3' would cost every instruction of a
+                # counted run a check.  First: the event comes before the site's
+                # own functions (the TLB model told, NOFLUSH stripped)
+                after = addr + self.cr3_sites[addr][1]
+                self._info_hooked[addr] = after
+                self._cr3_site_ending_at[after] = addr
+                self.add_block_start_hook(after, self._on_cr3_write, first=True)
+        self.note_cr3()
+
+    def note_cr3(self) -> None:
+        """Take CR3 as it is now as the 'old' value of the next ``cr3_write``
+        event (called before each start of the CPU: Python may have set it)."""
+        if self._info_hooked:
+            self._cr3_before = self._reg(X.UC_X86_REG_CR3).read()
 
     # -- CR3 writes ------------------------------------------------------------------------------
-    def _on_cr3_write(self, addr: int) -> None:
-        """Before a 'mov cr3': the event (only hooked while events are wanted)."""
-        reg = self.cr3_sites[addr][0]
-        val = self._reg(reg).read()
-        old = self._reg(X.UC_X86_REG_CR3).read()
+    def _on_cr3_write(self, after: int) -> None:
+        """Just after a 'mov cr3' (only hooked while events are wanted): the
+        event, with the value the instruction wrote (NOFLUSH included) and
+        the CR3 it replaced.  No branch of the stub lands after a 'mov cr3'
+        (tests/test_stub_contract.py), so every arrival here is a write."""
+        addr = self._cr3_site_ending_at[after]
+        reg_id, _, may_set_noflush = self.cr3_sites[addr]
+        reg = self._reg(reg_id)
+        pending = self._pending_restore
+        # LA57: the register lost bit 63 before the write; the value is kept until it is given back
+        val = pending[1] if pending is not None and pending[0] is reg else reg.read()
+        old = self._cr3_before
+        # as CR3 holds it once this block's functions have run (NOFLUSH stripped)
+        self._cr3_before = val & ~(1 << 63) if may_set_noflush else val
         pcide = self._reg(X.UC_X86_REG_CR4).read() & CR4_PCIDE
         self.sink("cr3_write", rip=addr, old=old, new=val, noflush=bool(val >> 63),
                   pcid=(val & 0xFFF) if pcide else None)

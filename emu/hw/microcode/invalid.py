@@ -26,21 +26,6 @@ class InvalidOpcode:
         if ret is not None:
             self._write_reg(X.UC_X86_REG_RAX, ret)
 
-    def sync_rip_at(self, addrs) -> None:
-        """Give the devices the exact RIP of each OUT at ``addrs``.
-
-        QEMU writes RIP back before an OUT only when the OUT may fault (CPL >
-        IOPL); at CPL 0 a device reading RIP would see where some earlier
-        block left it, unless an instruction count makes every instruction
-        write it back.  A code hook at an instruction makes Unicorn write RIP
-        before it (docs/architecture.md, Unicorn fact 15): an empty one at
-        each of the kernel's OUTs costs nothing elsewhere.
-        """
-        for addr in addrs:
-            if addr not in self._rip_synced:
-                self._rip_synced[addr] = self.add_hook("code", _nothing, addr, addr)
-        self.flush_code_cache()
-
     # -- invalid opcodes: INVPCID, else #UD ----------------------------------------------------
     def _on_invalid(self, uch, ud) -> bool:
         r = self.regs
@@ -124,7 +109,3 @@ _STUB_INVPCID = bytes.fromhex("660f38820424")
 
 def _uc_reg(name: str) -> int:
     return getattr(X, f"UC_X86_REG_{name.upper()}")
-
-
-def _nothing(uch, address, size, user_data) -> None:
-    """A code hook's only effect: RIP written back before the instruction."""

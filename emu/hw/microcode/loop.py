@@ -40,12 +40,13 @@ class EventLoop(Cpu):
         self.regs = RegFile(self.hv)
         self.sink = sink or (lambda kind, **f: None)
         self._informational_cr3: list[int] = []
-        self._info_hooked: dict[int, int] = {}      # addr -> hook handle
+        self._info_hooked: dict[int, int] = {}      # 'mov cr3' address -> the address after it (hooked)
+        self._cr3_site_ending_at: dict[int, int] = {}   # the address after a 'mov cr3' -> its address
+        self._cr3_before = 0                         # CR3 before the next write (the cr3_write event's 'old')
         self._want_events = sink is not None     # cheap paths skip building events
         self._one: dict[int, OneReg] = {}
         self.ports: dict[int, Callable[[int, int, int], int | None]] = {}
         self._code_hooks: dict[int, tuple] = {}
-        self._rip_synced: dict[int, int] = {}           # addr -> empty code hook (see sync_rip_at)
         self._at_addr: dict[int, tuple[int, list]] = {}    # addr -> (hook, [(id, fn)]): add_code_hook
         self._last_hook_id = 0
         self._error: BaseException | None = None
@@ -142,7 +143,7 @@ class EventLoop(Cpu):
         entry[1].insert(0 if first else len(entry[1]), (self._last_hook_id, fn))
         return self._last_hook_id
 
-    def add_block_start_hook(self, addr: int, fn: Callable[[int], None]) -> None:
+    def add_block_start_hook(self, addr: int, fn: Callable[[int], None], first: bool = False) -> None:
         """Call fn(addr) before the instruction at ``addr``, which must start
         a translated block every time it runs (the instruction before it ends
         one: a branch, call, ret, 'mov crN', ...).
@@ -152,6 +153,7 @@ class EventLoop(Cpu):
         the whole list of code hooks (docs/architecture.md, Unicorn fact 13).
         A stop before the instruction (a breakpoint there) does not make fn
         run twice: the next run skips its first call if it starts at addr.
+        The functions run in the order added (``first``: before the others).
         """
         fns = self._block_starts.get(addr)
         if fns is None:
@@ -176,7 +178,7 @@ class EventLoop(Cpu):
             self._code_hooks[h] = addr
             self._block_start_handles[addr] = h
             self.flush_code_cache()
-        fns.append(fn)
+        fns.insert(0 if first else len(fns), fn)
 
     def del_block_start_hook(self, addr: int, fn: Callable[[int], None]) -> None:
         """Remove a function added with :meth:`add_block_start_hook`; the
@@ -266,6 +268,7 @@ class EventLoop(Cpu):
             # a block-start hook that fired for the instruction at RIP before the
             # last stop must not fire again for the same arrival
             self._suppress_block_start = rip if rip == self._last_block_start else None
+            self.note_cr3()
             for fn in tuple(self.run_observers):
                 fn(True)
             if exact:

@@ -4,6 +4,7 @@ reports, a summary."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from emu.linux.machine import Interrupted
@@ -32,29 +33,79 @@ def discover(paths: list[str]) -> list[str]:
     return out
 
 
+def default_jobs() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                      # not on Linux
+        return os.cpu_count() or 1
+
+
 def run_paths(paths: list[str], out, exitfirst: bool = False, overrides: dict[str, str] | None = None,
-              budget: int | None = None) -> int:
+              budget: int | None = None, jobs: int = 1) -> int:
     """``isoemu test``: a status line per configuration of each test, the
     failure reports, a summary.  Returns 0 when every run passed, else 1.
-    Ctrl-C stops the whole run: the summary so far, then Interrupted
-    (exit status 130) naming where the guest was."""
+    ``jobs`` > 1 runs that many files at once in worker processes; the
+    lines come in the same order as with one.  Ctrl-C stops the whole run:
+    the summary so far, then Interrupted (exit status 130) naming where the
+    guest was."""
     t0 = time.perf_counter()
     files = discover(paths)
     passed = failed = 0
+    results = _in_workers(files, budget, overrides, jobs) if jobs > 1 and len(files) > 1 else \
+        ([(r.report(), r.passed) for r in run_variants(f, budget, overrides=overrides)] for f in files)
+    done = 0                            # files whose results are out
     try:
-        for f in files:
-            for r in run_variants(f, budget, overrides=overrides):
-                out.write(r.report() + "\n")
+        for reports in results:
+            done += 1
+            for text, ok in reports:
+                out.write(text + "\n")
                 out.flush()
-                if r.passed:
+                if ok:
                     passed += 1
                 else:
                     failed += 1
             if failed and exitfirst:
                 break
-    except Interrupted:
+    except (Interrupted, KeyboardInterrupt) as e:
         out.write(summary(passed, failed, time.perf_counter() - t0) + " (interrupted)\n")
         out.flush()
-        raise
+        if isinstance(e, Interrupted):
+            raise
+        # (worker processes: where each guest was is not known here)
+        raise Interrupted(f"interrupted, in {files[min(done, len(files) - 1)]} (the worker processes stopped)") \
+            from None
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()                     # the workers stop (a break, Ctrl-C, an error)
     out.write(summary(passed, failed, time.perf_counter() - t0) + "\n")
     return 1 if failed else 0
+
+
+def _worker_init() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent alone
+    # handles it, and terminates the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_file(job: tuple) -> list[tuple[str, bool]]:
+    path, budget, overrides = job
+    return [(r.report(), r.passed) for r in run_variants(path, budget, overrides=overrides)]
+
+
+def _in_workers(files: list[str], budget: int | None, overrides: dict[str, str] | None, jobs: int):
+    """Each file's (report, passed) pairs, in the order of ``files``, from
+    ``jobs`` worker processes (forked where the platform can: no machine
+    has run in this process yet, so no thread is forked)."""
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    pool = ctx.Pool(min(jobs, len(files)), initializer=_worker_init)
+    try:
+        yield from pool.imap(_run_file, [(f, budget, overrides) for f in files], chunksize=1)
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()

@@ -163,6 +163,7 @@ class Runner:
         self.procs: list[ProcessRun] = []
         self.m: Machine | None = None
         self.machine_findings: list = []     # TLB findings made while no test process was current
+        self._reach_by_syscall: dict[tuple[int, int], list] = {}   # (id of a ProcessRun, RIP) -> label arrivals
 
     # -- build ---------------------------------------------------------------------------------
     def _build(self, pr: ProcessRun, layout, dirs: list[str]) -> None:
@@ -247,22 +248,35 @@ class Runner:
     # -- hooks ---------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
         by_addr: dict[int, list] = {}
+        before: dict[int, set[str]] = {}      # address -> the instruction ending there, in each process
         for pr in self.procs:
             img = pr.image
             by_addr.setdefault(img.symbols["__isoemu_rt_decided"], []).append((pr, self._on_decided))
             by_addr.setdefault(img.symbols["__isoemu_rt_setup_failed"], []).append((pr, self._on_setup_failed))
             insns = {i.addr: i for i in pr.user_img.insns}
+            ends = {i.addr + i.size: f"{i.mnemonic} {i.op_str}".rstrip() for i in img.insns}
             records: dict[str, set[str]] = {}
             for e in pr.expectations:
                 if e.label:
                     records.setdefault(e.label, set()).update(KINDS[e.kind].records)
             for label, what in records.items():
                 addr = img.symbols[label]
-                by_addr.setdefault(addr, []).append((pr, self._reach(label, "space" in what)))
+                reach = self._reach(label, "space" in what)
+                if addr in insns and insns[addr].mnemonic == "syscall":
+                    # the syscall event of that RIP (_on_event): no hook at all
+                    self._reach_by_syscall.setdefault((id(pr), addr), []).append(reach)
+                else:
+                    by_addr.setdefault(addr, []).append((pr, reach))
                 if "regs" in what:
                     by_addr.setdefault(addr + insns[addr].size, []).append((pr, self._capture(label)))
+            for addr in by_addr:
+                before.setdefault(addr, set()).add(ends.get(addr, "?"))
         for addr, cbs in by_addr.items():
-            self.m.cpu.add_code_hook(addr, self._dispatch(cbs))
+            # after a syscall (most labels' register captures) a block-start hook:
+            # a code hook would cost every instruction of the counted run a check
+            # (docs/architecture.md, Unicorn fact 13)
+            after = before[addr].pop() if len(before[addr]) == 1 else "?"
+            self.m.cpu.add_site_hook(addr, after, self._dispatch(cbs))
 
     def _dispatch(self, cbs):
         m = self.m
@@ -319,6 +333,9 @@ class Runner:
             self._on_asi_finding(pr)
         elif ev.get("cpl") == 3 and pr is not None:
             pr.entry_rip = ev.get("rip")
+            if kind == "syscall":
+                for fn in self._reach_by_syscall.get((id(pr), pr.entry_rip), ()):
+                    fn(pr)
             if kind == "exception":
                 pr.last_exc = ev
         elif kind == "exception" and pr is not None:

@@ -6,6 +6,7 @@ well-formed ones (and every source the project links) kept."""
 import ast
 import glob
 import os
+import pickle
 import struct
 
 import capstone
@@ -137,6 +138,11 @@ def test_lines_and_symbolize():
     assert img.symbolize(TEXT + 1) == "_start+0x1"
     assert img.symbolize(TEXT + 2) == "second"
     assert img.symbolize(0x1234) is None
+    # asked again (the memo), and after a pickle round trip (the image cache drops the memo)
+    again = pickle.loads(pickle.dumps(img))
+    assert "_sym_memo" not in again.__dict__
+    assert [i.symbolize(a) for i in (img, again) for a in (TEXT + 1, TEXT + 2, 0x1234)] == \
+        ["_start+0x1", "second", None] * 2
 
 
 # (source, message prefix): each bad input is one AsmError naming file:line

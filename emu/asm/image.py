@@ -95,8 +95,25 @@ class Image:
         self.lines.sort(key=lambda ln: ln.addr)
         self._line_addrs = [ln.addr for ln in self.lines]
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_sym_memo", None)       # symbolize's memo: not part of the image
+        return state
+
     def symbolize(self, addr: int, limit: int = 1 << 20) -> str | None:
         """``name+0xoff`` for an address inside the image, else None."""
+        if limit == 1 << 20:
+            memo = self.__dict__.setdefault("_sym_memo", {})   # every event symbolizes its RIP
+            try:
+                return memo[addr]
+            except KeyError:
+                if len(memo) >= 1 << 16:       # a tracer's data addresses: bounded
+                    memo.clear()
+                s = memo[addr] = self._symbolize(addr, limit)
+                return s
+        return self._symbolize(addr, limit)
+
+    def _symbolize(self, addr: int, limit: int) -> str | None:
         i = bisect_right(self._sym_sorted, (addr, "\uffff")) - 1
         if i < 0:
             return None

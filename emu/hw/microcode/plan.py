@@ -1,5 +1,6 @@
-"""The fast exception entry: a fault delivered through a cached delivery plan
-in one context save, patch and restore (transition.py).
+"""The fast exception entry: a fault delivered through a cached delivery plan,
+patched straight into the live CPU state with RFLAGS computed from QEMU's
+lazy flags (transition.py, ``KernelEntry._setup_fast``).
 
 A plan holds what delivering one vector from one CPL through one CR3 reads:
 the IDT gate (its two descriptor words), the TSS stack slot and the page of

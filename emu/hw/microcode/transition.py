@@ -27,7 +27,11 @@ the next #PF would become #DF).  A CPU context saved at CPL 0 during boot
     only when :func:`layout` finds the offsets and checks them through the
     API at start-up, and after the first entry of each kind on each CPU gave
     the same state as the ``slow`` path (else the CPU falls back to
-    ``api`` for good).
+    ``api`` for good).  After that first entry, SYSCALL and planned faults
+    take the *fast entries* (:meth:`KernelEntry.make_syscall`, plan.py):
+    the same patch written straight into the live CPU state (a save and a
+    restore are each a ``memcpy`` of it), with RFLAGS computed from QEMU's
+    lazy-flag fields (lazyflags.py): no call into Unicorn.
 
 ``check`` runs ``slow``, ``api`` and ``inplace`` from the same state at every
 entry and raises :class:`TransitionMismatch` on any difference (the
@@ -58,7 +62,6 @@ ENV = "ISOEMU_TRANSITION"
 # "live" (patch the live CPU state, not a saved copy), "flags" (RFLAGS from
 # the lazy-flag fields, not through the API); for comparison and the tests
 ENV_OFF = "ISOEMU_ENTRY_OFF"
-_SEG, _CC_FLAGS, _DF = SEG, CC_FLAGS, DF
 _M64 = 0xFFFFFFFFFFFFFFFF
 
 
@@ -204,7 +207,7 @@ class KernelEntry:
         self._qq = self._bb[:self._size // 8 * 8].cast("Q")
         self._dd = self._bb[:self._size // 4 * 4].cast("I")
         s = ctypes.string_at(cpu._snapshot_ctx.value, self._size)
-        self._h0, self._h1 = L.hflags, L.ss + _SEG
+        self._h0, self._h1 = L.hflags, L.ss + SEG
         self._s_h = s[self._h0:self._h1]
         self._s_old = int.from_bytes(s[L.old_exception:L.old_exception + 4], "little")
         self._s_cr0 = int.from_bytes(s[L.cr2 - 16:L.cr2 - 8], "little")
@@ -232,9 +235,9 @@ class KernelEntry:
     # -- the pieces of a fast entry (the SYSCALL closure, plan.py) -------------------------
     def _setup_fast(self) -> None:
         """The buffer the fast entries work on: the live CPU state where
-        :func:`emu.hw.microcode.context.live_state_address` found and checked it (no save,
-        no restore: the patch is the entry), else the scratch context
-        (saved, patched, restored).  And how they get RFLAGS: computed from
+        :func:`emu.hw.microcode.context.live_state_address` found and checked
+        it (no save, no restore: the patch is the entry), else the scratch
+        context (saved, patched, restored).  And how they get RFLAGS: computed from
         the lazy-flag fields for every ``cc_op`` :func:`lazyflags.verified`
         kept, else through the API."""
         off = {w.strip() for w in os.environ.get(ENV_OFF, "").split(",") if w.strip()}
@@ -265,17 +268,6 @@ class KernelEntry:
         C.reg_read(self.cpu.hv, self._rf_id, self._rf_ptr)
         return self._regs.mv[V_RFLAGS]
 
-    def rflags_now(self) -> int:
-        """RFLAGS as the API reads it, from the fast buffer (current: after
-        :meth:`save`) -- the code the fast entries inline."""
-        q, d, i = self._fq, self._fd, self._ix
-        op = d[i.cc_op]
-        fn = self.compute[op] if op < len(self.compute) else None
-        if fn is None:
-            return self.read_rflags()
-        return ((q[i.eflags] & ~lazyflags.ARITH_DF) | fn(q[i.cc_dst], q[i.cc_src], q[i.cc_src2])
-                | (d[i.df] & _DF)) & 0xFFFFFFFF
-
     def snapshot_cr0_cr4(self) -> tuple[int, int]:
         return self._s_cr0, self._s_cr4
 
@@ -287,16 +279,16 @@ class KernelEntry:
         L = self.L
         b, q, d = self._fb, self._fq, self._fd
         s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
-        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + _SEG]
-        cs_rest, ss_rest = s[L.cs + 4:L.cs + _SEG], s[L.ss + 4:L.ss + _SEG]
-        pack = struct.Struct(f"<QQQQQIi8s{_SEG}sI{_SEG - 4}sI{_SEG - 4}s").pack_into
+        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + SEG]
+        cs_rest, ss_rest = s[L.cs + 4:L.cs + SEG], s[L.ss + 4:L.ss + SEG]
+        pack = struct.Struct(f"<QQQQQIi8s{SEG}sI{SEG - 4}sI{SEG - 4}s").pack_into
         head, cc_op, s_old, i_rsp = L.rip, L.cc_op_eflags, self._s_old, self._ix.rsp
         old = L.old_exception // 4
         restore, hv, ptr, live = C.context_restore, self.cpu.hv, self._ptr, self.live
         me = self
 
         def patch(rip: int, rsp: int, f: int, cs: int, ss: int) -> None:
-            pack(b, head, rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, flags8, es,
+            pack(b, head, rip, f, 0, f & CC_FLAGS, 0, cc_op, -1 if f & DF else 1, flags8, es,
                  cs & 0xFFFF, cs_rest, ss & 0xFFFF, ss_rest)
             q[i_rsp] = rsp
             d[old] = s_old
@@ -316,8 +308,8 @@ class KernelEntry:
         b, q, d = self._fb, self._fq, self._fd
         s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
         cs, ss = (star >> 32) & 0xFFFC, ((star >> 32) & 0xFFFC) + 8
-        tail = (s[L.hflags:L.hflags + 8] + s[L.segs:L.segs + _SEG] + cs.to_bytes(4, "little")
-                + s[L.cs + 4:L.cs + _SEG] + ss.to_bytes(4, "little") + s[L.ss + 4:L.ss + _SEG])
+        tail = (s[L.hflags:L.hflags + 8] + s[L.segs:L.segs + SEG] + cs.to_bytes(4, "little")
+                + s[L.cs + 4:L.cs + SEG] + ss.to_bytes(4, "little") + s[L.ss + 4:L.ss + SEG])
         pack = struct.Struct(f"<QQQQQIi{len(tail)}s").pack_into
         head, entry_rip = L.rip, (lstar - 2) & _M64     # Unicorn adds 2 after the hook
         cc_op, s_old, old = L.cc_op_eflags, self._s_old, L.old_exception // 4
@@ -342,18 +334,18 @@ class KernelEntry:
                 return False
             rip, f, dst, src, src2, op, df = head7(b, head)
             if op == eflags_op:             # the usual case: QEMU computed the flags for a jcc
-                f = ((f & not_arith) | src | (df & _DF)) & 0xFFFFFFFF
+                f = ((f & not_arith) | src | (df & DF)) & 0xFFFFFFFF
             else:
                 fn = compute(op)
                 if fn is None:
                     read(hv, rf_id, rf_ptr)
                     f = mv[V_RFLAGS]
                 else:
-                    f = ((f & not_arith) | fn(dst, src, src2) | (df & _DF)) & 0xFFFFFFFF
+                    f = ((f & not_arith) | fn(dst, src, src2) | (df & DF)) & 0xFFFFFFFF
             q[i_rcx] = (rip + 2) & _M64
             q[i_r11] = f
             f = (f & keep) | 2
-            pack(b, head, entry_rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, tail)
+            pack(b, head, entry_rip, f, 0, f & CC_FLAGS, 0, cc_op, -1 if f & DF else 1, tail)
             d[old] = s_old
             if not live:
                 restore(hv, ptr)
@@ -369,12 +361,12 @@ class KernelEntry:
         cc_op, df, hflags, hflags2, ES, CS, SS): one pack."""
         L, i = self.L, self._ix
         b, q, mv = self._bb, self._qq, self._regs.mv
-        if L.eflags != L.rip + 8 or L.hflags != L.rip + 48 or L.cs != L.hflags + 8 + _SEG:
+        if L.eflags != L.rip + 8 or L.hflags != L.rip + 48 or L.cs != L.hflags + 8 + SEG:
             raise GuestError("unexpected saved-context layout")    # checked by layout() already
         s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
-        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + _SEG]
-        cs_rest, ss_rest = s[L.cs + 4:L.cs + _SEG], s[L.ss + 4:L.ss + _SEG]
-        pack = struct.Struct(f"<QQQQQIi8s{_SEG}sI{_SEG - 4}sI{_SEG - 4}s").pack_into
+        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + SEG]
+        cs_rest, ss_rest = s[L.cs + 4:L.cs + SEG], s[L.ss + 4:L.ss + SEG]
+        pack = struct.Struct(f"<QQQQQIi8s{SEG}sI{SEG - 4}sI{SEG - 4}s").pack_into
         head = L.rip
         cc_op, s_old, old = L.cc_op_eflags, self._s_old, L.old_exception // 4
         i_rsp, i_rcx, i_r11, i_cr2, i_cr0, i_cr4 = i.rsp, i.rcx, i.r11, i.cr2, i.cr0, i.cr4
@@ -401,7 +393,7 @@ class KernelEntry:
             # CPL (hflags), and CS and SS with their hidden caches: the
             # snapshot's, then the selectors (what the slow path's restore
             # and selector writes leave)
-            pack(b, head, mv[V_RIP], f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, flags8, es,
+            pack(b, head, mv[V_RIP], f, 0, f & CC_FLAGS, 0, cc_op, -1 if f & DF else 1, flags8, es,
                  mv[V_CS] & 0xFFFF, cs_rest, mv[V_SS] & 0xFFFF, ss_rest)
             q[i_rsp] = mv[V_RSP]
             if rcx_r11:
@@ -434,8 +426,8 @@ class KernelEntry:
             ctx = cpu.uc.context_save()
             raw = ctypes.string_at(ctypes.cast(ctx.context, ctypes.c_void_p).value, self._size)
             out["hflags(cpl)"] = raw[L.hflags:L.hflags + 8].hex()
-            out["cs cache"] = raw[L.cs:L.cs + _SEG].hex()
-            out["ss cache"] = raw[L.ss:L.ss + _SEG].hex()
+            out["cs cache"] = raw[L.cs:L.cs + SEG].hex()
+            out["ss cache"] = raw[L.ss:L.ss + SEG].hex()
             out["old_exception"] = raw[L.old_exception:L.old_exception + 4].hex()
         return out
 

@@ -5,11 +5,13 @@ watchdog instead, and the same answers as an exact run
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 
 import pytest
 
+import emu.hw.cpu as cpu_module
 import emu.hw.microcode.loop as loop
 from emu.linux.machine import BudgetExhausted, Interrupted, Machine, MachineConfig
 
@@ -67,6 +69,39 @@ def test_guard_budget_bounds_a_runaway(quick_watchdog):
     assert str(e.value).startswith("runaway: no end within 0.05 s (the guard of an uncounted run), stopped near "
                                    "RIP 0x400000 (A:_start)")
     assert m.cpu.executed == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_guard_bounds_a_runaway_in_a_forked_child(quick_watchdog):
+    """A process that forks after a watched run (``isoemu test -j`` forks its
+    workers) leaves the watchdog thread behind: the child's watchdog starts
+    afresh, and its runaway still ends at the guard."""
+    with pytest.raises(BudgetExhausted):
+        Machine(programs=[("A", SPIN)], record_events=False).run(budget=5000, exact=False)
+    assert cpu_module._WATCHDOG._thread is not None and cpu_module._WATCHDOG._thread.is_alive()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                          # the child: report in one byte, never return
+        code = 1
+        try:
+            try:
+                Machine(programs=[("A", SPIN)], record_events=False).run(budget=5000, exact=False)
+            except BudgetExhausted as e:
+                code = 0 if str(e).startswith("runaway: no end within 0.05 s") else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(0)
+    os.close(w)
+    try:
+        # the child's verdict; without a watchdog of its own it would spin for ever
+        ready, _, _ = select.select([r], [], [], 30)
+        got = os.read(r, 1) if ready else b"hung"
+    finally:
+        os.close(r)
+        if got == b"hung":
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert got == b"\0"
 
 
 def test_exact_budget_counts_from_the_start():

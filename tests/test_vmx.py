@@ -163,3 +163,73 @@ _start:
 """)])
     with pytest.raises(GuestError, match="vCPU device call 9"):
         m.run(100_000)
+
+
+# Unicorn's instruction count against the Python code hook it replaced
+# (emu/hw/vmx.py, Vcpu._run_counted): the same exits, registers and counts
+# for every kind of exit, at every budget around it, in one slice or many.
+COUNTED = [src for src, *_ in EXITS] + [
+    "mov al, 1; out 0x10, al; nop",              # the count hook also counts the nop after the OUT
+    "mov al, 1; out 0x10, al; jmp x; x: nop",
+    "spin: inc rax; jmp spin",
+    "mov ecx, 100; l: loop l; hlt",
+    "mov rsp, 0x1800; push rax; call f; f: ret; hlt",
+    "int3",
+    "syscall",
+]
+RAW = [b"\x90\x90\x06",                          # push es: invalid in 64-bit mode
+       b"\x90\x0f\xff",                          # an undefined opcode
+       b"\x90" * 4094 + b"\xe6\x10" + b"\x90\x90"]   # an OUT at the end of the page
+
+
+@pytest.mark.parametrize("slice_", [1_000_000, 7])
+@pytest.mark.parametrize("code", [src.encode() for src in COUNTED] + RAW, ids=lambda c: c[:24].hex())
+def test_counted_runs_equal_the_code_hook(monkeypatch, slice_, code):
+    import emu.hw.vmx as vmx
+    assert vmx.counter_offset() is not None         # else every run would be the reference
+    monkeypatch.setattr(vmx, "SLICE", slice_)
+    if code in RAW:
+        text = code
+    else:
+        text = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(code.decode(), GPA)[0])
+    got = []
+    for reference in (True, False):
+        mem = PhysMem(32 << 20)
+        mem.write(CODE, text)
+        v = Vcpu(mem, reference=reference)
+        assert (v._counter is None) == reference
+        v.map(GPA, CODE)
+        v.map(GPA + 0x1000, DATA)
+        runs = [v.run(regs(), b) for b in (0, 1, 2, 3, 4, 5, 100, 1001, 4096, 4097)]
+        got.append([(out, vars(ex)) for out, ex in runs])
+    assert got[0] == got[1]
+
+
+def test_the_kvm_tests_exit_the_same_with_the_code_hook(monkeypatch):
+    """Every KVM_RUN of asm/kvm/ (every configuration): the same registers
+    in, the same exits, registers out and instruction counts."""
+    import functools
+
+    import emu.hw.vmx as vmx
+    import emu.linux.vcpu as vcpu_mod
+    from emu.tools.asmtest.command import discover
+    from emu.tools.asmtest.runner import run_variants
+
+    real_run = vmx.Vcpu.run
+    seen: list = []
+
+    def recording(self, regs_in, budget):
+        out, ex = real_run(self, regs_in, budget)
+        seen.append((list(regs_in), budget, out, vars(ex).copy()))
+        return out, ex
+
+    monkeypatch.setattr(vmx.Vcpu, "run", recording)
+    logs = []
+    for reference in (True, False):
+        seen = []
+        monkeypatch.setattr(vcpu_mod, "Vcpu", functools.partial(vmx.Vcpu, reference=reference))
+        results = [r for path in discover(["asm/kvm"]) for r in run_variants(path)]
+        assert all(r.passed for r in results), [r.failures for r in results if not r.passed]
+        logs.append(seen)
+    assert len(logs[1]) > 100 and logs[0] == logs[1]
+    assert any(ex["reason"] == EXIT_REASON_PREEMPTION_TIMER for *_, ex in logs[1])

@@ -11,6 +11,7 @@ binding's batch register calls cost ~40 µs, the C API ~1 µs (Unicorn fact 9).
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -459,7 +460,17 @@ class _Watchdog:
                         C.emu_stop(run[0])
 
 
+    def forked(self) -> None:
+        """In a child process after fork: only the forking thread lives on,
+        so the watchdog thread (if there was one) is gone, and the lock may
+        have been held by it.  Start afresh: a watched run in the child
+        starts its own thread (``isoemu test -j`` forks its workers)."""
+        self.__init__()
+
+
 _WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG.forked)
 _ec_offset: list = []
 _reg_offsets: dict[int, int | None] = {}
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import struct
 from dataclasses import asdict, dataclass, field
 
-from emu.hw.paging import ADDR_MASK, PAGE_SIZE, ControlState, P, A, D, mode_for, translate
+from emu.errors import GuestError
+from emu.hw.cpu import REG_IDS, RegBatch
+from emu.hw.paging import ADDR_MASK, PAGE_SIZE, ControlState, P, A, D, WalkCache, mode_for, translate
 from emu.hw.phys import FrameKind
 from emu.hw.tlb import FINDINGS, Finding, Tlb
 
@@ -111,6 +113,12 @@ class TlbCheck:
         img = m.kernel.image
         for site in img.sites_of("invlpg"):
             cpu.add_invlpg_site(site.addr, site.size, site.operand)
+        # set_entry's arguments and return address in one C call, and the walks
+        # to the kernel stack reused while their entries are unchanged (exact:
+        # WalkCache re-reads them)
+        self._args = RegBatch(cpu, [REG_IDS[r] for r in ("rdi", "rsi", "rsp", "cr3")])
+        self._walks = WalkCache(m.mem)
+        self._ctl = ControlState(la57=cfg.la57, smap=False)
         m.hook_site("pgtable_write", self._on_entry_write)
         m.hook_site("return_to_user_sysret", self._on_return_to_user)
         m.hook_site("return_to_user_iret", self._on_return_to_user)
@@ -121,10 +129,11 @@ class TlbCheck:
     def _on_entry_write(self, addr: int) -> None:
         """At set_entry(entryp, value): the entry still holds its old value."""
         m, cpu = self.m, self.m.cpu
-        kva, new = cpu.reg("rdi"), cpu.reg("rsi")
-        epa = self._kva_to_pa(kva)
-        old = m.mem.read_u64(epa)
-        caller = m.mem.read_u64(self._kva_to_pa(cpu.reg("rsp")))
+        kva, new, rsp, cr3 = self._args.read()
+        epa = self._kva_to_pa(kva, cr3)
+        mem = m.mem
+        old = mem.read_u64(epa)
+        caller = mem.read_u64(self._kva_to_pa(rsp, cr3))
         self.model.entry_written(epa, old, new, caller)
         table = epa & ~0xFFF
         sh = self.shadow.get(table)
@@ -134,15 +143,20 @@ class TlbCheck:
         if new & P and (new & ADDR_MASK) in self.shadow:
             # a table filled before it was linked: what it holds now is its start
             child = new & ADDR_MASK
-            self.shadow[child] = m.mem.read(child, PAGE_SIZE)
+            self.shadow[child] = mem.read(child, PAGE_SIZE)
         # the CPU runs on the tables as they are: Unicorn's own TLB must not keep the old entry
         cpu.flush_tlb()
 
-    def _kva_to_pa(self, kva: int) -> int:
+    def _kva_to_pa(self, kva: int, cr3: int) -> int:
+        """The physical address of a kernel address, as Machine.pa_of finds it
+        in the current space (``cr3``)."""
         lay = self.m.layout
         if lay.page_offset <= kva < lay.page_offset + self.m.mem.size:
             return kva - lay.page_offset
-        return self.m.pa_of(kva)
+        t = self._walks.translate(cr3, kva, 0, 0, self._ctl)
+        if t.fault:
+            raise GuestError(f"{kva:#x} is not mapped in the current space: {t.describe()}")
+        return t.pa
 
     # -- frames ---------------------------------------------------------------------------------------
     def frame_allocated(self, pa: int, kind: FrameKind, size: int) -> None:

@@ -10,6 +10,7 @@ the tree visitor.
 
 from __future__ import annotations
 
+from array import array
 from itertools import compress
 from typing import NamedTuple
 
@@ -58,6 +59,11 @@ class _Collect(TableVisitor):
     def __init__(self, mem, mode):
         super().__init__(mem, 0, mode)
         self.out: list[Leafish] = []
+        self.tables: list[int] = []
+
+    def table(self, va, level, e, epa, eff, nx):
+        self.tables.append(e & ADDR_MASK)
+        return True
 
     def leaf(self, va, level, e, epa, eff, nx):
         size = level.size
@@ -85,6 +91,31 @@ def translations(mem: PhysView, mode: PagingMode, depth: int, va: int, entry: in
     return v.out
 
 
+def uniform_leaves(mem: PhysView, mode: PagingMode, depth: int, va: int, entry: int, eff: int,
+                   nx: bool) -> Leafish | None:
+    """For an entry that points at a last-level table whose 512 entries all
+    map consecutive frames with the same flags (a larger page just split, as
+    cpa's __split_large_page fills it): the first of the 512 translations it
+    provides, the others being the same shifted by one page each.  None for
+    any other entry (then :func:`translations` enumerates them)."""
+    if not entry & P or depth != mode.depth - 2 or mode.is_leaf(mode.levels[depth], entry):
+        return None
+    words = mem.page_words(entry & ADDR_MASK)
+    if words is None:
+        return None
+    first = words[0]
+    if not first & P or (first & ADDR_MASK) + 511 * PAGE_SIZE > ADDR_MASK:
+        return None
+    if words != array("Q", range(first, first + 512 * PAGE_SIZE, PAGE_SIZE)):
+        return None
+    return translations(mem, mode, depth + 1, va, first, eff & entry, bool(nx or entry & NX))[0]
+
+
+class _Memo(NamedTuple):
+    tables: tuple       # (table, its bytes) for every table the walk read
+    out: list
+
+
 class TableGraph:
     """Parents of every table reachable from the known roots."""
 
@@ -97,6 +128,36 @@ class TableGraph:
         # tables whose pointers are recorded: roots share most of their tables
         # (the kernel half), and every later change comes through entry_changed
         self._scanned: set[int] = set()
+        self._memo: dict[tuple, _Memo] = {}
+
+    def translations(self, depth: int, va: int, entry: int, eff: int, nx: bool) -> list[Leafish]:
+        """:func:`translations`, with the sub-trees of table entries
+        remembered: a sub-tree is enumerated again only if one of the tables
+        it read changed (their bytes are kept and compared, so the answer is
+        exactly the function's).  PTI clears a process's PGD entry in the
+        kernel and the user PGD: the second enumerates nothing again."""
+        level = self.mode.levels[depth]
+        if not entry & P or self.mode.is_leaf(level, entry):
+            return translations(self.mem, self.mode, depth, va, entry, eff, nx)
+        key = (depth, va, entry, eff, nx)
+        hit = self._memo.get(key)
+        buf = self.mem.buf
+        if hit is not None:
+            for t, was in hit.tables:
+                if buf[t:t + PAGE_SIZE] != was:
+                    break
+            else:
+                return list(hit.out)
+        v = _Collect(self.mem, self.mode)
+        v.walk_entry(depth, va, entry, 0, eff, nx)
+        if not v.broken_count:
+            if len(self._memo) >= 256:
+                self._memo.clear()
+            tables = [entry & ADDR_MASK, *v.tables]
+            self._memo[key] = _Memo(tuple((t, buf[t:t + PAGE_SIZE]) for t in tables), list(v.out))
+        else:
+            self._memo.pop(key, None)         # a malformed sub-tree is walked every time
+        return v.out
 
     def add_root(self, root: int) -> None:
         root &= ADDR_MASK

@@ -40,7 +40,7 @@ from typing import Callable
 
 from emu.hw.paging import ADDR_MASK, P, PagingMode, fmt_size, permits
 from emu.hw.phys import PhysView
-from emu.hw.tlb.graph import Leafish, Path, TableGraph, translations
+from emu.hw.tlb.graph import Leafish, Path, TableGraph, translations, uniform_leaves
 from emu.hw.x86 import CR0_PG, CR3_NOFLUSH, CR4_PCIDE, CR4_PGE
 
 GLOBAL = -1                 # the "PCID" of global translations
@@ -313,8 +313,21 @@ class Tlb:
         mode = self.mode
         level = mode.levels[depth]
         va = mode.sign_extend(path.base + (((epa & 0xFFF) >> 3) << level.shift))
-        old_t = translations(self.mem, mode, depth, va, old, path.eff, path.nx)
-        new_t = translations(self.mem, mode, depth, va, new, path.eff, path.nx)
+        old_t = self.graph.translations(depth, va, old, path.eff, path.nx)
+        if len(old_t) == 1 and old_t[0].size == level.size and mode.is_leaf(level, old) and \
+                (first := uniform_leaves(self.mem, mode, depth, va, new, path.eff, path.nx)) is not None:
+            # a larger page split into 512 pages alike (the common split):
+            # what _still_granted and the size test below find, without the
+            # 512 translations (they cover the old page, each with the rights
+            # and frame offset of the first)
+            o = old_t[0]
+            if o.grants_no_more_than(first):
+                self._remember(path, since, o, write, "size")
+            else:
+                self._size_conflicts(o)
+                self._remember(path, since, o, write, "tlb")
+            return
+        new_t = self.graph.translations(depth, va, new, path.eff, path.nx)
         for o in old_t:
             if _still_granted(o, new_t):
                 if any(n.size < o.size for n in new_t if n.va < o.va + o.size and o.va < n.va + n.size):

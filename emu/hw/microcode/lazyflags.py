@@ -24,6 +24,13 @@ import ctypes
 import random
 import struct
 
+from unicorn import Uc
+from unicorn import unicorn_const as UC
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+from emu.hw.cpu import C, MODELS
+
 _M64 = 0xFFFFFFFFFFFFFFFF
 _M32 = 0xFFFFFFFF
 CC_C, CC_P, CC_A, CC_Z, CC_S, CC_O = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800
@@ -197,13 +204,6 @@ def verified(L) -> tuple:
 def check_table(table, L, cases=None) -> tuple:
     """``table`` with every entry that gives another RFLAGS than the API for
     one of ``cases`` (default :func:`_cases`) replaced by None."""
-    from unicorn import Uc
-    from unicorn import unicorn_const as UC
-    from unicorn import x86_const as X
-    from unicorn.unicorn_py3.unicorn import uclib
-
-    from emu.hw.cpu import C, MODELS
-
     uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, MODELS["skylake-server"])
     size = uclib.uc_context_size(uc._uch)
     ctx = uc.context_save()

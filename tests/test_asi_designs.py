@@ -444,3 +444,26 @@ def test_the_debugger_catches_a_forced_exit_in_every_design(design, leaves_at):
     while (s := dbg.cont()).reason == "breakpoint":
         stops.append((s.cr3.symbol.split("+")[0], s.event.kind, s.event.symbol))
     assert stops == [(leaves_at, "asi_exit", "probe_read_insn")]
+
+
+# --- the boot-time scan for non-sensitive frames ----------------------------------------------
+def test_nonsensitive_frames_found_as_a_byte_scan_finds_them():
+    """boot_direct_map's marks and memchr find exactly the frames a scan for
+    each non-sensitive kind byte finds, in order: tails of large frames
+    (kind | 0x80), runs at both ends, every kind byte."""
+    import random
+    import re
+
+    from emu.hw.phys import FrameKind
+    from emu.linux.asi import NONSENSITIVE_KINDS, _NONSENSITIVE_MARKS, _marked_runs
+
+    byte = re.compile(b"[" + b"".join(re.escape(bytes([k])) for k in sorted(NONSENSITIVE_KINDS)) + b"]")
+    rng = random.Random(7)
+    kinds = [bytearray(rng.choice(list(range(11)) + [k | 0x80 for k in range(1, 11)]) for _ in range(n))
+             for n in (1, 2, 7, 512, 4096)]
+    kinds += [bytearray([FrameKind.PGTABLE]) * 9, bytearray(16), bytearray([FrameKind.KERNEL_STACK | 0x80]) * 3,
+              bytearray([FrameKind.PGTABLE, 0, FrameKind.KERNEL_DATA, FrameKind.KERNEL_STACK])]
+    for kind in kinds:
+        want = [m.start() for m in byte.finditer(kind)]
+        got = [pfn for lo, hi in _marked_runs(kind.translate(_NONSENSITIVE_MARKS)) for pfn in range(lo, hi)]
+        assert got == want

@@ -138,3 +138,28 @@ def test_edited_stub_source_relinks(disk, tmp_path, monkeypatch):
     b = kernel.link_kernel(lay)
     assert b.digest != a.digest and delta(s0)["hits"] == 0
     assert b.sections[".text"].data != a.sections[".text"].data
+
+
+def test_a_frozen_symbol_table_keys_the_link_as_its_dict_does(disk):
+    """freeze_symbols: the same cache key (the repr of the inputs, hashed) as
+    the plain dict, the same image; the frozen copy does not follow later
+    changes of the dict it was made from."""
+    import hashlib
+    from types import MappingProxyType
+
+    from emu.asm import freeze_symbols
+
+    src = [("t.S", "mov eax, VALUE\nmov ebx, OTHER\nret\n")]
+    syms = {"VALUE": 0x1234, "OTHER": 7, "ANOTHER": -1}
+    frozen = freeze_symbols(syms)
+    assert isinstance(frozen, MappingProxyType) and dict(frozen) == syms
+    want = hashlib.sha256(repr((src, sorted(LAYOUT.items()), sorted(syms.items()), None, ".text", (".bss",),
+                                ())).encode()).hexdigest()
+    a = link(src, LAYOUT, syms)
+    assert a.digest == want and linker._IMAGE_CACHE[want] is a       # the key as it always was
+    for _ in range(2):                               # the frozen text made, then reused
+        assert link(src, LAYOUT, frozen) is a
+    syms["VALUE"] = 0x5678
+    b = link(src, LAYOUT, syms)
+    assert b is not a and link(src, LAYOUT, frozen) is a
+    assert link(src, LAYOUT, MappingProxyType(syms)) is b      # a proxy it did not make: read each time

@@ -147,6 +147,28 @@ def test_reserve_busy(mem):
         mem.frames.reserve(pa, 4096, FrameKind.KERNEL_TEXT)
 
 
+def test_reserve_marks_each_frame():
+    """reserve() as one slice and one dict update: every frame of the range
+    gets the kind and the owner, exactly what a loop over the frames gave,
+    and nothing else changes (frames around it, frames reserved with no owner)."""
+    mem = PhysMem(32 << 20)
+    f = mem.frames
+    kind0, owner0 = bytes(f.kind), dict(f.owner)
+    f.reserve(0x10000, 0x5000, FrameKind.KERNEL_TEXT, "kernel")
+    f.reserve(0x20000, 0x2000, FrameKind.SECRET_POOL)
+    want_kind = bytearray(kind0)
+    want_owner = dict(owner0)
+    for p in range(0x10, 0x15):                # the loop reserve() used to run
+        want_kind[p] = FrameKind.KERNEL_TEXT
+        want_owner[p] = "kernel"
+    for p in range(0x20, 0x22):
+        want_kind[p] = FrameKind.SECRET_POOL
+    assert f.kind == want_kind and f.owner == want_owner
+    assert list(f.owner) == list(want_owner)   # the same order too
+    assert f.info(0x14000).owner == "kernel" and f.info(0x15000).kind == FrameKind.FREE
+    mem.close()
+
+
 def _rss_kib() -> int:
     with open(f"/proc/{os.getpid()}/status") as f:
         for line in f:

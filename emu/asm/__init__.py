@@ -19,7 +19,7 @@ aliases, ``.macro``/``.endm``, ``.extable``, ``.alternative``, constants
 """
 
 from emu.asm.image import Image, Insn, Line, Section, Site, Stmt
-from emu.asm.linker import link, substitute_constants
+from emu.asm.linker import freeze_symbols, link, substitute_constants
 from emu.asm.source import strip_comment
 
-__all__ = ["Image", "Insn", "Line", "Section", "Site", "Stmt", "link", "strip_comment", "substitute_constants"]
+__all__ = ["Image", "Insn", "Line", "Section", "Site", "Stmt", "freeze_symbols", "link", "strip_comment", "substitute_constants"]

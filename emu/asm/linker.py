@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+from types import MappingProxyType
 
 from emu.asm import cache as disk_cache
 from emu.asm.data import check_constants, data_bytes, data_size, evaluate_constants
@@ -24,6 +25,31 @@ def ks_asm(text: str, base: int) -> bytes:
     from emu.asm.engines import ks_asm as assemble
 
     return assemble(text, base)
+
+
+#: id of a table made by freeze_symbols -> (the table, its part of link's key)
+_FROZEN: dict[int, tuple[MappingProxyType, str | None]] = {}
+
+
+def freeze_symbols(symbols: dict[str, int]) -> MappingProxyType:
+    """A read-only copy of ``symbols`` for :func:`link`'s ``predefined``: its
+    part of the cache key (about 500 symbols sorted and printed, most of a
+    cached link's time) is made at its first link and reused, since nobody
+    can change it."""
+    frozen = MappingProxyType(dict(symbols))
+    if len(_FROZEN) >= 64:
+        _FROZEN.clear()
+    _FROZEN[id(frozen)] = (frozen, None)
+    return frozen
+
+
+def _symbols_text(predefined) -> str:
+    got = _FROZEN.get(id(predefined))
+    if got is None or got[0] is not predefined:
+        return repr(sorted(predefined.items()))
+    if got[1] is None:
+        got = _FROZEN[id(predefined)] = (predefined, repr(sorted(predefined.items())))
+    return got[1]
 
 
 class _Inconsistent(Exception):
@@ -48,11 +74,15 @@ def link(sources: list[tuple[str, str]], layout: dict[str, int], predefined: dic
     an unaligned address): the link is then redone once with a new engine,
     and a second inconsistency is an error (docs/unicorn-notes.md).
     """
-    predefined = dict(predefined or {})
-    key = hashlib.sha256(repr((sources, sorted(layout.items()), sorted(predefined.items()),
-                               include_dirs, default_section, nobits, required_sites)).encode()).hexdigest()
+    predefined = predefined or {}
+    # the repr of (sources, sorted layout, sorted predefined, include_dirs, ...),
+    # with a frozen table's part made once (freeze_symbols)
+    key = hashlib.sha256(("(" + ", ".join((repr(sources), repr(sorted(layout.items())), _symbols_text(predefined),
+                                           repr(include_dirs), repr(default_section), repr(nobits),
+                                           repr(required_sites))) + ")").encode()).hexdigest()
     if cache and key in _IMAGE_CACHE:
         return _IMAGE_CACHE[key]
+    predefined = dict(predefined)
     img = disk_cache.load(key) if cache else None
     if img is not None:
         _IMAGE_CACHE[key] = img

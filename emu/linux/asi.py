@@ -18,8 +18,6 @@ early page tables are; from then on the stub (kernel_stub/asi.S) owns them.
 
 from __future__ import annotations
 
-import re
-
 from emu.hw.paging import ADDR_MASK, G, PAGE_KERNEL, PAT_LARGE, PageTable, large_to_4k
 from emu.hw.phys import PAGE_SIZE, SIZE_2M, FrameKind
 from emu.linux import abi
@@ -28,7 +26,8 @@ from emu.linux import abi
 #: kernel data and kernel stacks ("Map non-user buddy allocations as nonsensitive");
 #: user and secret frames are sensitive (GFP_USER)
 NONSENSITIVE_KINDS = {FrameKind.PGTABLE, FrameKind.KERNEL_DATA, FrameKind.KERNEL_STACK}
-_NONSENSITIVE_BYTE = re.compile(b"[" + b"".join(re.escape(bytes([k])) for k in sorted(NONSENSITIVE_KINDS)) + b"]")
+#: kind byte -> 1 for a non-sensitive kind (tail bytes of a large frame: 0)
+_NONSENSITIVE_MARKS = bytes(int(b in NONSENSITIVE_KINDS) for b in range(256))
 
 
 def top_level(levels: int) -> str:
@@ -96,14 +95,28 @@ def boot_direct_map(kb) -> None:
     # the tables of asi.global itself are sensitive (RFC v2 allocates them so,
     # against recursion); a process's restricted PGD is an ordinary
     # GFP_KERNEL_ACCOUNT allocation (asi_init): non-sensitive
-    # found with one regex scan of the kind bytes, not a Python loop over every frame
-    # (65,536 of them with 256 MiB of RAM; docs/performance.md)
-    pfns = [m.start() for m in _NONSENSITIVE_BYTE.finditer(frames.kind)
-            if m.start() not in image and frames.owner.get(m.start(), "") != "asi"]
+    # found with a translation of the kind bytes to marks and memchr over the
+    # marks, not a Python loop over every frame (65,536 of them with 256 MiB
+    # of RAM; docs/performance.md)
+    pfns = [pfn for lo, hi in _marked_runs(frames.kind.translate(_NONSENSITIVE_MARKS)) for pfn in range(lo, hi)
+            if pfn not in image and frames.owner.get(pfn, "") != "asi"]
     # consecutive frames in one map call each (map fills a table's slots at once)
     for first, count in _runs(pfns):
         pa = first << 12
         g.map(lay.page_offset + pa, pa, count * PAGE_SIZE, PAGE_KERNEL & ~G, page_size=PAGE_SIZE)
+
+
+def _marked_runs(marks: bytes) -> list[tuple[int, int]]:
+    """[lo, hi) of each run of 1 bytes in ``marks`` (0 and 1 bytes only)."""
+    out = []
+    lo = marks.find(1)
+    while lo >= 0:
+        hi = marks.find(0, lo)
+        if hi < 0:
+            hi = len(marks)
+        out.append((lo, hi))
+        lo = marks.find(1, hi)
+    return out
 
 
 def _runs(pfns: list[int]) -> list[tuple[int, int]]:

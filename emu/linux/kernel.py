@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 
 from emu.linux import abi
+from emu.linux import bootcache
 from emu.linux import asi as asi_tables
 from emu.linux import unmapped
 from emu.asm import Image, link
@@ -62,6 +63,9 @@ def kernel_layout(lay: Layout) -> dict[str, int]:
 
 
 _LINKED: dict[tuple, Image] = {}
+#: a layout's section addresses and the stub's constants (emu/linux/abi.py, fixed for the
+#: process), with their part of _LINKED's key: made once per layout, not at every boot
+_LAYOUT_KEYS: dict[Layout, tuple] = {}
 
 
 def link_kernel(lay: Layout) -> Image:
@@ -71,17 +75,22 @@ def link_kernel(lay: Layout) -> Image:
     has its own caches, in memory and on disk, keyed by the sources
     (docs/assembler.md)."""
     stats = []
-    for name in sorted(os.listdir(STUB_DIR)):
-        try:
-            st = os.stat(os.path.join(STUB_DIR, name))
-        except OSError:
-            continue
-        stats.append((name, st.st_mtime_ns, st.st_size))
-    sections, symbols = kernel_layout(lay), abi.asm_symbols(lay)
-    key = (tuple(stats), tuple(sorted(sections.items())), tuple(sorted(symbols.items())))
+    with os.scandir(STUB_DIR) as entries:          # one listing, one stat per file (as os.stat: links followed)
+        for e in entries:
+            try:
+                st = e.stat()
+            except OSError:
+                continue
+            stats.append((e.name, st.st_mtime_ns, st.st_size))
+    stats.sort()                                   # by name (names are unique)
+    got = _LAYOUT_KEYS.get(lay)
+    if got is None:
+        sections, symbols = kernel_layout(lay), abi.asm_symbols(lay)
+        got = _LAYOUT_KEYS[lay] = (sections, symbols, tuple(sorted(sections.items())), tuple(sorted(symbols.items())))
+    key = (tuple(stats), got[2], got[3])
     img = _LINKED.get(key)
     if img is None:
-        img = _LINKED[key] = link(stub_sources(), sections, symbols, include_dirs=[STUB_DIR],
+        img = _LINKED[key] = link(stub_sources(), dict(got[0]), dict(got[1]), include_dirs=[STUB_DIR],
                                   required_sites=("cr0_write", "cr3_write", "cr4_write", "invlpg"))
     return img
 
@@ -229,6 +238,15 @@ class KernelBuilder:
 
     # -- the build ----------------------------------------------------------------
     def build(self) -> Kernel:
+        """The kernel in this builder's fresh RAM; a configuration built twice
+        in this process is copied from what it built (emu/linux/bootcache.py)."""
+        k = bootcache.restore(self)
+        if k is None:
+            k = self._build()
+            bootcache.built(self)
+        return k
+
+    def _build(self) -> Kernel:
         cfg, lay, mem, img = self.cfg, self.lay, self.mem, self.image
         mem.frames.reserve(abi.KERNEL_PHYS, abi.KERNEL_IMAGE_SIZE, FrameKind.KERNEL_TEXT, "kernel")
         for name, sec in img.sections.items():

@@ -86,6 +86,21 @@ class RunResult:
     events: list[Event] = field(default_factory=list)
 
 
+#: id of a linked stub image -> (the image, addresses after its 'hlt's, addresses of its 'out's):
+#: two scans of its ~10,000 instructions made once per image, not at every boot
+_STUB_INSNS: dict[int, tuple[Image, frozenset, tuple]] = {}
+
+
+def _stub_insns(img: Image) -> tuple[frozenset, tuple]:
+    got = _STUB_INSNS.get(id(img))
+    if got is None or got[0] is not img:
+        if len(_STUB_INSNS) >= 8:
+            _STUB_INSNS.clear()
+        got = _STUB_INSNS[id(img)] = (img, frozenset(ins.addr + ins.size for ins in img.insns if ins.mnemonic == "hlt"),
+                                      tuple(ins.addr for ins in img.insns if ins.mnemonic == "out"))
+    return got[1], got[2]
+
+
 class Machine:
     """A booted machine.  Processes are added before the first run."""
 
@@ -176,9 +191,10 @@ class Machine:
         for n in (0, 4):
             for s in img.sites_of(f"cr{n}_write"):
                 self.cpu.add_cr_site(s.addr, s.size, n, s.operand)
-        self.cpu.hlt_sites = {ins.addr + ins.size for ins in img.insns if ins.mnemonic == "hlt"}
+        hlt_after, outs = _stub_insns(img)
+        self.cpu.hlt_sites = set(hlt_after)
         # the hypercalls and the console read RIP (events, findings)
-        self.cpu.sync_rip_at([ins.addr for ins in img.insns if ins.mnemonic == "out"])
+        self.cpu.sync_rip_at(outs)
 
     # the stub's declared hooks (``.hook NAME``) and what observes them:
     # always, and only while someone records events

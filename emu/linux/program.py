@@ -11,9 +11,10 @@ one still gets a writable page there.
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 from emu.linux import abi, kvm_abi
-from emu.asm import Image, link
+from emu.asm import Image, freeze_symbols, link
 from emu.asm.syntax import non_ascii_problem
 from emu.errors import AsmError, ConfigError
 from emu.linux.layout import Layout
@@ -96,13 +97,23 @@ def read_source(path) -> str:
 LIBRARY_INCLUDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
 
 
+#: layout -> its user symbols, read-only: the linker makes their part of its key once
+_FROZEN_SYMBOLS: dict[Layout, Mapping[str, int]] = {}
+
+
+def _frozen_user_symbols(layout: Layout) -> Mapping[str, int]:
+    got = _FROZEN_SYMBOLS.get(layout)
+    if got is None:
+        got = _FROZEN_SYMBOLS[layout] = freeze_symbols(user_symbols(layout))
+    return got
+
+
 def assemble_program(source: str, name: str, layout: Layout, extra_symbols: dict[str, int] | None = None,
                      include_dirs: list[str] | None = None) -> Image:
     """Assemble a user program; errors name ``name:line``.  ``.include``
     looks in ``include_dirs`` (default: the directory of ``name`` when it is
     a file) and then in the library (isoemu.inc)."""
-    syms = user_symbols(layout)
-    syms.update(extra_symbols or {})
+    syms = {**user_symbols(layout), **extra_symbols} if extra_symbols else _frozen_user_symbols(layout)
     if include_dirs is None:
         include_dirs = [os.path.dirname(os.path.abspath(name))] if os.path.isfile(name) else []
     if LIBRARY_INCLUDE not in include_dirs:

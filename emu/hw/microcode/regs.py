@@ -28,34 +28,42 @@ FRAME5 = struct.Struct("<5Q")
 FRAME6 = struct.Struct("<6Q")
 
 
+# the register ids, slots and the ctypes types a RegFile is made of: the same for every CPU
+_IDS = [getattr(X, f"UC_X86_REG_{n.upper()}") for n in _GPRS + _OTHERS]
+_IDS += [X.UC_X86_REG_MSR, X.UC_X86_REG_MXCSR] + [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
+_N = len(_IDS)
+# the write-back after a snapshot restore leaves CR3 out: it is patched
+# into the snapshot instead (writing it would flush the TLB)
+_KEEP = [i for i in range(_N) if STATE_NAMES[i] != "cr3"]
+_MSR = IDX["kernel_gs_base"]
+# name -> index of its value in a 64-bit view (memoryview indexing is
+# several times cheaper than a ctypes array's); the MSR slot is a
+# uc_x86_msr {u32 rid; u64 value}: value at +8
+_VALUE_INDEX = {name: 2 * i + (1 if i == _MSR else 0) for i, name in enumerate(STATE_NAMES)}
+_Ids, _WIds = ctypes.c_int32 * _N, ctypes.c_int32 * len(_KEEP)
+_Ptrs, _WPtrs = ctypes.c_void_p * _N, ctypes.c_void_p * len(_KEEP)
+_Buf, _Qs = ctypes.c_uint8 * (_SLOT * _N), ctypes.c_uint64 * (2 * _N)
+
+
 class RegFile:
     """Every register a privilege transition must carry, in one C batch."""
 
     def __init__(self, hv):
-        ids = [getattr(X, f"UC_X86_REG_{n.upper()}") for n in _GPRS + _OTHERS]
-        ids += [X.UC_X86_REG_MSR, X.UC_X86_REG_MXCSR] + [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
-        n = len(ids)
-        self.n = ctypes.c_int(n)
+        self.n = ctypes.c_int(_N)
         self.h = hv
-        self.ids = (ctypes.c_int32 * n)(*ids)
-        self.buf = (ctypes.c_uint8 * (_SLOT * n))()
+        self.ids = _Ids(*_IDS)
+        self.buf = _Buf()
         base = ctypes.addressof(self.buf)
-        self.ptrs = (ctypes.c_void_p * n)(*[base + _SLOT * i for i in range(n)])
-        self.q = (ctypes.c_uint64 * (2 * n)).from_buffer(self.buf)   # q[2*i] is slot i's value
-        # the write-back after a snapshot restore leaves CR3 out: it is patched
-        # into the snapshot instead (writing it would flush the TLB)
-        keep = [i for i in range(n) if STATE_NAMES[i] != "cr3"]
-        self.wn = ctypes.c_int(len(keep))
-        self.wids = (ctypes.c_int32 * len(keep))(*[ids[i] for i in keep])
-        self.wptrs = (ctypes.c_void_p * len(keep))(*[base + _SLOT * i for i in keep])
-        # the MSR slot is a uc_x86_msr {u32 rid; u64 value}: value at +8
-        self.msr = IDX["kernel_gs_base"]
+        self.ptrs = _Ptrs(*range(base, base + _SLOT * _N, _SLOT))
+        self.q = _Qs.from_buffer(self.buf)   # q[2*i] is slot i's value
+        self.wn = ctypes.c_int(len(_KEEP))
+        self.wids = _WIds(*[_IDS[i] for i in _KEEP])
+        self.wptrs = _WPtrs(*[base + _SLOT * i for i in _KEEP])
+        self.msr = _MSR
         self._rid = ctypes.c_uint32.from_buffer(self.buf, _SLOT * self.msr)
         self._rid.value = MSR_KERNEL_GS_BASE
-        # name -> index of its value in a 64-bit view (memoryview indexing is
-        # several times cheaper than a ctypes array's)
         self.mv = memoryview(self.buf).cast("B").cast("Q")
-        self.slot = {name: 2 * i + (1 if i == self.msr else 0) for i, name in enumerate(STATE_NAMES)}
+        self.slot = dict(_VALUE_INDEX)
 
     def read(self) -> None:
         C.reg_read_batch(self.h, self.ids, self.ptrs, self.n)

@@ -86,6 +86,10 @@ _EXTRA = [("ds", X.UC_X86_REG_DS), ("es", X.UC_X86_REG_ES), ("fs", X.UC_X86_REG_
           ("gs", X.UC_X86_REG_GS)]
 
 
+class _FieldIndex:
+    """Indices of the save buffer's fields (KernelEntry.view): one class, not one per CPU."""
+
+
 class KernelEntry:
     """One CPU's way into CPL 0 (see the module docstring).
 
@@ -214,9 +218,7 @@ class KernelEntry:
         self._s_cr4 = int.from_bytes(s[L.cr2 + 16:L.cr2 + 24], "little")
         self._cc_op = L.cc_op_eflags
 
-        class Ix:
-            pass
-        i = self._ix = Ix()
+        i = self._ix = _FieldIndex()
         for name in ("rip", "eflags", "cc_dst", "cc_src", "cc_src2", "cr2"):
             setattr(i, name, getattr(L, name) // 8)
         i.cr0, i.cr3, i.cr4 = (L.cr2 - 16) // 8, (L.cr2 + 8) // 8, (L.cr2 + 16) // 8

@@ -35,22 +35,21 @@ def test_found_and_verified_on_this_build():
     cr3.value = was
 
 
-def test_searched_when_the_guess_is_wrong(monkeypatch):
-    monkeypatch.setattr(live, "_where", [(0, 8)])
-    m = booted()
-    assert isinstance(m.cpu._cr3, ctypes.c_uint64) and m.cpu._cr3.value == m.cpu.reg("cr3")
-    assert live._where[0] != (0, 8)
-
-
-def test_the_api_when_nothing_follows(monkeypatch):
-    monkeypatch.setattr(live, "_where", [(0, 8)])
-    monkeypatch.setattr(live, "_search", lambda *a: None)
+def test_the_api_when_the_state_is_not_found(monkeypatch):
+    monkeypatch.setattr(live, "live_state_address", lambda cpu: None)
     m = booted()
     assert isinstance(m.cpu._cr3, live._ApiCr3)
+    assert live.cr3_access(m.cpu, "api").value == m.cpu.reg("cr3")
     m2 = Machine(MachineConfig(), programs=[("A", LOOP)], record_events=False)
     m2.run(budget=10_000_000)       # the machine works through the API
     assert isinstance(m2.cpu._cr3, live._ApiCr3) and m2.exits[1]["status"] == 0
-    assert live.cr3_access(m.cpu, "api").value == m.cpu.reg("cr3")
+
+
+def test_the_api_when_the_slot_does_not_follow(monkeypatch):
+    """A state address whose CR3 slot is wrong (8 bytes off): refused."""
+    real = live.live_state_address
+    monkeypatch.setattr(live, "live_state_address", lambda cpu: real(cpu) + 8)
+    assert isinstance(booted().cpu._cr3, live._ApiCr3)
 
 
 def test_check_mode_catches_a_wrong_slot():

@@ -9,9 +9,11 @@ import copy
 import pytest
 
 from emu.cli.main import main
-from emu.dev.bare import loop_system, run_loop
+from emu.dev.bare import bare_system, loop_system, run_loop
+from emu.hw.microcode import lazyflags
+from emu.hw.microcode.context import check_live, live_state_address
 from emu.hw.microcode.plan import FaultEntry
-from emu.hw.microcode.transition import ENV, KernelEntry, TransitionMismatch, layout
+from emu.hw.microcode.transition import ENV, ENV_OFF, KernelEntry, TransitionMismatch, layout
 from emu.hw.paging import Fault
 from emu.hw.x86 import CR4_PGE
 from emu.linux.config import MachineConfig
@@ -37,16 +39,21 @@ def test_layout_verified_on_this_build():
 LOOPS = [("syscalls", 201, 0), ("faults", 1, 200)]
 
 
+@pytest.mark.parametrize("off", ["", "live", "flags", "live,flags"])
 @pytest.mark.parametrize("label,syscalls,faults", LOOPS)
-def test_bare_loops_every_transition_equal(monkeypatch, label, syscalls, faults):
+def test_bare_loops_every_transition_equal(monkeypatch, label, syscalls, faults, off):
     """``check``: at every transition the fast path and the original path run
     from the same state; any difference in registers, CPL, the CS/SS caches,
-    the exception in flight or the frame raises."""
+    the exception in flight or the frame raises.  With each of the fast
+    entries' shortcuts on and off (the live state, RFLAGS computed)."""
     monkeypatch.setenv(ENV, "check")
+    monkeypatch.setenv(ENV_OFF, off)
     b = bare("check")
     run_loop(b, label, 200)
     e = b.cpu.entry
     assert e.variant == "check"
+    assert e.live == ("live" not in off)
+    assert all(fn is None for fn in e.compute) == ("flags" in off)
     # every entry was compared (the first of each kind through the general path)
     assert e.checked == syscalls + faults
 
@@ -95,6 +102,169 @@ def test_check_mode_reports_a_difference(monkeypatch):
         cpu.run(100)
 
 
+# --- RFLAGS from the lazy-flag fields, the live CPU state ---------------------------------
+def test_every_cc_op_verified_on_this_build():
+    """Every cc_op but CC_OP_DYNAMIC passes the start-up check against the
+    API: the fast entries read RFLAGS through the API for none of them."""
+    table = lazyflags.verified(layout())
+    assert [op for op, fn in enumerate(table) if fn is None] == [lazyflags.CC_OP["DYNAMIC"]]
+
+
+def test_startup_check_drops_a_wrong_flags_function():
+    """An injected error in one cc_op's computation (OF of DECQ at its one
+    overflowing result; SUBB computed as SUBW) is caught by the start-up
+    check: those cc_ops fall back to the API read, the others stay."""
+    table = list(lazyflags.COMPUTE)
+    decq, subb = lazyflags.CC_OP["DECQ"], lazyflags.CC_OP["SUBB"]
+    good = table[decq]
+    table[decq] = lambda dst, src, src2: good(dst, src, src2) ^ (0x800 if dst == 0x7FFFFFFFFFFFFFFF else 0)
+    table[subb] = lazyflags.COMPUTE[lazyflags.CC_OP["SUBW"]]
+    kept = lazyflags.check_table(table, layout())
+    assert [op for op, fn in enumerate(kept) if fn is None] == [0, lazyflags.CC_OP["SUBB"], decq]
+
+
+# (cc_op, cc_dst, cc_src, cc_src2, RFLAGS's arithmetic bits): the SDM's flags for each
+FLAG_CASES = [("DECQ", 0, 1, 0, 0x45),                      # ZF PF, CF kept from src
+              ("DECQ", 0x7FFFFFFFFFFFFFFF, 0, 0, 0x814),    # 0x8000...0 - 1: OF AF PF
+              ("DECL", 0xFFFFFFFF, 0, 0, 0x94),             # 0 - 1 in 32 bits: SF AF PF
+              ("SUBQ", 0xFFFFFFFFFFFFFFFF, 1, 0, 0x95),     # 0 - 1: CF SF AF PF
+              ("SUBB", 0x7F, 1, 0, 0x810),                  # 0x80 - 1: OF AF, no PF
+              ("ADDL", 0, 0xFFFFFFFF, 0, 0x55),             # 0xFFFFFFFF + 1: CF ZF AF PF
+              ("LOGICQ", 0x8000000000000000, 0, 0, 0x84),   # SF PF
+              ("INCW", 0x8000, 0, 0, 0x894),                # 0x7FFF + 1: OF SF AF PF
+              ("SHLB", 0x02, 0x81, 0, 0x801),               # 0x81 << 1: CF, OF (CF ^ MSB)
+              ("SARQ", 0, 1, 0, 0x45),                      # 1 >> 1: CF ZF PF
+              ("MULQ", 6, 0, 0, 0x4),                       # no high half: PF only
+              ("EFLAGS", 0, 0x8D5, 0, 0x8D5), ("CLR", 0, 0, 0, 0x44)]
+
+
+@pytest.mark.parametrize("op,dst,src,src2,arith", FLAG_CASES)
+def test_flags_table_of_exact_cases(op, dst, src, src2, arith):
+    """A few operations whose flags the SDM fixes, through both the Python
+    computation and QEMU's (the API read of the same fields)."""
+    got = lazyflags.rflags(lazyflags.COMPUTE, 0x202, lazyflags.CC_OP[op], dst, src, src2, 1)
+    assert got == 0x202 | arith
+    assert lazyflags.check_table(lazyflags.COMPUTE, layout(), cases=[(dst, src, src2)])[lazyflags.CC_OP[op]] \
+        is not None
+
+
+FLAGS_KERNEL = """
+entry_syscall:
+    cmp eax, 1
+    je .Lhalt
+    sysretq
+.Lhalt:
+    hlt
+"""
+# one SYSCALL after each kind of flag-setting instruction (the cc_op it leaves)
+FLAGS_USER = """
+_start:
+    syscall
+    mov rax, -1
+    add rax, 1
+    syscall
+    mov rax, 5
+    stc
+    adc rax, -6
+    syscall
+    mov rax, 0
+    sub rax, 1
+    syscall
+    stc
+    sbb rax, rax
+    syscall
+    mov rax, 0x80
+    and al, 0xC0
+    syscall
+    mov ax, 0x7FFF
+    inc ax
+    syscall
+    mov ebx, 0
+    dec ebx
+    syscall
+    mov rax, 0x4000000000000001
+    shl rax, 1
+    syscall
+    mov rax, -3
+    sar rax, 1
+    syscall
+    mov rax, 0x100000000
+    mov rbx, 0x100000000
+    mul rbx
+    syscall
+    mov rax, 3
+    mov rbx, 5
+    blsr rax, rbx
+    syscall
+    mov rax, 0
+    adcx rax, rbx
+    syscall
+    adox rax, rbx
+    syscall
+    xor eax, eax
+    syscall
+    popcnt rax, rbx
+    syscall
+    push 0x8D7
+    popfq
+    syscall
+    mov eax, 1
+    syscall
+"""
+
+
+def test_flags_of_real_instructions_in_check_mode(monkeypatch):
+    """The cc_ops that real instructions leave at a SYSCALL, each compared
+    (check mode) with the API's RFLAGS: R11 and the new RFLAGS; the fast
+    entry computed every one of them."""
+    monkeypatch.setenv(ENV, "check")
+    seen = []
+    real = lazyflags.verified
+
+    def recording(L):
+        return tuple(None if fn is None else (lambda d, s, s2, fn=fn, op=op: seen.append(op) or fn(d, s, s2))
+                     for op, fn in enumerate(real(L)))
+    monkeypatch.setattr(lazyflags, "verified", recording)
+    b = bare_system(FLAGS_KERNEL, FLAGS_USER, gates={}, lstar="entry_syscall")
+    b.start_user("_start")
+    assert b.cpu.run(1000) == "halt"
+    assert b.cpu.entry.checked == 18
+    names = {v: k for k, v in lazyflags.CC_OP.items()}
+    assert {names[op] for op in seen} >= {"ADDQ", "ADCQ", "SUBQ", "SBBQ", "LOGICB", "INCW", "DECL", "SHLQ",
+                                          "SARQ", "MULQ", "BMILGQ", "ADCX", "ADOX", "CLR", "POPCNT",
+                                          "EFLAGS"}, sorted(names[op] for op in set(seen))
+
+
+@pytest.mark.parametrize("label,kind", [("syscalls", "r11"), ("faults", "frame")])
+def test_check_mode_catches_a_wrong_flags_computation(monkeypatch, label, kind):
+    """An error in the flags computation that the start-up check did not
+    see (injected after it: CF inverted for every cc_op; the loops leave
+    CC_OP_EFLAGS, QEMU having computed the flags for the jnz, and a table
+    not this module's own turns off its inline case) is caught by check
+    mode: in R11 at a SYSCALL, in the frame at a #PF."""
+    monkeypatch.setenv(ENV, "check")
+    real = lazyflags.verified
+
+    def wrong(L):
+        return tuple(None if fn is None else (lambda d, s, s2, fn=fn: fn(d, s, s2) ^ 1) for fn in real(L))
+    monkeypatch.setattr(lazyflags, "verified", wrong)
+    b = bare("check")
+    with pytest.raises(TransitionMismatch, match=kind):
+        run_loop(b, label, 5)
+
+
+def test_live_state_found_and_checked():
+    """The live CPU state is found on this build and passes the API check;
+    the check refuses an address one field off."""
+    b = bare("inplace")
+    cpu = b.cpu
+    base = live_state_address(cpu)
+    assert base is not None and cpu.entry.live
+    size = len(cpu.entry._fb)
+    assert not check_live(cpu, base + 8, 40, size)
+    assert check_live(cpu, base, 40, size)
+
+
 def test_unknown_variant_is_one_clear_error(monkeypatch):
     monkeypatch.setenv(ENV, "fastest")
     with pytest.raises(Exception, match="ISOEMU_TRANSITION='fastest': expected one of"):
@@ -111,13 +281,17 @@ def test_matrix_equal_in_check_mode(monkeypatch, cfg):
     entries, each compared with the slow path."""
     monkeypatch.setenv(ENV, "check")
     fast = {True: 0, False: 0}
-    real = FaultEntry.__call__
+    real = FaultEntry._make
 
-    def counting(self, vector):
-        took = real(self, vector)
-        fast[took] += 1
-        return took
-    monkeypatch.setattr(FaultEntry, "__call__", counting)
+    def make_counting(self):
+        run = real(self)
+
+        def counting(vector):
+            took = run(vector)
+            fast[took] += 1
+            return took
+        return counting
+    monkeypatch.setattr(FaultEntry, "_make", make_counting)
     res = run_matrix(cfg)
     assert fast[True] > 50 and fast[False] == 0, fast
     monkeypatch.setenv(ENV, "slow")

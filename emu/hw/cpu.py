@@ -581,3 +581,4 @@ def old_exception_offset() -> int | None:
     saved context (calibrated with :func:`error_code_offset`), or None."""
     error_code_offset()
     return _ec_offset[2]
+

@@ -41,9 +41,10 @@ class System(SyscallStep, Delivery, Cr3Sites, TlbSites, InvalidOpcode, EventLoop
         super().__init__(mem, config, sink)
         self.transition_variant = None      # None: ISOEMU_TRANSITION or the default (transition.py)
         self.entry = None                   # the KernelEntry, made by boot_state
+        self._entry_check = False           # ISOEMU_TRANSITION=check (set by boot_state)
         self._fast_syscall = self._fast_fault = None
         self.walker_cross_check = True      # compare each #PF with the reference walker
-        self.add_hook("intr", self._guard(self._on_intr))
-        self.add_hook("syscall", self._guard(self._on_syscall, settle=False))   # settles itself
+        self.add_hook("intr", self._intr_hook())
+        self.add_hook("syscall", self._syscall_hook())
         self.add_hook("out", self._guard(self._on_out))
         self.add_hook("invalid", self._guard(self._on_invalid, True))

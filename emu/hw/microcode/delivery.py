@@ -27,15 +27,30 @@ class Delivery:
     """Mixed into :class:`emu.hw.microcode.System`."""
 
     # -- exceptions and interrupts -----------------------------------------------------------
-    def _on_intr(self, uch, intno, ud):
-        fast = self._fast_fault
-        if fast is not None:
-            if self.entry.requested == "check":
-                return self.entry.compare_fast("delivery", lambda: fast(intno), lambda: self._intr_general(intno),
-                                               48 if intno in ERROR_CODE_VECTORS else 40)
-            if fast(intno):
-                return
-        self._intr_general(intno)
+    def _intr_hook(self):
+        """The interrupt hook: Unicorn's callback calls this closure, which
+        calls the planned entry (``_fast_fault.run``, plan.py) when there is
+        one; else the general path.  The guard is part of it, as in
+        ``_syscall_hook``."""
+        me = self
+        failed = self._hook_failed
+
+        def hook(uch, intno, ud):
+            try:
+                if me._cr3_deferred:
+                    me.settle_cr3()         # a deferred NOFLUSH strip (cr3.py): before anything reads
+                fast = me._fast_fault
+                if fast is not None:
+                    if me._entry_check:
+                        return me.entry.compare_fast("delivery", lambda: fast.run(intno),
+                                                     lambda: me._intr_general(intno),
+                                                     48 if intno in ERROR_CODE_VECTORS else 40)
+                    if fast.run(intno):
+                        return
+                me._intr_general(intno)
+            except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                failed(e)
+        return hook
 
     def _intr_general(self, intno: int) -> None:
         try:

@@ -56,6 +56,7 @@ class SyscallStep:
         self.snapshot_regs = {"cr0": self.reg("cr0"), "cr4": self.reg("cr4"),
                               "kernel_gs_base": self.msr(MSR_KERNEL_GS_BASE)}
         self.entry = KernelEntry(self, self.transition_variant)
+        self._entry_check = self.entry.requested == "check"     # the hooks compare every fast entry
         self._fast_syscall = None       # made after the first SYSCALL verified the in-place entry
         self._fast_fault = None         # plan.py, after the first delivery verified it
         self.set_reg("rip", rip)
@@ -65,20 +66,34 @@ class SyscallStep:
         return ctypes.c_uint64.from_address(ctx.value + context_offset(X.UC_X86_REG_CR3))
 
     # -- SYSCALL (SDM: SYSCALL—Fast System Call) ------------------------------------------------
-    def _on_syscall(self, uch, ud):
-        fast = self._fast_syscall
-        if fast is not None and not self._want_events and not self.tlb_lazy:
-            if self.entry.requested == "check":
-                self.settle_cr3()
-                return self.entry.compare_fast("syscall", fast, self._syscall_general, 0)
-            if fast():
-                # the context it restored has CR3 without NOFLUSH (a deferred
-                # strip, cr3.py, done for free)
-                self._cr3_deferred = False
-                self._last_block_start = None
-                return
-        self.settle_cr3()
-        self._syscall_general()
+    def _syscall_hook(self):
+        """The SYSCALL hook: Unicorn's callback calls this closure, which
+        calls the fast entry (``_fast_syscall``, transition.py) when there
+        is one and nothing needs the general path; the guard is part of it
+        (one Python frame fewer at every SYSCALL).  Python exceptions cannot
+        cross a ctypes callback: the first one is kept and the CPU stopped
+        (``_hook_failed``)."""
+        me = self
+        failed = self._hook_failed
+
+        def hook(uch, ud):
+            try:
+                fast = me._fast_syscall
+                if fast is not None and not me._want_events and not me.tlb_lazy:
+                    if me._entry_check:
+                        me.settle_cr3()
+                        return me.entry.compare_fast("syscall", fast, me._syscall_general, 0)
+                    if fast():
+                        # the state it left has CR3 without NOFLUSH (a deferred
+                        # strip, cr3.py, done for free)
+                        me._cr3_deferred = False
+                        return
+                if me._cr3_deferred:
+                    me.settle_cr3()
+                me._syscall_general()
+            except BaseException as e:   # noqa: BLE001 - re-raised by run()
+                failed(e)
+        return hook
 
     def _syscall_general(self) -> None:
         try:

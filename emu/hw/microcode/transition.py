@@ -27,7 +27,11 @@ the next #PF would become #DF).  A CPU context saved at CPL 0 during boot
     only when :func:`layout` finds the offsets and checks them through the
     API at start-up, and after the first entry of each kind on each CPU gave
     the same state as the ``slow`` path (else the CPU falls back to
-    ``api`` for good).
+    ``api`` for good).  After that first entry, SYSCALL and planned faults
+    take the *fast entries* (:meth:`KernelEntry.make_syscall`, plan.py):
+    the same patch written straight into the live CPU state (a save and a
+    restore are each a ``memcpy`` of it), with RFLAGS computed from QEMU's
+    lazy-flag fields (lazyflags.py): no call into Unicorn.
 
 ``check`` runs ``slow``, ``api`` and ``inplace`` from the same state at every
 entry and raises :class:`TransitionMismatch` on any difference (the
@@ -41,22 +45,23 @@ import ctypes
 import os
 import struct
 
-from unicorn import Uc
-from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.errors import GuestError
-from emu.hw.cpu import C, MODELS, context_offset, old_exception_offset
+from emu.hw.cpu import C
+from emu.hw.microcode import lazyflags
+from emu.hw.microcode.context import CC_FLAGS, DF, SEG, layout, live_state_address
 from emu.hw.microcode.regs import (IDX, STATE_NAMES, V_CR0, V_CR2, V_CR3, V_CR4, V_CS, V_R11, V_RCX, V_RFLAGS,
                                    V_RIP, V_RSP, V_SS)
 from emu.hw.x86 import MSR_EFER, MSR_KERNEL_GS_BASE
 
 VARIANTS = ("inplace", "api", "slow", "check")
 ENV = "ISOEMU_TRANSITION"
-_SEG = 24                 # sizeof(SegmentCache): selector, base, limit, flags
-_CC_FLAGS = 0x8D5         # OF SF ZF AF PF CF: QEMU keeps them in cc_src
-_DF = 0x400
+# the fast entries' two shortcuts, each on unless named here (comma-separated):
+# "live" (patch the live CPU state, not a saved copy), "flags" (RFLAGS from
+# the lazy-flag fields, not through the API); for comparison and the tests
+ENV_OFF = "ISOEMU_ENTRY_OFF"
 _M64 = 0xFFFFFFFFFFFFFFFF
 _NO_NOFLUSH = _M64 >> 1    # CR3 without bit 63
 
@@ -70,113 +75,6 @@ def requested_variant() -> str:
     if v not in VARIANTS:
         raise GuestError(f"{ENV}={v!r}: expected one of {', '.join(VARIANTS)}")
     return v
-
-
-# --- the saved-context layout -----------------------------------------------------------
-class Layout:
-    """Offsets in a saved context of the fields an in-place entry patches
-    (QEMU's ``CPUX86State``, target/i386/cpu.h: regs[16], eip, eflags,
-    cc_dst, cc_src, cc_src2, cc_op, df, hflags, hflags2, segs[6], ..., cr[5])."""
-
-    def __init__(self, rax: int, rip: int, cr2: int, old_exception: int):
-        self.gpr = {n: rax + 8 * i for i, n in enumerate(
-            ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))}
-        self.rip = rip
-        self.eflags = rip + 8
-        self.cc_src = rip + 24
-        self.cc_op = rip + 40          # uint32
-        self.df = rip + 44             # int32: 1, or -1 with DF set
-        self.hflags = rip + 48         # uint32 hflags, uint32 hflags2
-        self.segs = rip + 56           # ES, CS, SS, DS, FS, GS
-        self.cs = self.segs + _SEG
-        self.ss = self.segs + 2 * _SEG
-        self.cr2 = cr2
-        self.old_exception = old_exception
-        self.cc_op_eflags: int | None = None     # QEMU's CC_OP_EFLAGS, read at verification
-
-
-_layout: list = []
-
-
-def layout() -> Layout | None:
-    """The verified layout of this Unicorn build, found once per process; None
-    if any offset is not where QEMU's layout puts it or the API disagrees."""
-    if not _layout:
-        _layout.append(_find_layout())
-    return _layout[0]
-
-
-def _find_layout() -> Layout | None:
-    off = {n: context_offset(getattr(X, f"UC_X86_REG_{n.upper()}"))
-           for n in ("rax", "rcx", "rsp", "r11", "rip", "cr0", "cr2", "fs_base")}
-    old = old_exception_offset()
-    if None in off.values() or old is None:
-        return None
-    L = Layout(off["rax"], off["rip"], off["cr2"], old)
-    # the offsets found one by one must sit where the struct puts them
-    if (off["rip"] != off["rax"] + 128 or off["rcx"] != L.gpr["rcx"] or off["rsp"] != L.gpr["rsp"]
-            or off["r11"] != L.gpr["r11"] or off["cr0"] != L.segs + 10 * _SEG
-            or off["fs_base"] != L.segs + 4 * _SEG + 8):
-        return None
-    return L if _verify(L) else None
-
-
-def _verify(L: Layout) -> bool:
-    """Write registers through the API and read them in the saved context;
-    patch the context and read them back through the API after a restore."""
-    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, MODELS["skylake-server"])
-    size = uclib.uc_context_size(uc._uch)
-    ctx = uc.context_save()
-    addr = ctypes.cast(ctx.context, ctypes.c_void_p).value
-    hv = ctypes.c_void_p(uc._uch.value)
-    buf = (ctypes.c_char * size).from_address(addr)
-    q = memoryview(buf).cast("B")
-    u64 = lambda o: int.from_bytes(q[o:o + 8], "little")            # noqa: E731
-    u32 = lambda o: int.from_bytes(q[o:o + 4], "little")            # noqa: E731
-    regs = {"rip": (X.UC_X86_REG_RIP, L.rip), "cr2": (X.UC_X86_REG_CR2, L.cr2)}
-    regs.update({n: (getattr(X, f"UC_X86_REG_{n.upper()}"), o) for n, o in L.gpr.items()})
-    for i, (name, (rid, o)) in enumerate(regs.items()):
-        v = 0x0123_4567_89AB_C000 + 0x1111 * i
-        uc.reg_write(rid, v)
-        C.context_save(hv, ctypes.c_void_p(addr))
-        if u64(o) != v:
-            return False
-        q[o:o + 8] = (v ^ 0x5A5A00).to_bytes(8, "little")
-        C.context_restore(hv, ctypes.c_void_p(addr))
-        if uc.reg_read(rid) != v ^ 0x5A5A00:
-            return False
-    # RFLAGS: QEMU keeps the arithmetic flags in cc_src and DF in df; the
-    # patch must leave the fields exactly as the API's write does
-    for v in (0x2, 0x246, 0xAD7, 0x602, 0x40283, 0x10002):
-        uc.reg_write(X.UC_X86_REG_RFLAGS, v)
-        C.context_save(hv, ctypes.c_void_p(addr))
-        want = bytes(q[L.eflags:L.hflags])
-        if L.cc_op_eflags is None:
-            L.cc_op_eflags = u32(L.cc_op)
-        uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2 if v != 0x2 else 0x8D7)
-        uc.reg_write(X.UC_X86_REG_RAX, v)
-        uc.reg_write(X.UC_X86_REG_RAX, 0)
-        C.context_save(hv, ctypes.c_void_p(addr))
-        patch_rflags(q, L, v)
-        got = bytes(q[L.eflags:L.hflags])
-        # cc_dst and cc_src2 are don't-cares under CC_OP_EFLAGS
-        for o in (L.eflags, L.cc_src, L.cc_op, L.df):
-            a, b = o - L.eflags, o - L.eflags + (8 if o < L.cc_op else 4)
-            if want[a:b] != got[a:b]:
-                return False
-        C.context_restore(hv, ctypes.c_void_p(addr))
-        if uc.reg_read(X.UC_X86_REG_RFLAGS) != v:
-            return False
-    return True
-
-
-def patch_rflags(q, L: Layout, v: int) -> None:
-    """RFLAGS into a saved context as QEMU's own write stores it."""
-    q[L.eflags:L.eflags + 8] = v.to_bytes(8, "little")
-    q[L.cc_src:L.cc_src + 8] = (v & _CC_FLAGS).to_bytes(8, "little")
-    q[L.cc_op:L.cc_op + 4] = L.cc_op_eflags.to_bytes(4, "little")
-    q[L.df:L.df + 4] = (0xFFFFFFFF if v & _DF else 1).to_bytes(4, "little")
 
 
 # --- the entry itself ----------------------------------------------------------------------
@@ -314,7 +212,7 @@ class KernelEntry:
         self._qq = self._bb[:self._size // 8 * 8].cast("Q")
         self._dd = self._bb[:self._size // 4 * 4].cast("I")
         s = ctypes.string_at(cpu._snapshot_ctx.value, self._size)
-        self._h0, self._h1 = L.hflags, L.ss + _SEG
+        self._h0, self._h1 = L.hflags, L.ss + SEG
         self._s_h = s[self._h0:self._h1]
         self._s_old = int.from_bytes(s[L.old_exception:L.old_exception + 4], "little")
         self._s_cr0 = int.from_bytes(s[L.cr2 - 16:L.cr2 - 8], "little")
@@ -322,7 +220,7 @@ class KernelEntry:
         self._cc_op = L.cc_op_eflags
 
         i = self._ix = _FieldIndex()
-        for name in ("rip", "eflags", "cc_src", "cr2"):
+        for name in ("rip", "eflags", "cc_dst", "cc_src", "cc_src2", "cr2"):
             setattr(i, name, getattr(L, name) // 8)
         i.cr0, i.cr3, i.cr4 = (L.cr2 - 16) // 8, (L.cr2 + 8) // 8, (L.cr2 + 16) // 8
         for name in ("rsp", "rcx", "r11"):
@@ -335,21 +233,39 @@ class KernelEntry:
         self._rf_id = ctypes.c_int(X.UC_X86_REG_RFLAGS)
         self._rf_ptr = ctypes.c_void_p(ctypes.addressof(regs.buf) + 16 * IDX["rflags"])
         self._patch_restore = self._make_patch()
-        self.syscall = None
+        self._setup_fast()
 
-    # -- the pieces of a fast entry (plan.py) ----------------------------------------------
+    # -- the pieces of a fast entry (the SYSCALL closure, plan.py) -------------------------
+    def _setup_fast(self) -> None:
+        """The buffer the fast entries work on: the live CPU state where
+        :func:`emu.hw.microcode.context.live_state_address` found and checked
+        it (no save, no restore: the patch is the entry), else the scratch
+        context (saved, patched, restored).  And how they get RFLAGS: computed from
+        the lazy-flag fields for every ``cc_op`` :func:`lazyflags.verified`
+        kept, else through the API."""
+        off = {w.strip() for w in os.environ.get(ENV_OFF, "").split(",") if w.strip()}
+        unknown = off - {"live", "flags"}
+        if unknown:
+            raise GuestError(f"{ENV_OFF}={','.join(sorted(off))}: expected 'live' and/or 'flags'")
+        live = None if "live" in off else live_state_address(self.cpu)
+        self.live = live is not None
+        at = live if live is not None else self._ptr.value
+        raw = (ctypes.c_char * self._size).from_address(at)
+        self._fb = memoryview(raw).cast("B")
+        self._fq = self._fb[:self._size // 8 * 8].cast("Q")
+        self._fd = self._fb[:self._size // 4 * 4].cast("I")
+        self.compute = (None,) * lazyflags.CC_OP_NB if "flags" in off else lazyflags.verified(self.L)
+
     def view(self):
-        """(64-bit view, 32-bit view, field indices) of the save buffer."""
-        return self._qq, self._dd, self._ix
+        """(byte, 64-bit and 32-bit views, field indices) of the fast
+        entries' buffer (see :meth:`_setup_fast`)."""
+        return self._fb, self._fq, self._fd, self._ix
 
     def save(self) -> None:
-        C.context_save(self.cpu.hv, self._ptr)
-
-    def snapshot_controls(self) -> bool:
-        """Are CR0 and CR4 in the save buffer the snapshot's (whose hflags
-        mirror their bits)?"""
-        q, i = self._qq, self._ix
-        return q[i.cr0] == self._s_cr0 and q[i.cr4] == self._s_cr4
+        """Make the fast entries' buffer current (nothing to do when it is the
+        live state)."""
+        if not self.live:
+            C.context_save(self.cpu.hv, self._ptr)
 
     def read_rflags(self) -> int:
         C.reg_read(self.cpu.hv, self._rf_id, self._rf_ptr)
@@ -359,64 +275,86 @@ class KernelEntry:
         return self._s_cr0, self._s_cr4
 
     def entry_patcher(self):
-        """fn(rip, rsp, rflags, cs, ss, _) patching the saved buffer into a
-        CPL-0 entry and restoring it (the buffer holds the state at the
-        fault, CR0/CR4 the snapshot's: plan.py checked)."""
+        """fn(rip, rsp, rflags, cs, ss) patching the fast buffer into a CPL-0
+        entry (and restoring it unless it is the live state); the buffer
+        holds the state at the fault, CR0/CR4 the snapshot's: plan.py
+        checked."""
         L = self.L
-        b, q, d = self._bb, self._qq, self._dd
+        b, q, d = self._fb, self._fq, self._fd
         s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
-        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + _SEG]
-        cs_rest, ss_rest = s[L.cs + 4:L.cs + _SEG], s[L.ss + 4:L.ss + _SEG]
-        pack = struct.Struct(f"<QQQQQIi8s{_SEG}sI{_SEG - 4}sI{_SEG - 4}s").pack_into
+        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + SEG]
+        cs_rest, ss_rest = s[L.cs + 4:L.cs + SEG], s[L.ss + 4:L.ss + SEG]
+        pack = struct.Struct(f"<QQQQQIi8s{SEG}sI{SEG - 4}sI{SEG - 4}s").pack_into
         head, cc_op, s_old, i_rsp = L.rip, L.cc_op_eflags, self._s_old, self._ix.rsp
-        restore, hv, ptr = C.context_restore, self.cpu.hv, self._ptr
+        old = L.old_exception // 4
+        restore, hv, ptr, live = C.context_restore, self.cpu.hv, self._ptr, self.live
         me = self
 
-        def patch(rip: int, rsp: int, f: int, cs: int, ss: int, old: int) -> None:
-            pack(b, head, rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, flags8, es,
+        def patch(rip: int, rsp: int, f: int, cs: int, ss: int) -> None:
+            pack(b, head, rip, f, 0, f & CC_FLAGS, 0, cc_op, -1 if f & DF else 1, flags8, es,
                  cs & 0xFFFF, cs_rest, ss & 0xFFFF, ss_rest)
             q[i_rsp] = rsp
             d[old] = s_old
-            restore(hv, ptr)
+            if not live:
+                restore(hv, ptr)
             me.entries += 1
         return patch
 
     def make_syscall(self, lstar: int, fmask: int, star: int):
-        """SYSCALL in one function (SDM Vol. 2B, SYSCALL): save, RFLAGS read
-        through the API, RCX/R11/RFLAGS/RIP/CS/SS patched, restore.  For the
-        cheap case only (no events, no lazy TLB mode, verified in place)."""
+        """SYSCALL in one function (SDM Vol. 2B, SYSCALL): RFLAGS (computed
+        or read), RCX/R11/RFLAGS/RIP/CS/SS, the CPL and the exception in
+        flight patched into the fast buffer (:meth:`_setup_fast`).  For the
+        cheap case only (no events, no lazy TLB mode, verified in place);
+        returns False, having changed nothing, when CR0/CR4 are not the
+        snapshot's."""
         L, i = self.L, self._ix
-        b, q, d = self._bb, self._qq, self._dd
+        b, q, d = self._fb, self._fq, self._fd
         s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
         cs, ss = (star >> 32) & 0xFFFC, ((star >> 32) & 0xFFFC) + 8
-        tail = (s[L.hflags:L.hflags + 8] + s[L.segs:L.segs + _SEG] + cs.to_bytes(4, "little")
-                + s[L.cs + 4:L.cs + _SEG] + ss.to_bytes(4, "little") + s[L.ss + 4:L.ss + _SEG])
+        tail = (s[L.hflags:L.hflags + 8] + s[L.segs:L.segs + SEG] + cs.to_bytes(4, "little")
+                + s[L.cs + 4:L.cs + SEG] + ss.to_bytes(4, "little") + s[L.ss + 4:L.ss + SEG])
         pack = struct.Struct(f"<QQQQQIi{len(tail)}s").pack_into
         head, entry_rip = L.rip, (lstar - 2) & _M64     # Unicorn adds 2 after the hook
         cc_op, s_old, old = L.cc_op_eflags, self._s_old, L.old_exception // 4
-        i_rip, i_rcx, i_r11, i_cr0, i_cr4, i_cr3 = i.rip, i.rcx, i.r11, i.cr0, i.cr4, i.cr3
+        i_rcx, i_r11, i_cr0, i_cr4, i_cr3 = i.rcx, i.r11, i.cr0, i.cr4, i.cr3
         s_cr0, s_cr4 = self._s_cr0, self._s_cr4
         save, restore, read = C.context_save, C.context_restore, C.reg_read
-        hv, ptr, rf_id, rf_ptr = self.cpu.hv, self._ptr, self._rf_id, self._rf_ptr
+        hv, ptr, rf_id, rf_ptr, live = self.cpu.hv, self._ptr, self._rf_id, self._rf_ptr, self.live
         mv = self._regs.mv
         keep = ~fmask & _M64
+        compute = {op: fn for op, fn in enumerate(self.compute) if fn is not None}.get
+        eflags_op = lazyflags.inline_eflags(self.compute)
+        not_arith = ~lazyflags.ARITH_DF & _M64
+        cpu = self.cpu
         me = self
 
+        head7 = struct.Struct("<QQQQQIi").unpack_from
+
         def syscall() -> bool:
-            """False (nothing done) when CR0/CR4 are not the snapshot's."""
-            save(hv, ptr)
+            if not live:
+                save(hv, ptr)
             if q[i_cr0] != s_cr0 or q[i_cr4] != s_cr4:
                 return False
-            read(hv, rf_id, rf_ptr)
-            f = mv[V_RFLAGS]
-            q[i_rcx] = (q[i_rip] + 2) & _M64
+            rip, f, dst, src, src2, op, df = head7(b, head)
+            if op == eflags_op:             # the usual case: QEMU computed the flags for a jcc
+                f = ((f & not_arith) | src | (df & DF)) & 0xFFFFFFFF
+            else:
+                fn = compute(op)
+                if fn is None:
+                    read(hv, rf_id, rf_ptr)
+                    f = mv[V_RFLAGS]
+                else:
+                    f = ((f & not_arith) | fn(dst, src, src2) | (df & DF)) & 0xFFFFFFFF
+            q[i_rcx] = (rip + 2) & _M64
             q[i_r11] = f
             q[i_cr3] &= _NO_NOFLUSH         # a deferred NOFLUSH strip (cr3.py): hardware never stores it
             f = (f & keep) | 2
-            pack(b, head, entry_rip, f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, tail)
+            pack(b, head, entry_rip, f, 0, f & CC_FLAGS, 0, cc_op, -1 if f & DF else 1, tail)
             d[old] = s_old
-            restore(hv, ptr)
+            if not live:
+                restore(hv, ptr)
             me.entries += 1
+            cpu._last_block_start = None
             return True
         return syscall
 
@@ -427,12 +365,12 @@ class KernelEntry:
         cc_op, df, hflags, hflags2, ES, CS, SS): one pack."""
         L, i = self.L, self._ix
         b, q, mv = self._bb, self._qq, self._regs.mv
-        if L.eflags != L.rip + 8 or L.hflags != L.rip + 48 or L.cs != L.hflags + 8 + _SEG:
+        if L.eflags != L.rip + 8 or L.hflags != L.rip + 48 or L.cs != L.hflags + 8 + SEG:
             raise GuestError("unexpected saved-context layout")    # checked by layout() already
         s = ctypes.string_at(self.cpu._snapshot_ctx.value, self._size)
-        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + _SEG]
-        cs_rest, ss_rest = s[L.cs + 4:L.cs + _SEG], s[L.ss + 4:L.ss + _SEG]
-        pack = struct.Struct(f"<QQQQQIi8s{_SEG}sI{_SEG - 4}sI{_SEG - 4}s").pack_into
+        flags8, es = s[L.hflags:L.hflags + 8], s[L.segs:L.segs + SEG]
+        cs_rest, ss_rest = s[L.cs + 4:L.cs + SEG], s[L.ss + 4:L.ss + SEG]
+        pack = struct.Struct(f"<QQQQQIi8s{SEG}sI{SEG - 4}sI{SEG - 4}s").pack_into
         head = L.rip
         cc_op, s_old, old = L.cc_op_eflags, self._s_old, L.old_exception // 4
         i_rsp, i_rcx, i_r11, i_cr2, i_cr0, i_cr4 = i.rsp, i.rcx, i.r11, i.cr2, i.cr0, i.cr4
@@ -459,7 +397,7 @@ class KernelEntry:
             # CPL (hflags), and CS and SS with their hidden caches: the
             # snapshot's, then the selectors (what the slow path's restore
             # and selector writes leave)
-            pack(b, head, mv[V_RIP], f, 0, f & _CC_FLAGS, 0, cc_op, -1 if f & _DF else 1, flags8, es,
+            pack(b, head, mv[V_RIP], f, 0, f & CC_FLAGS, 0, cc_op, -1 if f & DF else 1, flags8, es,
                  mv[V_CS] & 0xFFFF, cs_rest, mv[V_SS] & 0xFFFF, ss_rest)
             q[i_rsp] = mv[V_RSP]
             if rcx_r11:
@@ -492,8 +430,8 @@ class KernelEntry:
             ctx = cpu.uc.context_save()
             raw = ctypes.string_at(ctypes.cast(ctx.context, ctypes.c_void_p).value, self._size)
             out["hflags(cpl)"] = raw[L.hflags:L.hflags + 8].hex()
-            out["cs cache"] = raw[L.cs:L.cs + _SEG].hex()
-            out["ss cache"] = raw[L.ss:L.ss + _SEG].hex()
+            out["cs cache"] = raw[L.cs:L.cs + SEG].hex()
+            out["ss cache"] = raw[L.ss:L.ss + SEG].hex()
             out["old_exception"] = raw[L.old_exception:L.old_exception + 4].hex()
         return out
 

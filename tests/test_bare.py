@@ -139,3 +139,35 @@ def test_reg_reads_what_the_binding_reads(steps):
     got = {n: cpu.reg(n) for n in REG_IDS}
     assert got == {n: cpu.uc.reg_read(i) for n, i in REG_IDS.items()}
     assert got["ss"] < 0x10000 and got["cr3"] != 0
+
+
+def test_context_offsets_from_one_calibration_cpu_are_each_registers_own():
+    """context_offset calibrates every register on one throwaway CPU, put
+    back to its first state each time: the offsets are those a fresh CPU
+    per register gives (registers calibrated earlier leave no trace)."""
+    import ctypes
+
+    from unicorn import Uc
+    from unicorn import unicorn_const as UC
+    from unicorn import x86_const as X
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    from emu.hw.cpu import MODELS, context_offset
+
+    def fresh(reg_id):
+        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, MODELS["skylake-server"])
+        size = uclib.uc_context_size(uc._uch)
+        blobs = []
+        for v in (0x1234_5678_9ABC_D000, 0x0FED_CBA9_8765_4000):
+            uc.reg_write(reg_id, v)
+            ctx = uc.context_save()
+            blobs.append(ctypes.string_at(ctypes.cast(ctx.context, ctypes.c_void_p).value, size))
+        hits = [off for off in range(0, size - 8, 8)
+                if int.from_bytes(blobs[0][off:off + 8], "little") == 0x1234_5678_9ABC_D000
+                and int.from_bytes(blobs[1][off:off + 8], "little") == 0x0FED_CBA9_8765_4000]
+        return hits[0] if len(hits) == 1 else None
+
+    names = ["RAX", "RCX", "RSP", "R11", "R15", "RIP", "RFLAGS", "CR0", "CR2", "CR3", "CR4", "FS_BASE", "GS_BASE", "CS"]
+    got = {n: context_offset(getattr(X, f"UC_X86_REG_{n}")) for n in reversed(names)}
+    assert got == {n: fresh(getattr(X, f"UC_X86_REG_{n}")) for n in names}
+    assert got["RIP"] == got["RAX"] + 128 and got["CS"] is None      # a selector is not 8 bytes

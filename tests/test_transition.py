@@ -123,6 +123,25 @@ def test_startup_check_drops_a_wrong_flags_function():
     assert [op for op, fn in enumerate(kept) if fn is None] == [0, lazyflags.CC_OP["SUBB"], decq]
 
 
+def test_each_cc_op_is_checked_at_its_first_use(monkeypatch):
+    """The table the fast entries use checks an entry when it is first asked
+    for, with the start-up check's cases: a wrong function is dropped then,
+    and entries never asked for are never checked."""
+    table = list(lazyflags.COMPUTE)
+    decq, subq = lazyflags.CC_OP["DECQ"], lazyflags.CC_OP["SUBQ"]
+    good = table[decq]
+    table[decq] = lambda dst, src, src2: good(dst, src, src2) ^ (0x800 if dst == 0x7FFFFFFFFFFFFFFF else 0)
+    v = lazyflags.Verified(table, layout())
+    assert v.get(decq) is None and v.get(subq) is lazyflags.COMPUTE[subq]
+    assert v.get(lazyflags.CC_OP["DYNAMIC"]) is None and v.get(10_000) is None
+    assert sorted(v._ok) == sorted([decq, subq, lazyflags.CC_OP["DYNAMIC"], 10_000])
+    # a bare SYSCALL loop asks for the few its instructions leave (a table of its own)
+    monkeypatch.setattr(lazyflags, "_verified", [])
+    b = bare("inplace")
+    run_loop(b, "syscalls", 50)
+    assert 0 < len(lazyflags.verified(layout())._ok) < lazyflags.CC_OP_NB
+
+
 # (cc_op, cc_dst, cc_src, cc_src2, RFLAGS's arithmetic bits): the SDM's flags for each
 FLAG_CASES = [("DECQ", 0, 1, 0, 0x45),                      # ZF PF, CF kept from src
               ("DECQ", 0x7FFFFFFFFFFFFFFF, 0, 0, 0x814),    # 0x8000...0 - 1: OF AF PF
@@ -251,6 +270,21 @@ def test_check_mode_catches_a_wrong_flags_computation(monkeypatch, label, kind):
     b = bare("check")
     with pytest.raises(TransitionMismatch, match=kind):
         run_loop(b, label, 5)
+
+
+@pytest.mark.parametrize("guess", [None, (8, 8), (440, 8)], ids=["none", "wrong", "half-wrong"])
+def test_live_state_search_when_the_known_path_fails(monkeypatch, guess):
+    """The known path to the live state (context._live_path) is only a first
+    try: with none, or a wrong one, the search finds the same address, and
+    the path it keeps is the right one."""
+    import emu.hw.microcode.context as context
+
+    cpu = bare("inplace").cpu
+    right = context.find_live_state(cpu)
+    path = list(context._live_path)
+    monkeypatch.setattr(context, "_live_path", [] if guess is None else [guess])
+    assert right is not None and context.find_live_state(cpu) == right
+    assert context._live_path == path
 
 
 def test_live_state_found_and_checked():

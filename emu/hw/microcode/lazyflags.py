@@ -12,10 +12,10 @@ the carry in), and the flags are computed when something reads them.
 truncated to 32 bits, ``cpu_cc_compute_all`` being ``helper_cc_compute_all``
 of target/i386/cc_helper.c and cc_helper_template.h.  :data:`COMPUTE` holds
 that function for each ``cc_op`` of QEMU's ``CCOp`` enum (target/i386/cpu.h)
-in Python; :func:`verified` checks every one of them against the API's own
-read on a throwaway CPU (values patched into a saved context, restored,
-RFLAGS read through the API) and keeps only those that agree: a kernel entry
-reads RFLAGS through the API for any other ``cc_op``.
+in Python; :func:`verified` checks each of them, at its first use, against
+the API's own read on a throwaway CPU (values patched into a saved context,
+restored, RFLAGS read through the API) and keeps only those that agree: a
+kernel entry reads RFLAGS through the API for any other ``cc_op``.
 """
 
 from __future__ import annotations
@@ -189,24 +189,70 @@ def _cases(rng: random.Random) -> list[tuple[int, int, int]]:
     return out
 
 
+class Verified:
+    """:data:`COMPUTE` checked against QEMU's own computation one ``cc_op``
+    at a time, at its first use (:func:`check_table` for that entry): a
+    process pays only for the operations its guests leave at an entry
+    (about 0.25 ms each), not for all 50 at start-up (13 ms).  ``get(op)``:
+    the function, or None (not handled or disagreeing: read through the API)."""
+
+    def __init__(self, table, L):
+        self._table, self._L = tuple(table), L
+        self._ok: dict[int, object] = {}
+
+    def get(self, op: int):
+        try:
+            return self._ok[op]
+        except KeyError:
+            fn = self._table[op] if 0 <= op < len(self._table) else None
+            if fn is not None:
+                fn = check_table(self._table, self._L, ops=(op,))[op]
+            self._ok[op] = fn
+            return fn
+
+    def __getitem__(self, op: int):
+        return self.get(op)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __iter__(self):
+        return (self.get(op) for op in range(len(self._table)))
+
+
 _verified: list = []
 
 
-def verified(L) -> tuple:
-    """:data:`COMPUTE` with the entries that disagree with QEMU's own
-    computation (read through the API) replaced by None; computed once per
+def verified(L) -> Verified:
+    """:data:`COMPUTE`, each entry kept only if it agrees with QEMU's own
+    computation (read through the API) when first used; one table per
     process.  ``L``: the verified :class:`emu.hw.microcode.context.Layout`."""
     if not _verified:
-        _verified.append(check_table(COMPUTE, L))
+        _verified.append(Verified(COMPUTE, L))
     return _verified[0]
 
 
-def check_table(table, L, cases=None) -> tuple:
-    """``table`` with every entry that gives another RFLAGS than the API for
-    one of ``cases`` (default :func:`_cases`) replaced by None."""
-    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, MODELS["skylake-server"])
+def lookup(table):
+    """``table``'s ``get`` (op -> function or None) for the fast entries:
+    a :class:`Verified` checks an entry at its first use; a plain sequence
+    (a test's table) is taken as it is."""
+    if isinstance(table, Verified):
+        return table.get
+    return {op: fn for op, fn in enumerate(table) if fn is not None}.get
+
+
+_checker: list = []      # check_table's throwaway CPU and its context buffer
+
+
+def check_table(table, L, cases=None, ops=None) -> tuple:
+    """``table`` with every entry (of ``ops``, default all) that gives
+    another RFLAGS than the API for one of ``cases`` (default
+    :func:`_cases`) replaced by None."""
+    if not _checker:
+        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, MODELS["skylake-server"])
+        _checker.extend((uc, uc.context_save()))
+    uc, ctx = _checker
     size = uclib.uc_context_size(uc._uch)
-    ctx = uc.context_save()
     addr = ctypes.cast(ctx.context, ctypes.c_void_p).value
     hv, ptr = ctypes.c_void_p(uc._uch.value), ctypes.c_void_p(addr)
     buf = (ctypes.c_char * size).from_address(addr)
@@ -221,7 +267,8 @@ def check_table(table, L, cases=None) -> tuple:
     # arithmetic bits that must be masked out, bit 1, bits above 31
     eflags = (0x2, 0x246, 0x3FFFFF, 0x200202, 0x1_0000_0A93)
     keep = list(table)
-    for op, fn in enumerate(table):
+    for op in range(len(table)) if ops is None else ops:
+        fn = table[op]
         if fn is None:
             continue
         for k, (dst, src, src2) in enumerate(cases):

@@ -20,7 +20,7 @@ import struct
 from operator import itemgetter
 
 from emu.hw.cpu import error_code_offset, exception_is_int_offset
-from emu.hw.microcode.lazyflags import ARITH_DF, DF, inline_eflags
+from emu.hw.microcode.lazyflags import ARITH_DF, DF, inline_eflags, lookup
 from emu.hw.paging import PF_I, PF_U, PF_W, READ, VEC_PF, WRITE, control_state_of
 from emu.hw.x86 import ERROR_CODE_VECTORS
 
@@ -87,7 +87,7 @@ class FaultEntry:
         ctls = (control_state_of(s_cr0, s_cr4, s._nxe, False), control_state_of(s_cr0, s_cr4, s._nxe, True))
         pke = ctls[0].pke
         save, read_rflags, live = e.save, e.read_rflags, e.live
-        compute = {op: fn for op, fn in enumerate(e.compute) if fn is not None}.get
+        compute = lookup(e.compute)
         eflags_op = inline_eflags(e.compute)
         not_arith = ~ARITH_DF & _M64
         unpack_q, pack5, pack6 = _Q.unpack_from, struct.Struct("<5Q").pack_into, struct.Struct("<6Q").pack_into

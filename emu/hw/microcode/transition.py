@@ -322,7 +322,7 @@ class KernelEntry:
         hv, ptr, rf_id, rf_ptr, live = self.cpu.hv, self._ptr, self._rf_id, self._rf_ptr, self.live
         mv = self._regs.mv
         keep = ~fmask & _M64
-        compute = {op: fn for op, fn in enumerate(self.compute) if fn is not None}.get
+        compute = lazyflags.lookup(self.compute)
         eflags_op = lazyflags.inline_eflags(self.compute)
         not_arith = ~lazyflags.ARITH_DF & _M64
         cpu = self.cpu

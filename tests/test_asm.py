@@ -143,6 +143,10 @@ def test_lines_and_symbolize():
     assert "_sym_memo" not in again.__dict__
     assert [i.symbolize(a) for i in (img, again) for a in (TEXT + 1, TEXT + 2, 0x1234)] == \
         ["_start+0x1", "second", None] * 2
+    # a value derived from the image: computed once, kept with it, not pickled
+    calls = []
+    assert img.derived("n", lambda i: calls.append(i) or len(i.insns)) == 3 == img.derived("n", len)
+    assert calls == [img] and "_derived" not in pickle.loads(pickle.dumps(img)).__dict__
 
 
 # (source, message prefix): each bad input is one AsmError naming file:line

@@ -97,8 +97,19 @@ class Image:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("_sym_memo", None)       # symbolize's memo: not part of the image
+        state.pop("_sym_memo", None)       # memos (symbolize, derived): not part of the image
+        state.pop("_derived", None)
         return state
+
+    def derived(self, name: str, fn):
+        """``fn(self)``, computed once per image and kept with it (a scan of
+        the instructions that every boot of a machine would otherwise make)."""
+        memo = self.__dict__.setdefault("_derived", {})
+        try:
+            return memo[name]
+        except KeyError:
+            v = memo[name] = fn(self)
+            return v
 
     def symbolize(self, addr: int, limit: int = 1 << 20) -> str | None:
         """``name+0xoff`` for an address inside the image, else None."""

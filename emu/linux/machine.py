@@ -86,19 +86,11 @@ class RunResult:
     events: list[Event] = field(default_factory=list)
 
 
-#: id of a linked stub image -> (the image, addresses after its 'hlt's, addresses of its 'out's):
-#: two scans of its ~10,000 instructions made once per image, not at every boot
-_STUB_INSNS: dict[int, tuple[Image, frozenset, tuple]] = {}
-
-
 def _stub_insns(img: Image) -> tuple[frozenset, tuple]:
-    got = _STUB_INSNS.get(id(img))
-    if got is None or got[0] is not img:
-        if len(_STUB_INSNS) >= 8:
-            _STUB_INSNS.clear()
-        got = _STUB_INSNS[id(img)] = (img, frozenset(ins.addr + ins.size for ins in img.insns if ins.mnemonic == "hlt"),
-                                      tuple(ins.addr for ins in img.insns if ins.mnemonic == "out"))
-    return got[1], got[2]
+    """Addresses after the stub's 'hlt's, addresses of its 'out's: two scans
+    of its ~10,000 instructions made once per image, not at every boot."""
+    return (frozenset(ins.addr + ins.size for ins in img.insns if ins.mnemonic == "hlt"),
+            tuple(ins.addr for ins in img.insns if ins.mnemonic == "out"))
 
 
 class Machine:
@@ -173,7 +165,7 @@ class Machine:
         cpu.ports[abi.PORT_CONSOLE] = self._console
         cpu.ports[kvm_abi.PORT_VCPU] = self.vcpus.port
         self._name_roots()
-        self.user_return_cr3_sites = returns_to_user(k.image)
+        self.user_return_cr3_sites = k.image.derived("returns_to_user", returns_to_user)
         if cfg.tlb != "off":
             # before the CR3 sites: every one of them then feeds the model
             self.tlb = TlbCheck(self)
@@ -193,7 +185,7 @@ class Machine:
         for n in (0, 4):
             for s in img.sites_of(f"cr{n}_write"):
                 self.cpu.add_cr_site(s.addr, s.size, n, s.operand)
-        hlt_after, outs = _stub_insns(img)
+        hlt_after, outs = img.derived("stub_insns", _stub_insns)
         self.cpu.hlt_sites = set(hlt_after)
         # the hypercalls and the console read RIP (events, findings)
         self.cpu.sync_rip_at(outs)

@@ -267,7 +267,7 @@ _TO_USER_STRAIGHT = {"nop", "pop", "push", "mov", "swapgs"}
 _TO_USER_RETURNS = {"sysretq", "sysret", "iretq"}
 
 
-def returns_to_user(img: Image) -> set[int]:
+def returns_to_user(img: Image) -> frozenset[int]:
     """The CR3 writes (their addresses) after which straight-line code
     reaches SYSRET or IRET, moving nothing from a control register: PTI's
     switch to the user CR3 (``SWITCH_TO_USER_CR3_STACK``).  The CPU may keep
@@ -284,4 +284,4 @@ def returns_to_user(img: Image) -> set[int]:
             if ins.mnemonic not in _TO_USER_STRAIGHT or "cr" in ins.op_str:
                 break
             a += ins.size
-    return out
+    return frozenset(out)

@@ -14,3 +14,23 @@ MMAP_ANON_PAGE = """    mov eax, SYS_mmap
     xor r9d, r9d
     syscall
 """
+
+
+def getpid_loop(n: int) -> str:
+    """``n`` getpid system calls, then "ok\\n" written to stdout and exit 0."""
+    return f"""_start:
+    mov ebx, {n}
+.Lloop:
+    mov eax, SYS_getpid
+    syscall
+    dec ebx
+    jnz .Lloop
+    mov eax, SYS_write
+    mov edi, 1
+    lea rsi, [rip + msg]
+    mov edx, 3
+    syscall
+""" + EXIT + """
+.data
+msg: .ascii "ok\\n"
+"""

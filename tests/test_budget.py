@@ -15,26 +15,11 @@ import emu.hw.cpu as cpu_module
 import emu.hw.microcode.loop as loop
 from emu.linux.machine import BudgetExhausted, Interrupted, Machine, MachineConfig
 
-from .programs import EXIT
+from .programs import getpid_loop
 
 SPIN = "_start:\n    jmp _start\n"
-# a finite program with system calls, a fault and output
-WORK = """_start:
-    mov ebx, 300
-.Lloop:
-    mov eax, SYS_getpid
-    syscall
-    dec ebx
-    jnz .Lloop
-    mov eax, SYS_write
-    mov edi, 1
-    lea rsi, [rip + msg]
-    mov edx, 3
-    syscall
-""" + EXIT + """
-.data
-msg: .ascii "ok\\n"
-"""
+# a finite program: system calls and output
+WORK = getpid_loop(300)
 
 
 @pytest.fixture

@@ -17,25 +17,10 @@ from emu.tools.asmtest import runner as asm_runner
 from emu.tools.asmtest.command import discover
 from emu.tools.matrix import run_matrix
 
-from .programs import EXIT
+from .programs import EXIT, getpid_loop
 
 # system calls and output
-LOOP = """_start:
-    mov ebx, 50
-.Lloop:
-    mov eax, SYS_getpid
-    syscall
-    dec ebx
-    jnz .Lloop
-    mov eax, SYS_write
-    mov edi, 1
-    lea rsi, [rip + msg]
-    mov edx, 3
-    syscall
-""" + EXIT + """
-.data
-msg: .ascii "ok\\n"
-"""
+LOOP = getpid_loop(50)
 
 CONFIGS = [MachineConfig(), MachineConfig(pcid=False), MachineConfig(pti=False), MachineConfig(tlb="lazy"),
            MachineConfig(pcid=False, la57=True)]

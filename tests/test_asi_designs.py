@@ -455,7 +455,8 @@ def test_nonsensitive_frames_found_as_a_byte_scan_finds_them():
     import re
 
     from emu.hw.phys import FrameKind
-    from emu.linux.asi import NONSENSITIVE_KINDS, _NONSENSITIVE_MARKS, _marked_runs
+    from emu.hw.phys import byte_runs
+    from emu.linux.asi import NONSENSITIVE_KINDS, _NONSENSITIVE_MARKS
 
     byte = re.compile(b"[" + b"".join(re.escape(bytes([k])) for k in sorted(NONSENSITIVE_KINDS)) + b"]")
     rng = random.Random(7)
@@ -465,5 +466,5 @@ def test_nonsensitive_frames_found_as_a_byte_scan_finds_them():
               bytearray([FrameKind.PGTABLE, 0, FrameKind.KERNEL_DATA, FrameKind.KERNEL_STACK])]
     for kind in kinds:
         want = [m.start() for m in byte.finditer(kind)]
-        got = [pfn for lo, hi in _marked_runs(kind.translate(_NONSENSITIVE_MARKS)) for pfn in range(lo, hi)]
+        got = [pfn for lo, hi in byte_runs(kind.translate(_NONSENSITIVE_MARKS)) for pfn in range(lo, hi)]
         assert got == want

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from emu.hw.cpu import REG_IDS
-from emu.hw.phys import FrameKind
+from emu.hw.phys import FrameKind, byte_runs
 from emu.linux import bootcache
 from emu.linux.config import MachineConfig
 from emu.linux.kernel import KernelBuilder
@@ -274,7 +274,7 @@ def test_pages_found_through_pagemap_are_every_non_zero_page(name, monkeypatch):
 def test_runs_of_marks():
     for marks, want in ((b"", []), (b"\x00", []), (b"\x01", [(5, 6)]), (b"\x01\x01\x00\x01", [(5, 7), (8, 9)]),
                         (b"\x00\x01\x01\x01", [(6, 9)])):
-        assert bootcache._runs(marks, 5) == want
+        assert byte_runs(marks, 5) == want
 
 
 def test_a_large_guest_is_not_kept(monkeypatch):

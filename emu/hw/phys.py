@@ -40,6 +40,21 @@ MAX_RAM = 1 << 40
 _Q = struct.Struct("<Q")
 
 
+def byte_runs(marks: bytes, offset: int = 0) -> list[tuple[int, int]]:
+    """[lo, hi) (plus ``offset``) of each run of 1 bytes in ``marks`` (0 and 1
+    bytes only, e.g. a frame table through ``bytes.translate``): found with
+    ``find`` (memchr), not Python per byte."""
+    out = []
+    lo = marks.find(1)
+    while lo >= 0:
+        hi = marks.find(0, lo)
+        if hi < 0:
+            hi = len(marks)
+        out.append((offset + lo, offset + hi))
+        lo = marks.find(1, hi)
+    return out
+
+
 class FrameKind(enum.IntEnum):
     """What a physical frame is used for (recorded per 4 KiB frame)."""
 

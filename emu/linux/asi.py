@@ -19,7 +19,7 @@ early page tables are; from then on the stub (kernel_stub/asi.S) owns them.
 from __future__ import annotations
 
 from emu.hw.paging import ADDR_MASK, G, PAGE_KERNEL, PAT_LARGE, PageTable, large_to_4k
-from emu.hw.phys import PAGE_SIZE, SIZE_2M, FrameKind
+from emu.hw.phys import PAGE_SIZE, SIZE_2M, FrameKind, byte_runs
 from emu.linux import abi
 
 #: frame kinds a design with asi.global maps into its direct map at boot: page tables,
@@ -98,25 +98,12 @@ def boot_direct_map(kb) -> None:
     # found with a translation of the kind bytes to marks and memchr over the
     # marks, not a Python loop over every frame (65,536 of them with 256 MiB
     # of RAM; docs/performance.md)
-    pfns = [pfn for lo, hi in _marked_runs(frames.kind.translate(_NONSENSITIVE_MARKS)) for pfn in range(lo, hi)
+    pfns = [pfn for lo, hi in byte_runs(frames.kind.translate(_NONSENSITIVE_MARKS)) for pfn in range(lo, hi)
             if pfn not in image and frames.owner.get(pfn, "") != "asi"]
     # consecutive frames in one map call each (map fills a table's slots at once)
     for first, count in _runs(pfns):
         pa = first << 12
         g.map(lay.page_offset + pa, pa, count * PAGE_SIZE, PAGE_KERNEL & ~G, page_size=PAGE_SIZE)
-
-
-def _marked_runs(marks: bytes) -> list[tuple[int, int]]:
-    """[lo, hi) of each run of 1 bytes in ``marks`` (0 and 1 bytes only)."""
-    out = []
-    lo = marks.find(1)
-    while lo >= 0:
-        hi = marks.find(0, lo)
-        if hi < 0:
-            hi = len(marks)
-        out.append((lo, hi))
-        lo = marks.find(1, hi)
-    return out
 
 
 def _runs(pfns: list[int]) -> list[tuple[int, int]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from emu.hw.paging import PageTable, PagingMode, Policy
-from emu.hw.phys import PAGE_SIZE, PhysMem
+from emu.hw.phys import PAGE_SIZE, PhysMem, byte_runs
 from emu.linux.config import MachineConfig
 from emu.linux.layout import Layout
 
@@ -92,20 +92,7 @@ def _touched(mem, lo: int, hi: int):
         return range(lo, hi)
     if len(entries) != (hi - lo) * 8:
         return range(lo, hi)
-    return [pfn for a, b in _runs(entries[7::8].translate(_IN_USE), lo) for pfn in range(a, b)]
-
-
-def _runs(marks: bytes, offset: int = 0) -> list[tuple[int, int]]:
-    """[a, b) (plus ``offset``) of each run of 1 bytes in ``marks`` (0 and 1 bytes only): memchr, not Python per byte."""
-    out = []
-    a = marks.find(1)
-    while a >= 0:
-        b = marks.find(0, a)
-        if b < 0:
-            b = len(marks)
-        out.append((offset + a, offset + b))
-        a = marks.find(1, b)
-    return out
+    return [pfn for a, b in byte_runs(entries[7::8].translate(_IN_USE), lo) for pfn in range(a, b)]
 
 
 # -- values ---------------------------------------------------------------------------------------
@@ -142,7 +129,7 @@ class _Built:
         # RAM: only frames the build allocated or reserved can hold what it wrote
         # (tests/test_boot_cache.py compares all of RAM)
         frames, buf, pages = mem.frames, mem.buf, []
-        for lo, hi in _runs(frames.kind.translate(_NONZERO)):      # frames of any kind but FREE
+        for lo, hi in byte_runs(frames.kind.translate(_NONZERO)):      # frames of any kind but FREE
             for pfn in _touched(mem, lo, hi):
                 pa = pfn * PAGE_SIZE
                 data = buf[pa:pa + PAGE_SIZE]

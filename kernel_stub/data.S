@@ -100,6 +100,9 @@ irq_count:              .quad 0
 last_irq_cr3:           .quad 0
 irq_touch_addr:         .quad 0              # tests: an address the timer handler reads
 pcpu_scratch:           .zero 8
+tlb_watch_return:       .quad 0              # isoemu: nonzero while the TLB model holds stale
+                                             # records (emu/linux/tlbcheck.py): the SYSRET path's
+                                             # return_to_user_sysret hook is reached only then
 .align 4096
 gdt_page:               .zero 4095           # page 2: the GDT (read-only alias in the CEA)
 # past the GDT's limit (GDT_ENTRIES * 8 - 1), a byte the CPU never reads: a

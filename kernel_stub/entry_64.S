@@ -51,8 +51,15 @@ entry_SYSCALL_64_after_call:
     jne swapgs_restore_regs_and_return_to_usermode
     cmp qword ptr [rsp + PT_CS], USER_CS
     jne swapgs_restore_regs_and_return_to_usermode
+    # isoemu: the TLB model looks at the return to user mode only while it
+    # holds stale records (a Python call per system call otherwise); the
+    # per-CPU page is mapped wherever this runs, ASI's tables included
+    cmp qword ptr gs:[tlb_watch_return], 0
+    je .Lsysret_unwatched
     .hook return_to_user_sysret
 syscall_return_via_sysret:
+    nop
+.Lsysret_unwatched:
     POP_REGS_NO_RDI
     # switch to the trampoline (entry) stack, which the user tables map
     mov rdi, rsp

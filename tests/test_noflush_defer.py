@@ -52,7 +52,7 @@ def test_the_sites_that_return_to_user():
     m = Machine(MachineConfig(), programs=[("A", LOOP)], record_events=False)
     m.boot()
     assert sorted(m.symbolize(a) for a in returns_to_user(m.kernel.image)) == \
-        ["swapgs_restore_regs_and_return_to_usermode+0x86", "syscall_return_via_sysret+0x75"]
+        ["swapgs_restore_regs_and_return_to_usermode+0x86", "syscall_return_via_sysret+0x76"]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)

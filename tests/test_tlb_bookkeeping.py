@@ -214,3 +214,47 @@ def test_remembered_sub_trees_follow_every_change_of_their_tables():
     struct.pack_into("<Q", mem.buf, PD + 8 * 3, PD | P | RW)
     assert g.translations(1, 0, pud_entry, 6, False) == fresh()
     assert all(k[2] != pud_entry for k in g._memo)
+
+
+# --- the return to user mode, reached only while there are stale records -------------------------
+def watched_always(mp) -> None:
+    """The reference: the stub's SYSRET path reaches the return hook at every return."""
+    mp.setattr(TlbCheck, "_watch_return", lambda self, on: self.m.kernel.write_percpu("tlb_watch_return", 1))
+
+
+NO_PTI = [MachineConfig(pti=False), MachineConfig(pti=False, asi=False, inject=frozenset({"munmap_noflush"})),
+          MachineConfig(pti=False, asi=False, inject=frozenset({"secretmem_noflush"}), tlb="lazy")]
+
+
+@pytest.mark.parametrize("cfg", NO_PTI, ids=["no-pti", "munmap-noflush", "secretmem-noflush-lazy"])
+def test_the_gated_return_hook_sees_what_every_return_would(monkeypatch, cfg):
+    """Without PTI the stub reaches return_to_user_sysret only while the
+    model holds stale records (tlb_watch_return): the same records and
+    findings as a hook at every return, over the matrix and the asm suite."""
+    paths = discover(["asm/tlb", "asm/secretmem", "asm/xpfo"])
+    logs, outcomes = [], []
+    for always in (True, False):
+        with monkeypatch.context() as mp:
+            if always:
+                watched_always(mp)
+            log = recording(mp, False)
+            cells = [c.__dict__ for c in run_matrix(cfg).cells]
+            overrides = {"pti": "off", "inject": ",".join(sorted(cfg.inject)) or "none", "tlb": cfg.tlb}
+            results = [r.report() for p in paths for r in run_variants(p, overrides=overrides)]
+            logs.append(log)
+            outcomes.append((cells, results))
+    assert logs[0] == logs[1] and outcomes[0] == outcomes[1]
+    assert any(e[0] == "record" for e in logs[1])
+    if "munmap_noflush" in cfg.inject:
+        assert any(e[0] == "finding" and e[1] == "stale-at-user-return" for e in logs[1])
+
+
+def test_a_return_hook_never_reached_misses_the_finding(monkeypatch):
+    """The bug the gate could bring (the flag never set): asm/tlb/munmap_noflush.S's
+    stale-at-user-return is no longer found, and the test fails."""
+    overrides = {"pti": "off", "inject": "munmap_noflush"}
+    assert all(r.passed for r in run_variants("asm/tlb/munmap_noflush.S", overrides=overrides))
+    monkeypatch.setattr(TlbCheck, "_watch_return", lambda self, on: None)
+    got = run_variants("asm/tlb/munmap_noflush.S", overrides=overrides)
+    assert not any(r.passed for r in got)
+    assert any("stale-at-user-return" in line for r in got for line in r.failure_lines())

@@ -133,6 +133,13 @@ class TlbCheck:
             m.hook_site("return_to_user_iret", on_return)
             if cfg.pti:
                 cpu.cr3_observers.append(self._on_cr3)
+                self._watch_return(True)        # the reference way sees every return
+            else:
+                # user_return finds nothing to look at without records: the
+                # stub's SYSRET path reaches its hook only while there are some
+                # (tlb_watch_return, kernel_stub/entry_64.S)
+                self.model.on_records = self._watch_return
+                self._watch_return(bool(self.model.records))
         cpu.invalidation_observers.append(self.audit)
 
     # -- entry writes ----------------------------------------------------------------------------
@@ -202,6 +209,10 @@ class TlbCheck:
     #: with the user PGD's bit, as before (the equivalence test's reference,
     #: tests/test_noflush_defer.py)
     user_return_at_cr3 = True
+
+    def _watch_return(self, on: bool) -> None:
+        """Whether the stub's SYSRET path reaches its return_to_user_sysret hook."""
+        self.m.kernel.write_percpu("tlb_watch_return", int(on))
 
     def _on_return_to_user(self, addr: int) -> None:
         """PTI, the reference way (``user_return_at_cr3`` False)."""

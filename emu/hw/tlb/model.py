@@ -132,6 +132,9 @@ class Tlb:
         self.cur_pcid = 0
         self.cur_root: int | None = None
         self.records: dict[int, list[Cached]] = {}
+        #: called with True when the first stale record is made, False when
+        #: the last one goes (the machine gates its return-to-user hook on it)
+        self.on_records: Callable[[bool], None] | None = None
         self.since: dict[int, int] = {}              # entry address -> when it got its value (0: boot)
         self.last_active: dict[int, dict[int, int]] = {}   # pcid -> root -> last time current
         self.root_last: dict[int, int] = {}          # root -> last time current (any PCID)
@@ -175,6 +178,8 @@ class Tlb:
             self.records[pcid] = kept
         else:
             del self.records[pcid]
+            if not self.records and self.on_records is not None:
+                self.on_records(False)
 
     def _flush_pcid(self, pcid: int) -> None:
         """A PCID's non-global entries and paging-structure caches."""
@@ -400,6 +405,8 @@ class Tlb:
         return last >= floor
 
     def _add(self, rec: Cached) -> None:
+        if not self.records and self.on_records is not None:
+            self.on_records(True)       # (the record below is made whatever happens)
         recs = self.records.setdefault(rec.pcid, [])
         for r in recs:
             if (r.kind, r.va, r.size, r.pa, r.user, r.writable, r.nx) == \

@@ -183,7 +183,9 @@ def test_a_run_stopped_in_user_mode(monkeypatch, cfg):
     for mode in ("always", "never"):
         monkeypatch.setattr(Cr3Sites, "defer_noflush", mode)
         got[mode] = []
-        for budget in range(3000, 3400, 9):
+        # four user instructions an iteration (dec, jnz, mov, syscall): budgets 4
+        # apart stop in user mode once an iteration, wherever the kernel path ends
+        for budget in range(3000, 3400, 4):
             m = Machine(cfg, programs=[("A", LOOP)], record_events=False)
             with pytest.raises(BudgetExhausted):
                 m.run(budget=budget)

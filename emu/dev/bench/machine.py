@@ -136,8 +136,10 @@ def bench_machine(quick: bool) -> list[dict]:
     bdt, bk = best(lambda: raw.run("syscalls", n))
     raw_rate = bk / bdt
     figs = []
-    for cfg, what, target in ((MachineConfig(), "PTI+PCID+ASI", ">= 5e4"),
-                              (MachineConfig(pti=False, asi=False), "no PTI, no ASI", None)):
+    # the ratio targets are the transitions issue's (docs/performance.md, "The floor of a PTI
+    # system call": the first and the probes' cannot be met while the TLB model watches CR3)
+    for cfg, what, target in ((MachineConfig(), "PTI+PCID+ASI", ">= 5e4, ratio <= 14"),
+                              (MachineConfig(pti=False, asi=False), "no PTI, no ASI", "ratio <= 4")):
         per = time_program(cfg, loop_program(GETPID, n), n)
         figs.append(figure(f"stub_syscall_round_trips_per_s ({what}, getpid)", 1 / per, "1/s",
                            baseline=raw_rate, baseline_name="raw Unicorn syscall loop, hook only redirects RIP",
@@ -148,7 +150,8 @@ def bench_machine(quick: bool) -> list[dict]:
         space = 1 if va == "KERNEL_DATA" else 0
         per = time_program(MachineConfig(), loop_program(_PROBE.format(va=va, space=space), n), n)
         figs.append(figure(f"probes_per_s (SYS_probe: {what})", 1 / per, "1/s", baseline=raw_rate,
-                           baseline_name="raw Unicorn syscall loop, hook only redirects RIP", target=">= 1e5"))
+                           baseline_name="raw Unicorn syscall loop, hook only redirects RIP",
+                           target=">= 1e5, ratio <= 15"))
     # the secret page's lifecycle is in the secret group (emu/dev/bench/secret.py)
     dt, _ = best(lambda: len(run_matrix().cells), 2)
     cells = len(run_matrix().cells)

@@ -135,7 +135,7 @@ def test_reg_reads_what_the_binding_reads(steps):
     cpu = m.cpu
     for n in REG_IDS:
         cpu.reg(n)
-        cpu._by_name[n]._v.value = 0xFFFF_0000_0000_0000
+        cpu._reg(REG_IDS[n])._v.value = 0xFFFF_0000_0000_0000
     got = {n: cpu.reg(n) for n in REG_IDS}
     assert got == {n: cpu.uc.reg_read(i) for n, i in REG_IDS.items()}
     assert got["ss"] < 0x10000 and got["cr3"] != 0

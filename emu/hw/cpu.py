@@ -210,7 +210,7 @@ class Cpu:
         self._out = _u64()
         self.gprs = RegBatch(self, _GPR_IDS)
         self._callbacks: dict[int, object] = {}       # hook handle -> C callback (kept alive)
-        self._by_name: dict[str, OneReg] = {}         # reg(): name -> its raw reader
+        self._one: dict[int, OneReg] = {}             # register id -> its raw reader (_reg)
 
     # -- hooks (through the C API: no per-call binding overhead) ------------------------
     def add_hook(self, kind: str, fn, begin: int = 1, end: int = 0) -> int:
@@ -237,10 +237,14 @@ class Cpu:
     def reg(self, name: str) -> int:
         """A register of :data:`REG_IDS` by name, with one raw C call (the
         binding's ``reg_read`` costs several Python calls per read)."""
-        one = self._by_name.get(name)
+        return self._reg(REG_IDS[name]).read_whole()
+
+    def _reg(self, reg: int) -> OneReg:
+        """The raw reader and writer of register ``reg`` (made once per CPU)."""
+        one = self._one.get(reg)
         if one is None:
-            one = self._by_name[name] = OneReg(self, REG_IDS[name])
-        return one.read_whole()
+            one = self._one[reg] = OneReg(self, reg)
+        return one
 
     def set_reg(self, name: str, value: int) -> None:
         self.uc.reg_write(REG_IDS[name], value & 0xFFFFFFFFFFFFFFFF)
@@ -458,7 +462,6 @@ class _Watchdog:
                     if not run[2] and now >= run[1]:
                         run[2] = True
                         C.emu_stop(run[0])
-
 
     def forked(self) -> None:
         """In a child process after fork: only the forking thread lives on,

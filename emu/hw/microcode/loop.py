@@ -17,7 +17,7 @@ from typing import Callable
 from unicorn import unicorn_const as UC
 
 from emu.errors import GuestError
-from emu.hw.cpu import C, Cpu, OneReg, ends_translation_block
+from emu.hw.cpu import C, Cpu, ends_translation_block
 from emu.hw.x86 import RF_AC as RFLAGS_AC
 from emu.hw.microcode.regs import RegFile
 from emu.hw.paging import ControlState, WalkCache, control_state_of
@@ -44,7 +44,6 @@ class EventLoop(Cpu):
         self._cr3_site_ending_at: dict[int, int] = {}   # the address after a 'mov cr3' -> its address
         self._cr3_before = 0                         # CR3 before the next write (the cr3_write event's 'old')
         self._want_events = sink is not None     # cheap paths skip building events
-        self._one: dict[int, OneReg] = {}
         self.ports: dict[int, Callable[[int, int, int], int | None]] = {}
         self._code_hooks: dict[int, tuple] = {}
         self._at_addr: dict[int, tuple[int, list]] = {}    # addr -> (hook, [(id, fn)]): add_code_hook
@@ -381,12 +380,6 @@ class EventLoop(Cpu):
         r = self.regs
         t = self.walks.translate(r["cr3"], va, access, cpl, self.ctl(0))
         return None if t.fault else t.pa
-
-    def _reg(self, reg: int) -> OneReg:
-        one = self._one.get(reg)
-        if one is None:
-            one = self._one[reg] = OneReg(self, reg)
-        return one
 
     def _read_reg(self, reg: int) -> int:
         return self._reg(reg).read()

@@ -52,8 +52,8 @@ def run_paths(paths: list[str], out, exitfirst: bool = False, overrides: dict[st
     t0 = time.perf_counter()
     files = discover(paths)
     passed = failed = 0
-    results = _in_workers(files, budget, overrides, jobs) if jobs > 1 and len(files) > 1 else \
-        ([(r.report(), r.passed) for r in run_variants(f, budget, overrides=overrides)] for f in files)
+    work = [(f, budget, overrides) for f in files]
+    results = _in_workers(work, jobs) if jobs > 1 and len(files) > 1 else map(_run_file, work)
     done = 0                            # files whose results are out
     try:
         for reports in results:
@@ -94,17 +94,17 @@ def _run_file(job: tuple) -> list[tuple[str, bool]]:
     return [(r.report(), r.passed) for r in run_variants(path, budget, overrides=overrides)]
 
 
-def _in_workers(files: list[str], budget: int | None, overrides: dict[str, str] | None, jobs: int):
-    """Each file's (report, passed) pairs, in the order of ``files``, from
-    ``jobs`` worker processes (forked where the platform can: no machine
-    has run in this process yet, so no thread is forked)."""
+def _in_workers(work: list[tuple], jobs: int):
+    """:func:`_run_file` of each of ``work``, in their order, from ``jobs``
+    worker processes (forked where the platform can: no machine has run in
+    this process yet, so no thread is forked)."""
     import multiprocessing
 
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    pool = ctx.Pool(min(jobs, len(files)), initializer=_worker_init)
+    pool = ctx.Pool(min(jobs, len(work)), initializer=_worker_init)
     try:
-        yield from pool.imap(_run_file, [(f, budget, overrides) for f in files], chunksize=1)
+        yield from pool.imap(_run_file, work, chunksize=1)
         pool.close()
         pool.join()
     finally:

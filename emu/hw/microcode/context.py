@@ -10,12 +10,10 @@ import ctypes
 import os
 import struct
 
-from unicorn import Uc
-from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from emu.hw.cpu import C, MODELS, context_offset, old_exception_offset
+from emu.hw.cpu import C, calibration_uc, context_offset, old_exception_offset
 
 SEG = 24                  # sizeof(SegmentCache): selector, base, limit, flags
 CC_FLAGS = 0x8D5          # OF SF ZF AF PF CF: QEMU keeps them in cc_src
@@ -77,7 +75,7 @@ def _find_layout() -> Layout | None:
 def _verify(L: Layout) -> bool:
     """Write registers through the API and read them in the saved context;
     patch the context and read them back through the API after a restore."""
-    uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, MODELS["skylake-server"])
+    uc = calibration_uc()
     size = uclib.uc_context_size(uc._uch)
     ctx = uc.context_save()
     addr = ctypes.cast(ctx.context, ctypes.c_void_p).value

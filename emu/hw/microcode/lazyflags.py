@@ -24,12 +24,10 @@ import ctypes
 import random
 import struct
 
-from unicorn import Uc
-from unicorn import unicorn_const as UC
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from emu.hw.cpu import C, MODELS
+from emu.hw.cpu import C, calibration_uc
 
 _M64 = 0xFFFFFFFFFFFFFFFF
 _M32 = 0xFFFFFFFF
@@ -241,17 +239,12 @@ def lookup(table):
     return {op: fn for op, fn in enumerate(table) if fn is not None}.get
 
 
-_checker: list = []      # check_table's throwaway CPU and its context buffer
-
-
 def check_table(table, L, cases=None, ops=None) -> tuple:
     """``table`` with every entry (of ``ops``, default all) that gives
     another RFLAGS than the API for one of ``cases`` (default
     :func:`_cases`) replaced by None."""
-    if not _checker:
-        uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, MODELS["skylake-server"])
-        _checker.extend((uc, uc.context_save()))
-    uc, ctx = _checker
+    uc = calibration_uc()
+    ctx = uc.context_save()
     size = uclib.uc_context_size(uc._uch)
     addr = ctypes.cast(ctx.context, ctypes.c_void_p).value
     hv, ptr = ctypes.c_void_p(uc._uch.value), ctypes.c_void_p(addr)

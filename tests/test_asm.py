@@ -140,7 +140,7 @@ def test_lines_and_symbolize():
     assert img.symbolize(0x1234) is None
     # asked again (the memo), and after a pickle round trip (the image cache drops the memo)
     again = pickle.loads(pickle.dumps(img))
-    assert "_sym_memo" not in again.__dict__
+    assert "_derived" not in again.__dict__
     assert [i.symbolize(a) for i in (img, again) for a in (TEXT + 1, TEXT + 2, 0x1234)] == \
         ["_start+0x1", "second", None] * 2
     # a value derived from the image: computed once, kept with it, not pickled

@@ -97,8 +97,7 @@ class Image:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("_sym_memo", None)       # memos (symbolize, derived): not part of the image
-        state.pop("_derived", None)
+        state.pop("_derived", None)        # derived values and memos: not part of the image
         return state
 
     def derived(self, name: str, fn):
@@ -114,7 +113,7 @@ class Image:
     def symbolize(self, addr: int, limit: int = 1 << 20) -> str | None:
         """``name+0xoff`` for an address inside the image, else None."""
         if limit == 1 << 20:
-            memo = self.__dict__.setdefault("_sym_memo", {})   # every event symbolizes its RIP
+            memo = self.derived("symbolize", _new_memo)        # every event symbolizes its RIP
             try:
                 return memo[addr]
             except KeyError:
@@ -154,6 +153,11 @@ class Image:
             if s.base <= addr < s.base + s.size:
                 return s
         return None
+
+
+def _new_memo(img: Image) -> dict:
+    """A fresh memo for :meth:`Image.derived` (symbolize's)."""
+    return {}
 
 
 # --- parsing ---------------------------------------------------------------------

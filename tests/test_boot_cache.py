@@ -42,6 +42,7 @@ CONFIGS = {
     "tlb=lazy": {"tlb": "lazy"},
     "unmapped=reserved": {"unmapped": "reserved"},
     "inject": {"inject": frozenset({"secretmem_noflush"})},
+    "ram=4G": {"ram": 4 << 30},
 }
 
 # MSRs boot_state sets: EFER, STAR, LSTAR, FMASK, KERNEL_GS_BASE
@@ -143,17 +144,6 @@ def test_kept_build_right_after_the_build(name):
         states.append(_built_state(kb))
         kb.mem.close()
     assert states[0] == states[1] == states[2]
-
-
-def test_kept_build_with_4g_of_ram():
-    cfg = MachineConfig(ram=4 << 30)
-    bootcache.clear()
-    states = []
-    for _ in range(3):
-        m = boot(cfg)
-        states.append(machine_state(m))
-        m.mem.close()
-    assert states[2] == states[0]
 
 
 _FRESH = """

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("emu.errors", "emu.version"),
     ("emu.parse", "emu.hw.x86", "emu.hw.descriptors"),
     ("emu.hw.phys", "emu.asm"),
-    ("emu.hw.paging", "emu.hw.image"),
+    ("emu.hw.paging", "emu.hw.image", "emu.hw.watchdog"),
     ("emu.hw.cpu", "emu.hw.tlb", "emu.hw.vmx"),
     ("emu.hw.microcode",),
     ("emu.linux",),

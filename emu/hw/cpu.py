@@ -11,9 +11,6 @@ binding's batch register calls cost ~40 µs, the C API ~1 µs (Unicorn fact 9).
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-import time
 from dataclasses import dataclass
 
 from unicorn import Uc
@@ -23,6 +20,7 @@ from unicorn.unicorn_py3.unicorn import uc_engine, uc_hook_h, uclib
 
 from emu.hw.paging import ControlState
 from emu.hw.phys import PhysMem
+from emu.hw.watchdog import Watchdog
 from emu.hw.x86 import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_LA57, CR4_OSFXSR,
                         CR4_OSXMMEXCPT, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_LMA,
                         EFER_LME, EFER_NXE, EFER_SCE, GPRS_DISPLAY, MSR_EFER, MSR_FMASK, MSR_FS_BASE,
@@ -423,57 +421,8 @@ def _nothing(uch, address, size, user_data) -> None:
     """A code hook's only effect: RIP written back before the instruction (fact 15)."""
 
 
-class _Watchdog:
-    """Stops a CPU that has run too long without a stop (one daemon thread
-    for every CPU of the process, started at the first watched run).
-
-    ``uc_emu_stop`` from another thread is how Unicorn's own timeout works.
-    The lock makes arming, disarming and firing exclusive: after
-    :meth:`disarm` returns, the thread can no longer stop that run (nor, by
-    mistake, the next one)."""
-
-    POLL = 0.02
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._runs: dict[int, list] = {}     # token -> [handle, deadline, fired]
-        self._next = 0
-        self._thread: threading.Thread | None = None
-
-    def arm(self, hv, seconds: float) -> int:
-        with self._lock:
-            self._next += 1
-            self._runs[self._next] = [hv, time.monotonic() + seconds, False]
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="isoemu-watchdog", daemon=True)
-                self._thread.start()
-            return self._next
-
-    def disarm(self, token: int) -> bool:
-        with self._lock:
-            return self._runs.pop(token)[2]
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(self.POLL)
-            now = time.monotonic()
-            with self._lock:
-                for run in self._runs.values():
-                    if not run[2] and now >= run[1]:
-                        run[2] = True
-                        C.emu_stop(run[0])
-
-    def forked(self) -> None:
-        """In a child process after fork: only the forking thread lives on,
-        so the watchdog thread (if there was one) is gone, and the lock may
-        have been held by it.  Start afresh: a watched run in the child
-        starts its own thread (``isoemu test -j`` forks its workers)."""
-        self.__init__()
-
-
-_WATCHDOG = _Watchdog()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_WATCHDOG.forked)
+#: one watchdog thread for every CPU of the process (see emu/hw/watchdog.py)
+_WATCHDOG = Watchdog(C.emu_stop).fork_safe()
 _ec_offset: list = []
 _reg_offsets: dict[int, int | None] = {}
 
